@@ -1,0 +1,1 @@
+"""The Flower ClientApp: a hospital site, its private data, local training."""

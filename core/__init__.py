@@ -1,0 +1,1 @@
+"""What server and client share: anatomy, data, model, payloads, bundle, inference."""

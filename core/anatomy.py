@@ -1,0 +1,425 @@
+"""The anatomy vocabulary: canonical structure names, their region, group and containment.
+
+Every dataset label and every phantom structure maps onto one canonical snake_case name
+(``liver``, ``kidney_left``, ``vertebra_L3``, ``rib_left_7``, ``liver_tumor``). Names from
+common datasets (TotalSegmentator, the Medical Segmentation Decathlon, AAPM TG-263
+radiotherapy names, nnU-Net tables) resolve through :func:`resolve`; generic lesion names
+such as MSD's ``"cancer"`` resolve from the organ they sit in (:func:`resolve_table`).
+
+Every structure lies inside ``body``; that is implied, not listed in ``within``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from enum import StrEnum
+
+
+class Region(StrEnum):
+    """Where a structure sits along the body; ``trunk`` spans several regions."""
+
+    HEAD = "head"
+    NECK = "neck"
+    THORAX = "thorax"
+    ABDOMEN = "abdomen"
+    PELVIS = "pelvis"
+    LIMBS = "limbs"
+    TRUNK = "trunk"
+
+
+class Group(StrEnum):
+    """What kind of structure it is."""
+
+    ORGAN = "organ"
+    LESION = "lesion"
+    VESSEL = "vessel"
+    BONE = "bone"
+    MUSCLE = "muscle"
+    TISSUE = "tissue"
+
+
+@dataclass(frozen=True)
+class Structure:
+    """One named structure of the vocabulary.
+
+    Attributes:
+        name: canonical snake_case name.
+        region: where it sits along the body.
+        group: what kind of structure it is.
+        within: structures it lies inside (it lies inside one of them); empty if none.
+    """
+
+    name: str
+    region: Region
+    group: Group
+    within: tuple[str, ...] = ()
+
+
+class UnknownStructureError(KeyError):
+    """A label name that does not resolve to the vocabulary."""
+
+    def __init__(self, name: str, suggestions: list[str], reason: str = "") -> None:
+        self.name = name
+        self.suggestions = suggestions
+        hint = f"; closest: {', '.join(suggestions)}" if suggestions else ""
+        super().__init__(f"{name!r} is not in the anatomy vocabulary{hint}{reason}")
+
+    def __str__(self) -> str:
+        return str(self.args[0])
+
+
+class LabelTableError(ValueError):
+    """Some names of a label table do not resolve; the message lists every one of them."""
+
+    def __init__(self, errors: list[UnknownStructureError]) -> None:
+        self.errors = errors
+        super().__init__("; ".join(str(e) for e in errors))
+
+
+R, G = Region, Group
+_SIDES = ("left", "right")
+_LUNG_LOBES = (
+    "lung_upper_lobe_left",
+    "lung_lower_lobe_left",
+    "lung_upper_lobe_right",
+    "lung_middle_lobe_right",
+    "lung_lower_lobe_right",
+)
+
+
+def _s(name: str, region: Region, group: Group, *within: str) -> Structure:
+    return Structure(name, region, group, within)
+
+
+def _pair(stem: str, region: Region, group: Group, *within: str) -> list[Structure]:
+    """A left/right pair; ``{side}`` in ``within`` names the same-side container."""
+    return [
+        Structure(f"{stem}_{side}", region, group, tuple(w.format(side=side) for w in within))
+        for side in _SIDES
+    ]
+
+
+def _build() -> list[Structure]:
+    s: list[Structure] = [
+        _s("body", R.TRUNK, G.TISSUE),
+        _s("subcutaneous_fat", R.TRUNK, G.TISSUE),
+        _s("skeletal_muscle", R.TRUNK, G.MUSCLE),
+        # Head and neck organs-at-risk.
+        _s("brain", R.HEAD, G.ORGAN),
+        _s("brainstem", R.HEAD, G.ORGAN),
+        _s("pituitary_gland", R.HEAD, G.ORGAN),
+        _s("optic_chiasm", R.HEAD, G.ORGAN),
+        *_pair("eye", R.HEAD, G.ORGAN),
+        *_pair("lens", R.HEAD, G.ORGAN, "eye_{side}"),
+        *_pair("optic_nerve", R.HEAD, G.ORGAN),
+        *_pair("cochlea", R.HEAD, G.ORGAN),
+        *_pair("parotid_gland", R.HEAD, G.ORGAN),
+        *_pair("submandibular_gland", R.NECK, G.ORGAN),
+        _s("oral_cavity", R.HEAD, G.ORGAN),
+        _s("lips", R.HEAD, G.ORGAN),
+        _s("larynx", R.NECK, G.ORGAN),
+        _s("thyroid_gland", R.NECK, G.ORGAN),
+        _s("spinal_cord", R.TRUNK, G.ORGAN),
+        # Thorax.
+        _s("lung", R.THORAX, G.ORGAN),
+        *_pair("lung", R.THORAX, G.ORGAN, "lung"),
+        *[_s(lobe, R.THORAX, G.ORGAN, f"lung_{lobe.rsplit('_', 1)[1]}") for lobe in _LUNG_LOBES],
+        _s("trachea", R.THORAX, G.ORGAN),
+        _s("esophagus", R.THORAX, G.ORGAN),
+        _s("heart", R.THORAX, G.ORGAN),
+        *_pair("heart_atrium", R.THORAX, G.ORGAN, "heart"),
+        *_pair("heart_ventricle", R.THORAX, G.ORGAN, "heart"),
+        _s("heart_myocardium", R.THORAX, G.ORGAN, "heart"),
+        _s("atrial_appendage_left", R.THORAX, G.ORGAN, "heart"),
+        # Abdomen and pelvis.
+        _s("liver", R.ABDOMEN, G.ORGAN),
+        _s("spleen", R.ABDOMEN, G.ORGAN),
+        _s("gallbladder", R.ABDOMEN, G.ORGAN),
+        _s("stomach", R.ABDOMEN, G.ORGAN),
+        _s("pancreas", R.ABDOMEN, G.ORGAN),
+        _s("kidney", R.ABDOMEN, G.ORGAN),
+        *_pair("kidney", R.ABDOMEN, G.ORGAN, "kidney"),
+        *_pair("adrenal_gland", R.ABDOMEN, G.ORGAN),
+        _s("duodenum", R.ABDOMEN, G.ORGAN),
+        _s("small_bowel", R.ABDOMEN, G.ORGAN),
+        _s("colon", R.ABDOMEN, G.ORGAN),
+        _s("rectum", R.PELVIS, G.ORGAN),
+        _s("urinary_bladder", R.PELVIS, G.ORGAN),
+        _s("prostate", R.PELVIS, G.ORGAN),
+        # Lesions, inside their organ.
+        _s("liver_tumor", R.ABDOMEN, G.LESION, "liver"),
+        _s("kidney_tumor", R.ABDOMEN, G.LESION, "kidney_left", "kidney_right", "kidney"),
+        _s("kidney_cyst", R.ABDOMEN, G.LESION, "kidney_left", "kidney_right", "kidney"),
+        *_pair("kidney_cyst", R.ABDOMEN, G.LESION, "kidney_{side}"),
+        _s("pancreas_tumor", R.ABDOMEN, G.LESION, "pancreas"),
+        _s("colon_tumor", R.ABDOMEN, G.LESION, "colon"),
+        _s("lung_tumor", R.THORAX, G.LESION, *_LUNG_LOBES, "lung_left", "lung_right", "lung"),
+        # Vessels.
+        _s("aorta", R.TRUNK, G.VESSEL),
+        _s("pulmonary_artery", R.THORAX, G.VESSEL),
+        _s("pulmonary_vein", R.THORAX, G.VESSEL),
+        _s("superior_vena_cava", R.THORAX, G.VESSEL),
+        _s("inferior_vena_cava", R.ABDOMEN, G.VESSEL),
+        _s("brachiocephalic_trunk", R.THORAX, G.VESSEL),
+        *_pair("brachiocephalic_vein", R.THORAX, G.VESSEL),
+        *_pair("subclavian_artery", R.THORAX, G.VESSEL),
+        *_pair("common_carotid_artery", R.NECK, G.VESSEL),
+        _s("portal_vein_and_splenic_vein", R.ABDOMEN, G.VESSEL),
+        _s("hepatic_vessel", R.ABDOMEN, G.VESSEL, "liver"),
+        *_pair("iliac_artery", R.PELVIS, G.VESSEL),
+        *_pair("iliac_vena", R.PELVIS, G.VESSEL),
+        # Skeleton.
+        _s("skull", R.HEAD, G.BONE),
+        _s("mandible", R.HEAD, G.BONE),
+        *[_s(f"vertebra_C{i}", R.NECK, G.BONE) for i in range(1, 8)],
+        *[_s(f"vertebra_T{i}", R.THORAX, G.BONE) for i in range(1, 13)],
+        *[_s(f"vertebra_L{i}", R.ABDOMEN, G.BONE) for i in range(1, 6)],
+        _s("sacrum", R.PELVIS, G.BONE),
+        _s("vertebra_S1", R.PELVIS, G.BONE),
+        *[_s(f"rib_{side}_{i}", R.THORAX, G.BONE) for side in _SIDES for i in range(1, 13)],
+        _s("sternum", R.THORAX, G.BONE),
+        _s("costal_cartilages", R.THORAX, G.BONE),
+        *_pair("clavicle", R.THORAX, G.BONE),
+        *_pair("scapula", R.THORAX, G.BONE),
+        *_pair("humerus", R.LIMBS, G.BONE),
+        *_pair("hip", R.PELVIS, G.BONE),
+        *_pair("femur", R.LIMBS, G.BONE),
+        # Muscles.
+        *_pair("gluteus_maximus", R.PELVIS, G.MUSCLE),
+        *_pair("gluteus_medius", R.PELVIS, G.MUSCLE),
+        *_pair("gluteus_minimus", R.PELVIS, G.MUSCLE),
+        *_pair("autochthon", R.TRUNK, G.MUSCLE),
+        *_pair("iliopsoas", R.PELVIS, G.MUSCLE),
+    ]
+    return s
+
+
+STRUCTURES: tuple[Structure, ...] = tuple(_build())
+"""Every structure of the vocabulary, in a fixed canonical order."""
+
+_BY_NAME: dict[str, Structure] = {st.name: st for st in STRUCTURES}
+_ORDER: dict[str, int] = {st.name: i for i, st in enumerate(STRUCTURES)}
+
+
+def normalize(name: str) -> str:
+    """Fold a label name to a lookup key: snake case, lower case, sides spelled out.
+
+    ``"OpticNerve_L"`` -> ``"optic_nerve_left"``, ``"Kidney (R)"`` -> ``"kidney_right"``.
+    """
+    spaced = re.sub(r"([a-z0-9])([A-Z])", r"\1_\2", name.strip())
+    tokens = [t for t in re.split(r"[^a-z0-9]+", spaced.lower()) if t]
+    side = {"l": "left", "lt": "left", "r": "right", "rt": "right"}
+    return "_".join(side.get(t, t) for t in tokens)
+
+
+def _aliases() -> dict[str, str]:
+    """Dataset spellings (already normalized) that differ from the canonical name."""
+    table = {
+        # TotalSegmentator v1/v2 spellings.
+        "clavicula_left": "clavicle_left",
+        "clavicula_right": "clavicle_right",
+        "bladder": "urinary_bladder",
+        "myocardium": "heart_myocardium",
+        # MSD and other challenge names.
+        "colon_cancer_primaries": "colon_tumor",
+        "liver_cancer": "liver_tumor",
+        "liver_lesion": "liver_tumor",
+        "lungs": "lung",
+        "kidneys": "kidney",
+        "bowel": "small_bowel",
+        "small_intestine": "small_bowel",
+        "gall_bladder": "gallbladder",
+        "oesophagus": "esophagus",
+        "ivc": "inferior_vena_cava",
+        "postcava": "inferior_vena_cava",
+        "svc": "superior_vena_cava",
+        "portal_vein": "portal_vein_and_splenic_vein",
+        "brain_stem": "brainstem",
+        "chiasm": "optic_chiasm",
+        "pituitary": "pituitary_gland",
+        "thyroid": "thyroid_gland",
+        "mouth": "oral_cavity",
+        # AAPM TG-263 radiotherapy names.
+        "bone_mandible": "mandible",
+        "a_aorta": "aorta",
+        "a_pulmonary": "pulmonary_artery",
+        "v_venacava_i": "inferior_vena_cava",
+        "v_venacava_s": "superior_vena_cava",
+        "bowel_small": "small_bowel",
+        "cavity_oral": "oral_cavity",
+        "glnd_thyroid": "thyroid_gland",
+        "esophagus_cervical": "esophagus",
+        "spinalcord": "spinal_cord",
+        "opticchiasm": "optic_chiasm",
+    }
+    for side in _SIDES:
+        table |= {
+            f"opticnrv_{side}": f"optic_nerve_{side}",
+            f"optic_nrv_{side}": f"optic_nerve_{side}",
+            f"parotid_{side}": f"parotid_gland_{side}",
+            f"glnd_submand_{side}": f"submandibular_gland_{side}",
+            f"submandibular_{side}": f"submandibular_gland_{side}",
+            f"glnd_adrenal_{side}": f"adrenal_gland_{side}",
+            f"adrenal_{side}": f"adrenal_gland_{side}",
+            f"femur_head_{side}": f"femur_{side}",
+            f"a_carotid_{side}": f"common_carotid_artery_{side}",
+            f"a_iliac_{side}": f"iliac_artery_{side}",
+            f"v_iliac_{side}": f"iliac_vena_{side}",
+            f"iliac_vein_{side}": f"iliac_vena_{side}",
+            f"atrium_{side}": f"heart_atrium_{side}",
+            f"ventricle_{side}": f"heart_ventricle_{side}",
+        }
+    for st in STRUCTURES:  # TotalSegmentator spells vertebra_L3 as vertebrae_L3
+        if st.name.startswith("vertebra_"):
+            table[normalize(st.name.replace("vertebra_", "vertebrae_"))] = st.name
+    return table
+
+
+_INDEX: dict[str, str] = {normalize(st.name): st.name for st in STRUCTURES} | _aliases()
+
+# Generic lesion and vessel words (MSD's "cancer", KiTS' "tumor"/"cyst", Task08's "Vessel")
+# name a structure only together with the organ of the dataset.
+_GENERIC: dict[str, str] = {
+    w: "tumor" for w in ("cancer", "tumor", "tumour", "lesion", "mass", "neoplasm", "nodule")
+} | {"cyst": "cyst", "vessel": "vessel", "vessels": "vessel"}
+_ORGAN_WORDS: dict[str, str] = {
+    "liver": "liver",
+    "hepatic": "liver",
+    "lits": "liver",
+    "kidney": "kidney",
+    "kits": "kidney",
+    "renal": "kidney",
+    "pancreas": "pancreas",
+    "pancreatic": "pancreas",
+    "colon": "colon",
+    "lung": "lung",
+}
+_ORGAN_LESIONS: dict[str, dict[str, str]] = {
+    "liver": {"tumor": "liver_tumor", "vessel": "hepatic_vessel"},
+    "kidney": {"tumor": "kidney_tumor", "cyst": "kidney_cyst"},
+    "pancreas": {"tumor": "pancreas_tumor"},
+    "colon": {"tumor": "colon_tumor"},
+    "lung": {"tumor": "lung_tumor"},
+}
+
+
+def get(name: str) -> Structure:
+    """The structure with this canonical name.
+
+    Raises:
+        UnknownStructureError: if ``name`` is not canonical (with the closest names).
+    """
+    try:
+        return _BY_NAME[name]
+    except KeyError:
+        raise UnknownStructureError(name, suggest(name)) from None
+
+
+def suggest(name: str, n: int = 3) -> list[str]:
+    """The canonical names closest to ``name``, best first."""
+    keys = difflib.get_close_matches(normalize(name), list(_INDEX), n=n * 3, cutoff=0.5)
+    out: list[str] = []
+    for key in keys:
+        if _INDEX[key] not in out:
+            out.append(_INDEX[key])
+    return out[:n]
+
+
+def resolve(name: str) -> str:
+    """The canonical name for a dataset's label name.
+
+    Raises:
+        UnknownStructureError: if it does not resolve (with the closest names).
+    """
+    key = normalize(name)
+    candidates = [key]
+    tokens = key.split("_")
+    if tokens and tokens[0] in _SIDES:  # "left_kidney" -> "kidney_left"
+        candidates.append("_".join([*tokens[1:], tokens[0]]))
+    for candidate in candidates:
+        if candidate in _INDEX:
+            return _INDEX[candidate]
+    raise UnknownStructureError(name, suggest(name))
+
+
+def _organ_of(structure: str) -> str | None:
+    """The organ key of ``_ORGAN_LESIONS`` that a structure belongs to, if any."""
+    for organ in _ORGAN_LESIONS:
+        if structure == organ or is_within(structure, organ):
+            return organ
+    return None
+
+
+def resolve_table(names: Iterable[str], context: str = "") -> list[str]:
+    """Resolve a dataset's label names (without background), using the dataset as context.
+
+    Generic lesion words (``"cancer"``, ``"tumor"``, ``"cyst"``, ``"vessel"``) resolve from
+    the organ labelled beside them, or else from an organ word in ``context`` (typically
+    the dataset name, e.g. ``"Task08_HepaticVessel"``).
+
+    Raises:
+        LabelTableError: listing every name that does not resolve.
+    """
+    names = list(names)
+    resolved: dict[int, str] = {}
+    generic: dict[int, str] = {}
+    errors: list[UnknownStructureError] = []
+    for i, name in enumerate(names):
+        kind = _GENERIC.get(normalize(name))
+        if kind is not None:
+            generic[i] = kind
+            continue
+        try:
+            resolved[i] = resolve(name)
+        except UnknownStructureError as e:
+            errors.append(e)
+    organs = [o for o in map(_organ_of, resolved.values()) if o is not None]
+    organs += [_ORGAN_WORDS[w] for w in normalize(context).split("_") if w in _ORGAN_WORDS]
+    for i, kind in generic.items():
+        match = next((_ORGAN_LESIONS[o][kind] for o in organs if kind in _ORGAN_LESIONS[o]), None)
+        if match is None:
+            reason = (
+                f": a generic {kind} name needs its organ, labelled beside it or named"
+                " in the dataset name (e.g. Task03_Liver)"
+            )
+            errors.append(UnknownStructureError(names[i], [], reason))
+        else:
+            resolved[i] = match
+    if errors:
+        raise LabelTableError(errors)
+    return [resolved[i] for i in range(len(names))]
+
+
+def containers(name: str) -> set[str]:
+    """Every structure that ``name`` lies inside, directly or through others."""
+    out: set[str] = set()
+    todo = list(get(name).within)
+    while todo:
+        parent = todo.pop()
+        if parent not in out:
+            out.add(parent)
+            todo.extend(get(parent).within)
+    return out
+
+
+def is_within(inner: str, outer: str) -> bool:
+    """Whether ``inner`` lies inside ``outer`` (directly or transitively)."""
+    return outer in containers(inner)
+
+
+def by_region(region: Region | str) -> list[str]:
+    """Canonical names of the structures in a region, in canonical order."""
+    return [st.name for st in STRUCTURES if st.region == Region(region)]
+
+
+def by_group(group: Group | str) -> list[str]:
+    """Canonical names of the structures of a group, in canonical order."""
+    return [st.name for st in STRUCTURES if st.group == Group(group)]
+
+
+def canonical_order(names: Iterable[str]) -> list[str]:
+    """Sort canonical names into vocabulary order (for stable label ids)."""
+    return sorted(names, key=lambda n: _ORDER[get(n).name])

@@ -1,0 +1,186 @@
+"""MONAI transform chains: load, orient to RAS, resample, window HU, crop/pad, augment.
+
+A chain's random transforms draw from one generator seeded by the caller, so the same
+seed gives the same patches. Augmentation never flips left-right: that would swap
+``kidney_left`` and ``kidney_right``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from monai.data import MetaTensor
+from monai.transforms import (
+    Compose,
+    MapTransform,
+    Orientationd,
+    RandAdjustContrastd,
+    RandAffined,
+    RandCropByPosNegLabeld,
+    RandGaussianNoised,
+    RandGaussianSmoothd,
+    RandScaleIntensityd,
+    RandShiftIntensityd,
+    ScaleIntensityRanged,
+    Spacingd,
+    SpatialPadd,
+    Transform,
+)
+
+from core.data.dataset import Case, LabelTable, load_case
+from core.data.nifti import Volume
+
+IMAGE, LABEL = "image", "label"
+RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's world frame: +x right, +y anterior
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a CT reaches the network's input space; stored with a model, like nnU-Net plans.
+
+    Attributes:
+        spacing_mm: target voxel size (RAS axes).
+        hu_window: Hounsfield units mapped linearly onto [0, 1], clipped outside; the
+            lower bound is air, so zero padding is air too.
+    """
+
+    spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
+    hu_window: tuple[float, float] = (-1000.0, 1000.0)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON form."""
+        return {k: list(v) for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_json(cls, obj: Mapping[str, Any]) -> Preprocessing:
+        """Rebuild from :meth:`to_json`."""
+        sx, sy, sz = (float(v) for v in obj["spacing_mm"])
+        lo, hi = (float(v) for v in obj["hu_window"])
+        return cls((sx, sy, sz), (lo, hi))
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """Training patches and their augmentation.
+
+    Attributes:
+        patch_size: voxels per patch side (after resampling).
+        samples_per_case: patches cropped from each loaded case.
+        foreground_ratio: share of patches centred on a labelled voxel.
+        rotate_rad: largest rotation about each axis.
+        scale: largest relative zoom.
+    """
+
+    patch_size: tuple[int, int, int] = (64, 64, 64)
+    samples_per_case: int = 2
+    foreground_ratio: float = 2 / 3
+    rotate_rad: float = 0.2
+    scale: float = 0.1
+
+
+def _tensor(volume: Volume, dtype: torch.dtype) -> MetaTensor:
+    array = np.ascontiguousarray(volume.array[None])
+    return MetaTensor(
+        torch.as_tensor(array, dtype=dtype),
+        affine=torch.as_tensor(volume.header.affine, dtype=torch.float64),
+        meta={"filename_or_obj": str(volume.path)},
+    )
+
+
+class LoadCased(MapTransform):
+    """Load ``data["case"]`` (a :class:`Case`) into channel-first ``image``/``label`` tensors.
+
+    The case is checked as :func:`core.data.dataset.load_case` checks it; a bad file
+    raises :class:`core.data.problems.DataError` naming it. A case without labels (for
+    prediction) yields only ``image``.
+    """
+
+    def __init__(self, table: LabelTable) -> None:
+        super().__init__(keys=["case"])
+        self.table = table
+
+    def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
+        """Replace the case by its tensors."""
+        case: Case = data["case"]
+        loaded = load_case(case, self.table)
+        out: dict[Hashable, Any] = {k: v for k, v in data.items() if k != "case"}
+        out["case_id"] = case.case_id
+        out[IMAGE] = _tensor(loaded.image, torch.float32)
+        if loaded.label is not None:
+            label = Volume(loaded.image.header, loaded.label)
+            out[LABEL] = _tensor(label, torch.float32)
+        return out
+
+
+def _keys(with_label: bool) -> list[str]:
+    return [IMAGE, LABEL] if with_label else [IMAGE]
+
+
+def preprocessing(
+    prep: Preprocessing, table: LabelTable, with_label: bool = True
+) -> list[Transform]:
+    """Load, orient to RAS, resample to ``prep.spacing_mm``, window HU to [0, 1]."""
+    keys = _keys(with_label)
+    modes = ["bilinear", "nearest"][: len(keys)]
+    lo, hi = prep.hu_window
+    return [
+        LoadCased(table),
+        Orientationd(keys=keys, axcodes="RAS", labels=RAS_LABELS),
+        Spacingd(keys=keys, pixdim=prep.spacing_mm, mode=modes, dtype=np.float32),
+        ScaleIntensityRanged(keys=IMAGE, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
+    ]
+
+
+def validation_transforms(prep: Preprocessing, table: LabelTable) -> Compose:
+    """Whole preprocessed volumes with labels, for validation."""
+    return Compose(preprocessing(prep, table))
+
+
+def training_transforms(
+    prep: Preprocessing, aug: Augmentation, table: LabelTable, seed: int
+) -> Compose:
+    """Preprocessing, then foreground-favouring patches with spatial and intensity augmentation.
+
+    Args:
+        prep: the preprocessing shared with validation and prediction.
+        aug: patch size and augmentation strength.
+        table: the task's label table.
+        seed: seeds every random transform of the chain.
+    """
+    keys = _keys(True)
+    pos = aug.foreground_ratio
+    chain = [
+        *preprocessing(prep, table),
+        SpatialPadd(keys=keys, spatial_size=aug.patch_size),  # 0 is air after windowing
+        RandCropByPosNegLabeld(
+            keys=keys,
+            label_key=LABEL,
+            spatial_size=aug.patch_size,
+            pos=pos,
+            neg=1.0 - pos,
+            num_samples=aug.samples_per_case,
+            image_key=IMAGE,
+        ),
+        RandAffined(
+            keys=keys,
+            prob=0.2,
+            rotate_range=(aug.rotate_rad,) * 3,
+            scale_range=(aug.scale,) * 3,
+            mode=["bilinear", "nearest"],
+            padding_mode="zeros",
+        ),
+        RandScaleIntensityd(keys=IMAGE, factors=0.1, prob=0.5),
+        RandShiftIntensityd(keys=IMAGE, offsets=0.05, prob=0.5),
+        RandAdjustContrastd(keys=IMAGE, gamma=(0.7, 1.5), prob=0.15),
+        RandGaussianNoised(keys=IMAGE, std=0.01, prob=0.15),
+        RandGaussianSmoothd(
+            keys=IMAGE, sigma_x=(0.5, 1.0), sigma_y=(0.5, 1.0), sigma_z=(0.5, 1.0), prob=0.1
+        ),
+    ]
+    composed = Compose(chain)
+    composed.set_random_state(seed=seed)
+    return composed

@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Create the project's virtual environment (.venv) once and keep it in step with pyproject.toml.
+# torch is installed first so that pip never picks a multi-GB CUDA build by accident:
+# a local CPU wheel where one is at hand, a CUDA build where a GPU driver is present,
+# otherwise PyTorch's CPU index. Override the version with CSFL_TORCH=2.x.y.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+venv=${CSFL_VENV:-.venv}
+
+pick_python() {
+  for candidate in ${PYTHON:-} python3.13 python3.12 python3.11 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 &&
+      "$candidate" -c 'import sys; sys.exit(sys.version_info < (3, 11))' 2>/dev/null; then
+      echo "$candidate"
+      return
+    fi
+  done
+  echo "setup: Python >= 3.11 is required (set PYTHON=/path/to/python3.11)" >&2
+  exit 1
+}
+
+[ -x "$venv/bin/python" ] || "$(pick_python)" -m venv "$venv"
+pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
+stamp="$venv/.csfl-installed"
+want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+[ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
+
+if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
+  torch_version=${CSFL_TORCH:-2.13.0}
+  echo "setup: installing torch into $venv ..."
+  if "${pip[@]}" install --no-index --no-deps "torch==$torch_version" 2>/dev/null; then
+    "${pip[@]}" install "torch==$torch_version"  # the local wheel's own dependencies
+  elif command -v nvidia-smi >/dev/null 2>&1; then
+    "${pip[@]}" install "torch>=2.4,<3"
+  else
+    "${pip[@]}" install "torch>=2.4,<3" --index-url https://download.pytorch.org/whl/cpu
+  fi
+fi
+echo "setup: installing continual-segment-fl and its dependencies into $venv ..."
+"${pip[@]}" install -e ".[test]"
+echo "$want" > "$stamp"

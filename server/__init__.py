@@ -1,0 +1,1 @@
+"""The Flower ServerApp: task orchestration, decoder catalog, aggregation, merge calibration."""

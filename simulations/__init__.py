@@ -1,0 +1,1 @@
+"""Synthetic phantoms, incremental-site scenarios, the simulation runner and the CLI."""

@@ -1,0 +1,1 @@
+"""Tests mirroring the packages: unit, integration (real engines) and end-to-end."""

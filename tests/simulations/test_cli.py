@@ -1,0 +1,55 @@
+import json
+import subprocess
+import sys
+
+from typer.testing import CliRunner
+
+from simulations.cli import app
+from tests.builders import nnunet_dataset, truncate
+
+runner = CliRunner()
+
+
+def test_help_answers_without_importing_heavy_packages():
+    code = (
+        "import sys\n"
+        "from simulations.cli import app\n"
+        "heavy = [m for m in ('torch', 'monai', 'flwr', 'nibabel') if m in sys.modules]\n"
+        "print(','.join(heavy))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == ""
+    result = runner.invoke(app, ["--help"])
+    assert result.exit_code == 0
+    assert "site" in result.output and "phantoms" in result.output
+
+
+def test_site_check_passes_a_clean_site_and_writes_json(tmp_path):
+    nnunet_dataset(tmp_path / "data" / "Dataset001_A")
+    result = runner.invoke(
+        app, ["site", "check", str(tmp_path / "data"), "--json", str(tmp_path / "report.json")]
+    )
+    assert result.exit_code == 0, result.output
+    assert "OK: ready to join." in result.output
+    assert json.loads((tmp_path / "report.json").read_text())["ok"] is True
+
+
+def test_site_check_fails_and_names_each_bad_file(tmp_path):
+    ds = nnunet_dataset(tmp_path / "Dataset001_A", n_cases=3)
+    truncate(ds.cases[0].image)
+    truncate(ds.cases[2].label)
+    result = runner.invoke(app, ["site", "check", str(tmp_path)])
+    assert result.exit_code == 1
+    assert str(ds.cases[0].image) in result.output
+    assert str(ds.cases[2].label) in result.output
+    assert "1/3 cases usable" in result.output
+
+
+def test_phantoms_command_writes_an_nnunet_dataset(tmp_path):
+    result = runner.invoke(
+        app, ["phantoms", "--out", str(tmp_path), "--cases", "2", "--size", "32"]
+    )
+    assert result.exit_code == 0, result.output
+    root = tmp_path / "Dataset001_DemoAbdomen"
+    assert json.loads((root / "dataset.json").read_text())["numTraining"] == 2
+    assert len(list((root / "imagesTr").glob("*_0000.nii.gz"))) == 2
