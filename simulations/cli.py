@@ -7,6 +7,8 @@ It lives in ``simulations`` because that package sits on top of the dependency g
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
@@ -18,6 +20,18 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+@contextmanager
+def user_errors() -> Iterator[None]:
+    """Show bad input (a ValueError naming the file or field) as one line and exit 2."""
+    try:
+        yield
+    except ValueError as e:  # DataError, BundleError and argument mistakes
+        typer.echo(f"error: {e}", err=True)
+        raise typer.Exit(2) from None
+
+
 site_app = typer.Typer(
     help="A hospital site's data: check it before joining.", no_args_is_help=True
 )
@@ -59,11 +73,70 @@ def phantoms(
     """Write synthetic abdominal CT phantoms as an nnU-Net v2 raw dataset."""
     from simulations.phantoms import write_demo_dataset
 
-    dataset = write_demo_dataset(out, n_cases=cases, size=size, seed=seed)
+    with user_errors():
+        dataset = write_demo_dataset(out, n_cases=cases, size=size, seed=seed)
     typer.echo(
         f"Wrote {len(dataset.cases)} case(s) of {size}^3 voxels to {dataset.root} "
         f"(structures: {', '.join(dataset.labels.structures)})"
     )
+
+
+@app.command()
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A model bundle folder (manifest.json).")],
+    input_path: Annotated[
+        Path, typer.Argument(metavar="INPUT", help="A CT .nii.gz, or a folder of them.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="OUT.nii.gz for one input, a folder for many.")
+    ],
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA if any).")
+    ] = None,
+    overlap: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Sliding-window overlap.")
+    ] = 0.25,
+) -> None:
+    """Segment every structure the bundle knows, in one pass per CT.
+
+    Writes the label map on the input's exact grid, plus its label table as JSON
+    (``.labels.json``) and colour tables for 3D Slicer (``.ctbl``) and ITK-SNAP
+    (``.itksnap.txt``).
+    """
+    from core.bundle import load_bundle
+    from core.device import pick_device
+    from core.inference import plan_outputs, predict_files
+
+    torch_device = pick_device(device)
+    with user_errors():
+        loaded = load_bundle(bundle, torch_device)
+        inputs, outputs, prefix = plan_outputs(input_path, output)
+        written = predict_files(
+            loaded, inputs, outputs, prefix, torch_device, sys.stderr.isatty(), overlap
+        )
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+@app.command()
+def profile(
+    gpu_widths: Annotated[
+        bool,
+        typer.Option("--gpu-widths", help="Profile nnU-Net's widths instead of the CPU default."),
+    ] = False,
+    predict_size: Annotated[int, typer.Option(min=32, help="Side of the volume predicted.")] = 160,
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Measure parameters, training seconds per step and prediction time on this machine."""
+    from core.io import atomic_write_json
+    from core.model import EncoderConfig
+    from simulations.network_profile import ProfileSettings, format_profile, profile_network
+
+    config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
+    result = profile_network(ProfileSettings(config=config, predict_size=predict_size))
+    typer.echo(format_profile(result))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
@@ -12,7 +12,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from core import anatomy
-from core.data.nifti import Volume, read_volume, same_grid
+from core.data.nifti import Volume, read_image, read_volume, same_grid
 from core.data.problems import DataError, Problem
 
 
@@ -94,6 +94,13 @@ class LabelTable:
     def dtype(self) -> type[np.unsignedinteger]:
         """The smallest unsigned dtype that holds every id."""
         return np.uint8 if max(self.ids) < 256 else np.uint16
+
+    def to_indices(self, label_map: NDArray[np.integer]) -> NDArray[np.uint8 | np.uint16]:
+        """Map the task's label ids onto class indices 1..K in table order (0 stays 0)."""
+        lookup = np.zeros(max(self.ids) + 1, dtype=self.dtype())
+        lookup[list(self.ids)] = np.arange(1, len(self.ids) + 1)
+        indices: NDArray[np.uint8 | np.uint16] = lookup[label_map]
+        return indices
 
     def to_nnunet(self) -> dict[str, int]:
         """nnU-Net v2's ``labels`` entry: name -> id, background first."""
@@ -179,16 +186,14 @@ def inspect_case(case: Case, table: LabelTable) -> tuple[LoadedCase | None, list
     """
     problems: list[Problem] = []
 
-    def read(path: Path) -> Volume | None:
+    def read(path: Path, reader: Callable[[Path], Volume] = read_volume) -> Volume | None:
         try:
-            return read_volume(path)
+            return reader(path)
         except DataError as e:
             problems.append(e.problem())
             return None
 
-    image = read(case.image)
-    if image is not None and image.array.dtype.kind not in "iuf":
-        problems.append(Problem(case.image, f"image has non-numeric dtype {image.array.dtype}"))
+    image = read(case.image, read_image)
     sources = [(None, case.label)] if case.label else [(i, p) for i, p in case.masks]
     label_vols = [(label_id, read(path)) for label_id, path in sources]
     label_map: NDArray[np.unsignedinteger] | None = None

@@ -127,6 +127,18 @@ def read_volume(path: str | Path) -> Volume:
     return Volume(header, array)
 
 
+def read_image(path: str | Path) -> Volume:
+    """Read a CT image: a checked 3D volume of numbers.
+
+    Raises:
+        DataError: as :func:`read_volume`, or for a non-numeric voxel type.
+    """
+    volume = read_volume(path)
+    if volume.array.dtype.kind not in "iuf":
+        raise DataError(volume.path, f"image has non-numeric dtype {volume.array.dtype}")
+    return volume
+
+
 def same_grid(a: Header, b: Header) -> str | None:
     """Why two headers do not describe the same voxel grid, or ``None`` if they do."""
     if a.shape != b.shape:

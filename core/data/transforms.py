@@ -32,7 +32,7 @@ from monai.transforms import (
 )
 
 from core.data.dataset import Case, LabelTable, load_case
-from core.data.nifti import Volume
+from core.data.nifti import Volume, read_image
 
 IMAGE, LABEL = "image", "label"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's world frame: +x right, +y anterior
@@ -95,36 +95,38 @@ class LoadCased(MapTransform):
     """Load ``data["case"]`` (a :class:`Case`) into channel-first ``image``/``label`` tensors.
 
     The case is checked as :func:`core.data.dataset.load_case` checks it; a bad file
-    raises :class:`core.data.problems.DataError` naming it. A case without labels (for
-    prediction) yields only ``image``.
+    raises :class:`core.data.problems.DataError` naming it. Labels become class indices
+    1..K in table order, which is what a decoder's channels mean. Without a table (for
+    prediction) only ``image`` is loaded.
     """
 
-    def __init__(self, table: LabelTable) -> None:
+    def __init__(self, table: LabelTable | None) -> None:
         super().__init__(keys=["case"])
         self.table = table
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Replace the case by its tensors."""
         case: Case = data["case"]
-        loaded = load_case(case, self.table)
         out: dict[Hashable, Any] = {k: v for k, v in data.items() if k != "case"}
         out["case_id"] = case.case_id
+        if self.table is None:
+            out[IMAGE] = _tensor(read_image(case.image), torch.float32)
+            return out
+        loaded = load_case(case, self.table)
         out[IMAGE] = _tensor(loaded.image, torch.float32)
         if loaded.label is not None:
-            label = Volume(loaded.image.header, loaded.label)
+            label = Volume(loaded.image.header, self.table.to_indices(loaded.label))
             out[LABEL] = _tensor(label, torch.float32)
         return out
 
 
-def _keys(with_label: bool) -> list[str]:
-    return [IMAGE, LABEL] if with_label else [IMAGE]
+def preprocessing(prep: Preprocessing, table: LabelTable | None) -> list[Transform]:
+    """Load, orient to RAS, resample to ``prep.spacing_mm``, window HU to [0, 1].
 
-
-def preprocessing(
-    prep: Preprocessing, table: LabelTable, with_label: bool = True
-) -> list[Transform]:
-    """Load, orient to RAS, resample to ``prep.spacing_mm``, window HU to [0, 1]."""
-    keys = _keys(with_label)
+    With a label table the case's label map comes along (nearest-neighbour resampling);
+    without one, only the image.
+    """
+    keys = [IMAGE, LABEL] if table is not None else [IMAGE]
     modes = ["bilinear", "nearest"][: len(keys)]
     lo, hi = prep.hu_window
     return [
@@ -151,7 +153,7 @@ def training_transforms(
         table: the task's label table.
         seed: seeds every random transform of the chain.
     """
-    keys = _keys(True)
+    keys = [IMAGE, LABEL]
     pos = aug.foreground_ratio
     chain = [
         *preprocessing(prep, table),

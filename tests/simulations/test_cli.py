@@ -53,3 +53,32 @@ def test_phantoms_command_writes_an_nnunet_dataset(tmp_path):
     root = tmp_path / "Dataset001_DemoAbdomen"
     assert json.loads((root / "dataset.json").read_text())["numTraining"] == 2
     assert len(list((root / "imagesTr").glob("*_0000.nii.gz"))) == 2
+
+
+def test_predict_a_folder(tmp_path, phantom_dataset, trained_bundle):
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for case in phantom_dataset.cases[:2]:
+        (inputs / case.image.name).write_bytes(case.image.read_bytes())
+    result = runner.invoke(
+        app, ["predict", str(trained_bundle), str(inputs), "-o", str(tmp_path / "out")]
+    )
+    assert result.exit_code == 0, result.output
+    for case in phantom_dataset.cases[:2]:
+        assert (tmp_path / "out" / case.image.name).is_file()
+    assert (tmp_path / "out" / "labels.labels.json").is_file()
+
+
+def test_predict_reports_a_broken_bundle(tmp_path, trained_bundle):
+    broken = tmp_path / "bundle"
+    broken.mkdir()
+    for path in trained_bundle.rglob("*"):
+        if path.is_file():
+            dest = broken / path.relative_to(trained_bundle)
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            dest.write_bytes(path.read_bytes())
+    (broken / "encoder.safetensors").write_bytes(b"tampered")
+    result = runner.invoke(app, ["predict", str(broken), str(tmp_path), "-o", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "error:" in result.output and "sha256 does not match" in result.output
+    assert "Traceback" not in result.output

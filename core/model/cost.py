@@ -1,0 +1,68 @@
+"""Parameter and multiply-accumulate counts of encoders, decoders and genotypes."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from core.model.decoder import Decoder
+from core.model.encoder import Encoder, EncoderConfig
+from core.model.genotype import Genotype
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Number of parameters (trainable or frozen)."""
+    return sum(p.numel() for p in module.parameters())
+
+
+def count_macs(module: nn.Module, run: object) -> int:
+    """Multiply-accumulates of every convolution in ``module`` while ``run()`` executes."""
+    total = 0
+
+    def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
+        nonlocal total
+        assert isinstance(layer, nn.Conv3d | nn.ConvTranspose3d)
+        kernel = int(torch.tensor(layer.kernel_size).prod())
+        per_output = kernel * layer.in_channels // layer.groups
+        if isinstance(layer, nn.ConvTranspose3d):  # every input voxel scatters into a kernel
+            total += inputs[0].numel() * kernel * layer.out_channels // layer.groups
+        else:
+            total += output.numel() * per_output
+
+    handles = [
+        m.register_forward_hook(hook)
+        for m in module.modules()
+        if isinstance(m, nn.Conv3d | nn.ConvTranspose3d)
+    ]
+    try:
+        with torch.no_grad():
+            run()  # type: ignore[operator]
+    finally:
+        for handle in handles:
+            handle.remove()
+    return total
+
+
+@dataclass(frozen=True)
+class Cost:
+    """Size and compute of a decoder for one patch (batch 1)."""
+
+    parameters: int
+    macs: int
+
+
+def genotype_cost(
+    encoder_config: EncoderConfig,
+    genotype: Genotype,
+    structures: Sequence[str],
+    patch: tuple[int, int, int] = (64, 64, 64),
+) -> Cost:
+    """Parameters and MACs of the decoder a genotype builds, on one patch."""
+    encoder = Encoder(encoder_config).eval()
+    decoder = Decoder(encoder_config.widths, genotype, structures).eval()
+    with torch.no_grad():
+        features = encoder(torch.zeros(1, encoder_config.in_channels, *patch))
+    return Cost(count_parameters(decoder), count_macs(decoder, lambda: decoder(features)))

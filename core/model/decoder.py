@@ -1,0 +1,74 @@
+"""A task decoder on the shared encoder's features, built from a genotype and a label list."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+from monai.networks.blocks import UpSample
+from torch import nn
+
+from core import anatomy
+from core.model.blocks import init_he, op_block
+from core.model.genotype import Genotype
+
+
+class DecoderOutput(NamedTuple):
+    """Per-voxel logits of a decoder.
+
+    Attributes:
+        organ: ``(B, 1 + K, ...)``: background then the task's structures.
+        anomaly: ``(B, 1, ...)``: how unlike its training data the tissue is.
+        confidence: ``(B, 1, ...)``: how likely its own arg-max label is right.
+    """
+
+    organ: torch.Tensor
+    anomaly: torch.Tensor
+    confidence: torch.Tensor
+
+
+class Decoder(nn.Module):
+    """Upsampling stages, each: transposed conv x2, concat the skip, two genotype operations.
+
+    Args:
+        encoder_widths: the encoder's level widths (full resolution first).
+        genotype: the architecture (one stage per upsampling step).
+        structures: the task's structures (canonical vocabulary names), in label-id order.
+    """
+
+    def __init__(
+        self, encoder_widths: Sequence[int], genotype: Genotype, structures: Sequence[str]
+    ) -> None:
+        super().__init__()
+        if not structures:
+            raise ValueError("a decoder needs at least one structure")
+        for name in structures:
+            anatomy.get(name)
+        if len(set(structures)) != len(structures):
+            raise ValueError(f"structures repeat a name: {list(structures)}")
+        self.genotype = genotype
+        self.structures = tuple(structures)
+        self.encoder_widths = tuple(encoder_widths)
+        widths = genotype.widths(encoder_widths)
+        skips = list(reversed(encoder_widths[:-1]))
+        below = [encoder_widths[-1], *widths[:-1]]
+        self.ups = nn.ModuleList(
+            UpSample(3, w_in, w, scale_factor=2, mode="deconv")
+            for w_in, w in zip(below, widths, strict=True)
+        )
+        self.stages = nn.ModuleList(
+            nn.Sequential(op_block(s.op, w + skip, w), op_block(s.op, w, w))
+            for s, w, skip in zip(genotype.stages, widths, skips, strict=True)
+        )
+        self.organ_head = nn.Conv3d(widths[-1], 1 + len(structures), kernel_size=1)
+        self.anomaly_head = nn.Conv3d(widths[-1], 1, kernel_size=1)
+        self.confidence_head = nn.Conv3d(widths[-1], 1, kernel_size=1)
+        init_he(self)
+
+    def forward(self, features: Sequence[torch.Tensor]) -> DecoderOutput:
+        """Decode the encoder's skip features (full resolution first, bottleneck last)."""
+        x = features[-1]
+        for up, stage, skip in zip(self.ups, self.stages, reversed(features[:-1]), strict=True):
+            x = stage(torch.cat([up(x), skip], dim=1))
+        return DecoderOutput(self.organ_head(x), self.anomaly_head(x), self.confidence_head(x))

@@ -1,0 +1,166 @@
+"""Local training of one task at a site: the ``base`` and ``teacher`` phases.
+
+``base`` (first task only) trains the encoder and the task's decoder together; ``teacher``
+trains a new full decoder on the frozen encoder. Both use MONAI's DiceCE loss with batch
+Dice, foreground-favouring patches, Adam with a polynomial learning-rate decay, and report
+validation Dice per structure.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from enum import StrEnum
+from typing import Any
+
+import torch
+from monai.data import CacheDataset, DataLoader, list_data_collate
+from monai.losses import DiceCELoss
+from tqdm import tqdm
+
+from core.data import Case, LabelTable
+from core.data.transforms import Augmentation, Preprocessing, training_transforms
+from core.evaluation import evaluate_task
+from core.model import ContinualSegmenter
+
+
+class Phase(StrEnum):
+    """The local training phases this module runs."""
+
+    BASE = "base"
+    TEACHER = "teacher"
+
+
+@dataclass(frozen=True)
+class TrainSettings:
+    """Budget and optimiser of one local training phase.
+
+    Attributes:
+        steps: optimiser steps.
+        batch_size: patches per step (at least 2: batch Dice and CPU speed both want it).
+        lr: Adam's initial learning rate, decayed polynomially to 0.
+        weight_decay: Adam's L2 penalty.
+        augmentation: patch size and augmentation.
+        seed: seeds weights' initial shuffling, patch sampling and augmentation.
+        progress: show a progress bar.
+    """
+
+    steps: int = 250
+    batch_size: int = 2
+    lr: float = 1e-2
+    weight_decay: float = 3e-5
+    augmentation: Augmentation = field(default_factory=Augmentation)
+    seed: int = 0
+    progress: bool = True
+
+
+@dataclass
+class PhaseResult:
+    """What a phase did: losses, time, and validation Dice per structure."""
+
+    phase: Phase
+    steps: int
+    seconds: float
+    losses: list[float]
+    dice: dict[str, float | None]
+
+    @property
+    def seconds_per_step(self) -> float:
+        """Mean wall time of one optimiser step, data loading included."""
+        return self.seconds / max(self.steps, 1)
+
+    def metrics(self) -> dict[str, Any]:
+        """Aggregate figures only (what may leave a site)."""
+        return {
+            "phase": str(self.phase),
+            "steps": self.steps,
+            "seconds": round(self.seconds, 3),
+            "final_loss": self.losses[-1] if self.losses else None,
+            "dice": self.dice,
+        }
+
+
+def patch_batches(
+    cases: Sequence[Case],
+    table: LabelTable,
+    prep: Preprocessing,
+    settings: TrainSettings,
+) -> Iterator[dict[str, Any]]:
+    """Endless batches of augmented patches; preprocessed volumes are cached in memory."""
+    aug = settings.augmentation
+    chain = training_transforms(prep, aug, table, seed=settings.seed)
+    dataset = CacheDataset([{"case": c} for c in cases], chain, num_workers=0, progress=False)
+    generator = torch.Generator().manual_seed(settings.seed)
+    loader = DataLoader(
+        dataset,
+        batch_size=max(1, settings.batch_size // aug.samples_per_case),
+        shuffle=True,
+        num_workers=0,
+        collate_fn=list_data_collate,
+        generator=generator,
+    )
+    while True:
+        yield from loader
+
+
+def train_phase(
+    model: ContinualSegmenter,
+    task: str,
+    phase: Phase,
+    table: LabelTable,
+    train_cases: Sequence[Case],
+    val_cases: Sequence[Case],
+    prep: Preprocessing,
+    settings: TrainSettings,
+) -> PhaseResult:
+    """Train a task's decoder (and, in ``base``, the encoder) on a site's cases.
+
+    Raises:
+        ValueError: if the phase does not fit the model's state (``base`` on a frozen
+            encoder, ``teacher`` on one that is not frozen), the decoder's structures
+            differ from the label table, or the patch does not fit the encoder depth.
+    """
+    decoder = model.decoder(task)
+    if decoder.structures != table.structures:
+        raise ValueError(f"{task}: decoder structures {decoder.structures} != {table.structures}")
+    if phase == Phase.BASE and model.encoder.frozen:
+        raise ValueError("base phase: the encoder is already frozen")
+    if phase == Phase.TEACHER and not model.encoder.frozen:
+        raise ValueError("teacher phase: freeze the encoder first (it is trained only in base)")
+    patch = settings.augmentation.patch_size
+    if any(side % model.encoder.config.divisor for side in patch):
+        raise ValueError(
+            f"patch {patch}: sides must be multiples of {model.encoder.config.divisor}"
+        )
+    if not train_cases:
+        raise ValueError(f"{task}: no training cases")
+
+    torch.manual_seed(settings.seed)
+    device = next(model.parameters()).device
+    params = list(decoder.parameters())
+    if phase == Phase.BASE:
+        params += list(model.encoder.parameters())
+    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, settings.steps, power=0.9)
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    batches = patch_batches(train_cases, table, prep, settings)
+
+    model.train()
+    losses: list[float] = []
+    start = time.perf_counter()
+    bar = tqdm(range(settings.steps), desc=f"{phase} {task}", disable=not settings.progress)
+    for _ in bar:
+        batch = next(batches)
+        image, label = batch["image"].to(device), batch["label"].to(device)
+        features = model.encoder(image)
+        loss = loss_fn(decoder(features).organ, label)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    seconds = time.perf_counter() - start
+    dice = evaluate_task(model, task, val_cases, table, prep, patch, device) if val_cases else {}
+    return PhaseResult(phase, settings.steps, seconds, losses, dice)

@@ -1,0 +1,144 @@
+"""``csfl profile``: size, training speed and prediction speed of the network on this machine.
+
+Weights are random: speed does not depend on what a network has learnt. Prediction runs
+on a synthetic CT at its own spacing (no resampling), comparing one bundle with N
+decoders (the encoder runs once per window) against N separate encoder+decoder models.
+"""
+
+from __future__ import annotations
+
+import platform
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.bundle import Bundle
+from core.data.nifti import read_header, write_volume
+from core.data.transforms import Preprocessing
+from core.inference import predict_volume
+from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
+from core.model.cost import count_parameters
+from simulations.phantoms import DEMO_STRUCTURES, make_abdomen_case
+
+# Four tasks of two structures each; like real tasks, some overlap.
+TASK_STRUCTURES = [(DEMO_STRUCTURES[i], DEMO_STRUCTURES[(i + 1) % 4]) for i in range(4)]
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """What to measure."""
+
+    config: EncoderConfig = field(default_factory=EncoderConfig.cpu_default)
+    train_patch: int = 64
+    train_steps: int = 6
+    predict_size: int = 160
+    roi: int = 64
+    n_tasks: int = 4
+
+
+def _model(
+    config: EncoderConfig, n_decoders: int, genotype: Genotype | None = None
+) -> ContinualSegmenter:
+    """An encoder with ``n_decoders`` decoders of ``genotype`` (default: the teacher)."""
+    model = ContinualSegmenter(Encoder(config))
+    genotype = genotype or Genotype.teacher(len(config.widths) - 1)
+    for i in range(n_decoders):
+        structures = TASK_STRUCTURES[i % len(TASK_STRUCTURES)]
+        model.add_decoder(f"task{i + 1}", Decoder(config.widths, genotype, structures))
+    return model
+
+
+def _train_step_seconds(config: EncoderConfig, patch: int, steps: int, frozen: bool) -> float:
+    model = _model(config, 1)
+    if frozen:
+        model.encoder.freeze()
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=1e-3)
+    x = torch.randn(2, config.in_channels, patch, patch, patch)
+    y = torch.randint(0, 3, (2, 1, patch, patch, patch))
+    loss_fn = torch.nn.CrossEntropyLoss()
+    times = []
+    model.train()
+    for _ in range(steps + 1):  # the first step warms up allocators and is dropped
+        start = time.perf_counter()
+        loss = loss_fn(model.forward_task(x, "task1").organ, y[:, 0])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        times.append(time.perf_counter() - start)
+    return sorted(times[1:])[len(times[1:]) // 2]
+
+
+def _predict_seconds(bundle: Bundle, path: Path) -> float:
+    start = time.perf_counter()
+    predict_volume(bundle, path)
+    return time.perf_counter() - start
+
+
+def profile_network(settings: ProfileSettings) -> dict[str, Any]:
+    """Measure and return every figure as JSON-ready data."""
+    cfg = settings.config
+    n = settings.n_tasks
+    encoder, unified = Encoder(cfg), _model(cfg, n)
+    student = Genotype.uniform("p3d", 0.5, len(cfg.widths) - 1)
+    students = _model(cfg, n, student)
+    teacher = unified.decoder("task1")
+    result: dict[str, Any] = {
+        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
+        f"torch {torch.__version__}",
+        "encoder_widths": list(cfg.widths),
+        "parameters": {
+            "encoder": count_parameters(encoder),
+            "teacher_decoder": count_parameters(teacher),
+            f"unified_{n}_decoders": count_parameters(unified),
+            f"{n}_separate_models": n * count_parameters(_model(cfg, 1)),
+            f"student_decoder_{student}": count_parameters(students.decoder("task1")),
+            f"unified_{n}_students": count_parameters(students),
+        },
+        "train_seconds_per_step": {
+            f"base_{settings.train_patch}^3_batch2": _train_step_seconds(
+                cfg, settings.train_patch, settings.train_steps, frozen=False
+            ),
+            f"teacher_{settings.train_patch}^3_batch2": _train_step_seconds(
+                cfg, settings.train_patch, settings.train_steps, frozen=True
+            ),
+        },
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        image, _, affine = make_abdomen_case(settings.predict_size, seed=0)
+        path = write_volume(Path(tmp) / "ct.nii.gz", image, affine)
+        prep = Preprocessing(spacing_mm=read_header(path).spacing)
+        roi = (settings.roi,) * 3
+        one = Bundle(_model(cfg, 1).eval(), prep, roi)
+        many = Bundle(unified.eval(), prep, roi)
+        singles = [Bundle(_model(cfg, 1).eval(), prep, roi) for _ in range(n)]
+        result["predict_seconds"] = {
+            "volume": f"{settings.predict_size}^3, roi {settings.roi}^3, overlap 0.25",
+            "1_decoder": _predict_seconds(one, path),
+            f"{n}_decoders_shared_encoder": _predict_seconds(many, path),
+            f"{n}_separate_models": sum(_predict_seconds(b, path) for b in singles),
+            f"{n}_students_shared_encoder": _predict_seconds(
+                Bundle(students.eval(), prep, roi), path
+            ),
+        }
+    return result
+
+
+def format_profile(result: dict[str, Any]) -> str:
+    """The figures as a Markdown table."""
+    rows = ["| figure | value |", "|---|---|"]
+    for section in ("parameters", "train_seconds_per_step", "predict_seconds"):
+        for key, value in result[section].items():
+            shown = (
+                f"{value:,}"
+                if isinstance(value, int)
+                else f"{value:.2f}"
+                if isinstance(value, float)
+                else value
+            )
+            rows.append(f"| {section}: {key} | {shown} |")
+    return f"Machine: {result['machine']}; encoder {result['encoder_widths']}\n\n" + "\n".join(rows)

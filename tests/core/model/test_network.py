@@ -1,0 +1,115 @@
+import pytest
+import torch
+
+from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, Stage
+from core.model.cost import count_parameters, genotype_cost
+from tests.conftest import TINY
+
+STRUCTURES = ("liver", "spleen", "kidney_left")
+
+
+def test_encoder_returns_skips_at_halving_resolutions():
+    features = Encoder(TINY)(torch.zeros(1, 1, 32, 32, 32))
+    assert [f.shape[1] for f in features] == list(TINY.widths)
+    assert [f.shape[-1] for f in features] == [32, 16, 8, 4]
+
+
+def test_encoder_configs():
+    assert EncoderConfig.cpu_default().widths == (8, 16, 32, 64, 128)
+    gpu = EncoderConfig.gpu_default()
+    assert gpu.widths[-1] == 320 and gpu.divisor == 32
+    assert EncoderConfig.from_json(gpu.to_json()) == gpu
+    with pytest.raises(ValueError, match="bad encoder config"):
+        EncoderConfig((8,))
+
+
+def test_frozen_encoder_has_no_grads_and_stays_in_eval_mode():
+    encoder = Encoder(TINY).freeze()
+    model = ContinualSegmenter(encoder)
+    model.train()
+    assert encoder.frozen and not encoder.training
+    assert not any(p.requires_grad for p in encoder.parameters())
+
+
+def test_encoder_hash_is_stable_and_tracks_weights():
+    torch.manual_seed(1)
+    a = Encoder(TINY)
+    torch.manual_seed(1)
+    b = Encoder(TINY)
+    assert a.weights_sha256() == b.weights_sha256()
+    with torch.no_grad():
+        next(b.parameters())[0].add_(1e-3)
+    assert a.weights_sha256() != b.weights_sha256()
+
+
+def test_genotype_json_round_trip_and_validation():
+    g = Genotype((Stage("3d", 1.0), Stage("p3d", 0.5), Stage("2d", 0.25)))
+    assert Genotype.from_json(g.to_json()) == g
+    assert str(g) == "3d@1 p3d@0.5 2d@0.25"
+    assert Genotype.teacher(3) == Genotype.uniform("3d", 1.0, 3)
+    with pytest.raises(ValueError, match="op 'conv'"):
+        Genotype.from_json({"stages": [{"op": "conv", "width": 1}]})
+    with pytest.raises(ValueError, match="width 0"):
+        Stage("3d", 0)
+    with pytest.raises(ValueError, match="needs 3"):
+        Genotype.teacher(4).widths(TINY.widths)
+
+
+def test_decoder_heads_and_shapes():
+    encoder = Encoder(TINY)
+    decoder = Decoder(TINY.widths, Genotype.teacher(3), STRUCTURES)
+    out = decoder(encoder(torch.zeros(2, 1, 32, 32, 32)))
+    assert out.organ.shape == (2, 1 + len(STRUCTURES), 32, 32, 32)
+    assert out.anomaly.shape == out.confidence.shape == (2, 1, 32, 32, 32)
+
+
+def test_decoder_refuses_unknown_or_repeated_structures():
+    with pytest.raises(KeyError, match="closest: liver"):
+        Decoder(TINY.widths, Genotype.teacher(3), ("livr",))
+    with pytest.raises(ValueError, match="repeat"):
+        Decoder(TINY.widths, Genotype.teacher(3), ("liver", "liver"))
+
+
+def test_in_plane_op_has_no_extent_along_the_body_axis():
+    decoder = Decoder(TINY.widths, Genotype.uniform("2d", 1.0, 3), STRUCTURES)
+    kernels = {m.kernel_size for m in decoder.stages.modules() if isinstance(m, torch.nn.Conv3d)}
+    assert kernels == {(3, 3, 1)}
+    p3d = Decoder(TINY.widths, Genotype.uniform("p3d", 1.0, 3), STRUCTURES)
+    kernels = {m.kernel_size for m in p3d.stages.modules() if isinstance(m, torch.nn.Conv3d)}
+    assert kernels == {(3, 3, 1), (1, 1, 3)}
+
+
+def test_cost_orders_genotypes_by_size_and_compute():
+    teacher = genotype_cost(TINY, Genotype.teacher(3), STRUCTURES, (32, 32, 32))
+    p3d = genotype_cost(TINY, Genotype.uniform("p3d", 0.5, 3), STRUCTURES, (32, 32, 32))
+    tiny = genotype_cost(TINY, Genotype.uniform("2d", 0.25, 3), STRUCTURES, (32, 32, 32))
+    assert teacher.parameters > p3d.parameters > tiny.parameters
+    assert teacher.macs > p3d.macs > tiny.macs > 0
+    built = Decoder(TINY.widths, Genotype.teacher(3), STRUCTURES)
+    assert teacher.parameters == count_parameters(built)
+
+
+def test_unified_model_runs_the_encoder_once_for_all_decoders():
+    model = ContinualSegmenter(Encoder(TINY))
+    model.add_decoder("a", Decoder(TINY.widths, Genotype.teacher(3), ("liver",)))
+    model.add_decoder(
+        "b", Decoder(TINY.widths, Genotype.uniform("2d", 0.5, 3), ("spleen", "liver"))
+    )
+    calls = []
+    model.encoder.register_forward_hook(lambda *args: calls.append(1))
+    out = model(torch.zeros(1, 1, 16, 16, 16))
+    assert list(out) == ["a", "b"] and len(calls) == 1
+    assert out["b"].organ.shape[1] == 3
+
+
+def test_unified_model_refuses_bad_tasks():
+    model = ContinualSegmenter(Encoder(TINY))
+    decoder = Decoder(TINY.widths, Genotype.teacher(3), ("liver",))
+    model.add_decoder("t1", decoder)
+    with pytest.raises(ValueError, match="already has"):
+        model.add_decoder("t1", decoder)
+    with pytest.raises(ValueError, match="task name"):
+        model.add_decoder("Bad Name", decoder)
+    other = Decoder((8, 16, 32, 64, 128), Genotype.teacher(4), ("liver",))
+    with pytest.raises(ValueError, match="expects encoder widths"):
+        model.add_decoder("t2", other)

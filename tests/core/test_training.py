@@ -1,0 +1,93 @@
+import numpy as np
+import pytest
+import torch
+
+from core.data import split_cases
+from core.data.transforms import Augmentation
+from core.model import Decoder, Genotype
+from core.training import Phase, TrainSettings, train_phase
+from tests.builders import nnunet_dataset
+from tests.conftest import PATCH, TINY, native_prep, tiny_model
+
+
+def _settings(steps, patch=PATCH, **kw):
+    return TrainSettings(
+        steps=steps, augmentation=Augmentation(patch_size=patch), progress=False, **kw
+    )
+
+
+@pytest.mark.slow
+def test_base_phase_learns_the_phantom_organs(phantom_dataset):
+    model = tiny_model(phantom_dataset.labels.structures, seed=0)
+    train, val = split_cases(phantom_dataset.cases, 0.34)
+    result = train_phase(
+        model,
+        "abdomen",
+        Phase.BASE,
+        phantom_dataset.labels,
+        train,
+        val,
+        native_prep(phantom_dataset),
+        _settings(200),
+    )
+    assert np.mean(result.losses[-20:]) < 0.6 * np.mean(result.losses[:20])
+    dice = {k: v for k, v in result.dice.items() if v is not None}
+    assert set(dice) == set(phantom_dataset.labels.structures)
+    # A model that learned nothing predicts background everywhere: Dice 0 for every organ.
+    assert dice["liver"] > 0.7
+    assert np.mean(list(dice.values())) > 0.4
+    assert result.metrics()["steps"] == 200 and result.seconds_per_step > 0
+
+
+def test_a_new_decoder_never_changes_old_outputs(tmp_path):
+    first = nnunet_dataset(tmp_path / "A", n_cases=2, structures=("liver", "spleen"))
+    second = nnunet_dataset(tmp_path / "B", n_cases=2, structures=("kidney_left",))
+    prep = native_prep(first)
+    model = tiny_model(first.labels.structures)
+    patch = (16, 16, 16)
+    train_phase(
+        model, "abdomen", Phase.BASE, first.labels, first.cases, [], prep, _settings(2, patch)
+    )
+    model.encoder.freeze()
+    probe = torch.randn(1, 1, 16, 16, 16)
+    model.eval()
+    with torch.no_grad():
+        before = model(probe)["abdomen"]
+    encoder_hash = model.encoder.weights_sha256()
+
+    new = model.add_decoder(
+        "kidneys", Decoder(TINY.widths, Genotype.teacher(3), second.labels.structures)
+    )
+    untrained = {k: v.clone() for k, v in new.state_dict().items()}
+    train_phase(
+        model, "kidneys", Phase.TEACHER, second.labels, second.cases, [], prep, _settings(3, patch)
+    )
+    model.eval()
+    with torch.no_grad():
+        after = model(probe)
+    assert torch.equal(before.organ, after["abdomen"].organ)
+    assert torch.equal(before.anomaly, after["abdomen"].anomaly)
+    assert torch.equal(before.confidence, after["abdomen"].confidence)
+    assert model.encoder.weights_sha256() == encoder_hash
+    trained = new.state_dict()
+    assert any(not torch.equal(untrained[k], trained[k]) for k in trained)  # it did learn
+
+
+def test_phases_refuse_what_does_not_fit(tmp_path):
+    ds = nnunet_dataset(tmp_path / "A", n_cases=1, structures=("liver", "spleen"))
+    prep = native_prep(ds)
+    model = tiny_model(ds.labels.structures)
+    with pytest.raises(ValueError, match="freeze the encoder"):
+        train_phase(model, "abdomen", Phase.TEACHER, ds.labels, ds.cases, [], prep, _settings(1))
+    with pytest.raises(ValueError, match="multiples of 8"):
+        train_phase(
+            model, "abdomen", Phase.BASE, ds.labels, ds.cases, [], prep, _settings(1, (12, 16, 16))
+        )
+    with pytest.raises(ValueError, match="no training cases"):
+        train_phase(model, "abdomen", Phase.BASE, ds.labels, [], [], prep, _settings(1, (16,) * 3))
+    other = nnunet_dataset(tmp_path / "B", n_cases=1, structures=("liver",))
+    with pytest.raises(ValueError, match="decoder structures"):
+        train_phase(model, "abdomen", Phase.BASE, other.labels, other.cases, [], prep, _settings(1))
+    model.encoder.freeze()
+    with pytest.raises(ValueError, match="already frozen"):
+        train_phase(model, "abdomen", Phase.BASE, ds.labels, ds.cases, [], prep, _settings(1))
