@@ -420,6 +420,11 @@ def by_group(group: Group | str) -> list[str]:
     return [st.name for st in STRUCTURES if st.group == Group(group)]
 
 
+def index(name: str) -> int:
+    """Position of a canonical name in the vocabulary (stable: new names are appended)."""
+    return _ORDER[get(name).name]
+
+
 def canonical_order(names: Iterable[str]) -> list[str]:
     """Sort canonical names into vocabulary order (for stable label ids)."""
     return sorted(names, key=lambda n: _ORDER[get(n).name])

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import colorsys
-import hashlib
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,9 +12,14 @@ from core.io import atomic_write_bytes, atomic_write_json
 
 
 def structure_color(name: str) -> tuple[int, int, int]:
-    """A stable colour per structure name, the same in every prediction."""
-    h = int(hashlib.sha256(name.encode()).hexdigest()[:8], 16)
-    hue, sat, val = (h % 360) / 360.0, 0.55 + (h >> 9) % 35 / 100.0, 0.75 + (h >> 17) % 25 / 100.0
+    """A stable colour per structure, the same in every prediction.
+
+    Hues step by the golden ratio along the vocabulary, so structures that sit together
+    in it (liver, spleen, gallbladder) get clearly different colours.
+    """
+    i = anatomy.index(name)
+    hue = (i * 0.618033988749895) % 1.0
+    sat, val = (0.65, 0.95) if i % 2 == 0 else (0.9, 0.8)
     r, g, b = colorsys.hsv_to_rgb(hue, sat, val)
     return round(r * 255), round(g * 255), round(b * 255)
 

@@ -65,20 +65,34 @@ def site_check(
 
 @app.command()
 def phantoms(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the dataset into.")],
-    cases: Annotated[int, typer.Option(min=1, help="Number of synthetic patients.")] = 4,
-    size: Annotated[int, typer.Option(min=32, help="Voxels per side of each volume.")] = 48,
-    seed: Annotated[int, typer.Option(help="Same seed, same bytes.")] = 0,
+    scenario: Annotated[
+        str, typer.Option(help="A built-in scenario (tiny, default, wholebody143) or a TOML path.")
+    ] = "tiny",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for the sites' data.")] = Path(
+        "phantoms"
+    ),
+    size: Annotated[
+        int | None, typer.Option(min=32, help="Voxels per side (default: the scenario's).")
+    ] = None,
+    cases: Annotated[
+        int | None, typer.Option(min=1, help="Cases per site (default: the scenario's).")
+    ] = None,
 ) -> None:
-    """Write synthetic abdominal CT phantoms as an nnU-Net v2 raw dataset."""
-    from simulations.phantoms import write_demo_dataset
+    """Write a scenario's synthetic hospitals: one nnU-Net v2 dataset and preview PNG per site.
+
+    Also writes each task's held-out test cases under OUT/test. The same scenario and
+    seed give the same bytes.
+    """
+    from simulations.scenario import load_scenario, write_scenario
 
     with user_errors():
-        dataset = write_demo_dataset(out, n_cases=cases, size=size, seed=seed)
-    typer.echo(
-        f"Wrote {len(dataset.cases)} case(s) of {size}^3 voxels to {dataset.root} "
-        f"(structures: {', '.join(dataset.labels.structures)})"
-    )
+        spec = load_scenario(scenario)
+        written = write_scenario(spec, out, size, cases, progress=sys.stderr.isatty())
+    for site in written:
+        typer.echo(
+            f"{site.site}: {len(site.dataset.cases)} case(s) of task {site.task} "
+            f"-> {site.dataset.root} (preview {site.preview})"
+        )
 
 
 @app.command()
@@ -120,20 +134,34 @@ def predict(
 
 @app.command()
 def profile(
+    network: Annotated[bool, typer.Option(help="Measure the network (about a minute).")] = True,
+    phantoms: Annotated[bool, typer.Option(help="Time whole-body phantom generation.")] = True,
     gpu_widths: Annotated[
-        bool,
-        typer.Option("--gpu-widths", help="Profile nnU-Net's widths instead of the CPU default."),
+        bool, typer.Option("--gpu-widths", help="Profile nnU-Net's widths, not the CPU default.")
     ] = False,
     predict_size: Annotated[int, typer.Option(min=32, help="Side of the volume predicted.")] = 160,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
-    """Measure parameters, training seconds per step and prediction time on this machine."""
+    """Measure sizes and speeds on this machine.
+
+    Network parameters, training seconds per step and prediction time (random weights),
+    and the time to generate a whole-body phantom with every structure.
+    """
     from core.io import atomic_write_json
     from core.model import EncoderConfig
-    from simulations.network_profile import ProfileSettings, format_profile, profile_network
+    from simulations.network_profile import (
+        ProfileSettings,
+        format_profile,
+        profile_network,
+        profile_phantoms,
+    )
 
-    config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
-    result = profile_network(ProfileSettings(config=config, predict_size=predict_size))
+    result: dict[str, object] = {}
+    if network:
+        config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
+        result |= profile_network(ProfileSettings(config=config, predict_size=predict_size))
+    if phantoms:
+        result["phantoms"] = profile_phantoms()
     typer.echo(format_profile(result))
     if json_out is not None:
         atomic_write_json(json_out, result)

@@ -22,10 +22,11 @@ from core.data.transforms import Preprocessing
 from core.inference import predict_volume
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.model.cost import count_parameters
-from simulations.phantoms import DEMO_STRUCTURES, make_abdomen_case
+from simulations.phantoms import make_case
 
+ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 # Four tasks of two structures each; like real tasks, some overlap.
-TASK_STRUCTURES = [(DEMO_STRUCTURES[i], DEMO_STRUCTURES[(i + 1) % 4]) for i in range(4)]
+TASK_STRUCTURES = [(ORGANS[i], ORGANS[(i + 1) % 4]) for i in range(4)]
 
 
 @dataclass(frozen=True)
@@ -88,8 +89,7 @@ def profile_network(settings: ProfileSettings) -> dict[str, Any]:
     students = _model(cfg, n, student)
     teacher = unified.decoder("task1")
     result: dict[str, Any] = {
-        "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, "
-        f"torch {torch.__version__}",
+        "machine": machine(),
         "encoder_widths": list(cfg.widths),
         "parameters": {
             "encoder": count_parameters(encoder),
@@ -109,8 +109,8 @@ def profile_network(settings: ProfileSettings) -> dict[str, Any]:
         },
     }
     with tempfile.TemporaryDirectory() as tmp:
-        image, _, affine = make_abdomen_case(settings.predict_size, seed=0)
-        path = write_volume(Path(tmp) / "ct.nii.gz", image, affine)
+        case = make_case(0, ORGANS, "abdomen", settings.predict_size)
+        path = write_volume(Path(tmp) / "ct.nii.gz", case.image, case.affine)
         prep = Preprocessing(spacing_mm=read_header(path).spacing)
         roi = (settings.roi,) * 3
         one = Bundle(_model(cfg, 1).eval(), prep, roi)
@@ -128,10 +128,24 @@ def profile_network(settings: ProfileSettings) -> dict[str, Any]:
     return result
 
 
+def profile_phantoms(sizes: tuple[int, ...] = (64, 128)) -> dict[str, Any]:
+    """Seconds to generate one whole-body case with every drawable structure labelled."""
+    from simulations.phantoms import LESIONS, drawable_structures
+
+    names = drawable_structures()
+    out: dict[str, Any] = {"structures": len(names)}
+    for size in sizes:
+        start = time.perf_counter()
+        make_case(0, names, "whole_body", size, lesions=LESIONS, lesion_rate=1.0)
+        out[f"whole_body_{size}^3_seconds"] = time.perf_counter() - start
+    return out
+
+
 def format_profile(result: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
     rows = ["| figure | value |", "|---|---|"]
-    for section in ("parameters", "train_seconds_per_step", "predict_seconds"):
+    sections = ("parameters", "train_seconds_per_step", "predict_seconds", "phantoms")
+    for section in (s for s in sections if s in result):
         for key, value in result[section].items():
             shown = (
                 f"{value:,}"
@@ -141,4 +155,12 @@ def format_profile(result: dict[str, Any]) -> str:
                 else value
             )
             rows.append(f"| {section}: {key} | {shown} |")
-    return f"Machine: {result['machine']}; encoder {result['encoder_widths']}\n\n" + "\n".join(rows)
+    head = f"Machine: {machine()}"
+    if "encoder_widths" in result:
+        head += f"; encoder {result['encoder_widths']}"
+    return head + "\n\n" + "\n".join(rows)
+
+
+def machine() -> str:
+    """The machine in words, for benchmark tables."""
+    return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"

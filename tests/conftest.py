@@ -1,4 +1,4 @@
-"""Shared fixtures: a small trained model bundle on demo phantoms (trained once per run)."""
+"""Shared fixtures: the tiny scenario's phantoms, and a small model trained on them once."""
 
 from __future__ import annotations
 
@@ -8,11 +8,11 @@ import pytest
 import torch
 
 from core.bundle import Bundle, save_bundle
-from core.data import TaskDataset, split_cases
+from core.data import Case, TaskDataset
 from core.data.transforms import Augmentation, Preprocessing
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.training import Phase, TrainSettings, train_phase
-from simulations.phantoms import write_demo_dataset
+from simulations.scenario import WrittenSite, load_scenario, write_scenario
 
 TINY = EncoderConfig((8, 16, 32, 64))
 PATCH = (32, 32, 32)
@@ -37,20 +37,36 @@ def native_prep(dataset: TaskDataset) -> Preprocessing:
 
 
 @pytest.fixture(scope="session")
-def phantom_dataset(tmp_path_factory: pytest.TempPathFactory) -> TaskDataset:
-    """Six 32^3 demo phantoms with liver, spleen and kidneys labelled."""
-    return write_demo_dataset(tmp_path_factory.mktemp("phantoms"), n_cases=6, size=32, seed=0)
+def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WrittenSite]:
+    """The tiny scenario written once: hospA and hospB (abdomen), hospC (chest), test sets."""
+    written = write_scenario(load_scenario("tiny"), tmp_path_factory.mktemp("tiny"))
+    return {site.site: site for site in written}
 
 
 @pytest.fixture(scope="session")
-def trained_bundle(tmp_path_factory: pytest.TempPathFactory, phantom_dataset: TaskDataset) -> Path:
+def phantom_dataset(tiny_sites: dict[str, WrittenSite]) -> TaskDataset:
+    """hospA's abdominal dataset: 32^3 phantoms with liver, spleen and kidneys labelled."""
+    return tiny_sites["hospA"].dataset
+
+
+def abdomen_cases(tiny_sites: dict[str, WrittenSite]) -> list[Case]:
+    """The training cases of both abdominal sites (same task, same label table)."""
+    return [*tiny_sites["hospA"].dataset.cases, *tiny_sites["hospB"].dataset.cases]
+
+
+@pytest.fixture(scope="session")
+def trained_bundle(
+    tmp_path_factory: pytest.TempPathFactory, tiny_sites: dict[str, WrittenSite]
+) -> Path:
     """A bundle whose one decoder was trained briefly (it segments at least the liver)."""
-    model = tiny_model(phantom_dataset.labels.structures)
-    prep = native_prep(phantom_dataset)
-    train, _ = split_cases(phantom_dataset.cases, 0.34)
+    dataset = tiny_sites["hospA"].dataset
+    model = tiny_model(dataset.labels.structures)
+    prep = native_prep(dataset)
     settings = TrainSettings(steps=120, augmentation=Augmentation(patch_size=PATCH), progress=False)
-    train_phase(model, "abdomen", Phase.BASE, phantom_dataset.labels, train, [], prep, settings)
+    train_phase(
+        model, "abdomen", Phase.BASE, dataset.labels, abdomen_cases(tiny_sites), [], prep, settings
+    )
     model.encoder.freeze()
     folder = tmp_path_factory.mktemp("bundle")
-    save_bundle(Bundle(model, prep, PATCH, {"abdomen": {"sites": ["demo"]}}), folder)
+    save_bundle(Bundle(model, prep, PATCH, {"abdomen": {"sites": ["hospA", "hospB"]}}), folder)
     return folder

@@ -1,5 +1,12 @@
-"""Synthetic CT phantoms with labels on the anatomy vocabulary."""
+"""Synthetic whole-body CT phantoms with labels on the anatomy vocabulary."""
 
-from simulations.phantoms.torso import DEMO_STRUCTURES, make_abdomen_case, write_demo_dataset
+from simulations.phantoms.generate import (
+    LESIONS,
+    REGIONS,
+    PhantomCase,
+    Scanner,
+    drawable_structures,
+    make_case,
+)
 
-__all__ = ["DEMO_STRUCTURES", "make_abdomen_case", "write_demo_dataset"]
+__all__ = ["LESIONS", "REGIONS", "PhantomCase", "Scanner", "drawable_structures", "make_case"]

@@ -2,12 +2,12 @@ import numpy as np
 import pytest
 import torch
 
-from core.data import split_cases
+from core.data import open_dataset
 from core.data.transforms import Augmentation
 from core.model import Decoder, Genotype
 from core.training import Phase, TrainSettings, train_phase
 from tests.builders import nnunet_dataset
-from tests.conftest import PATCH, TINY, native_prep, tiny_model
+from tests.conftest import PATCH, TINY, abdomen_cases, native_prep, tiny_model
 
 
 def _settings(steps, patch=PATCH, **kw):
@@ -17,22 +17,18 @@ def _settings(steps, patch=PATCH, **kw):
 
 
 @pytest.mark.slow
-def test_base_phase_learns_the_phantom_organs(phantom_dataset):
-    model = tiny_model(phantom_dataset.labels.structures, seed=0)
-    train, val = split_cases(phantom_dataset.cases, 0.34)
+def test_base_phase_learns_the_phantom_organs(tiny_sites):
+    dataset = tiny_sites["hospA"].dataset
+    held_out = open_dataset(dataset.root.parent.parent / "test" / dataset.root.name).cases
+    model = tiny_model(dataset.labels.structures, seed=0)
+    cases = abdomen_cases(tiny_sites)
+    prep = native_prep(dataset)
     result = train_phase(
-        model,
-        "abdomen",
-        Phase.BASE,
-        phantom_dataset.labels,
-        train,
-        val,
-        native_prep(phantom_dataset),
-        _settings(200),
+        model, "abdomen", Phase.BASE, dataset.labels, cases, held_out, prep, _settings(200)
     )
     assert np.mean(result.losses[-20:]) < 0.6 * np.mean(result.losses[:20])
     dice = {k: v for k, v in result.dice.items() if v is not None}
-    assert set(dice) == set(phantom_dataset.labels.structures)
+    assert set(dice) == set(dataset.labels.structures)
     # A model that learned nothing predicts background everywhere: Dice 0 for every organ.
     assert dice["liver"] > 0.7
     assert np.mean(list(dice.values())) > 0.4

@@ -45,14 +45,20 @@ def test_site_check_fails_and_names_each_bad_file(tmp_path):
     assert "1/3 cases usable" in result.output
 
 
-def test_phantoms_command_writes_an_nnunet_dataset(tmp_path):
+def test_phantoms_command_writes_a_scenario(tmp_path):
     result = runner.invoke(
-        app, ["phantoms", "--out", str(tmp_path), "--cases", "2", "--size", "32"]
+        app, ["phantoms", "--scenario", "tiny", "--out", str(tmp_path), "--cases", "1"]
     )
     assert result.exit_code == 0, result.output
-    root = tmp_path / "Dataset001_DemoAbdomen"
-    assert json.loads((root / "dataset.json").read_text())["numTraining"] == 2
-    assert len(list((root / "imagesTr").glob("*_0000.nii.gz"))) == 2
+    root = tmp_path / "hospC" / "Dataset002_chest"
+    assert json.loads((root / "dataset.json").read_text())["numTraining"] == 1
+    assert (tmp_path / "hospC" / "preview.png").is_file()
+    assert "hospA: 1 case(s) of task abdomen" in result.output
+
+
+def test_phantoms_command_reports_an_unknown_scenario(tmp_path):
+    result = runner.invoke(app, ["phantoms", "--scenario", "nope", "--out", str(tmp_path)])
+    assert result.exit_code == 2 and "built-in ones are" in result.output
 
 
 def test_predict_a_folder(tmp_path, phantom_dataset, trained_bundle):

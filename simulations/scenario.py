@@ -1,0 +1,278 @@
+"""Scenarios: which hospitals exist, what each labels, and when each task arrives.
+
+A scenario TOML has top-level ``name``, ``description``, ``size`` (voxels per side) and
+``seed``; one ``[[tasks]]`` table per task (``name``, ``stage``, ``structures``,
+``test_cases``) and one ``[[sites]]`` table per hospital (``name``, ``task``, ``region``,
+``cases``, optional ``lesions``/``lesion_rate`` and ``scanner`` settings). A site labels
+only its task's structures: everything else in its label maps is background, as in real
+partially labelled datasets.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import zlib
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from tqdm import tqdm
+
+from core import anatomy
+from core.data import CaseArrays, TaskDataset, write_nnunet
+from simulations.phantoms import LESIONS, REGIONS, Scanner, make_case
+from simulations.phantoms.preview import write_preview
+
+
+class ScenarioError(ValueError):
+    """A scenario that cannot be run; the message names the file and field."""
+
+
+@dataclass(frozen=True)
+class TaskSpec:
+    """A task: its structures, the stage at which it arrives, held-out test cases."""
+
+    name: str
+    stage: int
+    structures: tuple[str, ...]
+    test_cases: int = 2
+
+
+@dataclass(frozen=True)
+class SiteSpec:
+    """A hospital: the task it serves, its scanner, field of view and patients."""
+
+    name: str
+    task: str
+    region: str
+    cases: int
+    scanner: Scanner = field(default_factory=Scanner)
+    lesions: tuple[str, ...] = ()
+    lesion_rate: float = 0.0
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """A whole scenario, validated."""
+
+    name: str
+    description: str
+    size: int
+    seed: int
+    tasks: tuple[TaskSpec, ...]
+    sites: tuple[SiteSpec, ...]
+
+    def task(self, name: str) -> TaskSpec:
+        """The task of that name."""
+        return next(t for t in self.tasks if t.name == name)
+
+    def sites_of(self, task: str) -> list[SiteSpec]:
+        """The sites that serve a task."""
+        return [s for s in self.sites if s.task == task]
+
+    @property
+    def stages(self) -> list[int]:
+        """Stage numbers in order."""
+        return sorted({t.stage for t in self.tasks})
+
+    def case_seed(self, group: str, index: int) -> int:
+        """A stable seed for case ``index`` of a site (or of a task's test set)."""
+        return zlib.crc32(f"{self.seed}:{group}:{index}".encode())
+
+
+def builtin_scenarios() -> list[str]:
+    """Names of the scenarios shipped with the package."""
+    folder = resources.files("simulations") / "scenarios"
+    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+
+
+def scenario_path(name_or_path: str | Path) -> Path:
+    """A scenario file: a path as given, or the name of a built-in scenario."""
+    path = Path(name_or_path)
+    if path.suffix == ".toml" or path.exists():
+        return path
+    candidate = Path(str(resources.files("simulations") / "scenarios" / f"{name_or_path}.toml"))
+    if not candidate.is_file():
+        raise ScenarioError(
+            f"no scenario {name_or_path!r}: built-in ones are {', '.join(builtin_scenarios())}"
+        )
+    return candidate
+
+
+def _get(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
+    if key not in obj:
+        raise ScenarioError(f"{where}: missing {key!r}")
+    value = obj[key]
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        value = float(value)
+    if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
+        raise ScenarioError(f"{where}.{key}: expected {kind.__name__}, found {value!r}")
+    return value
+
+
+def load_scenario(name_or_path: str | Path) -> Scenario:
+    """Read and validate a scenario (a built-in name or a TOML path).
+
+    Raises:
+        ScenarioError: naming the file and field for anything wrong.
+    """
+    path = scenario_path(name_or_path)
+    try:
+        doc = tomllib.loads(path.read_text(encoding="utf-8"))
+    except (OSError, tomllib.TOMLDecodeError) as e:
+        raise ScenarioError(f"{path}: cannot read scenario ({e})") from None
+    where = str(path)
+    tasks = []
+    for i, t in enumerate(doc.get("tasks", [])):
+        at = f"{where}: tasks[{i}]"
+        structures = tuple(_get(t, "structures", list, at))
+        for s in structures:
+            try:
+                anatomy.get(s)
+            except anatomy.UnknownStructureError as e:
+                raise ScenarioError(f"{at}.structures: {e}") from None
+        tasks.append(
+            TaskSpec(
+                _get(t, "name", str, at),
+                _get(t, "stage", int, at),
+                structures,
+                int(t.get("test_cases", 2)),
+            )
+        )
+    names = [t.name for t in tasks]
+    if not tasks or len(set(names)) != len(names):
+        raise ScenarioError(f"{where}: expected tasks with distinct names, found {names}")
+    sites = []
+    for i, s in enumerate(doc.get("sites", [])):
+        at = f"{where}: sites[{i}]"
+        task, region = _get(s, "task", str, at), _get(s, "region", str, at)
+        if task not in names:
+            raise ScenarioError(f"{at}.task: {task!r} is not one of the tasks {names}")
+        if region not in REGIONS:
+            raise ScenarioError(f"{at}.region: {region!r} is not one of {', '.join(REGIONS)}")
+        lesions = tuple(s.get("lesions", ()))
+        if bad := [x for x in lesions if x not in LESIONS]:
+            raise ScenarioError(
+                f"{at}.lesions: {bad} are not drawn; expected some of {', '.join(LESIONS)}"
+            )
+        try:
+            scanner = Scanner(**s.get("scanner", {}))
+        except TypeError as e:
+            raise ScenarioError(f"{at}.scanner: {e}") from None
+        sites.append(
+            SiteSpec(
+                _get(s, "name", str, at),
+                task,
+                region,
+                _get(s, "cases", int, at),
+                scanner,
+                lesions,
+                float(s.get("lesion_rate", 0.0)),
+            )
+        )
+    for t in tasks:
+        if not any(s.task == t.name for s in sites):
+            raise ScenarioError(f"{where}: task {t.name!r} has no site")
+    size = _get(doc, "size", int, where)
+    if size < 32:
+        raise ScenarioError(f"{where}.size: {size} is below the 32 voxels a phantom needs")
+    return Scenario(
+        _get(doc, "name", str, where),
+        str(doc.get("description", "")),
+        size,
+        int(doc.get("seed", 0)),
+        tuple(tasks),
+        tuple(sites),
+    )
+
+
+@dataclass(frozen=True)
+class WrittenSite:
+    """Where a site's data went."""
+
+    site: str
+    task: str
+    dataset: TaskDataset
+    preview: Path
+
+
+def _cases(
+    scenario: Scenario, site: SiteSpec, prefix: str, n: int, size: int, first: list[CaseArrays]
+) -> Iterator[CaseArrays]:
+    """Generate a site's cases; the first one is also kept in ``first`` for the preview."""
+    structures = scenario.task(site.task).structures
+    for i in range(n):
+        case = make_case(
+            scenario.case_seed(prefix, i),
+            structures,
+            site.region,
+            size,
+            site.scanner,
+            site.lesions,
+            site.lesion_rate,
+        )
+        arrays = CaseArrays(f"{prefix}_{i:03d}", case.image, case.label, case.affine)
+        if not first:
+            first.append(arrays)
+        yield arrays
+
+
+def write_scenario(
+    scenario: Scenario,
+    out: str | Path,
+    size: int | None = None,
+    cases: int | None = None,
+    progress: bool = False,
+) -> list[WrittenSite]:
+    """Write every site's dataset (nnU-Net v2) with a preview PNG, and each task's test set.
+
+    Layout: ``OUT/<site>/Dataset<NNN>_<task>/`` and ``OUT/<site>/preview.png`` per site;
+    ``OUT/test/Dataset<NNN>_<task>/`` per task, drawn like the task's first site.
+
+    Args:
+        scenario: what to write.
+        out: the folder.
+        size: voxels per side instead of the scenario's.
+        cases: cases per site instead of the scenario's.
+        progress: show a progress bar.
+    """
+    out = Path(out)
+    side = size or scenario.size
+    task_names = [t.name for t in scenario.tasks]
+    jobs = [(s, s.name, cases or s.cases, out / s.name, "preview.png") for s in scenario.sites]
+    jobs += [
+        (
+            scenario.sites_of(t.name)[0],
+            f"test_{t.name}",
+            t.test_cases,
+            out / "test",
+            f"preview_{t.name}.png",
+        )
+        for t in scenario.tasks
+        if t.test_cases
+    ]
+    written = []
+    bar = tqdm(jobs, desc=f"phantoms {scenario.name}", unit="site", disable=not progress)
+    for site, prefix, n, folder, preview_name in bar:
+        task = scenario.task(site.task)
+        first: list[CaseArrays] = []
+        dataset = write_nnunet(
+            folder / f"Dataset{task_names.index(task.name) + 1:03d}_{task.name}",
+            task.structures,
+            _cases(scenario, site, prefix, n, side, first),
+            description=f"scenario {scenario.name}, site {site.name}",
+        )
+        title = f"{scenario.name}: {site.name} ({task.name}, {site.region}), {first[0].case_id}"
+        preview = write_preview(
+            folder / preview_name,
+            first[0].image,
+            first[0].label,
+            first[0].affine,
+            task.structures,
+            title,
+        )
+        if not prefix.startswith("test_"):
+            written.append(WrittenSite(site.name, task.name, dataset, preview))
+    return written
