@@ -18,12 +18,11 @@ from core.label_files import structure_color
 WINDOW = (-160.0, 240.0)  # soft-tissue window: level 40, width 400
 
 
-def _centre(label: NDArray[np.generic]) -> tuple[int, int, int]:
-    idx = np.argwhere(np.asarray(label, dtype=np.int64) > 0)
-    if idx.size == 0:
-        return tuple(int(n // 2) for n in label.shape)  # type: ignore[return-value]
-    c = idx.mean(axis=0)
-    return int(c[0]), int(c[1]), int(c[2])
+def _busiest(label: NDArray[np.generic], axis: int) -> int:
+    """The slice along ``axis`` that shows the most distinct structures (then most voxels)."""
+    lab = np.moveaxis(np.asarray(label, dtype=np.int64), axis, 0)
+    scores = [(len(np.unique(s)) - 1, int(np.count_nonzero(s))) for s in lab]
+    return int(max(range(len(scores)), key=lambda k: scores[k]))
 
 
 def write_preview(
@@ -46,7 +45,7 @@ def write_preview(
 
     sx, sy, sz = (float(v) for v in np.abs(np.diag(affine)[:3]))
     nx, ny, nz = image.shape
-    ci, cj, ck = _centre(label)
+    ci, cj, ck = (_busiest(label, axis) for axis in range(3))
     colors = np.array([(0, 0, 0)] + [structure_color(s) for s in structures], float) / 255
     cmap = ListedColormap(colors)
     views = [
