@@ -1,38 +1,100 @@
-"""Per-structure validation of one task's decoder on whole preprocessed volumes."""
+"""Per-structure validation of one task's decoder: Dice and HD95 on whole volumes.
+
+Scores are kept as sums and counts per structure, so that sites can send aggregates (never
+per-case values) and the server can pool them weighted by the number of cases.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
-from monai.metrics import DiceMetric
+from monai.metrics import DiceMetric, compute_hausdorff_distance
 from monai.networks.utils import one_hot
-from numpy.typing import NDArray
 
 from core.data import Case, LabelTable
 from core.data.transforms import Preprocessing, validation_transforms
 from core.model import ContinualSegmenter
 
-NDArrayFloat = NDArray[np.float64]
+
+@dataclass
+class ScoreSums:
+    """Per structure: sum and count of Dice, and of HD95 (mm) where it is defined."""
+
+    dice: dict[str, list[float]] = field(default_factory=dict)
+    hd95: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, metric: str, structure: str, value: float) -> None:
+        """Add one case's value (NaN values are skipped: the structure was absent)."""
+        if np.isfinite(value):
+            pair = getattr(self, metric).setdefault(structure, [0.0, 0.0])
+            pair[0] += float(value)
+            pair[1] += 1.0
+
+    def merge(self, other: ScoreSums) -> ScoreSums:
+        """Pool another site's sums into these."""
+        for metric in ("dice", "hd95"):
+            for structure, (total, n) in getattr(other, metric).items():
+                pair = getattr(self, metric).setdefault(structure, [0.0, 0.0])
+                pair[0] += total
+                pair[1] += n
+        return self
+
+    def means(self, metric: str = "dice") -> dict[str, float | None]:
+        """Mean per structure (``None`` where no case had it)."""
+        return {s: (t / n if n else None) for s, (t, n) in getattr(self, metric).items()}
+
+    def to_flat(self) -> dict[str, float]:
+        """Flat ``metric-sum/structure`` and ``metric-n/structure`` entries (a MetricRecord)."""
+        out = {}
+        for metric in ("dice", "hd95"):
+            for structure, (total, n) in getattr(self, metric).items():
+                out[f"{metric}-sum/{structure}"] = total
+                out[f"{metric}-n/{structure}"] = n
+        return out
+
+    @classmethod
+    def from_flat(cls, flat: Mapping[str, float]) -> ScoreSums:
+        """Rebuild from :meth:`to_flat` (other keys are ignored)."""
+        out = cls()
+        for key, value in flat.items():
+            if "-sum/" in key:
+                metric, structure = key.split("-sum/", 1)
+                n = flat.get(f"{metric}-n/{structure}", 0.0)
+                if metric in ("dice", "hd95"):
+                    getattr(out, metric)[structure] = [float(value), float(n)]
+        return out
 
 
-def dice_per_structure(
-    prediction: torch.Tensor, label: torch.Tensor, n_structures: int
-) -> NDArrayFloat:
-    """Dice of each foreground class for label maps ``(B, 1, ...)``; NaN where both are empty.
+def score_prediction(
+    prediction: torch.Tensor,
+    label: torch.Tensor,
+    structures: Sequence[str],
+    spacing: Sequence[float],
+) -> ScoreSums:
+    """Dice and HD95 of each structure for one case; label maps are ``(1, 1, ...)`` indices.
 
-    A structure absent from the ground truth but predicted scores 0; absent from both, NaN.
+    A structure absent from both scores NaN (skipped); absent from the ground truth but
+    predicted, Dice 0.
     """
-    n = n_structures + 1
-    metric = DiceMetric(include_background=False, reduction="none", ignore_empty=False)
-    scores = metric(one_hot(prediction, n), one_hot(label, n))
-    assert isinstance(scores, torch.Tensor)
-    both_empty = (one_hot(prediction, n) + one_hot(label, n))[:, 1:].flatten(2).amax(2) == 0
-    scores = torch.where(both_empty, torch.nan, scores)
-    out: NDArrayFloat = scores.cpu().numpy().astype(np.float64)
-    return out
+    n = len(structures) + 1
+    pred, truth = one_hot(prediction, n), one_hot(label, n)
+    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred, truth)
+    assert isinstance(dice, torch.Tensor)
+    with warnings.catch_warnings():  # MONAI warns about empty structures, which we skip
+        warnings.simplefilter("ignore")
+        hd = compute_hausdorff_distance(pred, truth, percentile=95, spacing=list(spacing))
+    present = (pred + truth)[:, 1:].flatten(2).amax(2) > 0
+    sums = ScoreSums()
+    for j, structure in enumerate(structures):
+        if bool(present[0, j]):
+            sums.add("dice", structure, float(dice[0, j]))
+            sums.add("hd95", structure, float(hd[0, j]))
+    return sums
 
 
 @torch.no_grad()
@@ -44,17 +106,18 @@ def evaluate_task(
     prep: Preprocessing,
     roi_size: Sequence[int],
     device: torch.device | None = None,
-) -> dict[str, float | None]:
-    """Mean Dice per structure of a task's decoder over ``cases`` (``None``: never present).
+) -> ScoreSums:
+    """Dice and HD95 per structure of a task's decoder over ``cases``.
 
     Each case is preprocessed whole, segmented by sliding windows of ``roi_size`` and
     compared with its label map in the preprocessed space.
     """
     device = device or next(model.parameters()).device
-    chain = validation_transforms(prep, table)
+    structures = model.decoder(task).structures
+    chain = validation_transforms(prep, table, structures)
     was_training = model.training
     model.eval()
-    per_case = []
+    sums = ScoreSums()
     for case in cases:
         item = chain({"case": case})
         image = item["image"][None].to(device)
@@ -63,14 +126,7 @@ def evaluate_task(
         )
         assert isinstance(logits, torch.Tensor)
         prediction = logits.argmax(1, keepdim=True).cpu()
-        per_case.append(
-            dice_per_structure(prediction, item["label"][None].long(), len(table.ids))[0]
-        )
+        label = item["label"][None].long()
+        sums.merge(score_prediction(prediction, label, structures, prep.spacing_mm))
     model.train(was_training)
-    scores = np.stack(per_case) if per_case else np.full((0, len(table.ids)), np.nan)
-    out: dict[str, float | None] = {}
-    for j, structure in enumerate(table.structures):
-        column = scores[:, j]
-        column = column[~np.isnan(column)]
-        out[structure] = float(column.mean()) if column.size else None
-    return out
+    return sums

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
-from core.evaluation import evaluate_task
+from core.evaluation import ScoreSums, evaluate_task
 from core.model import ContinualSegmenter
 
 
@@ -44,6 +44,9 @@ class TrainSettings:
         augmentation: patch size and augmentation.
         seed: seeds weights' initial shuffling, patch sampling and augmentation.
         progress: show a progress bar.
+        schedule_start: steps already taken in a longer schedule (federated rounds
+            continue one polynomial decay across rounds).
+        schedule_total: length of that schedule (default: ``steps``).
     """
 
     steps: int = 250
@@ -53,6 +56,13 @@ class TrainSettings:
     augmentation: Augmentation = field(default_factory=Augmentation)
     seed: int = 0
     progress: bool = True
+    schedule_start: int = 0
+    schedule_total: int | None = None
+
+    def lr_factor(self, step: int) -> float:
+        """nnU-Net's polynomial decay, ``(1 - t / T) ** 0.9``, at local step ``step``."""
+        total = self.schedule_total or self.steps
+        return float(max(0.0, 1.0 - (self.schedule_start + step) / max(total, 1)) ** 0.9)
 
 
 @dataclass
@@ -63,7 +73,12 @@ class PhaseResult:
     steps: int
     seconds: float
     losses: list[float]
-    dice: dict[str, float | None]
+    scores: ScoreSums
+
+    @property
+    def dice(self) -> dict[str, float | None]:
+        """Mean validation Dice per structure."""
+        return self.scores.means("dice")
 
     @property
     def seconds_per_step(self) -> float:
@@ -78,18 +93,20 @@ class PhaseResult:
             "seconds": round(self.seconds, 3),
             "final_loss": self.losses[-1] if self.losses else None,
             "dice": self.dice,
+            "hd95": self.scores.means("hd95"),
         }
 
 
 def patch_batches(
     cases: Sequence[Case],
     table: LabelTable,
+    classes: Sequence[str],
     prep: Preprocessing,
     settings: TrainSettings,
 ) -> Iterator[dict[str, Any]]:
     """Endless batches of augmented patches; preprocessed volumes are cached in memory."""
     aug = settings.augmentation
-    chain = training_transforms(prep, aug, table, seed=settings.seed)
+    chain = training_transforms(prep, aug, table, seed=settings.seed, classes=classes)
     dataset = CacheDataset([{"case": c} for c in cases], chain, num_workers=0, progress=False)
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(
@@ -116,14 +133,18 @@ def train_phase(
 ) -> PhaseResult:
     """Train a task's decoder (and, in ``base``, the encoder) on a site's cases.
 
+    The dataset's label table may hold more structures than the decoder predicts; those
+    count as background.
+
     Raises:
         ValueError: if the phase does not fit the model's state (``base`` on a frozen
-            encoder, ``teacher`` on one that is not frozen), the decoder's structures
-            differ from the label table, or the patch does not fit the encoder depth.
+            encoder, ``teacher`` on one that is not frozen), the label table lacks one
+            of the decoder's structures, or the patch does not fit the encoder depth.
     """
     decoder = model.decoder(task)
-    if decoder.structures != table.structures:
-        raise ValueError(f"{task}: decoder structures {decoder.structures} != {table.structures}")
+    missing = [s for s in decoder.structures if s not in table.structures]
+    if missing:
+        raise ValueError(f"{task}: the dataset does not label {missing} ({table.structures})")
     if phase == Phase.BASE and model.encoder.frozen:
         raise ValueError("base phase: the encoder is already frozen")
     if phase == Phase.TEACHER and not model.encoder.frozen:
@@ -142,9 +163,9 @@ def train_phase(
     if phase == Phase.BASE:
         params += list(model.encoder.parameters())
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.PolynomialLR(optimizer, settings.steps, power=0.9)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    batches = patch_batches(train_cases, table, prep, settings)
+    batches = patch_batches(train_cases, table, decoder.structures, prep, settings)
 
     model.train()
     losses: list[float] = []
@@ -162,5 +183,9 @@ def train_phase(
         losses.append(float(loss.detach()))
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     seconds = time.perf_counter() - start
-    dice = evaluate_task(model, task, val_cases, table, prep, patch, device) if val_cases else {}
-    return PhaseResult(phase, settings.steps, seconds, losses, dice)
+    scores = (
+        evaluate_task(model, task, val_cases, table, prep, patch, device)
+        if val_cases
+        else ScoreSums()
+    )
+    return PhaseResult(phase, settings.steps, seconds, losses, scores)

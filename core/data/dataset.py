@@ -95,10 +95,23 @@ class LabelTable:
         """The smallest unsigned dtype that holds every id."""
         return np.uint8 if max(self.ids) < 256 else np.uint16
 
-    def to_indices(self, label_map: NDArray[np.integer]) -> NDArray[np.uint8 | np.uint16]:
-        """Map the task's label ids onto class indices 1..K in table order (0 stays 0)."""
+    def to_indices(
+        self, label_map: NDArray[np.integer], classes: Sequence[str] | None = None
+    ) -> NDArray[np.uint8 | np.uint16]:
+        """Map label ids onto class indices: ``classes[i]`` becomes ``i + 1``.
+
+        Args:
+            label_map: a label map in this table's ids.
+            classes: the structures a decoder predicts, in its channel order (default:
+                this table's structures); structures not among them become 0.
+
+        Raises:
+            KeyError: if a class is not in this table.
+        """
+        classes = self.structures if classes is None else classes
         lookup = np.zeros(max(self.ids) + 1, dtype=self.dtype())
-        lookup[list(self.ids)] = np.arange(1, len(self.ids) + 1)
+        for i, structure in enumerate(classes, 1):
+            lookup[self.id_of(structure)] = i
         indices: NDArray[np.uint8 | np.uint16] = lookup[label_map]
         return indices
 

@@ -7,7 +7,7 @@ seed gives the same patches. Augmentation never flips left-right: that would swa
 
 from __future__ import annotations
 
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -96,13 +96,15 @@ class LoadCased(MapTransform):
 
     The case is checked as :func:`core.data.dataset.load_case` checks it; a bad file
     raises :class:`core.data.problems.DataError` naming it. Labels become class indices
-    1..K in table order, which is what a decoder's channels mean. Without a table (for
+    1..K in the order of ``classes`` (default: the table's), which is what a decoder's
+    channels mean; other structures become background. Without a table (for
     prediction) only ``image`` is loaded.
     """
 
-    def __init__(self, table: LabelTable | None) -> None:
+    def __init__(self, table: LabelTable | None, classes: Sequence[str] | None = None) -> None:
         super().__init__(keys=["case"])
         self.table = table
+        self.classes = classes
 
     def __call__(self, data: Mapping[Hashable, Any]) -> dict[Hashable, Any]:
         """Replace the case by its tensors."""
@@ -115,12 +117,15 @@ class LoadCased(MapTransform):
         loaded = load_case(case, self.table)
         out[IMAGE] = _tensor(loaded.image, torch.float32)
         if loaded.label is not None:
-            label = Volume(loaded.image.header, self.table.to_indices(loaded.label))
+            indices = self.table.to_indices(loaded.label, self.classes)
+            label = Volume(loaded.image.header, indices)
             out[LABEL] = _tensor(label, torch.float32)
         return out
 
 
-def preprocessing(prep: Preprocessing, table: LabelTable | None) -> list[Transform]:
+def preprocessing(
+    prep: Preprocessing, table: LabelTable | None, classes: Sequence[str] | None = None
+) -> list[Transform]:
     """Load, orient to RAS, resample to ``prep.spacing_mm``, window HU to [0, 1].
 
     With a label table the case's label map comes along (nearest-neighbour resampling);
@@ -130,33 +135,40 @@ def preprocessing(prep: Preprocessing, table: LabelTable | None) -> list[Transfo
     modes = ["bilinear", "nearest"][: len(keys)]
     lo, hi = prep.hu_window
     return [
-        LoadCased(table),
+        LoadCased(table, classes),
         Orientationd(keys=keys, axcodes="RAS", labels=RAS_LABELS),
         Spacingd(keys=keys, pixdim=prep.spacing_mm, mode=modes, dtype=np.float32),
         ScaleIntensityRanged(keys=IMAGE, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
     ]
 
 
-def validation_transforms(prep: Preprocessing, table: LabelTable) -> Compose:
+def validation_transforms(
+    prep: Preprocessing, table: LabelTable, classes: Sequence[str] | None = None
+) -> Compose:
     """Whole preprocessed volumes with labels, for validation."""
-    return Compose(preprocessing(prep, table))
+    return Compose(preprocessing(prep, table, classes))
 
 
 def training_transforms(
-    prep: Preprocessing, aug: Augmentation, table: LabelTable, seed: int
+    prep: Preprocessing,
+    aug: Augmentation,
+    table: LabelTable,
+    seed: int,
+    classes: Sequence[str] | None = None,
 ) -> Compose:
     """Preprocessing, then foreground-favouring patches with spatial and intensity augmentation.
 
     Args:
         prep: the preprocessing shared with validation and prediction.
         aug: patch size and augmentation strength.
-        table: the task's label table.
+        table: the dataset's label table.
         seed: seeds every random transform of the chain.
+        classes: the structures to learn, in channel order (default: the table's).
     """
     keys = [IMAGE, LABEL]
     pos = aug.foreground_ratio
     chain = [
-        *preprocessing(prep, table),
+        *preprocessing(prep, table, classes),
         SpatialPadd(keys=keys, spatial_size=aug.patch_size),  # 0 is air after windowing
         RandCropByPosNegLabeld(
             keys=keys,
