@@ -2,8 +2,9 @@
 
 A scenario TOML has top-level ``name``, ``description``, ``size`` (voxels per side) and
 ``seed``; one ``[[tasks]]`` table per task (``name``, ``stage``, ``structures``,
-``test_cases``) and one ``[[sites]]`` table per hospital (``name``, ``task``, ``region``,
-``cases``, optional ``lesions``/``lesion_rate`` and ``scanner`` settings). A site labels
+``test_cases``), one ``[[sites]]`` table per hospital (``name``, ``task``, ``region``,
+``cases``, optional ``lesions``/``lesion_rate`` and ``scanner`` settings), and a
+``[federation]`` table (model and training budget) that becomes the server's plan. A site labels
 only its task's structures: everything else in its label maps is background, as in real
 partially labelled datasets.
 """
@@ -63,6 +64,7 @@ class Scenario:
     seed: int
     tasks: tuple[TaskSpec, ...]
     sites: tuple[SiteSpec, ...]
+    federation: dict[str, Any] = field(default_factory=dict)
 
     def task(self, name: str) -> TaskSpec:
         """The task of that name."""
@@ -178,6 +180,9 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     size = _get(doc, "size", int, where)
     if size < 32:
         raise ScenarioError(f"{where}.size: {size} is below the 32 voxels a phantom needs")
+    federation = doc.get("federation", {})
+    if not isinstance(federation, dict):
+        raise ScenarioError(f"{where}.federation: expected a table")
     return Scenario(
         _get(doc, "name", str, where),
         str(doc.get("description", "")),
@@ -185,6 +190,7 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
         int(doc.get("seed", 0)),
         tuple(tasks),
         tuple(sites),
+        federation,
     )
 
 

@@ -1,0 +1,107 @@
+"""The hospital ClientApp: describe the site, train a phase, evaluate; reply with weights only."""
+
+from __future__ import annotations
+
+import numpy as np
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from client.site import Site
+from core.data import split_cases
+from core.evaluation import evaluate_task
+from core.model import ContinualSegmenter, Decoder, Encoder
+from core.payload import record_to_state, state_to_record
+from core.protocol import CONFIG, DECODER, ENCODER, ENCODER_SHA, METRICS, RoundConfig
+from core.training import Phase, TrainSettings, train_phase
+
+app = ClientApp()
+
+
+@app.query("describe")
+def describe(msg: Message, context: Context) -> Message:
+    """Tell the server the site's name, datasets (structures, case counts) and cached encoders."""
+    return Message(Site.from_context(context).describe(), reply_to=msg)
+
+
+def _model(site: Site, cfg: RoundConfig, content: RecordDict) -> ContinualSegmenter:
+    """Encoder and the task's decoder, loaded from the message (and the encoder cache)."""
+    sent = content.array_records.get(ENCODER)
+    if cfg.phase == Phase.BASE:  # the encoder is still learning: it comes every round
+        if sent is None:
+            raise ValueError("base phase: the message carries no encoder")
+        encoder = Encoder(cfg.encoder)
+        encoder.load_state_dict(
+            record_to_state(sent, encoder.state_dict(), f"{site.name}: encoder")
+        )
+    else:
+        encoder = site.encoder(cfg.encoder_sha256, cfg.encoder, sent)
+    decoder = Decoder(cfg.encoder.widths, cfg.genotype, cfg.structures)
+    record = content.array_records[DECODER]
+    decoder.load_state_dict(record_to_state(record, decoder.state_dict(), f"{site.name}: decoder"))
+    model = ContinualSegmenter(encoder)
+    model.add_decoder(cfg.task, decoder)
+    return model
+
+
+def _train(msg: Message, context: Context) -> Message:
+    Site.threads(context)
+    site = Site.from_context(context)
+    cfg = RoundConfig.from_record(msg.content.config_records[CONFIG])
+    dataset = site.dataset_for(cfg.structures)
+    train, _ = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
+    model = _model(site, cfg, msg.content)
+    settings = TrainSettings(
+        steps=cfg.steps,
+        batch_size=cfg.batch_size,
+        lr=cfg.lr,
+        augmentation=cfg.augmentation(),
+        seed=cfg.seed * 1000 + cfg.round,
+        progress=False,
+        schedule_start=cfg.schedule_start,
+        schedule_total=cfg.schedule_total,
+    )
+    result = train_phase(
+        model, cfg.task, Phase(cfg.phase), dataset.labels, train, [], cfg.preprocessing, settings
+    )
+    content = RecordDict()
+    content[DECODER] = state_to_record(model.decoder(cfg.task).state_dict())
+    if cfg.phase == Phase.BASE:
+        content[ENCODER] = state_to_record(model.encoder.state_dict())
+    content[CONFIG] = ConfigRecord({ENCODER_SHA: cfg.encoder_sha256})
+    content[METRICS] = MetricRecord(
+        {
+            "num-examples": len(train),
+            "loss": float(np.mean(result.losses[-max(1, len(result.losses) // 4) :])),
+            "seconds": result.seconds,
+        }
+    )
+    return Message(content, reply_to=msg)
+
+
+@app.train("base")
+def train_base(msg: Message, context: Context) -> Message:
+    """First task only: train the encoder and the decoder together."""
+    return _train(msg, context)
+
+
+@app.train("teacher")
+def train_teacher(msg: Message, context: Context) -> Message:
+    """Train the task's full decoder on the frozen encoder."""
+    return _train(msg, context)
+
+
+@app.evaluate()
+def evaluate(msg: Message, context: Context) -> Message:
+    """Dice and HD95 per structure on the site's validation cases, as pooled sums only."""
+    Site.threads(context)
+    site = Site.from_context(context)
+    cfg = RoundConfig.from_record(msg.content.config_records[CONFIG])
+    dataset = site.dataset_for(cfg.structures)
+    _, val = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
+    model = _model(site, cfg, msg.content)
+    scores = evaluate_task(model, cfg.task, val, dataset.labels, cfg.preprocessing, cfg.patch)
+    metrics = MetricRecord({"num-examples": len(val), **scores.to_flat()})
+    content = RecordDict(
+        {METRICS: metrics, CONFIG: ConfigRecord({ENCODER_SHA: cfg.encoder_sha256})}
+    )
+    return Message(content, reply_to=msg)

@@ -1,0 +1,134 @@
+"""A hospital site: where its data is, what it holds, and its cache of the frozen encoder.
+
+In deployment a SuperNode names its site and data in its node config
+(``--node-config "site='hospA' data-dir='/data/hospA'"``, optionally ``cache-dir``). In
+simulation a node only knows its ``partition-id``; the run config maps partitions to
+sites (``sim-sites = "hospA,hospB"``) under ``sim-data-root``.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
+from safetensors.torch import load_file, save
+
+from core.data import TaskDataset, discover
+from core.io import atomic_write_bytes
+from core.model import Encoder, EncoderConfig
+from core.payload import PayloadError, record_to_state
+from core.protocol import SITE
+
+log = logging.getLogger(__name__)
+
+
+class SiteError(RuntimeError):
+    """A site that cannot serve a request (no data, no matching dataset, no encoder)."""
+
+
+@dataclass(frozen=True)
+class Site:
+    """One hospital's node."""
+
+    name: str
+    data_dir: Path
+    cache_dir: Path
+
+    @classmethod
+    def from_context(cls, context: Context) -> Site:
+        """The site a ClientApp serves, from node config (deployment) or run config (simulation).
+
+        Raises:
+            SiteError: if neither says where the data is.
+        """
+        node, run = context.node_config, context.run_config
+        if "data-dir" in node:
+            data_dir = Path(str(node["data-dir"]))
+            name = str(node.get("site", data_dir.name))
+        elif "partition-id" in node and "sim-sites" in run:
+            sites = [s for s in str(run["sim-sites"]).split(",") if s]
+            name = sites[int(node["partition-id"])]
+            data_dir = Path(str(run["sim-data-root"])) / name
+        else:
+            raise SiteError("node config needs data-dir (and site) to find this site's data")
+        cache = Path(str(node.get("cache-dir", data_dir / ".csfl-cache")))
+        return cls(name, data_dir, cache)
+
+    @cached_property
+    def datasets(self) -> list[TaskDataset]:
+        """The datasets found in the data folder (problems are logged, not raised)."""
+        found, problems = discover(self.data_dir)
+        for problem in problems:
+            log.warning("site %s: %s", self.name, problem)
+        return found
+
+    def describe(self) -> RecordDict:
+        """What the server may know about this site.
+
+        Its name, each dataset's structures and case count, and the encoder hashes it
+        caches; no case identifiers, no images.
+        """
+        record = RecordDict()
+        cached = sorted(
+            p.stem.removeprefix("encoder-") for p in self.cache_dir.glob("encoder-*.safetensors")
+        )
+        record[SITE] = ConfigRecord(
+            {"name": self.name, "encoders": cached, "datasets": len(self.datasets)}
+        )
+        for i, ds in enumerate(self.datasets):
+            record[f"dataset-{i}"] = ConfigRecord(
+                {"name": ds.name, "structures": list(ds.labels.structures), "cases": len(ds.cases)}
+            )
+        return record
+
+    def dataset_for(self, structures: tuple[str, ...]) -> TaskDataset:
+        """The first dataset that labels all of ``structures``.
+
+        Raises:
+            SiteError: if none does.
+        """
+        for ds in self.datasets:
+            if set(structures) <= set(ds.labels.structures):
+                return ds
+        raise SiteError(f"site {self.name}: no dataset labels all of {list(structures)}")
+
+    def _cache_path(self, sha: str) -> Path:
+        return self.cache_dir / f"encoder-{sha}.safetensors"
+
+    def encoder(self, sha: str, config: EncoderConfig, sent: ArrayRecord | None) -> Encoder:
+        """The frozen encoder with this hash: from the message if sent, else from the cache.
+
+        Raises:
+            SiteError: if it is neither sent nor cached, or does not hash as announced.
+        """
+        encoder = Encoder(config)
+        if sent is not None:
+            try:
+                encoder.load_state_dict(
+                    record_to_state(sent, encoder.state_dict(), f"{self.name}: encoder")
+                )
+            except PayloadError as e:
+                raise SiteError(str(e)) from None
+            if encoder.weights_sha256() != sha:
+                raise SiteError(f"site {self.name}: the encoder sent does not hash to {sha[:12]}")
+            state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
+            atomic_write_bytes(self._cache_path(sha), save(state))
+        elif self._cache_path(sha).is_file():
+            encoder.load_state_dict(load_file(self._cache_path(sha)))
+            if encoder.weights_sha256() != sha:
+                self._cache_path(sha).unlink()
+                raise SiteError(f"site {self.name}: cached encoder {sha[:12]} is corrupt; dropped")
+        else:
+            raise SiteError(f"site {self.name}: encoder {sha[:12]} neither sent nor cached")
+        return encoder.freeze()
+
+    @staticmethod
+    def threads(context: Context) -> None:
+        """Limit torch's threads where the run config asks (one CPU per simulated client)."""
+        n = int(context.run_config.get("threads", 0))
+        if n > 0:
+            torch.set_num_threads(n)

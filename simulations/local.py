@@ -1,0 +1,200 @@
+"""A Flower federation on 127.0.0.1: one SuperLink, optionally one SuperNode per site.
+
+Used by ``csfl simulate`` (a SuperLink in simulation mode: Flower's Simulation Engine runs
+the sites) and ``csfl deploy-local`` / the integration tests (real SuperNodes, one per
+site, each with its node config). Every process started here is stopped on exit, and
+Flower's home (its ``config.toml`` with the connection) lives in a folder of ours.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+import httpx
+
+CONNECTION = "csfl"
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def flower_env(home: Path) -> dict[str, str]:
+    """Environment for every Flower process: our home, no telemetry, no installs, loopback."""
+    env = dict(os.environ)
+    env |= {
+        "FLWR_HOME": str(home),
+        "FLWR_TELEMETRY_ENABLED": "0",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
+        "RAY_DEDUP_LOGS": "0",
+    }
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}"
+    return env
+
+
+def _toml_value(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    return '"' + str(value).replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def overrides(config: Mapping[str, object]) -> str:
+    """A ``--run-config`` / ``--node-config`` string: ``key=value`` pairs in TOML syntax."""
+    return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+
+
+class LocalFederation:
+    """A context manager that owns a SuperLink (and SuperNodes) and stops them all on exit.
+
+    Args:
+        home: Flower's home for these processes (logs, state, connection config).
+        simulation: run the SuperLink's Simulation Engine instead of waiting for nodes.
+        nodes: for deployment, each SuperNode's node config (e.g. site and data-dir).
+    """
+
+    def __init__(
+        self, home: Path, simulation: bool, nodes: Sequence[Mapping[str, object]] = ()
+    ) -> None:
+        self.home = home.resolve()
+        self.simulation = simulation
+        self.nodes = list(nodes)
+        self.port = free_port()
+        self.processes: list[subprocess.Popen[bytes]] = []
+        self.env = flower_env(self.home)
+
+    @property
+    def address(self) -> str:
+        """The SuperLink's address (all its APIs share one port)."""
+        return f"127.0.0.1:{self.port}"
+
+    def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
+        log = open(self.home / log_name, "ab")  # noqa: SIM115 (kept open for the child)
+        process = subprocess.Popen(
+            args, env=self.env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
+        self.processes.append(process)
+        return process
+
+    def __enter__(self) -> LocalFederation:
+        self.home.mkdir(parents=True, exist_ok=True)
+        (self.home / "config.toml").write_text(
+            f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+            f'address = "{self.address}"\ninsecure = true\n',
+            encoding="utf-8",
+        )
+        args = [
+            "flower-superlink",
+            "--insecure",
+            "--disable-runtime-dependency-installation",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--database",
+            str(self.home / "state.db"),
+        ]
+        link = self._spawn(args + (["--simulation"] if self.simulation else []), "superlink.log")
+        self._wait_ready(link)
+        for i, node in enumerate(self.nodes):
+            self._spawn(
+                [
+                    "flower-supernode",
+                    "--insecure",
+                    "--superlink",
+                    self.address,
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    str(free_port()),
+                    "--node-config",
+                    overrides(node),
+                ],
+                f"supernode-{i}.log",
+            )
+        return self
+
+    def _wait_ready(self, link: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if link.poll() is not None:
+                log = self.home / "superlink.log"
+                raise RuntimeError(f"flower-superlink exited ({link.returncode}); see {log}")
+            try:
+                if httpx.get(f"http://{self.address}/health", timeout=1.0).is_success:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(
+            f"flower-superlink not ready after {timeout:.0f} s; see {self.home / 'superlink.log'}"
+        )
+
+    def run(
+        self,
+        app_dir: Path,
+        run_config: Mapping[str, object],
+        federation_config: Mapping[str, object] | None = None,
+        timeout: float = 3600.0,
+    ) -> subprocess.CompletedProcess[str]:
+        """``flwr run APP csfl --stream`` with these settings; returns when the run ends."""
+        cmd = [
+            "flwr",
+            "run",
+            str(app_dir),
+            CONNECTION,
+            "--stream",
+            "--run-config",
+            overrides(run_config),
+        ]
+        if federation_config:
+            cmd += ["--federation-config", overrides(federation_config)]
+        return subprocess.run(
+            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def stop(self) -> None:
+        """Stop every process this federation started (SIGTERM, then SIGKILL)."""
+        for process in reversed(self.processes):
+            if process.poll() is None:
+                try:
+                    os.killpg(process.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    continue
+        deadline = time.monotonic() + 10
+        for process in self.processes:
+            try:
+                process.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+        self.processes.clear()
+
+    def __exit__(
+        self,
+        kind: type[BaseException] | None,
+        value: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+    def command(self, app_dir: Path, run_config: Mapping[str, object]) -> str:
+        """The equivalent shell command, for logs and documentation."""
+        home = shlex.quote(str(self.home))
+        settings = shlex.quote(overrides(run_config))
+        return f"FLWR_HOME={home} flwr run {app_dir} {CONNECTION} --stream --run-config {settings}"

@@ -1,0 +1,143 @@
+"""``csfl simulate``: hospitals joining one stage after another, through Flower's Simulation Engine.
+
+The scenario's site data is written once; its ``[federation]`` table becomes the server's
+task plan; then each stage is one ``flwr run`` against a local SuperLink in simulation
+mode, with only that stage's sites, resuming from the catalog the last stage left. After
+every stage the unified model is evaluated on the held-out cases of every task so far.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import server
+from core.io import atomic_write_bytes, atomic_write_json
+from server.catalog import Catalog
+from server.plan import parse_plan
+from simulations.evaluate import evaluate_catalog
+from simulations.local import LocalFederation
+from simulations.scenario import Scenario, write_scenario
+
+APP_DIR = Path(server.__file__).resolve().parent.parent
+
+
+class SimulationError(RuntimeError):
+    """A stage that did not finish its tasks; the message says where the logs are."""
+
+
+def plan_document(scenario: Scenario) -> dict[str, Any]:
+    """The server's task plan for a scenario, as a TOML-ready document."""
+    fed = scenario.federation
+    model = {k: fed[k] for k in ("encoder_widths", "patch", "spacing_mm", "hu_window") if k in fed}
+    training = {
+        "batch_size": int(fed.get("batch_size", 2)),
+        "val_fraction": float(fed.get("val_fraction", 0.2)),
+        "seed": scenario.seed,
+    }
+    tasks = [
+        {
+            "name": t.name,
+            "structures": list(t.structures),
+            "sites": [s.name for s in scenario.sites_of(t.name)],
+            "min_sites": 1,
+            "rounds": int(fed.get("rounds", 3)),
+            "local_steps": int(fed.get("local_steps", 50)),
+            "lr": float(fed.get("lr", 1e-2)),
+        }
+        for t in scenario.tasks
+    ]
+    return {"model": model, "training": training, "tasks": tasks}
+
+
+def to_toml(doc: dict[str, Any]) -> str:
+    """Tables of scalars and lists, and arrays of such tables: all a plan needs."""
+
+    def value(v: Any) -> str:
+        if isinstance(v, list):
+            return "[" + ", ".join(value(x) for x in v) + "]"
+        if isinstance(v, bool):
+            return "true" if v else "false"
+        if isinstance(v, int | float):
+            return repr(v)
+        return json.dumps(str(v))
+
+    lines: list[str] = []
+    for key, section in doc.items():
+        for table in section if isinstance(section, list) else [section]:
+            lines.append(f"[[{key}]]" if isinstance(section, list) else f"[{key}]")
+            lines += [f"{k} = {value(v)}" for k, v in table.items()]
+            lines.append("")
+    return "\n".join(lines)
+
+
+@dataclass
+class SimulationReport:
+    """What a simulation did: per stage its seconds and the Dice of every task so far."""
+
+    scenario: str
+    stages: list[dict[str, Any]] = field(default_factory=list)
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-ready."""
+        return {"scenario": self.scenario, "stages": self.stages}
+
+
+def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) -> SimulationReport:
+    """Run every stage of a scenario; results go to ``OUT/results.json``.
+
+    Raises:
+        SimulationError: if a stage's run fails or leaves one of its tasks unfinished.
+    """
+    out = out.resolve()
+    sites_dir, catalog_dir = out / "sites", out / "catalog"
+    if not (sites_dir / ".complete").is_file():
+        say(f"writing the {scenario.name} scenario's site data to {sites_dir}")
+        write_scenario(scenario, sites_dir)
+        atomic_write_bytes(sites_dir / ".complete", b"")
+    plan = plan_document(scenario)
+    parse_plan(plan, f"scenario {scenario.name}: federation")
+    plan_path = atomic_write_bytes(out / "plan.toml", to_toml(plan).encode())
+    report = SimulationReport(scenario.name)
+    with LocalFederation(out / "flower", simulation=True) as federation:
+        for stage in scenario.stages:
+            tasks = [t.name for t in scenario.tasks if t.stage == stage]
+            sites = [s.name for s in scenario.sites if s.task in tasks]
+            say(f"stage {stage}: tasks {tasks} at sites {sites}")
+            start = time.perf_counter()
+            run_config = {
+                "plan": str(plan_path),
+                "catalog": str(catalog_dir),
+                "sim-sites": ",".join(sites),
+                "sim-data-root": str(sites_dir),
+                "threads": 1,
+            }
+            result = federation.run(
+                APP_DIR, run_config, {"num-supernodes": len(sites), "client-resources-num-cpus": 1}
+            )
+            atomic_write_bytes(out / f"stage-{stage}.log", (result.stdout + result.stderr).encode())
+            catalog = Catalog(catalog_dir)
+            missing = [t for t in tasks if not catalog.has_task(t)]
+            if result.returncode != 0 or missing:
+                log = out / f"stage-{stage}.log"
+                raise SimulationError(
+                    f"stage {stage}: exit code {result.returncode}, unfinished {missing}; see {log}"
+                )
+            seconds = time.perf_counter() - start
+            dice = evaluate_catalog(catalog, scenario, sites_dir / "test")
+            report.stages.append(
+                {
+                    "stage": stage,
+                    "tasks": tasks,
+                    "sites": sites,
+                    "seconds": round(seconds, 1),
+                    "dice": dice,
+                }
+            )
+            atomic_write_json(out / "results.json", report.to_json())
+            say(f"stage {stage} done in {seconds:.0f} s")
+    return report
