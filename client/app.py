@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
@@ -43,13 +45,11 @@ def _model(site: Site, cfg: RoundConfig, content: RecordDict) -> ContinualSegmen
     return model
 
 
-def _train(msg: Message, context: Context) -> Message:
-    Site.threads(context)
-    site = Site.from_context(context)
-    cfg = RoundConfig.from_record(msg.content.config_records[CONFIG])
+def train_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict:
+    """Train one round locally; the reply holds weights and aggregate metrics only."""
     dataset = site.dataset_for(cfg.structures)
     train, _ = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
-    model = _model(site, cfg, msg.content)
+    model = _model(site, cfg, content)
     settings = TrainSettings(
         steps=cfg.steps,
         batch_size=cfg.batch_size,
@@ -60,48 +60,53 @@ def _train(msg: Message, context: Context) -> Message:
         schedule_start=cfg.schedule_start,
         schedule_total=cfg.schedule_total,
     )
+    phase = Phase(cfg.phase)
     result = train_phase(
-        model, cfg.task, Phase(cfg.phase), dataset.labels, train, [], cfg.preprocessing, settings
+        model, cfg.task, phase, dataset.labels, train, [], cfg.preprocessing, settings
     )
-    content = RecordDict()
-    content[DECODER] = state_to_record(model.decoder(cfg.task).state_dict())
-    if cfg.phase == Phase.BASE:
-        content[ENCODER] = state_to_record(model.encoder.state_dict())
-    content[CONFIG] = ConfigRecord({ENCODER_SHA: cfg.encoder_sha256})
-    content[METRICS] = MetricRecord(
-        {
-            "num-examples": len(train),
-            "loss": float(np.mean(result.losses[-max(1, len(result.losses) // 4) :])),
-            "seconds": result.seconds,
-        }
+    reply = RecordDict()
+    reply[DECODER] = state_to_record(model.decoder(cfg.task).state_dict())
+    if phase == Phase.BASE:
+        reply[ENCODER] = state_to_record(model.encoder.state_dict())
+    reply[CONFIG] = ConfigRecord({ENCODER_SHA: cfg.encoder_sha256})
+    tail = result.losses[-max(1, len(result.losses) // 4) :]
+    reply[METRICS] = MetricRecord(
+        {"num-examples": len(train), "loss": float(np.mean(tail)), "seconds": result.seconds}
     )
-    return Message(content, reply_to=msg)
+    return reply
+
+
+def evaluate_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict:
+    """Dice and HD95 per structure on the site's validation cases, as pooled sums only."""
+    dataset = site.dataset_for(cfg.structures)
+    _, val = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
+    model = _model(site, cfg, content)
+    scores = evaluate_task(model, cfg.task, val, dataset.labels, cfg.preprocessing, cfg.patch)
+    metrics = MetricRecord({"num-examples": len(val), **scores.to_flat()})
+    return RecordDict({METRICS: metrics, CONFIG: ConfigRecord({ENCODER_SHA: cfg.encoder_sha256})})
+
+
+def _handle(
+    msg: Message, context: Context, handler: Callable[[Site, RoundConfig, RecordDict], RecordDict]
+) -> Message:
+    Site.threads(context)
+    cfg = RoundConfig.from_record(msg.content.config_records[CONFIG])
+    return Message(handler(Site.from_context(context), cfg, msg.content), reply_to=msg)
 
 
 @app.train("base")
 def train_base(msg: Message, context: Context) -> Message:
     """First task only: train the encoder and the decoder together."""
-    return _train(msg, context)
+    return _handle(msg, context, train_reply)
 
 
 @app.train("teacher")
 def train_teacher(msg: Message, context: Context) -> Message:
     """Train the task's full decoder on the frozen encoder."""
-    return _train(msg, context)
+    return _handle(msg, context, train_reply)
 
 
 @app.evaluate()
 def evaluate(msg: Message, context: Context) -> Message:
-    """Dice and HD95 per structure on the site's validation cases, as pooled sums only."""
-    Site.threads(context)
-    site = Site.from_context(context)
-    cfg = RoundConfig.from_record(msg.content.config_records[CONFIG])
-    dataset = site.dataset_for(cfg.structures)
-    _, val = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
-    model = _model(site, cfg, msg.content)
-    scores = evaluate_task(model, cfg.task, val, dataset.labels, cfg.preprocessing, cfg.patch)
-    metrics = MetricRecord({"num-examples": len(val), **scores.to_flat()})
-    content = RecordDict(
-        {METRICS: metrics, CONFIG: ConfigRecord({ENCODER_SHA: cfg.encoder_sha256})}
-    )
-    return Message(content, reply_to=msg)
+    """Evaluate the task's decoder on the site's validation cases."""
+    return _handle(msg, context, evaluate_reply)

@@ -15,6 +15,8 @@ from typing import Annotated
 
 import typer
 
+from simulations.cli_federation import catalog_app, deploy_local, plan_app
+
 app = typer.Typer(
     help="continual-segment-fl: federated continual segmentation of whole-body CT.",
     no_args_is_help=True,
@@ -37,6 +39,9 @@ site_app = typer.Typer(
     help="A hospital site's data: check it before joining.", no_args_is_help=True
 )
 app.add_typer(site_app, name="site")
+app.add_typer(catalog_app, name="catalog")
+app.add_typer(plan_app, name="plan")
+app.command("deploy-local")(deploy_local)
 
 
 @site_app.command("check")

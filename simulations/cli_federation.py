@@ -1,0 +1,123 @@
+"""``csfl catalog``, ``csfl plan`` and ``csfl deploy-local``: the coordinator's commands."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+catalog_app = typer.Typer(help="Inspect and export the decoder catalog.", no_args_is_help=True)
+plan_app = typer.Typer(help="Check a task plan.", no_args_is_help=True)
+
+
+def _fail(message: str) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(2)
+
+
+@catalog_app.command("ls")
+def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.")]) -> None:
+    """List the encoder and every task's decoder versions."""
+    from server.catalog import Catalog, CatalogError
+
+    try:
+        cat = Catalog(catalog)
+    except CatalogError as e:
+        _fail(str(e))
+    encoder = cat.index.get("encoder")
+    typer.echo(f"encoder: {encoder['weights_sha256'][:16] if encoder else 'none yet'}")
+    for task in cat.tasks():
+        latest = task["versions"][-1]
+        dice = [v for v in latest["metrics"].get("dice", {}).values() if v is not None]
+        mean = f"{sum(dice) / len(dice):.3f}" if dice else "-"
+        sites = ", ".join(latest["provenance"].get("sites", []))
+        typer.echo(
+            f"{task['name']:<20} v{latest['version']}  {len(task['structures'])} structures  "
+            f"mean Dice {mean}  sites: {sites}"
+        )
+
+
+@catalog_app.command("show")
+def catalog_show(
+    catalog: Annotated[Path, typer.Argument(help="The catalog folder.")],
+    task: Annotated[str, typer.Argument(help="A task name.")],
+) -> None:
+    """Print a task's latest version (genotype, metrics, provenance) and its journal."""
+    from server.catalog import Catalog
+
+    cat = Catalog(catalog)
+    entry = next((t for t in cat.tasks() if t["name"] == task), None)
+    if entry is None:
+        _fail(f"{catalog}: no task {task!r}; tasks: {[t['name'] for t in cat.tasks()]}")
+        return
+    events = [e for e in cat.events() if e.get("task") == task]
+    typer.echo(json.dumps({"task": entry, "journal": events}, indent=2))
+
+
+@catalog_app.command("export")
+def catalog_export(
+    catalog: Annotated[Path, typer.Argument(help="The catalog folder.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")],
+) -> None:
+    """Export the unified model (encoder + every task's latest decoder) as a bundle."""
+    from server.catalog import Catalog, CatalogError
+
+    try:
+        manifest = Catalog(catalog).export_bundle(out)
+    except CatalogError as e:
+        _fail(str(e))
+        return
+    typer.echo(f"wrote {manifest}")
+
+
+@plan_app.command("check")
+def plan_check(plan: Annotated[Path, typer.Argument(help="The plan TOML.")]) -> None:
+    """Validate a plan and print its tasks in order."""
+    from server.plan import PlanError, load_plan
+
+    try:
+        parsed = load_plan(plan)
+    except PlanError as e:
+        _fail(str(e))
+        return
+    spacing = list(parsed.preprocessing.spacing_mm)
+    typer.echo(f"encoder {list(parsed.encoder.widths)}, patch {list(parsed.patch)}, {spacing} mm")
+    for t in parsed.tasks:
+        sites = "any site that labels them" if t.sites is None else ", ".join(t.sites)
+        budget = f"{t.rounds} rounds x {t.local_steps} steps"
+        typer.echo(
+            f"{t.name}: {len(t.structures)} structures; {budget}; sites: {sites} ({t.min_sites}+)"
+        )
+
+
+def deploy_local(
+    plan: Annotated[Path, typer.Option(help="The plan TOML.")],
+    catalog: Annotated[Path, typer.Option(help="The catalog folder (created if missing).")],
+    site: Annotated[list[str], typer.Option(help="NAME=DATA_DIR, once per site.")],
+    home: Annotated[Path, typer.Option(help="Flower home for logs and state.")] = Path(
+        ".flwr-local"
+    ),
+) -> None:
+    """Run the app on 127.0.0.1: a SuperLink, one SuperNode per site, then ``flwr run``.
+
+    The same processes a real deployment runs, on one machine and without TLS; every
+    process is stopped at the end.
+    """
+    from simulations.local import LocalFederation
+    from simulations.run import APP_DIR
+
+    nodes = []
+    for entry in site:
+        name, _, data = entry.partition("=")
+        if not name or not data:
+            _fail(f"--site {entry!r}: expected NAME=DATA_DIR")
+        nodes.append({"site": name, "data-dir": str(Path(data).resolve())})
+    config = {"plan": str(plan.resolve()), "catalog": str(catalog.resolve())}
+    with LocalFederation(home, simulation=False, nodes=nodes) as federation:
+        typer.echo(f"SuperLink on {federation.address}; {len(nodes)} SuperNode(s); running the app")
+        result = federation.run(APP_DIR, config)
+    typer.echo(result.stdout[-4000:])
+    if result.returncode != 0:
+        _fail(f"flwr run exited {result.returncode}: {result.stderr[-2000:]}")

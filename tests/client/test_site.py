@@ -1,0 +1,108 @@
+import pytest
+import torch
+from flwr.app import Context, RecordDict
+
+from client.app import evaluate_reply, train_reply
+from client.site import Site, SiteError
+from core.model import Decoder, Encoder, Genotype
+from core.payload import state_to_record
+from core.protocol import CONFIG, DECODER, ENCODER, METRICS, RoundConfig
+from tests.conftest import PATCH, TINY, native_prep
+
+
+def _context(node=None, run=None):
+    return Context(
+        run_id=1, node_id=1, node_config=node or {}, state=RecordDict(), run_config=run or {}
+    )
+
+
+def test_site_from_node_config_and_from_simulation(tmp_path):
+    site = Site.from_context(_context({"site": "hospA", "data-dir": str(tmp_path)}))
+    assert (
+        site.name == "hospA"
+        and site.data_dir == tmp_path
+        and site.cache_dir == tmp_path / ".csfl-cache"
+    )
+    sim = Site.from_context(
+        _context(
+            {"partition-id": 1, "num-partitions": 2},
+            {"sim-sites": "hospA,hospB", "sim-data-root": str(tmp_path)},
+        )
+    )
+    assert sim.name == "hospB" and sim.data_dir == tmp_path / "hospB"
+    with pytest.raises(SiteError, match="data-dir"):
+        Site.from_context(_context())
+
+
+def test_describe_says_only_structures_and_counts(tiny_sites):
+    written = tiny_sites["hospA"]
+    site = Site("hospA", written.dataset.root.parent, written.dataset.root.parent / ".cache")
+    record = site.describe()
+    assert record["site"]["name"] == "hospA" and record["site"]["datasets"] == 1
+    assert list(record["dataset-0"]["structures"]) == list(written.dataset.labels.structures)
+    assert record["dataset-0"]["cases"] == 3
+    assert "hospA_000" not in repr(record)  # no case identifiers
+    with pytest.raises(SiteError, match="no dataset labels"):
+        site.dataset_for(("heart",))
+
+
+def test_encoder_is_cached_once_and_checked(tmp_path):
+    torch.manual_seed(0)
+    encoder = Encoder(TINY).freeze()
+    sha = encoder.weights_sha256()
+    site = Site("hospA", tmp_path, tmp_path / "cache")
+    with pytest.raises(SiteError, match="neither sent nor cached"):
+        site.encoder(sha, TINY, None)
+    got = site.encoder(sha, TINY, state_to_record(encoder.state_dict(), fp16=False))
+    assert got.weights_sha256() == sha and got.frozen
+    assert site.encoder(sha, TINY, None).weights_sha256() == sha  # from the cache now
+    with pytest.raises(SiteError, match="does not hash"):
+        site.encoder(sha, TINY, state_to_record(encoder.state_dict()))  # fp16 changes the hash
+    cached = tmp_path / "cache" / f"encoder-{sha}.safetensors"
+    other = Encoder(TINY)
+    from safetensors.torch import save_file
+
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, cached)
+    with pytest.raises(SiteError, match="corrupt"):
+        site.encoder(sha, TINY, None)
+    assert not cached.exists()
+
+
+def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
+    written = tiny_sites["hospA"]
+    dataset = written.dataset
+    site = Site("hospA", dataset.root.parent, dataset.root.parent / ".cache-wire")
+    torch.manual_seed(0)
+    encoder = Encoder(TINY).freeze()
+    decoder = Decoder(TINY.widths, Genotype.teacher(3), dataset.labels.structures)
+    cfg = RoundConfig(
+        task="abdomen",
+        phase="teacher",
+        structures=dataset.labels.structures,
+        genotype=decoder.genotype,
+        encoder=TINY,
+        encoder_sha256=encoder.weights_sha256(),
+        preprocessing=native_prep(dataset),
+        patch=PATCH,
+        steps=2,
+        val_fraction=0.34,
+    )
+    content = RecordDict(
+        {
+            CONFIG: cfg.to_record(),
+            DECODER: state_to_record(decoder.state_dict()),
+            ENCODER: state_to_record(encoder.state_dict(), fp16=False),
+        }
+    )
+    for reply in (train_reply(site, cfg, content), evaluate_reply(site, cfg, content)):
+        for record in reply.array_records.values():
+            for name, array in record.items():
+                # Weights are vectors or (out, in, k, k, k) kernels with k <= 3; an image,
+                # label map or feature map would have larger spatial axes.
+                spatial = array.shape[-3:] if len(array.shape) >= 3 else ()
+                assert all(side <= 3 for side in spatial), (name, array.shape)
+        text = repr(reply.config_records) + repr(reply.metric_records)
+        assert "hospA_0" not in text and str(dataset.root) not in text
+    assert set(train_reply(site, cfg, content).array_records) == {DECODER}
+    metrics = evaluate_reply(site, cfg, content)[METRICS]
+    assert metrics["num-examples"] == 1 and any(k.startswith("dice-sum/") for k in metrics)

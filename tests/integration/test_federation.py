@@ -1,0 +1,107 @@
+"""End to end through Flower's real engines on 127.0.0.1 (slow: about a minute each)."""
+
+import json
+import subprocess
+import threading
+import time
+
+import pytest
+import torch
+
+from server.catalog import Catalog
+from simulations.local import LocalFederation
+from simulations.run import APP_DIR, plan_document, simulate, to_toml
+from simulations.scenario import load_scenario, write_scenario
+
+pytestmark = pytest.mark.slow
+
+
+def _flower_processes():
+    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    return [
+        line for line in out.splitlines() if "flower-superlink" in line or "flwr-simulation" in line
+    ]
+
+
+def test_tiny_scenario_two_stages_through_the_simulation_engine(tmp_path):
+    report = simulate(load_scenario("tiny"), tmp_path / "run", say=lambda _: None)
+    first, second = report.stages
+    assert first["tasks"] == ["abdomen"] and second["tasks"] == ["chest"]
+    assert set(second["dice"]) == {"abdomen", "chest"}
+    for structure, scores in first["dice"]["abdomen"].items():  # continual: nothing forgotten
+        assert second["dice"]["abdomen"][structure]["decoder"] == scores["decoder"]
+    catalog = Catalog(tmp_path / "run" / "catalog")
+    assert [t["name"] for t in catalog.tasks()] == ["abdomen", "chest"]
+    chest = catalog.tasks()[1]["versions"][0]["provenance"]
+    assert chest["sites"] == ["hospC"] and chest["bytes_up"]["hospC"] > 0
+    manifest = json.loads((tmp_path / "run" / "catalog" / "bundle" / "manifest.json").read_text())
+    assert [d["task"] for d in manifest["decoders"]] == ["abdomen", "chest"]
+    assert json.loads((tmp_path / "run" / "results.json").read_text())["scenario"] == "tiny"
+    assert not _flower_processes()
+
+
+def _one_task_plan(tmp_path, rounds=1, steps=4):
+    doc = plan_document(load_scenario("tiny"))
+    doc["tasks"] = doc["tasks"][:1]
+    doc["tasks"][0].update(rounds=rounds, local_steps=steps)
+    path = tmp_path / "plan.toml"
+    path.write_text(to_toml(doc))
+    return path
+
+
+def test_real_superlink_and_two_supernodes(tmp_path, tiny_sites):
+    plan = _one_task_plan(tmp_path)
+    nodes = [
+        {"site": name, "data-dir": str(tiny_sites[name].dataset.root.parent)}
+        for name in ("hospA", "hospB")
+    ]
+    with LocalFederation(tmp_path / "flower", simulation=False, nodes=nodes) as federation:
+        result = federation.run(APP_DIR, {"plan": str(plan), "catalog": str(tmp_path / "catalog")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    catalog = Catalog(tmp_path / "catalog")
+    assert catalog.has_task("abdomen")
+    provenance = catalog.tasks()[0]["versions"][0]["provenance"]
+    assert sorted(provenance["sites"]) == ["hospA", "hospB"]
+    assert not _flower_processes()
+
+
+def test_a_killed_server_resumes_without_redoing_finished_phases(tmp_path):
+    scenario = load_scenario("tiny")
+    write_scenario(scenario, tmp_path / "sites", cases=2)
+    plan = _one_task_plan(tmp_path, rounds=1, steps=3)
+    catalog_dir = tmp_path / "catalog"
+    config = {
+        "plan": str(plan),
+        "catalog": str(catalog_dir),
+        "sim-sites": "hospA,hospB",
+        "sim-data-root": str(tmp_path / "sites"),
+        "threads": 1,
+    }
+    sim = {"num-supernodes": 2, "client-resources-num-cpus": 1}
+    with LocalFederation(tmp_path / "flower", simulation=True) as federation:
+        runner = threading.Thread(target=federation.run, args=(APP_DIR, config, sim), daemon=True)
+        runner.start()
+        deadline = time.monotonic() + 300
+        while not Catalog(catalog_dir).phase_done("abdomen", "base"):
+            assert time.monotonic() < deadline, "the base phase never finished"
+            time.sleep(0.2)
+        federation.stop()  # kill the server in the middle of the task
+        runner.join(timeout=60)
+    catalog = Catalog(catalog_dir)
+    assert not catalog.has_task("abdomen")
+    encoder_sha = catalog.index["encoder"]["weights_sha256"]
+    with LocalFederation(tmp_path / "flower2", simulation=True) as federation:
+        result = federation.run(APP_DIR, config, sim)
+    assert result.returncode == 0, result.stderr[-2000:]
+    catalog = Catalog(catalog_dir)
+    assert catalog.has_task("abdomen")
+    events = catalog.events()
+    starts = [e["phase"] for e in events if e["event"] == "phase-start"]
+    assert starts.count("base") == 1  # finished before the kill: not redone
+    assert (
+        starts.count("register") == 1 and catalog.index["encoder"]["weights_sha256"] == encoder_sha
+    )
+    assert len(catalog.tasks()[0]["versions"]) == 1
+    model = catalog.model()
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert not _flower_processes()

@@ -1,0 +1,62 @@
+import pytest
+
+from server.plan import PlanError, load_plan
+
+GOOD = """
+[model]
+encoder_widths = [8, 16, 32, 64]
+patch = [32, 32, 32]
+spacing_mm = [2.0, 2.0, 3.0]
+
+[training]
+val_fraction = 0.3
+
+[[tasks]]
+name = "abdomen"
+structures = ["liver", "spleen"]
+sites = ["hospA", "hospB"]
+rounds = 2
+local_steps = 5
+
+[[tasks]]
+name = "chest"
+structures = ["heart"]
+"""
+
+
+def test_a_good_plan(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(GOOD)
+    plan = load_plan(path)
+    assert [t.name for t in plan.tasks] == ["abdomen", "chest"]
+    assert plan.task("abdomen").sites == ("hospA", "hospB")
+    assert plan.task("chest").sites is None  # any site that labels the heart
+    assert plan.patch == (32, 32, 32) and plan.preprocessing.spacing_mm == (2.0, 2.0, 3.0)
+    assert plan.val_fraction == 0.3
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "match"),
+    [
+        ('"spleen"]', '"splen"]', r"tasks\[0\]\.structures: 'splen'.*closest: spleen"),
+        ("patch = [32, 32, 32]", "patch = [30, 32, 32]", "multiples of 8"),
+        ('sites = ["hospA", "hospB"]', "sites = 3", r"tasks\[0\]\.sites"),
+        ("rounds = 2", "rounds = 0", r"tasks\[0\]\.rounds"),
+        ('name = "chest"', 'name = "abdomen"', "distinct names"),
+        ('name = "chest"', 'name = "Chest Task"', r"tasks\[1\]\.name"),
+        ("val_fraction = 0.3", "val_fraction = 1.5", "val_fraction"),
+    ],
+)
+def test_bad_plans_name_the_field(tmp_path, old, new, match):
+    path = tmp_path / "plan.toml"
+    path.write_text(GOOD.replace(old, new, 1))
+    with pytest.raises(PlanError, match=match) as info:
+        load_plan(path)
+    assert str(path) in str(info.value)
+
+
+def test_unreadable_plan(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text("[model\n")
+    with pytest.raises(PlanError, match="cannot read plan"):
+        load_plan(path)
