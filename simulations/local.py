@@ -8,6 +8,7 @@ Flower's home (its ``config.toml`` with the connection) lives in a folder of our
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import signal
@@ -57,6 +58,44 @@ def _toml_value(value: object) -> str:
 def overrides(config: Mapping[str, object]) -> str:
     """A ``--run-config`` / ``--node-config`` string: ``key=value`` pairs in TOML syntax."""
     return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
+
+
+def _descendants(roots: Sequence[int]) -> list[tuple[int, int]]:
+    """(pid, process group) of ``roots`` and every process below them (POSIX ``ps``)."""
+    listing = subprocess.run(
+        ["ps", "-A", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True, check=False
+    )
+    children: dict[int, list[tuple[int, int]]] = {}
+    groups: dict[int, int] = {}
+    for line in listing.stdout.splitlines():
+        pid, ppid, pgid = (int(v) for v in line.split())
+        children.setdefault(ppid, []).append((pid, pgid))
+        groups[pid] = pgid
+    out, todo = [], [r for r in roots if r in groups]
+    while todo:
+        pid = todo.pop()
+        out.append((pid, groups[pid]))
+        todo += [child for child, _ in children.get(pid, [])]
+    return out
+
+
+def _alive(pids: Sequence[int]) -> bool:
+    """Whether any of these processes still runs (zombies count as gone)."""
+    for pid in pids:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            continue
+        except PermissionError:
+            return True
+        stat = Path(f"/proc/{pid}/stat")
+        try:
+            if stat.read_text(encoding="ascii").rsplit(")", 1)[-1].split()[0] == "Z":
+                continue
+        except OSError:
+            pass  # no /proc (macOS): a signal-able process counts as alive
+        return True
+    return False
 
 
 class LocalFederation:
@@ -168,21 +207,27 @@ class LocalFederation:
             cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
         )
 
-    def stop(self) -> None:
-        """Stop every process this federation started (SIGTERM, then SIGKILL)."""
-        for process in reversed(self.processes):
-            if process.poll() is None:
-                try:
-                    os.killpg(process.pid, signal.SIGTERM)
-                except ProcessLookupError:
-                    continue
-        deadline = time.monotonic() + 10
-        for process in self.processes:
-            try:
-                process.wait(timeout=max(0.1, deadline - time.monotonic()))
-            except subprocess.TimeoutExpired:
-                os.killpg(process.pid, signal.SIGKILL)
-                process.wait()
+    def stop(self, grace: float = 10.0) -> None:
+        """Stop every process this federation started, and their descendants.
+
+        The SuperLink's executor starts the ServerApp and the Simulation Engine (Ray) in
+        a process group of its own, so the whole tree is collected first, then each
+        group gets SIGTERM and, after ``grace`` seconds, SIGKILL.
+        """
+        tree = _descendants([p.pid for p in self.processes])
+        groups = {pgid for _, pgid in tree}
+        for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+            for pgid in groups:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(pgid, signum)
+            deadline = time.monotonic() + wait
+            while time.monotonic() < deadline and _alive([pid for pid, _ in tree]):
+                time.sleep(0.1)
+            for process in self.processes:
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=0.1)
+            if not _alive([pid for pid, _ in tree]):
+                break
         self.processes.clear()
 
     def __exit__(
