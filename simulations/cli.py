@@ -196,6 +196,13 @@ def simulate(
     last = report.stages[-1]
     typer.echo(f"\nDice after stage {last['stage']} (held-out cases):\n")
     typer.echo(format_table(last["dice"]))
+    typer.echo("\nUpload per site, against FedAvg of the whole model (fp32) every round:")
+    for task, up in last["uploads"].items():
+        sent = sum(up["bytes_up_per_site"].values()) / max(len(up["bytes_up_per_site"]), 1)
+        full = up["full_model_fedavg_bytes_per_site"]
+        typer.echo(
+            f"  {task}: {sent / 2**20:.2f} MiB vs {full / 2**20:.2f} MiB ({up['ratio']:.0%})"
+        )
     typer.echo(
         f"\nTotal {time.perf_counter() - start:.0f} s; results in {out / 'results.json'}, "
         f"model bundle in {out / 'catalog' / 'bundle'}"

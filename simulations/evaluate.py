@@ -74,3 +74,23 @@ def format_table(dice: dict[str, dict[str, dict[str, float | None]]]) -> str:
         means = {kind: task_mean(structures, kind) for kind in ("decoder", "merged")}
         rows.append(f"| {task} | **mean** | {show(means['decoder'])} | {show(means['merged'])} |")
     return "\n".join(rows)
+
+
+def upload_summary(catalog: Catalog) -> dict[str, dict[str, Any]]:
+    """Per task: bytes each site uploaded, against FedAvg of the full model (fp32) each round."""
+    model = catalog.model()
+    encoder_params = sum(p.numel() for p in model.encoder.parameters())
+    out = {}
+    for task in catalog.tasks():
+        latest = task["versions"][-1]
+        provenance = latest["provenance"]
+        decoder_params = sum(p.numel() for p in model.decoder(task["name"]).parameters())
+        full = 4 * (encoder_params + decoder_params) * int(provenance.get("rounds", 0))
+        uploads = dict(provenance.get("bytes_up", {}))
+        mean = float(np.mean(list(uploads.values()))) if uploads else 0.0
+        out[task["name"]] = {
+            "bytes_up_per_site": uploads,
+            "full_model_fedavg_bytes_per_site": full,
+            "ratio": mean / full if full else None,
+        }
+    return out

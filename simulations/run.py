@@ -9,6 +9,7 @@ every stage the unified model is evaluated on the held-out cases of every task s
 from __future__ import annotations
 
 import json
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -19,7 +20,7 @@ import server
 from core.io import atomic_write_bytes, atomic_write_json
 from server.catalog import Catalog
 from server.plan import parse_plan
-from simulations.evaluate import evaluate_catalog
+from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.local import LocalFederation
 from simulations.scenario import Scenario, write_scenario
 
@@ -109,16 +110,16 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
             sites = [s.name for s in scenario.sites if s.task in tasks]
             say(f"stage {stage}: tasks {tasks} at sites {sites}")
             start = time.perf_counter()
+            cpus = max(1, (os.cpu_count() or 1) // len(sites))  # share the cores among the sites
             run_config = {
                 "plan": str(plan_path),
                 "catalog": str(catalog_dir),
                 "sim-sites": ",".join(sites),
                 "sim-data-root": str(sites_dir),
-                "threads": 1,
+                "threads": cpus,
             }
-            result = federation.run(
-                APP_DIR, run_config, {"num-supernodes": len(sites), "client-resources-num-cpus": 1}
-            )
+            engine = {"num-supernodes": len(sites), "client-resources-num-cpus": cpus}
+            result = federation.run(APP_DIR, run_config, engine)
             atomic_write_bytes(out / f"stage-{stage}.log", (result.stdout + result.stderr).encode())
             catalog = Catalog(catalog_dir)
             missing = [t for t in tasks if not catalog.has_task(t)]
@@ -129,6 +130,7 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
                 )
             seconds = time.perf_counter() - start
             dice = evaluate_catalog(catalog, scenario, sites_dir / "test")
+            uploads = upload_summary(catalog)
             report.stages.append(
                 {
                     "stage": stage,
@@ -136,6 +138,7 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
                     "sites": sites,
                     "seconds": round(seconds, 1),
                     "dice": dice,
+                    "uploads": uploads,
                 }
             )
             atomic_write_json(out / "results.json", report.to_json())

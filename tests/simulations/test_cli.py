@@ -88,3 +88,25 @@ def test_predict_reports_a_broken_bundle(tmp_path, trained_bundle):
     assert result.exit_code == 2
     assert "error:" in result.output and "sha256 does not match" in result.output
     assert "Traceback" not in result.output
+
+
+def test_catalog_and_plan_commands(tmp_path):
+    from tests.server.test_catalog import _filled
+
+    _filled(tmp_path / "catalog")
+    result = runner.invoke(app, ["catalog", "ls", str(tmp_path / "catalog")])
+    assert (
+        result.exit_code == 0 and "abdomen" in result.output and "mean Dice 0.900" in result.output
+    )
+    shown = runner.invoke(app, ["catalog", "show", str(tmp_path / "catalog"), "abdomen"])
+    assert json.loads(shown.output)["task"]["versions"][0]["version"] == 1
+    missing = runner.invoke(app, ["catalog", "show", str(tmp_path / "catalog"), "chest"])
+    assert missing.exit_code == 2 and "no task 'chest'" in missing.output
+    exported = runner.invoke(
+        app, ["catalog", "export", str(tmp_path / "catalog"), "-o", str(tmp_path / "b")]
+    )
+    assert exported.exit_code == 0 and (tmp_path / "b" / "manifest.json").is_file()
+    plan = tmp_path / "plan.toml"
+    plan.write_text('[[tasks]]\nname = "abdomen"\nstructures = ["livr"]\n')
+    checked = runner.invoke(app, ["plan", "check", str(plan)])
+    assert checked.exit_code == 2 and "closest: liver" in checked.output
