@@ -8,14 +8,13 @@ from __future__ import annotations
 
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from simulations.cli_federation import catalog_app, deploy_local, plan_app
+from simulations.cli_support import user_errors
 
 app = typer.Typer(
     help="continual-segment-fl: federated continual segmentation of whole-body CT.",
@@ -23,16 +22,6 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-@contextmanager
-def user_errors() -> Iterator[None]:
-    """Show bad input (a ValueError naming the file or field) as one line and exit 2."""
-    try:
-        yield
-    except ValueError as e:  # DataError, BundleError and argument mistakes
-        typer.echo(f"error: {e}", err=True)
-        raise typer.Exit(2) from None
 
 
 site_app = typer.Typer(

@@ -8,6 +8,8 @@ from typing import Annotated
 
 import typer
 
+from simulations.cli_support import user_errors
+
 catalog_app = typer.Typer(help="Inspect and export the decoder catalog.", no_args_is_help=True)
 plan_app = typer.Typer(help="Check a task plan.", no_args_is_help=True)
 
@@ -22,10 +24,8 @@ def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.
     """List the encoder and every task's decoder versions."""
     from server.catalog import Catalog, CatalogError
 
-    try:
+    with user_errors(CatalogError):
         cat = Catalog(catalog)
-    except CatalogError as e:
-        _fail(str(e))
     encoder = cat.index.get("encoder")
     typer.echo(f"encoder: {encoder['weights_sha256'][:16] if encoder else 'none yet'}")
     for task in cat.tasks():
@@ -64,24 +64,18 @@ def catalog_export(
     """Export the unified model (encoder + every task's latest decoder) as a bundle."""
     from server.catalog import Catalog, CatalogError
 
-    try:
+    with user_errors(CatalogError):
         manifest = Catalog(catalog).export_bundle(out)
-    except CatalogError as e:
-        _fail(str(e))
-        return
     typer.echo(f"wrote {manifest}")
 
 
 @plan_app.command("check")
 def plan_check(plan: Annotated[Path, typer.Argument(help="The plan TOML.")]) -> None:
     """Validate a plan and print its tasks in order."""
-    from server.plan import PlanError, load_plan
+    from server.plan import load_plan
 
-    try:
+    with user_errors():
         parsed = load_plan(plan)
-    except PlanError as e:
-        _fail(str(e))
-        return
     spacing = list(parsed.preprocessing.spacing_mm)
     typer.echo(f"encoder {list(parsed.encoder.widths)}, patch {list(parsed.patch)}, {spacing} mm")
     for t in parsed.tasks:

@@ -4,36 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from simulations.phantoms.patient import INNER, LESION, ORGAN, VESSEL, Part, Patient
+from simulations.phantoms.patient import INNER, LESION, VESSEL, Part, Patient
 from simulations.phantoms.shapes import Ellipsoid, Tube, rotation
 
 KIDNEY_CENTRES = {"right": (62, -45, 118), "left": (-60, -45, 134)}
-
-
-def _tube(
-    p: Patient,
-    name: str,
-    pts: list[tuple[float, float, float]],
-    r: float | list[float],
-    hu: float,
-    layer: int = ORGAN,
-    **kw: float,
-) -> Part:
-    radii = p.mm(r) if isinstance(r, float | int) else [p.mm(v) for v in r]
-    return Part(name, Tube(p.path(pts, name), radii), hu, layer, **kw)  # type: ignore[arg-type]
-
-
-def _blob(
-    p: Patient,
-    name: str,
-    centre: tuple[float, float, float],
-    r: tuple[float, float, float],
-    hu: float,
-    layer: int = ORGAN,
-    rot: np.ndarray | None = None,
-    **kw: float,
-) -> Part:
-    return Part(name, Ellipsoid(p.at(*centre, name=name), p.radii(*r), rot), hu, layer, **kw)  # type: ignore[arg-type]
 
 
 def _bowel_path(p: Patient) -> list[tuple[float, float, float]]:
@@ -49,23 +23,21 @@ def _bowel_path(p: Patient) -> list[tuple[float, float, float]]:
 def organs(p: Patient) -> list[Part]:
     """Solid organs, bowel, bladder and prostate of the abdomen and pelvis."""
     parts = [
-        _blob(p, "liver", (60, 5, 205), (85, 85, 60), 110.0, texture=8),
-        _blob(p, "liver", (-20, 45, 220), (55, 35, 30), 110.0, texture=8),
-        _blob(p, "gallbladder", (55, 55, 160), (14, 18, 30), 15.0, INNER, rotation(x_deg=-30)),
-        _blob(p, "spleen", (-90, -35, 215), (30, 48, 48), 120.0),
-        _blob(p, "stomach", (-55, 5, 225), (38, 35, 35), 35.0),
-        _blob(p, "stomach", (-55, 5, 248), (22, 20, 10), -950.0, INNER),  # air in the fundus
-        _blob(p, "stomach", (-40, 40, 185), (33, 32, 42), 35.0),
-        _blob(p, "stomach", (5, 55, 165), (25, 20, 20), 40.0),
-        _tube(
-            p,
+        p.blob("liver", (60, 5, 205), (85, 85, 60), 110.0, texture=8),
+        p.blob("liver", (-20, 45, 220), (55, 35, 30), 110.0, texture=8),
+        p.blob("gallbladder", (55, 55, 160), (14, 18, 30), 15.0, INNER, rotation(x_deg=-30)),
+        p.blob("spleen", (-90, -35, 215), (30, 48, 48), 120.0),
+        p.blob("stomach", (-55, 5, 225), (38, 35, 35), 35.0),
+        p.blob("stomach", (-55, 5, 248), (22, 20, 10), -950.0, INNER),  # air in the fundus
+        p.blob("stomach", (-40, 40, 185), (33, 32, 42), 35.0),
+        p.blob("stomach", (5, 55, 165), (25, 20, 20), 40.0),
+        p.tube(
             "pancreas",
             [(30, 20, 145), (5, 30, 155), (-30, 15, 165), (-75, -15, 180)],
             [16, 12, 11, 10],
             100.0,
         ),
-        _tube(
-            p,
+        p.tube(
             "duodenum",
             [
                 (15, 45, 165),
@@ -78,11 +50,10 @@ def organs(p: Patient) -> list[Part]:
             11.0,
             40.0,
         ),
-        _blob(p, "adrenal_gland_right", (35, -22, 190), (6, 12, 16), 40.0),
-        _blob(p, "adrenal_gland_left", (-38, -20, 185), (6, 12, 16), 40.0),
-        _tube(p, "small_bowel", _bowel_path(p), 13.0, 30.0, texture=20),
-        _tube(
-            p,
+        p.blob("adrenal_gland_right", (35, -22, 190), (6, 12, 16), 40.0),
+        p.blob("adrenal_gland_left", (-38, -20, 185), (6, 12, 16), 40.0),
+        p.tube("small_bowel", _bowel_path(p), 13.0, 30.0, texture=20),
+        p.tube(
             "colon",
             [
                 (70, 30, 20),
@@ -100,18 +71,17 @@ def organs(p: Patient) -> list[Part]:
             -300.0,
             texture=120,
         ),
-        _tube(p, "rectum", [(-10, 10, -55), (0, -40, -95), (0, -35, -160)], 16.0, 20.0),
-        _blob(p, "urinary_bladder", (0, 50, -110), (40, 35, 30), 10.0),
-        _blob(p, "prostate", (0, 25, -160), (18, 14, 16), 45.0),
+        p.tube("rectum", [(-10, 10, -55), (0, -40, -95), (0, -35, -160)], 16.0, 20.0),
+        p.blob("urinary_bladder", (0, 50, -110), (40, 35, 30), 10.0),
+        p.blob("prostate", (0, 25, -160), (18, 14, 16), 45.0),
     ]
     for side, tag in ((1, "right"), (-1, "left")):
         name = f"kidney_{tag}"
         tilt = rotation(x_deg=15, y_deg=side * 12)
-        parts.append(_blob(p, name, KIDNEY_CENTRES[tag], (28, 30, 55), 180.0, rot=tilt))
+        parts.append(p.blob(name, KIDNEY_CENTRES[tag], (28, 30, 55), 180.0, rot=tilt))
         medulla = KIDNEY_CENTRES[tag]
         parts.append(
-            _blob(
-                p,
+            p.blob(
                 name,
                 (medulla[0] - side * 6, medulla[1], medulla[2]),
                 (14, 15, 35),
@@ -126,8 +96,7 @@ def organs(p: Patient) -> list[Part]:
 def vessels(p: Patient) -> list[Part]:
     """Portal and splenic veins, hepatic vessels (inside the liver), iliac arteries and veins."""
     parts = [
-        _tube(
-            p,
+        p.tube(
             "portal_vein_and_splenic_vein",
             [(55, 15, 190), (20, 18, 160), (-40, 0, 170), (-80, -20, 195)],
             7.0,
@@ -148,8 +117,7 @@ def vessels(p: Patient) -> list[Part]:
         )
     for side, tag in ((1, "right"), (-1, "left")):
         parts.append(
-            _tube(
-                p,
+            p.tube(
                 f"iliac_artery_{tag}",
                 [(0, -5, 55), (side * 40, 0, 5), (side * 80, 25, -85)],
                 6.0,
@@ -158,8 +126,7 @@ def vessels(p: Patient) -> list[Part]:
             )
         )
         parts.append(
-            _tube(
-                p,
+            p.tube(
                 f"iliac_vena_{tag}",
                 [(15, -15, 60), (side * 45, -10, 5), (side * 82, 15, -85)],
                 7.0,

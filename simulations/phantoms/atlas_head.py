@@ -42,19 +42,12 @@ def organs_at_risk(p: Patient) -> list[Part]:
         within: str | None = None,
         jitter: float = 2.0,
     ) -> Part:
-        return Part(
-            name,
-            Ellipsoid(p.at(*c, name=name, jitter=jitter), p.radii(*r)),
-            hu,
-            layer,
-            within=within,
-            wobble=0.5,
-        )
+        return p.blob(name, c, r, hu, layer, jitter=jitter, within=within, wobble=0.5)
 
     def tube(
         name: str, pts: list[tuple[float, float, float]], r: float, hu: float, layer: int = DETAIL
     ) -> Part:
-        return Part(name, Tube(p.path(pts, name, 1.5), p.mm(r)), hu, layer, wobble=0.3)
+        return p.tube(name, pts, r, hu, layer, jitter=1.5, wobble=0.3)
 
     parts = [
         blob("optic_chiasm", (0, 15, 624), (12, 5, 3), 35.0),

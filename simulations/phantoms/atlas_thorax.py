@@ -13,7 +13,6 @@ from simulations.phantoms.shapes import (
     Intersection,
     Profile,
     Shape,
-    Tube,
     rotation,
 )
 
@@ -108,8 +107,7 @@ def airway_and_vessels(p: Patient) -> list[Part]:
         hu: float,
         layer: int = VESSEL,
     ) -> Part:
-        radii = p.mm(r) if isinstance(r, float | int) else [p.mm(v) for v in r]
-        return Part(name, Tube(p.path(pts, name, 3), radii), hu, layer, wobble=0.5)
+        return p.tube(name, pts, r, hu, layer, jitter=3.0, wobble=0.5)
 
     parts = [
         tube("trachea", [(0, 22, 495), (0, 10, 430), (0, -5, 380)], 9.0, -1000.0, ORGAN),

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
-from simulations.phantoms.shapes import Shape
+from simulations.phantoms.shapes import Ellipsoid, Shape, Tube
 
 # Paint order: a later layer covers an earlier one where they overlap.
 BODY, TISSUE, CAVITY, ORGAN, INNER, VESSEL, BONE, DETAIL, LESION = range(9)
@@ -85,6 +86,36 @@ class Patient:
     def mm(self, r: float) -> float:
         """A length (tube radius, thickness) scaled to this patient."""
         return r * (self.sx + self.sy) / 2
+
+    def tube(
+        self,
+        name: str,
+        points: Sequence[Sequence[float]],
+        r: float | Sequence[float],
+        hu: float,
+        layer: int = ORGAN,
+        jitter: float = 4.0,
+        **options: Any,
+    ) -> Part:
+        """A tubular part of ``name`` along standard-patient points (radius scaled)."""
+        radii = self.mm(r) if isinstance(r, int | float) else [self.mm(v) for v in r]
+        return Part(name, Tube(self.path(points, name, jitter), radii), hu, layer, **options)
+
+    def blob(
+        self,
+        name: str,
+        centre: Sequence[float],
+        radii: Sequence[float],
+        hu: float,
+        layer: int = ORGAN,
+        rot: np.ndarray | None = None,
+        jitter: float = 4.0,
+        **options: Any,
+    ) -> Part:
+        """An ellipsoidal part of ``name`` at a standard-patient point (size varied)."""
+        x, y, z = centre
+        shape = Ellipsoid(self.at(x, y, z, name, jitter), self.radii(*radii), rot)
+        return Part(name, shape, hu, layer, **options)
 
     def has(self, lesion: str) -> bool:
         """Whether this patient carries that lesion."""
