@@ -5,16 +5,28 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordValues, RecordDict
 from flwr.clientapp import ClientApp
 
 from client.site import Site
 from core.data import split_cases
 from core.evaluation import evaluate_task
-from core.model import ContinualSegmenter, Decoder, Encoder
+from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
+from core.model.distill import distill_phase
+from core.model.search import SearchSettings, SuperNet, search_phase
 from core.payload import record_to_state, state_to_record
-from core.protocol import CONFIG, DECODER, ENCODER, ENCODER_SHA, METRICS, RoundConfig
-from core.training import Phase, TrainSettings, train_phase
+from core.protocol import (
+    ARCH,
+    CONFIG,
+    DECODER,
+    ENCODER,
+    ENCODER_SHA,
+    METRICS,
+    TEACHER,
+    RoundConfig,
+)
+from core.training import Phase, train_phase
 
 app = ClientApp()
 
@@ -50,17 +62,8 @@ def train_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict
     dataset = site.dataset_for(cfg.structures)
     train, _ = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
     model = _model(site, cfg, content)
-    settings = TrainSettings(
-        steps=cfg.steps,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
-        augmentation=cfg.augmentation(),
-        seed=cfg.seed * 1000 + cfg.round,
-        progress=False,
-        schedule_start=cfg.schedule_start,
-        schedule_total=cfg.schedule_total,
-    )
     phase = Phase(cfg.phase)
+    settings = cfg.train_settings()
     result = train_phase(
         model, cfg.task, phase, dataset.labels, train, [], cfg.preprocessing, settings
     )
@@ -74,6 +77,85 @@ def train_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict
         {"num-examples": len(train), "loss": float(np.mean(tail)), "seconds": result.seconds}
     )
     return reply
+
+
+def search_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict:
+    """Search the task's decoder architecture locally; only alpha and beta leave the site.
+
+    The supernet's weights stay in the site's cache between rounds: they are trained on
+    private data and are not needed elsewhere.
+    """
+    dataset = site.dataset_for(cfg.structures)
+    train, _ = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
+    encoder = site.encoder(cfg.encoder_sha256, cfg.encoder, content.array_records.get(ENCODER))
+    torch.manual_seed(cfg.seed)
+    supernet = SuperNet(cfg.encoder.widths, cfg.structures)
+    site.load_local(f"supernet-{cfg.task}", supernet)
+    arch = content.array_records[ARCH]
+    template = {"alpha": supernet.alpha.detach(), "beta": supernet.beta.detach()}
+    values = record_to_state(arch, template, f"{site.name}: arch")
+    with torch.no_grad():
+        supernet.alpha.copy_(values["alpha"])
+        supernet.beta.copy_(values["beta"])
+    settings = SearchSettings(cfg.train_settings(), max(cfg.budget_params, 1))
+    result = search_phase(encoder, supernet, dataset.labels, train, cfg.preprocessing, settings)
+    site.save_local(f"supernet-{cfg.task}", supernet)
+    arch_state = {"alpha": supernet.alpha.detach(), "beta": supernet.beta.detach()}
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": len(train),
+        "loss": float(np.mean(result.weight_losses[-5:])),
+        "expected-parameters": result.expected_parameters[-1]
+        if result.expected_parameters
+        else 0.0,
+        "seconds": result.seconds,
+    }
+    return RecordDict(
+        {
+            ARCH: state_to_record(arch_state, fp16=False),
+            METRICS: MetricRecord(metrics),
+            CONFIG: ConfigRecord({ENCODER_SHA: cfg.encoder_sha256}),
+        }
+    )
+
+
+def distill_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict:
+    """Train the student (``cfg.genotype``) from labels and the teacher; reply its weights."""
+    dataset = site.dataset_for(cfg.structures)
+    train, _ = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
+    encoder = site.encoder(cfg.encoder_sha256, cfg.encoder, content.array_records.get(ENCODER))
+    widths = cfg.encoder.widths
+    teacher = Decoder(widths, Genotype.teacher(len(widths) - 1), cfg.structures)
+    sent = content.array_records[TEACHER]
+    teacher.load_state_dict(record_to_state(sent, teacher.state_dict(), f"{site.name}: teacher"))
+    student = Decoder(widths, cfg.genotype, cfg.structures)
+    sent = content.array_records[DECODER]
+    student.load_state_dict(record_to_state(sent, student.state_dict(), f"{site.name}: student"))
+    model = ContinualSegmenter(encoder)
+    model.add_decoder(cfg.task, teacher)
+    result = distill_phase(
+        model,
+        cfg.task,
+        student,
+        dataset.labels,
+        train,
+        cfg.preprocessing,
+        cfg.train_settings(),
+        cfg.kd_weight,
+        cfg.temperature,
+    )
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": len(train),
+        "loss": float(np.mean(result.losses[-5:])),
+        "kd-loss": float(np.mean(result.kd_losses[-5:])),
+        "seconds": result.seconds,
+    }
+    return RecordDict(
+        {
+            DECODER: state_to_record(student.state_dict()),
+            METRICS: MetricRecord(metrics),
+            CONFIG: ConfigRecord({ENCODER_SHA: cfg.encoder_sha256}),
+        }
+    )
 
 
 def evaluate_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict:
@@ -104,6 +186,18 @@ def train_base(msg: Message, context: Context) -> Message:
 def train_teacher(msg: Message, context: Context) -> Message:
     """Train the task's full decoder on the frozen encoder."""
     return _handle(msg, context, train_reply)
+
+
+@app.train("search")
+def train_search(msg: Message, context: Context) -> Message:
+    """Search the decoder's architecture under the size budget."""
+    return _handle(msg, context, search_reply)
+
+
+@app.train("distill")
+def train_distill(msg: Message, context: Context) -> Message:
+    """Distil the teacher into the searched student."""
+    return _handle(msg, context, distill_reply)
 
 
 @app.evaluate()

@@ -126,6 +126,24 @@ class Site:
             raise SiteError(f"site {self.name}: encoder {sha[:12]} neither sent nor cached")
         return encoder.freeze()
 
+    def save_local(self, name: str, module: torch.nn.Module) -> None:
+        """Keep a module's weights in the site's cache (they never leave the site)."""
+        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
+        atomic_write_bytes(self.cache_dir / f"{name}.safetensors", save(state))
+
+    def load_local(self, name: str, module: torch.nn.Module) -> bool:
+        """Restore weights kept by :meth:`save_local`; False if none fit ``module``."""
+        path = self.cache_dir / f"{name}.safetensors"
+        if not path.is_file():
+            return False
+        state = load_file(path)
+        expected = module.state_dict()
+        if set(state) != set(expected) or any(state[k].shape != expected[k].shape for k in state):
+            log.warning("site %s: cached %s does not fit; starting afresh", self.name, name)
+            return False
+        module.load_state_dict(state)
+        return True
+
     @staticmethod
     def threads(context: Context) -> None:
         """Limit torch's threads where the run config asks (one CPU per simulated client)."""

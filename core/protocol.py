@@ -14,6 +14,7 @@ from flwr.app import ConfigRecord
 
 from core.data.transforms import Augmentation, Preprocessing
 from core.model import EncoderConfig, Genotype
+from core.training import TrainSettings
 
 # Message types (Flower's "<category>.<action>"): one per phase a site takes part in.
 DESCRIBE = "query.describe"
@@ -24,6 +25,8 @@ EVALUATE = "evaluate"
 CONFIG = "config"
 DECODER = "decoder"
 ENCODER = "encoder"
+TEACHER = "teacher"  # the full decoder a student distils from
+ARCH = "arch"  # architecture parameters of the search: alpha and beta
 METRICS = "metrics"
 SITE = "site"
 ENCODER_SHA = "encoder-sha256"
@@ -53,6 +56,9 @@ class RoundConfig:
     seed: int = 0
     val_fraction: float = 0.2
     round: int = 1
+    budget_params: int = 0
+    kd_weight: float = 1.0
+    temperature: float = 2.0
 
     def to_record(self) -> ConfigRecord:
         """As a Flower ConfigRecord (nested values as JSON strings)."""
@@ -74,6 +80,9 @@ class RoundConfig:
                 "seed": self.seed,
                 "val-fraction": self.val_fraction,
                 "round": self.round,
+                "budget-params": self.budget_params,
+                "kd-weight": self.kd_weight,
+                "temperature": self.temperature,
             }
         )
 
@@ -109,6 +118,9 @@ class RoundConfig:
                 seed=int(get("seed")),
                 val_fraction=float(get("val-fraction")),
                 round=int(get("round")),
+                budget_params=int(record.get("budget-params", 0)),  # type: ignore[arg-type]
+                kd_weight=float(record.get("kd-weight", 1.0)),  # type: ignore[arg-type]
+                temperature=float(record.get("temperature", 2.0)),  # type: ignore[arg-type]
             )
         except (ValueError, KeyError, IndexError, TypeError) as e:
             if isinstance(e, ProtocolError):
@@ -118,3 +130,16 @@ class RoundConfig:
     def augmentation(self) -> Augmentation:
         """Patch sampling for this round."""
         return Augmentation(patch_size=self.patch)
+
+    def train_settings(self) -> TrainSettings:
+        """Local optimisation settings for this round (one LR schedule across rounds)."""
+        return TrainSettings(
+            steps=self.steps,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            augmentation=self.augmentation(),
+            seed=self.seed * 1000 + self.round,
+            progress=False,
+            schedule_start=self.schedule_start,
+            schedule_total=self.schedule_total,
+        )

@@ -9,7 +9,7 @@ validation Dice per structure.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import Any
@@ -26,10 +26,12 @@ from core.model import ContinualSegmenter
 
 
 class Phase(StrEnum):
-    """The local training phases this module runs."""
+    """The local training phases of a task at a site."""
 
     BASE = "base"
     TEACHER = "teacher"
+    SEARCH = "search"
+    DISTILL = "distill"
 
 
 @dataclass(frozen=True)
@@ -121,6 +123,41 @@ def patch_batches(
         yield from loader
 
 
+def optimise(
+    params: list[torch.nn.Parameter],
+    settings: TrainSettings,
+    batches: Iterator[dict[str, Any]],
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    desc: str,
+) -> list[float]:
+    """Adam with the polynomial schedule over ``settings.steps`` batches; returns the losses."""
+    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
+    losses: list[float] = []
+    bar = tqdm(range(settings.steps), desc=desc, disable=not settings.progress)
+    for _ in bar:
+        batch = next(batches)
+        loss = loss_of(batch["image"].to(device), batch["label"].to(device))
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()  # type: ignore[no-untyped-call]
+        optimizer.step()
+        schedule.step()
+        losses.append(float(loss.detach()))
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    return losses
+
+
+def check_patch(patch: Sequence[int], divisor: int) -> None:
+    """Patch sides must be multiples of the encoder's total downsampling.
+
+    Raises:
+        ValueError: if they are not.
+    """
+    if any(side % divisor for side in patch):
+        raise ValueError(f"patch {tuple(patch)}: sides must be multiples of {divisor}")
+
+
 def train_phase(
     model: ContinualSegmenter,
     task: str,
@@ -150,10 +187,7 @@ def train_phase(
     if phase == Phase.TEACHER and not model.encoder.frozen:
         raise ValueError("teacher phase: freeze the encoder first (it is trained only in base)")
     patch = settings.augmentation.patch_size
-    if any(side % model.encoder.config.divisor for side in patch):
-        raise ValueError(
-            f"patch {patch}: sides must be multiples of {model.encoder.config.divisor}"
-        )
+    check_patch(patch, model.encoder.config.divisor)
     if not train_cases:
         raise ValueError(f"{task}: no training cases")
 
@@ -162,26 +196,16 @@ def train_phase(
     params = list(decoder.parameters())
     if phase == Phase.BASE:
         params += list(model.encoder.parameters())
-    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     batches = patch_batches(train_cases, table, decoder.structures, prep, settings)
 
+    def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = loss_fn(decoder(model.encoder(image)).organ, label)
+        return out
+
     model.train()
-    losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(range(settings.steps), desc=f"{phase} {task}", disable=not settings.progress)
-    for _ in bar:
-        batch = next(batches)
-        image, label = batch["image"].to(device), batch["label"].to(device)
-        features = model.encoder(image)
-        loss = loss_fn(decoder(features).organ, label)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        schedule.step()
-        losses.append(float(loss.detach()))
-        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    losses = optimise(params, settings, batches, loss_of, device, f"{phase} {task}")
     seconds = time.perf_counter() - start
     scores = (
         evaluate_task(model, task, val_cases, table, prep, patch, device)

@@ -7,12 +7,33 @@ import logging
 import torch
 
 from core.model import Encoder
+from core.training import Phase
 from server.catalog import Catalog
 from server.federation import Federation, SiteInfo
-from server.phases import TaskJob, initial_decoder, lifecycle
+from server.phases import (
+    Evaluation,
+    FederatedTraining,
+    PhaseStep,
+    Registration,
+    TaskJob,
+    initial_decoder,
+)
 from server.plan import Plan, TaskPlan
+from server.trimming import ArchitectureSearch, Distillation
 
 log = logging.getLogger(__name__)
+
+
+def lifecycle(task: TaskPlan, first_task: bool) -> list[PhaseStep]:
+    """A task's phases in order.
+
+    The first task trains the encoder with its decoder (``base``), later ones train a full
+    decoder on the frozen encoder (``teacher``); with ``trim`` a compact student is then
+    searched and distilled, and only the student is evaluated and registered.
+    """
+    training: list[PhaseStep] = [FederatedTraining(Phase.BASE if first_task else Phase.TEACHER)]
+    trimming: list[PhaseStep] = [ArchitectureSearch(), Distillation()] if task.trim else []
+    return [*training, *trimming, Evaluation(), Registration()]
 
 
 def match_sites(task: TaskPlan, sites: list[SiteInfo]) -> list[SiteInfo]:
@@ -83,7 +104,7 @@ class Orchestrator:
                 encoder,
                 initial_decoder(self.plan, task),
             )
-            for step in lifecycle(first):
+            for step in lifecycle(task, first):
                 step.run(job)
             finished.append(task.name)
         self.catalog.journal("run-end", finished=finished)

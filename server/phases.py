@@ -2,8 +2,8 @@
 
 A phase is a template method: :meth:`PhaseStep.run` skips a phase the journal records as
 finished (restoring its output), otherwise journals its start, executes it, keeps its
-output and journals its end. New phases (search, distill, calibrate) are new subclasses
-inserted into the lifecycle; no other phase changes.
+output and journals its end. New phases (search and distill in ``server/trimming.py``,
+calibrate) are new subclasses inserted into the lifecycle; no other phase changes.
 """
 
 from __future__ import annotations
@@ -11,18 +11,20 @@ from __future__ import annotations
 import logging
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
-from flwr.app import RecordDict
+from flwr.app import ArrayRecord, RecordDict
 
 from core.evaluation import ScoreSums
 from core.model import Decoder, Encoder, Genotype
+from core.model.cost import genotype_parameters
 from core.payload import state_to_record
 from core.protocol import CONFIG, DECODER, ENCODER, EVALUATE, METRICS, TRAIN, RoundConfig
 from core.training import Phase
-from server.aggregate import fedavg
+from server.aggregate import Averaged, fedavg
 from server.catalog import Catalog
 from server.federation import Federation, Reply, SiteInfo
 from server.plan import Plan, TaskPlan
@@ -41,19 +43,27 @@ class TaskJob:
     sites: list[SiteInfo]
     encoder: Encoder
     decoder: Decoder
+    genotype: Genotype | None = None  # the searched student's architecture
     metrics: dict[str, Any] = field(default_factory=dict)
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
 
-    def round_config(self, phase: str, rnd: int, steps: int = 0) -> RoundConfig:
-        """The settings every site gets for round ``rnd`` of ``phase``."""
+    def round_config(
+        self,
+        phase: str,
+        rnd: int,
+        steps: int = 0,
+        rounds: int = 1,
+        genotype: Genotype | None = None,
+    ) -> RoundConfig:
+        """The settings every site gets for round ``rnd`` of ``rounds`` of ``phase``."""
         frozen = self.encoder.frozen
         return RoundConfig(
             task=self.task.name,
             phase=phase,
             structures=self.task.structures,
-            genotype=self.decoder.genotype,
+            genotype=genotype or self.decoder.genotype,
             encoder=self.encoder.config,
             encoder_sha256=self.encoder.weights_sha256() if frozen else "",
             preprocessing=self.plan.preprocessing,
@@ -62,22 +72,39 @@ class TaskJob:
             lr=self.task.lr,
             batch_size=self.plan.batch_size,
             schedule_start=(rnd - 1) * steps,
-            schedule_total=self.task.rounds * steps,
+            schedule_total=rounds * steps,
             seed=self.plan.seed,
             val_fraction=self.plan.val_fraction,
             round=rnd,
+            budget_params=self.budget(),
+            kd_weight=self.task.kd_weight,
+            temperature=self.task.temperature,
         )
 
-    def contents(self, cfg: RoundConfig, send_encoder: bool) -> dict[int, RecordDict]:
-        """One message per site: config and decoder, and the encoder where it is needed.
+    def budget(self) -> int:
+        """The student's size budget in parameters: a share of the teacher decoder's."""
+        widths = self.plan.encoder.widths
+        teacher = genotype_parameters(
+            widths, Genotype.teacher(len(widths) - 1), len(self.task.structures)
+        )
+        return int(self.task.size_budget * teacher)
+
+    def contents(
+        self, cfg: RoundConfig, send_encoder: bool, records: Mapping[str, ArrayRecord] | None = None
+    ) -> dict[int, RecordDict]:
+        """One message per site: the config, ``records`` (default: the decoder), the encoder.
 
         A trainable encoder travels every round (fp16); the frozen one travels once per
         site in fp32, to sites that have not cached it.
         """
-        decoder = state_to_record(self.decoder.state_dict())
+        records = (
+            records
+            if records is not None
+            else {DECODER: state_to_record(self.decoder.state_dict())}
+        )
         out = {}
         for site in self.sites:
-            content = RecordDict({CONFIG: cfg.to_record(), DECODER: decoder})
+            content = RecordDict({CONFIG: cfg.to_record(), **records})
             sha = cfg.encoder_sha256
             if send_encoder or (sha and sha not in site.encoders):
                 content[ENCODER] = state_to_record(self.encoder.state_dict(), fp16=not sha)
@@ -86,11 +113,54 @@ class TaskJob:
             self.bytes_down[site.name] = self.bytes_down.get(site.name, 0) + sent
         return out
 
+    def federated_round(
+        self,
+        phase: str,
+        rnd: int,
+        rounds: int,
+        steps: int,
+        records: Mapping[str, ArrayRecord],
+        templates: Mapping[str, Mapping[str, torch.Tensor]],
+        genotype: Genotype | None = None,
+    ) -> Averaged:
+        """One round of ``train.<phase>`` at every site, checked and averaged."""
+        cfg = self.round_config(phase, rnd, steps, rounds, genotype)
+        send_encoder = not self.encoder.frozen
+        contents = self.contents(cfg, send_encoder, records)
+        replies = self.federation.exchange(
+            f"{TRAIN}.{phase}", contents, self.sites, f"{self.task.name}/{phase}/{rnd}"
+        )
+        self.received(replies, cfg)
+        expected = cfg.encoder_sha256 or None
+        avg = fedavg(replies, templates, expected, self.task.min_sites, self.plan.max_payload_bytes)
+        for site, size in avg.bytes_up.items():
+            self.bytes_up[site] = self.bytes_up.get(site, 0) + size
+        self.rejected.update(avg.rejected)
+        log.info(
+            "%s/%s round %d/%d: loss %s from %s, rejected %s",
+            self.task.name,
+            phase,
+            rnd,
+            rounds,
+            avg.loss,
+            avg.sites,
+            list(avg.rejected),
+        )
+        return avg
+
     def received(self, replies: list[Reply], cfg: RoundConfig) -> None:
         """Note which sites now cache the frozen encoder."""
         for reply in replies:
             if reply.content is not None and cfg.encoder_sha256:
                 reply.site.encoders.add(cfg.encoder_sha256)
+
+    def phase_end(self, phase: str) -> dict[str, Any]:
+        """The journal's record of a finished phase of this task."""
+        return next(
+            e
+            for e in reversed(self.catalog.events())
+            if e["event"] == "phase-end" and e["task"] == self.task.name and e.get("phase") == phase
+        )
 
 
 class PhaseStep(ABC):
@@ -103,6 +173,9 @@ class PhaseStep(ABC):
         catalog, task = job.catalog, job.task.name
         if catalog.phase_done(task, self.name):
             log.info("%s/%s: finished before, restoring its output", task, self.name)
+            end = job.phase_end(self.name)
+            job.bytes_up, job.bytes_down = dict(end["bytes_up"]), dict(end["bytes_down"])
+            job.rejected = dict(end["rejected"])
             self.restore(job)
             return
         catalog.journal("phase-start", task, phase=self.name, sites=[s.name for s in job.sites])
@@ -113,6 +186,9 @@ class PhaseStep(ABC):
             task,
             phase=self.name,
             seconds=round(time.perf_counter() - start, 2),
+            bytes_up=job.bytes_up,
+            bytes_down=job.bytes_down,
+            rejected=job.rejected,
             **summary,
         )
         log.info("%s/%s: done %s", task, self.name, summary)
@@ -136,49 +212,22 @@ class FederatedTraining(PhaseStep):
         """Run the rounds and keep the averaged weights."""
         templates = {DECODER: job.decoder.state_dict()}
         if self.with_encoder:
-            templates["encoder"] = job.encoder.state_dict()
+            templates[ENCODER] = job.encoder.state_dict()
         losses = []
         for rnd in range(1, job.task.rounds + 1):
-            cfg = job.round_config(self.name, rnd, job.task.local_steps)
-            replies = job.federation.exchange(
-                f"{TRAIN}.{self.name}",
-                job.contents(cfg, self.with_encoder),
-                job.sites,
-                f"{job.task.name}/{self.name}/{rnd}",
-            )
-            job.received(replies, cfg)
-            expected = None if self.with_encoder else cfg.encoder_sha256
-            avg = fedavg(
-                replies, templates, expected, job.task.min_sites, job.plan.max_payload_bytes
+            records = {DECODER: state_to_record(job.decoder.state_dict())}
+            avg = job.federated_round(
+                self.name, rnd, job.task.rounds, job.task.local_steps, records, templates
             )
             job.decoder.load_state_dict(avg.states[DECODER])
             if self.with_encoder:
                 job.encoder.load_state_dict(avg.states[ENCODER])
-            for site, size in avg.bytes_up.items():
-                job.bytes_up[site] = job.bytes_up.get(site, 0) + size
-            job.rejected.update(avg.rejected)
             losses.append(avg.loss)
-            log.info(
-                "%s/%s round %d: loss %s from %s, rejected %s",
-                job.task.name,
-                self.name,
-                rnd,
-                avg.loss,
-                avg.sites,
-                list(avg.rejected),
-            )
         state = {f"decoder.{k}": v for k, v in job.decoder.state_dict().items()}
-        if self.with_encoder:
-            state |= {f"encoder.{k}": v for k, v in job.encoder.state_dict().items()}
         job.catalog.save_checkpoint(job.task.name, self.name, state, {"losses": losses})
         if self.with_encoder:
             job.catalog.set_encoder(job.encoder, job.plan.preprocessing, job.plan.patch)
-        return {
-            "losses": losses,
-            "rejected": job.rejected,
-            "bytes_up": job.bytes_up,
-            "bytes_down": job.bytes_down,
-        }
+        return {"losses": losses}
 
     def restore(self, job: TaskJob) -> None:
         """Reload the averaged decoder (and the frozen encoder after ``base``)."""
@@ -190,17 +239,6 @@ class FederatedTraining(PhaseStep):
             encoder = job.catalog.encoder()
             assert encoder is not None, "the base phase finished without storing its encoder"
             job.encoder = encoder
-        end = next(
-            e
-            for e in reversed(job.catalog.events())
-            if e["event"] == "phase-end"
-            and e["task"] == job.task.name
-            and e.get("phase") == self.name
-        )
-        job.bytes_up, job.bytes_down = (
-            dict(end.get("bytes_up", {})),
-            dict(end.get("bytes_down", {})),
-        )
 
 
 class Evaluation(PhaseStep):
@@ -236,14 +274,7 @@ class Evaluation(PhaseStep):
 
     def restore(self, job: TaskJob) -> None:
         """Reload the pooled metrics from the journal."""
-        end = next(
-            e
-            for e in reversed(job.catalog.events())
-            if e["event"] == "phase-end"
-            and e["task"] == job.task.name
-            and e.get("phase") == self.name
-        )
-        job.metrics = dict(end.get("metrics", {}))
+        job.metrics = dict(job.phase_end(self.name).get("metrics", {}))
 
 
 class Registration(PhaseStep):
@@ -265,12 +296,6 @@ class Registration(PhaseStep):
             job.catalog.register(job.task.name, job.decoder, job.metrics, provenance)
         bundle = job.catalog.export_bundle()
         return {"bundle": str(bundle.parent)}
-
-
-def lifecycle(first_task: bool) -> list[PhaseStep]:
-    """The phases of a task in order: the first task trains the encoder too."""
-    training = FederatedTraining(Phase.BASE if first_task else Phase.TEACHER)
-    return [training, Evaluation(), Registration()]
 
 
 def initial_decoder(plan: Plan, task: TaskPlan) -> Decoder:

@@ -21,6 +21,11 @@ min_sites = 1
 rounds = 3
 local_steps = 50
 lr = 0.01
+trim = true            # search a compact student and distil the teacher into it
+size_budget = 0.25     # the student's parameters, as a share of the teacher decoder's
+search_rounds = 1      # search_steps, distill_rounds, distill_steps default to the above
+kd_weight = 1.0
+temperature = 2.0
 ```
 """
 
@@ -51,6 +56,14 @@ class TaskPlan:
     rounds: int = 3
     local_steps: int = 50
     lr: float = 1e-2
+    trim: bool = True
+    size_budget: float = 0.25
+    search_rounds: int = 1
+    search_steps: int = 50
+    distill_rounds: int = 3
+    distill_steps: int = 50
+    kd_weight: float = 1.0
+    temperature: float = 2.0
 
 
 @dataclass(frozen=True)
@@ -107,18 +120,46 @@ def _task(t: dict[str, Any], where: str) -> TaskPlan:
         isinstance(sites, list) and sites and all(isinstance(s, str) for s in sites)
     ):
         raise PlanError(f'{where}.sites: expected "any" or a list of site names, found {sites!r}')
-    values = {k: t.get(k, d) for k, d in (("min_sites", 1), ("rounds", 3), ("local_steps", 50))}
-    for key, value in values.items():
-        if not isinstance(value, int) or value < 1:
+    counts = {k: t.get(k, d) for k, d in (("min_sites", 1), ("rounds", 3), ("local_steps", 50))}
+    counts |= {
+        "search_rounds": t.get("search_rounds", 1),
+        "search_steps": t.get("search_steps", counts["local_steps"]),
+        "distill_rounds": t.get("distill_rounds", counts["rounds"]),
+        "distill_steps": t.get("distill_steps", counts["local_steps"]),
+    }
+    for key, value in counts.items():
+        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise PlanError(f"{where}.{key}: expected a whole number >= 1, found {value!r}")
+    reals = {
+        k: t.get(k, d)
+        for k, d in (("lr", 1e-2), ("size_budget", 0.25), ("kd_weight", 1.0), ("temperature", 2.0))
+    }
+    for key, value in reals.items():
+        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+            raise PlanError(f"{where}.{key}: expected a positive number, found {value!r}")
+    if reals["size_budget"] > 1:
+        raise PlanError(
+            f"{where}.size_budget: {reals['size_budget']} is a share of the teacher; expected <= 1"
+        )
+    trim = t.get("trim", True)
+    if not isinstance(trim, bool):
+        raise PlanError(f"{where}.trim: expected true or false, found {trim!r}")
     return TaskPlan(
         t["name"],
         tuple(structures),
         None if sites == "any" else tuple(sites),
-        values["min_sites"],
-        values["rounds"],
-        values["local_steps"],
-        float(t.get("lr", 1e-2)),
+        counts["min_sites"],
+        counts["rounds"],
+        counts["local_steps"],
+        float(reals["lr"]),
+        trim,
+        float(reals["size_budget"]),
+        counts["search_rounds"],
+        counts["search_steps"],
+        counts["distill_rounds"],
+        counts["distill_steps"],
+        float(reals["kd_weight"]),
+        float(reals["temperature"]),
     )
 
 

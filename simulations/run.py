@@ -40,15 +40,27 @@ def plan_document(scenario: Scenario) -> dict[str, Any]:
         "val_fraction": float(fed.get("val_fraction", 0.2)),
         "seed": scenario.seed,
     }
+    budget_keys = (
+        "rounds",
+        "local_steps",
+        "lr",
+        "trim",
+        "size_budget",
+        "search_rounds",
+        "search_steps",
+        "distill_rounds",
+        "distill_steps",
+        "kd_weight",
+        "temperature",
+    )
+    budget = {k: fed[k] for k in budget_keys if k in fed}
     tasks = [
         {
             "name": t.name,
             "structures": list(t.structures),
             "sites": [s.name for s in scenario.sites_of(t.name)],
             "min_sites": 1,
-            "rounds": int(fed.get("rounds", 3)),
-            "local_steps": int(fed.get("local_steps", 50)),
-            "lr": float(fed.get("lr", 1e-2)),
+            **budget,
         }
         for t in scenario.tasks
     ]

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from core.model.blocks import OP_KERNELS
 from core.model.decoder import Decoder
 from core.model.encoder import Encoder, EncoderConfig
 from core.model.genotype import Genotype
@@ -16,6 +17,40 @@ from core.model.genotype import Genotype
 def count_parameters(module: nn.Module) -> int:
     """Number of parameters (trainable or frozen)."""
     return sum(p.numel() for p in module.parameters())
+
+
+def _conv(in_ch: int, out_ch: int, kernel: Sequence[int]) -> int:
+    """Weights and bias of a convolution, plus the affine instance norm after it."""
+    return in_ch * out_ch * int(torch.tensor(kernel).prod()) + out_ch + 2 * out_ch
+
+
+def op_parameters(op: str, in_ch: int, out_ch: int) -> int:
+    """Parameters of one searchable operation (``core.model.blocks.op_block``)."""
+    kernels = OP_KERNELS[op]
+    return sum(_conv(in_ch if i == 0 else out_ch, out_ch, k) for i, k in enumerate(kernels))
+
+
+def stage_parameters(op: str, width: int, below: int, skip: int) -> int:
+    """Parameters of a decoder stage: the x2 transposed conv and two operations."""
+    up = below * width * 8 + width
+    return up + op_parameters(op, width + skip, width) + op_parameters(op, width, width)
+
+
+def head_parameters(width: int, n_structures: int) -> int:
+    """Parameters of the three 1x1x1 heads: organ (1 + K), anomaly, confidence."""
+    return width * (n_structures + 1) + (n_structures + 1) + 2 * (width + 1)
+
+
+def genotype_parameters(
+    encoder_widths: Sequence[int], genotype: Genotype, n_structures: int
+) -> int:
+    """Parameters of the decoder a genotype builds, computed without building it."""
+    widths = genotype.widths(encoder_widths)
+    skips = list(reversed(encoder_widths[:-1]))
+    below = [encoder_widths[-1], *widths[:-1]]
+    stages = zip(genotype.stages, widths, below, skips, strict=True)
+    total = sum(stage_parameters(s.op, w, b, k) for s, w, b, k in stages)
+    return total + head_parameters(widths[-1], n_structures)
 
 
 def count_macs(module: nn.Module, run: object) -> int:

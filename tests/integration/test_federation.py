@@ -8,6 +8,7 @@ import time
 import pytest
 import torch
 
+from core.model import Genotype
 from server.catalog import Catalog
 from simulations.local import LocalFederation
 from simulations.run import APP_DIR, plan_document, simulate, to_toml
@@ -33,6 +34,20 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tmp_path):
     assert [t["name"] for t in catalog.tasks()] == ["abdomen", "chest"]
     chest = catalog.tasks()[1]["versions"][0]["provenance"]
     assert chest["sites"] == ["hospC"] and chest["bytes_up"]["hospC"] > 0
+    for task in catalog.tasks():  # only trimmed students enter the catalog
+        search = catalog.load_checkpoint(task["name"], "search")[1]
+        assert search["parameters"] <= search["budget"]
+        assert (
+            task["versions"][0]["genotype"] == search["genotype"] != Genotype.teacher(3).to_json()
+        )
+    search_end = next(
+        e for e in catalog.events() if e["event"] == "phase-end" and e.get("phase") == "search"
+    )
+    teacher_end = next(
+        e for e in catalog.events() if e["event"] == "phase-end" and e.get("phase") == "base"
+    )
+    for site, sent in search_end["bytes_up"].items():  # the search uploads alpha and beta only
+        assert sent - teacher_end["bytes_up"][site] < 2000
     manifest = json.loads((tmp_path / "run" / "catalog" / "bundle" / "manifest.json").read_text())
     assert [d["task"] for d in manifest["decoders"]] == ["abdomen", "chest"]
     assert json.loads((tmp_path / "run" / "results.json").read_text())["scenario"] == "tiny"

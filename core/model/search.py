@@ -1,0 +1,271 @@
+"""Differentiable architecture search of a decoder under a size budget.
+
+The supernet has, per decoder stage, every operation (3d, p3d, 2d) at full width; width
+choices are soft channel masks, so narrower students share the first channels. Each stage
+carries architecture parameters: ``alpha`` over operations and ``beta`` over widths; the
+stage output is the softmax(alpha)-weighted sum of the operations, times the
+softmax(beta)-weighted mask. The expected parameter count of the decoder under these
+distributions is differentiable, so a cost term can push it under the budget. The derived
+genotype takes each stage's most likely choice and then trades the least likely-loss for
+the most parameters until it fits the budget: it always respects the budget.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import torch
+from monai.losses import DiceCELoss
+from monai.networks.blocks import UpSample
+from torch import nn
+
+from core import anatomy
+from core.data import Case, LabelTable, split_cases
+from core.data.transforms import Preprocessing
+from core.model.blocks import OPS, init_he, op_block
+from core.model.cost import genotype_parameters, head_parameters, stage_parameters
+from core.model.encoder import Encoder
+from core.model.genotype import WIDTH_CHOICES, Genotype, Stage
+from core.training import TrainSettings, check_patch, patch_batches
+
+
+def _width(base: int, fraction: float) -> int:
+    return max(4, round(base * fraction))  # as Genotype.widths does
+
+
+class MixedStage(nn.Module):
+    """One decoder stage holding every operation at full width."""
+
+    def __init__(self, below: int, width: int, skip: int) -> None:
+        super().__init__()
+        self.up = UpSample(3, below, width, scale_factor=2, mode="deconv")
+        self.ops = nn.ModuleDict(
+            {
+                op: nn.Sequential(op_block(op, width + skip, width), op_block(op, width, width))
+                for op in OPS
+            }
+        )
+        masks = torch.zeros(len(WIDTH_CHOICES), width)
+        for i, fraction in enumerate(WIDTH_CHOICES):
+            masks[i, : _width(width, fraction)] = 1.0
+        self.register_buffer("masks", masks)
+
+    def forward(
+        self, x: torch.Tensor, skip: torch.Tensor, p_op: torch.Tensor, p_width: torch.Tensor
+    ) -> torch.Tensor:
+        """Mix the operations and the width masks with these probabilities."""
+        y = torch.cat([self.up(x), skip], dim=1)
+        outputs: list[torch.Tensor] = [self.ops[op](y) for op in OPS]
+        out = torch.stack(outputs).mul(p_op.view(-1, 1, 1, 1, 1, 1)).sum(0)
+        masks: torch.Tensor = self.masks  # type: ignore[assignment]
+        mask = (p_width[:, None] * masks).sum(0)
+        return out * mask.view(1, -1, 1, 1, 1)
+
+
+class SuperNet(nn.Module):
+    """The search space of one task's decoder, on the frozen encoder's features."""
+
+    def __init__(self, encoder_widths: Sequence[int], structures: Sequence[str]) -> None:
+        super().__init__()
+        for name in structures:
+            anatomy.get(name)
+        self.encoder_widths = tuple(encoder_widths)
+        self.structures = tuple(structures)
+        skips = list(reversed(encoder_widths[:-1]))
+        below = [encoder_widths[-1], *skips[:-1]]
+        self.stages = nn.ModuleList(MixedStage(b, w, w) for b, w in zip(below, skips, strict=True))
+        self.organ_head = nn.Conv3d(skips[-1], 1 + len(structures), kernel_size=1)
+        init_he(self)
+        n = len(skips)
+        self.alpha = nn.Parameter(torch.zeros(n, len(OPS)))
+        self.beta = nn.Parameter(torch.zeros(n, len(WIDTH_CHOICES)))
+        self._tables = [self._stage_table(i) for i in range(n)]
+
+    def arch_parameters(self) -> list[nn.Parameter]:
+        """The architecture parameters (alpha over operations, beta over widths)."""
+        return [self.alpha, self.beta]
+
+    def weight_parameters(self) -> list[nn.Parameter]:
+        """Everything else: the supernet's weights."""
+        arch = {id(p) for p in self.arch_parameters()}
+        return [p for p in self.parameters() if id(p) not in arch]
+
+    def forward(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """Organ logits of the mixed decoder."""
+        p_op, p_width = torch.softmax(self.alpha, 1), torch.softmax(self.beta, 1)
+        x = features[-1]
+        for i, (stage, skip) in enumerate(zip(self.stages, reversed(features[:-1]), strict=True)):
+            x = stage(x, skip, p_op[i], p_width[i])
+        out: torch.Tensor = self.organ_head(x)
+        return out
+
+    def _stage_table(self, i: int) -> torch.Tensor:
+        """Parameters of stage ``i`` for every (operation, own width, width below)."""
+        skips = list(reversed(self.encoder_widths[:-1]))
+        base = skips[i]
+        below = (
+            [self.encoder_widths[-1]]
+            if i == 0
+            else [_width(skips[i - 1], f) for f in WIDTH_CHOICES]
+        )
+        table = torch.zeros(len(OPS), len(WIDTH_CHOICES), len(WIDTH_CHOICES))
+        for o, op in enumerate(OPS):
+            for w, fraction in enumerate(WIDTH_CHOICES):
+                for b in range(len(WIDTH_CHOICES)):
+                    table[o, w, b] = stage_parameters(
+                        op, _width(base, fraction), below[min(b, len(below) - 1)], base
+                    )
+        return table
+
+    def expected_parameters(self) -> torch.Tensor:
+        """Expected decoder parameters under the current distributions (differentiable)."""
+        p_op, p_width = torch.softmax(self.alpha, 1), torch.softmax(self.beta, 1)
+        total = torch.zeros(())
+        for i, table in enumerate(self._tables):
+            p_below = p_width[i - 1] if i else torch.tensor([1.0, 0.0, 0.0])
+            total = total + torch.einsum(
+                "o,w,b,owb->", p_op[i], p_width[i], p_below, table.to(p_op)
+            )
+        last = list(reversed(self.encoder_widths[:-1]))[-1]
+        heads = torch.tensor(
+            [head_parameters(_width(last, f), len(self.structures)) for f in WIDTH_CHOICES]
+        )
+        return total + (p_width[-1] * heads.to(p_width)).sum()
+
+    def derive(self, budget: int) -> Genotype:
+        """The most likely genotype that has at most ``budget`` parameters.
+
+        Starts from each stage's most likely operation and width, then, while over budget,
+        makes the single-stage change that loses the least log-probability per parameter
+        saved. If even the smallest genotype is over budget, returns the smallest.
+        """
+        logp_op = torch.log_softmax(self.alpha.detach(), 1)
+        logp_w = torch.log_softmax(self.beta.detach(), 1)
+        choice = [
+            (int(logp_op[i].argmax()), int(logp_w[i].argmax())) for i in range(len(self.stages))
+        ]
+
+        def genotype(ch: list[tuple[int, int]]) -> Genotype:
+            return Genotype(tuple(Stage(OPS[o], WIDTH_CHOICES[w]) for o, w in ch))
+
+        def size(ch: list[tuple[int, int]]) -> int:
+            return genotype_parameters(self.encoder_widths, genotype(ch), len(self.structures))
+
+        while size(choice) > budget:
+            current, best = size(choice), None
+            for i, (o, w) in enumerate(choice):
+                for o2 in range(len(OPS)):
+                    for w2 in range(len(WIDTH_CHOICES)):
+                        trial = [*choice[:i], (o2, w2), *choice[i + 1 :]]
+                        saved = current - size(trial)
+                        if saved <= 0:
+                            continue
+                        loss = float(logp_op[i, o] + logp_w[i, w] - logp_op[i, o2] - logp_w[i, w2])
+                        score = loss / saved
+                        if best is None or score < best[0]:
+                            best = (score, trial)
+            if best is None:
+                break
+            choice = best[1]
+        return genotype(choice)
+
+
+@dataclass(frozen=True)
+class SearchSettings:
+    """Budget of a local search.
+
+    Attributes:
+        train: steps, batch, learning rate and patches of the weight updates.
+        budget: the decoder size (parameters) the cost term aims below.
+        arch_lr: Adam learning rate of the architecture parameters.
+        cost_weight: weight of the cost term ``relu(expected / budget - 1)``.
+        warmup: share of the steps that update weights only, before architecture steps.
+    """
+
+    train: TrainSettings
+    budget: int
+    arch_lr: float = 3e-2
+    cost_weight: float = 1.0
+    warmup: float = 0.3
+
+
+@dataclass
+class SearchResult:
+    """What a local search did."""
+
+    weight_losses: list[float]
+    arch_losses: list[float]
+    expected_parameters: list[float]
+    seconds: float
+
+
+def search_phase(
+    encoder: Encoder,
+    supernet: SuperNet,
+    table: LabelTable,
+    cases: Sequence[Case],
+    prep: Preprocessing,
+    settings: SearchSettings,
+) -> SearchResult:
+    """Alternate supernet weight steps and architecture steps on two halves of the cases.
+
+    Weights learn on one half (DiceCE), the architecture on the other (DiceCE plus the
+    cost term), as in differentiable architecture search; the first ``warmup`` share of
+    the steps trains weights only.
+
+    Raises:
+        ValueError: if the encoder is not frozen or there are no cases.
+    """
+    if not encoder.frozen:
+        raise ValueError("search phase: the encoder must be frozen")
+    if not cases:
+        raise ValueError("search phase: no training cases")
+    train = settings.train
+    check_patch(train.augmentation.patch_size, encoder.config.divisor)
+    torch.manual_seed(train.seed)
+    device = next(supernet.parameters()).device
+    weights_half, arch_half = (
+        split_cases(cases, 0.5, train.seed) if len(cases) > 1 else (cases, cases)
+    )
+    structures = supernet.structures
+    weight_batches = patch_batches(weights_half, table, structures, prep, train)
+    arch_batches = patch_batches(
+        arch_half, table, structures, prep, replace(train, seed=train.seed + 1)
+    )
+    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    w_opt = torch.optim.Adam(
+        supernet.weight_parameters(), lr=train.lr, weight_decay=train.weight_decay
+    )
+    w_sched = torch.optim.lr_scheduler.LambdaLR(w_opt, train.lr_factor)
+    a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=settings.arch_lr, betas=(0.5, 0.999))
+    result = SearchResult([], [], [], 0.0)
+    start = time.perf_counter()
+    supernet.train()
+    for step in range(train.steps):
+        batch = next(weight_batches)
+        with torch.no_grad():
+            features = encoder(batch["image"].to(device))
+        loss = loss_fn(supernet(features), batch["label"].to(device))
+        w_opt.zero_grad(set_to_none=True)
+        loss.backward()
+        w_opt.step()
+        w_sched.step()
+        result.weight_losses.append(float(loss.detach()))
+        if step >= settings.warmup * train.steps:
+            batch = next(arch_batches)
+            with torch.no_grad():
+                features = encoder(batch["image"].to(device))
+            expected = supernet.expected_parameters()
+            cost = torch.relu(expected / settings.budget - 1.0)
+            arch_loss = (
+                loss_fn(supernet(features), batch["label"].to(device)) + settings.cost_weight * cost
+            )
+            a_opt.zero_grad(set_to_none=True)
+            arch_loss.backward()
+            a_opt.step()
+            result.arch_losses.append(float(arch_loss.detach()))
+            result.expected_parameters.append(float(expected.detach()))
+    result.seconds = time.perf_counter() - start
+    return result
