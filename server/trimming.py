@@ -19,6 +19,7 @@ import torch
 
 from core.model import Decoder, Genotype
 from core.model.cost import genotype_parameters
+from core.model.distill import inherit
 from core.model.search import SuperNet
 from core.payload import state_to_record
 from core.protocol import ARCH, DECODER, TEACHER
@@ -80,12 +81,15 @@ class Distillation(PhaseStep):
 
     def _student(self, job: TaskJob) -> Decoder:
         assert job.genotype is not None, "distillation needs the searched genotype"
-        torch.manual_seed(job.plan.seed + 1)
         return Decoder(job.encoder.config.widths, job.genotype, job.task.structures)
 
     def execute(self, job: TaskJob) -> dict[str, Any]:
-        """Train the student over rounds; it then replaces the teacher in the job."""
-        task, student = job.task, self._student(job)
+        """Train the student over rounds; it then replaces the teacher in the job.
+
+        The student starts from the teacher's weights (the first channels of each layer),
+        which distillation on a CPU budget needs: a student from scratch lags far behind.
+        """
+        task, student = job.task, inherit(self._student(job), job.decoder)
         teacher = {TEACHER: state_to_record(job.decoder.state_dict())}
         losses = []
         for rnd in range(1, task.distill_rounds + 1):

@@ -198,5 +198,32 @@ def simulate(
     )
 
 
+@app.command("trim-report")
+def trim_report(
+    scenario: Annotated[str, typer.Option(help="The scenario the run simulated.")] = "default",
+    out: Annotated[Path, typer.Option("--out", "-o", help="The simulation's folder.")] = Path(
+        "runs/default"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Compare each task's trimmed student with its teacher and with alternative students.
+
+    Needs a finished ``csfl simulate`` folder. Trains three students per task centrally
+    (searched + KD, searched without KD, uniform narrow 3d + KD) with the federated
+    distillation's step count, and evaluates all on the held-out cases.
+    """
+    from core.io import atomic_write_json
+    from simulations.scenario import load_scenario
+    from simulations.trimming import format_report
+    from simulations.trimming import trim_report as measure
+
+    with user_errors():
+        spec = load_scenario(scenario)
+    result = measure(out, spec)
+    typer.echo(format_report(result))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+
+
 if __name__ == "__main__":
     app()

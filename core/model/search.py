@@ -135,17 +135,18 @@ class SuperNet(nn.Module):
         return total + (p_width[-1] * heads.to(p_width)).sum()
 
     def derive(self, budget: int) -> Genotype:
-        """The most likely genotype that has at most ``budget`` parameters.
+        """The most likely genotype that fills, without exceeding, ``budget`` parameters.
 
-        Starts from each stage's most likely operation and width, then, while over budget,
+        Starts from each stage's most likely operation and width. While over budget, it
         makes the single-stage change that loses the least log-probability per parameter
-        saved. If even the smallest genotype is over budget, returns the smallest.
+        saved; then, while a change still fits, the one that loses the least (or gains
+        the most) log-probability per parameter added, so the student uses its budget.
+        If even the smallest genotype is over budget, returns the smallest.
         """
         logp_op = torch.log_softmax(self.alpha.detach(), 1)
         logp_w = torch.log_softmax(self.beta.detach(), 1)
-        choice = [
-            (int(logp_op[i].argmax()), int(logp_w[i].argmax())) for i in range(len(self.stages))
-        ]
+        n = len(self.stages)
+        choice = [(int(logp_op[i].argmax()), int(logp_w[i].argmax())) for i in range(n)]
 
         def genotype(ch: list[tuple[int, int]]) -> Genotype:
             return Genotype(tuple(Stage(OPS[o], WIDTH_CHOICES[w]) for o, w in ch))
@@ -153,22 +154,24 @@ class SuperNet(nn.Module):
         def size(ch: list[tuple[int, int]]) -> int:
             return genotype_parameters(self.encoder_widths, genotype(ch), len(self.structures))
 
-        while size(choice) > budget:
-            current, best = size(choice), None
-            for i, (o, w) in enumerate(choice):
+        def best_change(ch: list[tuple[int, int]], shrink: bool) -> list[tuple[int, int]] | None:
+            current, best = size(ch), None
+            for i, (o, w) in enumerate(ch):
                 for o2 in range(len(OPS)):
                     for w2 in range(len(WIDTH_CHOICES)):
-                        trial = [*choice[:i], (o2, w2), *choice[i + 1 :]]
-                        saved = current - size(trial)
-                        if saved <= 0:
+                        trial = [*ch[:i], (o2, w2), *ch[i + 1 :]]
+                        delta = current - size(trial) if shrink else size(trial) - current
+                        if delta <= 0 or (not shrink and size(trial) > budget):
                             continue
                         loss = float(logp_op[i, o] + logp_w[i, w] - logp_op[i, o2] - logp_w[i, w2])
-                        score = loss / saved
-                        if best is None or score < best[0]:
-                            best = (score, trial)
-            if best is None:
-                break
-            choice = best[1]
+                        if best is None or loss / delta < best[0]:
+                            best = (loss / delta, trial)
+            return None if best is None else best[1]
+
+        while size(choice) > budget and (smaller := best_change(choice, shrink=True)):
+            choice = smaller
+        while size(choice) <= budget and (larger := best_change(choice, shrink=False)):
+            choice = larger
         return genotype(choice)
 
 

@@ -1,7 +1,9 @@
 import pytest
 import torch
 
-from core.model.distill import kd_loss
+from core.model import Decoder, Encoder, Genotype
+from core.model.distill import inherit, kd_loss
+from tests.conftest import TINY
 
 
 def test_kd_loss_is_zero_for_the_teacher_itself_and_grows_with_disagreement():
@@ -13,6 +15,23 @@ def test_kd_loss_is_zero_for_the_teacher_itself_and_grows_with_disagreement():
     assert 0 < float(near) < float(far)
 
 
+def test_a_student_inherits_its_teacher():
+    torch.manual_seed(0)
+    encoder = Encoder(TINY).eval()
+    teacher = Decoder(TINY.widths, Genotype.teacher(3), ("liver", "spleen")).eval()
+    copy = inherit(Decoder(TINY.widths, Genotype.teacher(3), ("liver", "spleen")), teacher).eval()
+    features = encoder(torch.randn(1, 1, 16, 16, 16))
+    with torch.no_grad():
+        assert torch.equal(copy(features).organ, teacher(features).organ)
+        narrow = inherit(
+            Decoder(TINY.widths, Genotype.uniform("2d", 0.25, 3), ("liver", "spleen")), teacher
+        )
+        assert torch.equal(narrow.organ_head.bias, teacher.organ_head.bias)
+        assert narrow(features).organ.shape == teacher(features).organ.shape
+    with pytest.raises(ValueError, match="full-width 3d"):
+        inherit(copy, narrow)
+
+
 @pytest.mark.slow
 def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     tiny_sites, trained_bundle
@@ -21,7 +40,6 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     from core.data import open_dataset
     from core.data.transforms import Augmentation
     from core.evaluation import evaluate_task
-    from core.model import Decoder, Genotype
     from core.model.cost import count_parameters
     from core.model.distill import distill_phase
     from core.training import TrainSettings
@@ -32,16 +50,20 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     teacher = model.decoder("abdomen")
     dataset = tiny_sites["hospA"].dataset
     held_out = open_dataset(dataset.root.parent.parent / "test" / dataset.root.name)
+    # The shape a search under a 25% budget takes: narrow deep stages, a full-width last one.
+    stages = [("p3d", 0.25), ("p3d", 0.5), ("3d", 1.0)]
+    genotype = Genotype.from_json({"stages": [{"op": o, "width": w} for o, w in stages]})
+    widths, cases = model.encoder.config.widths, abdomen_cases(tiny_sites)
     torch.manual_seed(1)
-    student = Decoder(
-        model.encoder.config.widths, Genotype.uniform("p3d", 0.5, 3), teacher.structures
-    )
-    assert count_parameters(student) < 0.4 * count_parameters(teacher)
+    scratch = Decoder(widths, genotype, teacher.structures)
+    short = TrainSettings(steps=60, augmentation=Augmentation(patch_size=PATCH), progress=False)
+    result = distill_phase(model, "abdomen", scratch, dataset.labels, cases, prep, short)
+    assert sum(result.kd_losses[-10:]) < 0.5 * sum(result.kd_losses[:10])  # KD is learnt
+
+    student = inherit(Decoder(widths, genotype, teacher.structures), teacher)
+    assert count_parameters(student) < 0.25 * count_parameters(teacher)
     settings = TrainSettings(steps=120, augmentation=Augmentation(patch_size=PATCH), progress=False)
-    result = distill_phase(
-        model, "abdomen", student, dataset.labels, abdomen_cases(tiny_sites), prep, settings
-    )
-    assert sum(result.kd_losses[-15:]) < 0.5 * sum(result.kd_losses[:15])
+    distill_phase(model, "abdomen", student, dataset.labels, cases, prep, settings)
     scores = {}
     for name, decoder in (("teacher", teacher), ("student", student)):
         probe = type(model)(model.encoder)

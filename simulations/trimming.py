@@ -1,0 +1,187 @@
+"""``csfl trim-report``: how much the trimmed students keep of their teachers, and why.
+
+For every task of a finished simulation it compares, on the task's held-out cases:
+
+- the teacher (full decoder) and the federated student that the catalog holds;
+- three students trained here, centrally, on the union of the task's sites' training
+  cases with the same number of steps as the federated distillation, each started from
+  the teacher's weights like the federated one: the searched genotype with KD, the
+  searched genotype without KD, and a hand-picked genotype of about the same size
+  (uniform narrow 3d) with KD.
+
+It also gives the unified model's size against one encoder and one full decoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from core.data import Case, LabelTable, TaskDataset, open_dataset, split_cases
+from core.data.transforms import Augmentation, Preprocessing
+from core.evaluation import evaluate_task
+from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
+from core.model.cost import count_parameters, genotype_parameters
+from core.model.distill import distill_phase, inherit
+from core.model.genotype import WIDTH_CHOICES
+from core.training import TrainSettings
+from server.catalog import Catalog
+from server.plan import Plan, TaskPlan, load_plan
+from simulations.scenario import Scenario
+
+
+def uniform_3d_like(widths: tuple[int, ...], size: int, n_structures: int) -> Genotype:
+    """The widest uniform 3d genotype no larger than ``size`` (else the narrowest)."""
+    n = len(widths) - 1
+    options = [Genotype.uniform("3d", w, n) for w in sorted(WIDTH_CHOICES, reverse=True)]
+    for genotype in options:
+        if genotype_parameters(widths, genotype, n_structures) <= size:
+            return genotype
+    return options[-1]
+
+
+@dataclass
+class TaskData:
+    """What the comparison of one task needs."""
+
+    task: TaskPlan
+    teacher: Decoder
+    student: Decoder
+    searched: Genotype
+    train: list[Case]
+    table: LabelTable
+    test: TaskDataset
+
+
+def _score(
+    encoder: Encoder,
+    data: TaskData,
+    decoder: Decoder,
+    prep: Preprocessing,
+    roi: tuple[int, int, int],
+) -> dict[str, Any]:
+    model = ContinualSegmenter(encoder)
+    model.add_decoder(data.task.name, decoder)
+    dice = evaluate_task(model, data.task.name, data.test.cases, data.test.labels, prep, roi).means(
+        "dice"
+    )
+    mean = float(np.mean([v or 0.0 for v in dice.values()])) if dice else 0.0
+    return {
+        "genotype": str(decoder.genotype),
+        "parameters": count_parameters(decoder),
+        "dice": mean,
+    }
+
+
+def compare_students(
+    encoder: Encoder, data: TaskData, plan: Plan, prep: Preprocessing, roi: tuple[int, int, int]
+) -> dict[str, Any]:
+    """The teacher, the federated student and three centrally trained students, scored."""
+    task, widths = data.task, encoder.config.widths
+    rows = {
+        "teacher": _score(encoder, data, data.teacher, prep, roi),
+        "student (federated)": _score(encoder, data, data.student, prep, roi),
+    }
+    teacher_model = ContinualSegmenter(encoder)
+    teacher_model.add_decoder(task.name, data.teacher)  # the KD source of the central students
+    settings = TrainSettings(
+        steps=task.distill_rounds * task.distill_steps,
+        lr=task.lr,
+        augmentation=Augmentation(patch_size=plan.patch),
+        seed=plan.seed,
+        progress=False,
+    )
+    size = genotype_parameters(widths, data.searched, len(task.structures))
+    alternatives = (
+        ("searched + KD (central)", data.searched, task.kd_weight),
+        ("searched, no KD (central)", data.searched, 0.0),
+        (
+            "uniform narrow 3d + KD (central)",
+            uniform_3d_like(widths, size, len(task.structures)),
+            task.kd_weight,
+        ),
+    )
+    for label, genotype, kd in alternatives:
+        student = inherit(Decoder(widths, genotype, task.structures), data.teacher)
+        distill_phase(
+            teacher_model,
+            task.name,
+            student,
+            data.table,
+            data.train,
+            prep,
+            settings,
+            kd,
+            task.temperature,
+        )
+        rows[label] = _score(encoder, data, student, prep, roi)
+    return rows
+
+
+def _task_data(run: Path, catalog: Catalog, plan: Plan, scenario: Scenario, name: str) -> TaskData:
+    task, names = plan.task(name), [t.name for t in scenario.tasks]
+    widths = plan.encoder.widths
+    state, _ = catalog.load_checkpoint(name, "base" if names.index(name) == 0 else "teacher")
+    teacher = Decoder(widths, Genotype.teacher(len(widths) - 1), task.structures)
+    teacher.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
+    datasets = [
+        open_dataset(next((run / "sites" / s.name).glob("Dataset*")))
+        for s in scenario.sites_of(name)
+    ]
+    train = [c for ds in datasets for c in split_cases(ds.cases, plan.val_fraction, plan.seed)[0]]
+    test = open_dataset(run / "sites" / "test" / f"Dataset{names.index(name) + 1:03d}_{name}")
+    searched = Genotype.from_json(catalog.load_checkpoint(name, "search")[1]["genotype"])
+    return TaskData(
+        task, teacher, catalog.model().decoder(name), searched, train, datasets[0].labels, test
+    )
+
+
+def trim_report(run: Path, scenario: Scenario) -> dict[str, Any]:
+    """Measure every figure; see the module docstring."""
+    catalog, plan = Catalog(run / "catalog"), load_plan(run / "plan.toml")
+    encoder = catalog.encoder()
+    if encoder is None:
+        raise ValueError(f"{run / 'catalog'}: no encoder: run csfl simulate first")
+    entry = catalog.index["encoder"]
+    prep = Preprocessing.from_json(entry["preprocessing"])
+    roi = (int(entry["patch"][0]), int(entry["patch"][1]), int(entry["patch"][2]))
+    tasks = {}
+    for task_entry in catalog.tasks():
+        data = _task_data(run, catalog, plan, scenario, task_entry["name"])
+        tasks[task_entry["name"]] = compare_students(encoder, data, plan, prep, roi)
+    widths = encoder.config.widths
+    teacher_size = genotype_parameters(
+        widths, Genotype.teacher(len(widths) - 1), len(plan.tasks[0].structures)
+    )
+    one_model = count_parameters(encoder) + teacher_size
+    unified = count_parameters(catalog.model())
+    return {
+        "tasks": tasks,
+        "unified_parameters": unified,
+        "one_encoder_one_full_decoder": one_model,
+        "ratio": unified / one_model,
+    }
+
+
+def format_report(report: dict[str, Any]) -> str:
+    """A Markdown table per task, then the unified size."""
+    lines = [
+        "| task | decoder | genotype | parameters | share of teacher | mean Dice | kept |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for task, rows in report["tasks"].items():
+        teacher = rows["teacher"]
+        for label, row in rows.items():
+            share = row["parameters"] / teacher["parameters"]
+            kept = row["dice"] / teacher["dice"] if teacher["dice"] else float("nan")
+            cells = [task, label, f"`{row['genotype']}`", f"{row['parameters']:,}", f"{share:.0%}"]
+            cells += [f"{row['dice']:.3f}", f"{kept:.0%}"]
+            lines.append("| " + " | ".join(cells) + " |")
+    lines.append(
+        f"\nUnified model: {report['unified_parameters']:,} parameters = {report['ratio']:.2f} x "
+        f"one encoder + one full decoder ({report['one_encoder_one_full_decoder']:,})"
+    )
+    return "\n".join(lines)
