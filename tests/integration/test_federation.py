@@ -57,7 +57,7 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tmp_path):
 def _one_task_plan(tmp_path, rounds=1, steps=4):
     doc = plan_document(load_scenario("tiny"))
     doc["tasks"] = doc["tasks"][:1]
-    doc["tasks"][0].update(rounds=rounds, local_steps=steps)
+    doc["tasks"][0].update(rounds=rounds, local_steps=steps, trim=False)  # mechanics only
     path = tmp_path / "plan.toml"
     path.write_text(to_toml(doc))
     return path
