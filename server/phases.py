@@ -81,13 +81,16 @@ class TaskJob:
             temperature=self.task.temperature,
         )
 
-    def budget(self) -> int:
-        """The student's size budget in parameters: a share of the teacher decoder's."""
+    def budget_reference(self) -> int:
+        """Parameters of the task's full (teacher) decoder."""
         widths = self.plan.encoder.widths
-        teacher = genotype_parameters(
+        return genotype_parameters(
             widths, Genotype.teacher(len(widths) - 1), len(self.task.structures)
         )
-        return int(self.task.size_budget * teacher)
+
+    def budget(self) -> int:
+        """The student's size budget in parameters: a share of the teacher decoder's."""
+        return int(self.task.size_budget * self.budget_reference())
 
     def contents(
         self, cfg: RoundConfig, send_encoder: bool, records: Mapping[str, ArrayRecord] | None = None
@@ -289,6 +292,9 @@ class Registration(PhaseStep):
                 "sites": [s.name for s in job.sites],
                 "rounds": job.task.rounds,
                 "local_steps": job.task.local_steps,
+                "search_rounds": job.task.search_rounds if job.task.trim else 0,
+                "distill_rounds": job.task.distill_rounds if job.task.trim else 0,
+                "teacher_parameters": job.budget_reference(),
                 "bytes_up": job.bytes_up,
                 "bytes_down": job.bytes_down,
                 "rejected": job.rejected,

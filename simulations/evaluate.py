@@ -77,15 +77,21 @@ def format_table(dice: dict[str, dict[str, dict[str, float | None]]]) -> str:
 
 
 def upload_summary(catalog: Catalog) -> dict[str, dict[str, Any]]:
-    """Per task: bytes each site uploaded, against FedAvg of the full model (fp32) each round."""
+    """Per task: bytes each site uploaded, against FedAvg of the whole model every round.
+
+    The baseline sends the encoder and the full (teacher) decoder in fp32 in every round
+    this task had: training, search and distillation rounds.
+    """
     model = catalog.model()
     encoder_params = sum(p.numel() for p in model.encoder.parameters())
     out = {}
     for task in catalog.tasks():
-        latest = task["versions"][-1]
-        provenance = latest["provenance"]
-        decoder_params = sum(p.numel() for p in model.decoder(task["name"]).parameters())
-        full = 4 * (encoder_params + decoder_params) * int(provenance.get("rounds", 0))
+        provenance = task["versions"][-1]["provenance"]
+        rounds = sum(
+            int(provenance.get(k, 0)) for k in ("rounds", "search_rounds", "distill_rounds")
+        )
+        teacher = int(provenance.get("teacher_parameters", 0))
+        full = 4 * (encoder_params + teacher) * rounds
         uploads = dict(provenance.get("bytes_up", {}))
         mean = float(np.mean(list(uploads.values()))) if uploads else 0.0
         out[task["name"]] = {
