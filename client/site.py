@@ -15,11 +15,11 @@ from pathlib import Path
 
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-from safetensors.torch import load_file, save
+from safetensors.torch import load_file
 
 from core.data import TaskDataset, discover
 from core.io import atomic_write_bytes
-from core.model import Encoder, EncoderConfig
+from core.model import Encoder, EncoderConfig, state_bytes
 from core.payload import PayloadError, record_to_state
 from core.protocol import SITE
 
@@ -115,8 +115,7 @@ class Site:
                 raise SiteError(str(e)) from None
             if encoder.weights_sha256() != sha:
                 raise SiteError(f"site {self.name}: the encoder sent does not hash to {sha[:12]}")
-            state = {k: v.contiguous() for k, v in encoder.state_dict().items()}
-            atomic_write_bytes(self._cache_path(sha), save(state))
+            atomic_write_bytes(self._cache_path(sha), state_bytes(encoder.state_dict()))
         elif self._cache_path(sha).is_file():
             encoder.load_state_dict(load_file(self._cache_path(sha)))
             if encoder.weights_sha256() != sha:
@@ -128,8 +127,7 @@ class Site:
 
     def save_local(self, name: str, module: torch.nn.Module) -> None:
         """Keep a module's weights in the site's cache (they never leave the site)."""
-        state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-        atomic_write_bytes(self.cache_dir / f"{name}.safetensors", save(state))
+        atomic_write_bytes(self.cache_dir / f"{name}.safetensors", state_bytes(module.state_dict()))
 
     def load_local(self, name: str, module: torch.nn.Module) -> bool:
         """Restore weights kept by :meth:`save_local`; False if none fit ``module``."""

@@ -25,11 +25,11 @@ from typing import Any
 
 import torch
 from safetensors import SafetensorError
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from core.data.transforms import Preprocessing
 from core.io import atomic_write_bytes, atomic_write_json
-from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
+from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, state_bytes
 
 FORMAT = "continual-segment-fl bundle"
 VERSION = 1
@@ -63,20 +63,15 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _weights(module: torch.nn.Module) -> bytes:
-    state = {k: v.detach().to("cpu").contiguous() for k, v in module.state_dict().items()}
-    return save(state)
-
-
 def save_bundle(bundle: Bundle, folder: str | Path) -> Path:
     """Write a bundle folder; returns the manifest's path."""
     folder = Path(folder)
     model = bundle.model
-    encoder_bytes = _weights(model.encoder)
+    encoder_bytes = state_bytes(model.encoder.state_dict())
     atomic_write_bytes(folder / "encoder.safetensors", encoder_bytes)
     decoders = []
     for task, decoder in model.items():
-        data = _weights(decoder)
+        data = state_bytes(decoder.state_dict())
         rel = f"decoders/{task}.safetensors"
         atomic_write_bytes(folder / rel, data)
         decoders.append(

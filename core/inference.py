@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from core.bundle import Bundle
 from core.data import Case
-from core.data.nifti import NIFTI_ENDINGS, read_image, strip_nifti_ending, write_volume
+from core.data.nifti import NIFTI_ENDINGS, read_header, strip_nifti_ending, write_volume
 from core.data.transforms import IMAGE, preprocessing
 from core.label_files import write_label_tables
 from core.model import ContinualSegmenter
@@ -92,7 +92,7 @@ def predict_volume(
     """
     model = bundle.model.eval()
     device = device or next(model.parameters()).device
-    original = read_image(image_path)
+    original = read_header(image_path)
     item = Compose(preprocessing(bundle.preprocessing, None))(
         {"case": Case("input", Path(image_path))}
     )
@@ -108,13 +108,13 @@ def predict_volume(
     plain = merged.as_tensor() if isinstance(merged, MetaTensor) else merged
     label = MetaTensor(plain, affine=item[IMAGE].affine)
     target = MetaTensor(
-        torch.zeros((1, *original.header.shape)),
-        affine=torch.as_tensor(original.header.affine, dtype=torch.float64),
+        torch.zeros((1, *original.shape)),
+        affine=torch.as_tensor(original.affine, dtype=torch.float64),
     )
     restored = ResampleToMatch(mode="nearest", padding_mode="zeros")(label, target)
     dtype = np.uint8 if len(structures) < 256 else np.uint16
     out = np.rint(np.asarray(restored[0].numpy())).astype(dtype)
-    return Prediction(out, original.header.affine, structures)
+    return Prediction(out, original.affine, structures)
 
 
 def _sources(model: ContinualSegmenter) -> dict[str, list[str]]:

@@ -25,12 +25,19 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load, save
+from safetensors.torch import load
 
 from core.bundle import Bundle, save_bundle
 from core.data.transforms import Preprocessing
 from core.io import atomic_write_bytes, atomic_write_json
-from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
+from core.model import (
+    ContinualSegmenter,
+    Decoder,
+    Encoder,
+    EncoderConfig,
+    Genotype,
+    state_bytes,
+)
 
 FORMAT = "continual-segment-fl catalog"
 VERSION = 1
@@ -46,10 +53,6 @@ def _now() -> str:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
-
-
-def _tensors(state: dict[str, torch.Tensor]) -> bytes:
-    return save({k: v.detach().to("cpu").float().contiguous() for k, v in state.items()})
 
 
 class Catalog:
@@ -121,7 +124,7 @@ class Catalog:
         self, task: str, phase: str, state: dict[str, torch.Tensor], meta: dict[str, Any]
     ) -> None:
         """Keep a finished phase's output (weights and JSON metadata)."""
-        entry = self._write(f"checkpoints/{task}/{phase}.safetensors", _tensors(state))
+        entry = self._write(f"checkpoints/{task}/{phase}.safetensors", state_bytes(state))
         atomic_write_json(self.root / f"checkpoints/{task}/{phase}.json", {**entry, "meta": meta})
 
     def load_checkpoint(
@@ -140,7 +143,7 @@ class Catalog:
     ) -> str:
         """Freeze and store the shared encoder (once, after the first task's base phase)."""
         sha = encoder.freeze().weights_sha256()
-        entry = self._write(f"encoder/{sha}.safetensors", _tensors(encoder.state_dict()))
+        entry = self._write(f"encoder/{sha}.safetensors", state_bytes(encoder.state_dict()))
         self.index["encoder"] = {
             "weights_sha256": sha,
             "config": encoder.config.to_json(),
@@ -181,7 +184,7 @@ class Catalog:
             self.index["tasks"].append(entry)
         version = len(entry["versions"]) + 1
         stored = self._write(
-            f"decoders/{task}/v{version}.safetensors", _tensors(decoder.state_dict())
+            f"decoders/{task}/v{version}.safetensors", state_bytes(decoder.state_dict())
         )
         entry["versions"].append(
             {

@@ -105,12 +105,12 @@ class TaskJob:
             if records is not None
             else {DECODER: state_to_record(self.decoder.state_dict())}
         )
-        out = {}
+        out, sha, encoder = {}, cfg.encoder_sha256, None
         for site in self.sites:
             content = RecordDict({CONFIG: cfg.to_record(), **records})
-            sha = cfg.encoder_sha256
             if send_encoder or (sha and sha not in site.encoders):
-                content[ENCODER] = state_to_record(self.encoder.state_dict(), fp16=not sha)
+                encoder = encoder or state_to_record(self.encoder.state_dict(), fp16=not sha)
+                content[ENCODER] = encoder
             out[site.node_id] = content
             sent = sum(r.count_bytes() for r in content.array_records.values())
             self.bytes_down[site.name] = self.bytes_down.get(site.name, 0) + sent

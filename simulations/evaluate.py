@@ -15,6 +15,8 @@ from core.bundle import load_bundle
 from core.data import load_case, open_dataset
 from core.evaluation import ScoreSums, evaluate_task
 from core.inference import predict_volume
+from core.model import Encoder, EncoderConfig
+from core.model.cost import count_parameters
 from server.catalog import Catalog
 from simulations.scenario import Scenario
 
@@ -82,8 +84,8 @@ def upload_summary(catalog: Catalog) -> dict[str, dict[str, Any]]:
     The baseline sends the encoder and the full (teacher) decoder in fp32 in every round
     this task had: training, search and distillation rounds.
     """
-    model = catalog.model()
-    encoder_params = sum(p.numel() for p in model.encoder.parameters())
+    config = EncoderConfig.from_json(catalog.index["encoder"]["config"])
+    encoder_params = count_parameters(Encoder(config))  # the size only: no weights read
     out = {}
     for task in catalog.tasks():
         provenance = task["versions"][-1]["provenance"]

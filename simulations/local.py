@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import shlex
 import signal
 import socket
 import subprocess
@@ -237,9 +236,3 @@ class LocalFederation:
         tb: TracebackType | None,
     ) -> None:
         self.stop()
-
-    def command(self, app_dir: Path, run_config: Mapping[str, object]) -> str:
-        """The equivalent shell command, for logs and documentation."""
-        home = shlex.quote(str(self.home))
-        settings = shlex.quote(overrides(run_config))
-        return f"FLWR_HOME={home} flwr run {app_dir} {CONNECTION} --stream --run-config {settings}"

@@ -121,7 +121,14 @@ def compare_students(
     return rows
 
 
-def _task_data(run: Path, catalog: Catalog, plan: Plan, scenario: Scenario, name: str) -> TaskData:
+def _task_data(
+    run: Path,
+    catalog: Catalog,
+    unified: ContinualSegmenter,
+    plan: Plan,
+    scenario: Scenario,
+    name: str,
+) -> TaskData:
     task, names = plan.task(name), [t.name for t in scenario.tasks]
     widths = plan.encoder.widths
     state, _ = catalog.load_checkpoint(name, "base" if names.index(name) == 0 else "teacher")
@@ -134,9 +141,7 @@ def _task_data(run: Path, catalog: Catalog, plan: Plan, scenario: Scenario, name
     train = [c for ds in datasets for c in split_cases(ds.cases, plan.val_fraction, plan.seed)[0]]
     test = open_dataset(run / "sites" / "test" / f"Dataset{names.index(name) + 1:03d}_{name}")
     searched = Genotype.from_json(catalog.load_checkpoint(name, "search")[1]["genotype"])
-    return TaskData(
-        task, teacher, catalog.model().decoder(name), searched, train, datasets[0].labels, test
-    )
+    return TaskData(task, teacher, unified.decoder(name), searched, train, datasets[0].labels, test)
 
 
 def trim_report(run: Path, scenario: Scenario) -> dict[str, Any]:
@@ -148,21 +153,21 @@ def trim_report(run: Path, scenario: Scenario) -> dict[str, Any]:
     entry = catalog.index["encoder"]
     prep = Preprocessing.from_json(entry["preprocessing"])
     roi = (int(entry["patch"][0]), int(entry["patch"][1]), int(entry["patch"][2]))
-    tasks = {}
+    tasks, unified = {}, catalog.model()
     for task_entry in catalog.tasks():
-        data = _task_data(run, catalog, plan, scenario, task_entry["name"])
+        data = _task_data(run, catalog, unified, plan, scenario, task_entry["name"])
         tasks[task_entry["name"]] = compare_students(encoder, data, plan, prep, roi)
     widths = encoder.config.widths
     teacher_size = genotype_parameters(
         widths, Genotype.teacher(len(widths) - 1), len(plan.tasks[0].structures)
     )
     one_model = count_parameters(encoder) + teacher_size
-    unified = count_parameters(catalog.model())
+    size = count_parameters(unified)
     return {
         "tasks": tasks,
-        "unified_parameters": unified,
+        "unified_parameters": size,
         "one_encoder_one_full_decoder": one_model,
-        "ratio": unified / one_model,
+        "ratio": size / one_model,
     }
 
 

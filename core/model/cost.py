@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -21,7 +22,7 @@ def count_parameters(module: nn.Module) -> int:
 
 def _conv(in_ch: int, out_ch: int, kernel: Sequence[int]) -> int:
     """Weights and bias of a convolution, plus the affine instance norm after it."""
-    return in_ch * out_ch * int(torch.tensor(kernel).prod()) + out_ch + 2 * out_ch
+    return in_ch * out_ch * math.prod(kernel) + out_ch + 2 * out_ch
 
 
 def op_parameters(op: str, in_ch: int, out_ch: int) -> int:
@@ -60,7 +61,7 @@ def count_macs(module: nn.Module, run: object) -> int:
     def hook(layer: nn.Module, inputs: tuple[torch.Tensor, ...], output: torch.Tensor) -> None:
         nonlocal total
         assert isinstance(layer, nn.Conv3d | nn.ConvTranspose3d)
-        kernel = int(torch.tensor(layer.kernel_size).prod())
+        kernel = math.prod(layer.kernel_size)
         per_output = kernel * layer.in_channels // layer.groups
         if isinstance(layer, nn.ConvTranspose3d):  # every input voxel scatters into a kernel
             total += inputs[0].numel() * kernel * layer.out_channels // layer.groups

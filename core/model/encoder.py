@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
+from safetensors.torch import save
 from torch import nn
 
 from core.model.blocks import conv, init_he
@@ -51,6 +52,14 @@ class EncoderConfig:
     def from_json(cls, obj: Mapping[str, Any]) -> EncoderConfig:
         """Rebuild from :meth:`to_json`."""
         return cls(tuple(int(w) for w in obj["widths"]), int(obj.get("in_channels", 1)))
+
+
+def state_bytes(state: Mapping[str, torch.Tensor]) -> bytes:
+    """Weights as safetensors bytes (CPU, contiguous, fp32 floats): never a pickle."""
+    cpu = {k: v.detach().to("cpu") for k, v in state.items()}
+    return save(
+        {k: (v.float() if v.is_floating_point() else v).contiguous() for k, v in cpu.items()}
+    )
 
 
 def state_sha256(state: Mapping[str, torch.Tensor]) -> str:
