@@ -10,6 +10,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, MetricRecordV
 from flwr.clientapp import ClientApp
 
 from client.site import Site
+from core.calibration import calibrate_phase
 from core.data import split_cases
 from core.evaluation import evaluate_task
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
@@ -22,6 +23,7 @@ from core.protocol import (
     DECODER,
     ENCODER,
     ENCODER_SHA,
+    HEADS,
     METRICS,
     TEACHER,
     RoundConfig,
@@ -158,6 +160,33 @@ def distill_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDi
     )
 
 
+def calibrate_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict:
+    """Train the decoder's calibration head; reply that head and the cases' body-part range."""
+    dataset = site.dataset_for(cfg.structures)
+    train, _ = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
+    model = _model(site, cfg, content)
+    result = calibrate_phase(
+        model, cfg.task, dataset.labels, train, cfg.preprocessing, cfg.train_settings()
+    )
+    heads = model.decoder(cfg.task).calibration_head.state_dict()
+    metrics: dict[str, MetricRecordValues] = {
+        "num-examples": len(train),
+        "loss": float(np.mean(result.losses[-5:])),
+        "confidence-loss": float(np.mean(result.confidence_losses[-5:])),
+        "anomaly-loss": float(np.mean(result.anomaly_losses[-5:])),
+        "seconds": result.seconds,
+    }
+    if result.body_range is not None:
+        metrics |= {"body-lo": result.body_range.lo, "body-hi": result.body_range.hi}
+    return RecordDict(
+        {
+            HEADS: state_to_record({f"calibration_head.{k}": v for k, v in heads.items()}),
+            METRICS: MetricRecord(metrics),
+            CONFIG: ConfigRecord({ENCODER_SHA: cfg.encoder_sha256}),
+        }
+    )
+
+
 def evaluate_reply(site: Site, cfg: RoundConfig, content: RecordDict) -> RecordDict:
     """Dice and HD95 per structure on the site's validation cases, as pooled sums only."""
     dataset = site.dataset_for(cfg.structures)
@@ -198,6 +227,12 @@ def train_search(msg: Message, context: Context) -> Message:
 def train_distill(msg: Message, context: Context) -> Message:
     """Distil the teacher into the searched student."""
     return _handle(msg, context, distill_reply)
+
+
+@app.train("calibrate")
+def train_calibrate(msg: Message, context: Context) -> Message:
+    """Train the decoder's confidence and anomaly heads; measure the body-part range."""
+    return _handle(msg, context, calibrate_reply)
 
 
 @app.evaluate()

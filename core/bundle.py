@@ -2,7 +2,8 @@
 
 ```
 bundle/
-  manifest.json               format, version, preprocessing, encoder, decoders, merge
+  manifest.json               format, version, preprocessing, encoder, decoders (each with
+                              its calibration: heads trained, body-part range), merge
   encoder.safetensors
   decoders/<task>.safetensors
 ```
@@ -29,6 +30,7 @@ from safetensors.torch import load
 
 from core.data.transforms import Preprocessing
 from core.io import atomic_write_bytes, atomic_write_json
+from core.merge import Calibration, MergeSettings
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, state_bytes
 
 FORMAT = "continual-segment-fl bundle"
@@ -49,14 +51,17 @@ class Bundle:
         preprocessing: how inputs reach the network's space.
         roi_size: sliding-window size for prediction.
         provenance: per task, free-form JSON (sites, rounds, metrics, timestamps).
-        merge: how overlapping decoders are merged (rule name and its settings).
+        calibration: per task, whether its heads were trained and its body-part range
+            (a task without one is uncalibrated and never gated).
+        merge: how overlapping decoders are merged (``core.merge``).
     """
 
     model: ContinualSegmenter
     preprocessing: Preprocessing
     roi_size: tuple[int, int, int]
     provenance: dict[str, dict[str, Any]] = field(default_factory=dict)
-    merge: dict[str, Any] = field(default_factory=lambda: {"rule": "highest_probability"})
+    calibration: dict[str, Calibration] = field(default_factory=dict)
+    merge: MergeSettings = field(default_factory=MergeSettings)
 
 
 def _sha256(data: bytes) -> str:
@@ -82,6 +87,7 @@ def save_bundle(bundle: Bundle, folder: str | Path) -> Path:
                 "file": rel,
                 "sha256": _sha256(data),
                 "provenance": bundle.provenance.get(task, {}),
+                "calibration": bundle.calibration.get(task, Calibration()).to_json(),
             }
         )
     manifest = {
@@ -97,7 +103,7 @@ def save_bundle(bundle: Bundle, folder: str | Path) -> Path:
             "weights_sha256": model.encoder.weights_sha256(),
         },
         "decoders": decoders,
-        "merge": bundle.merge,
+        "merge": bundle.merge.to_json(),
     }
     return atomic_write_json(folder / MANIFEST, manifest)
 
@@ -161,12 +167,15 @@ def load_bundle(folder: str | Path, device: torch.device | str = "cpu") -> Bundl
             raise BundleError(f"{folder / 'encoder.safetensors'}: encoder weights hash mismatch")
         model = ContinualSegmenter(encoder.freeze())
         provenance: dict[str, dict[str, Any]] = {}
+        calibration: dict[str, Calibration] = {}
         for entry in manifest["decoders"]:
             genotype = Genotype.from_json(entry["genotype"])
             decoder = Decoder(encoder.config.widths, genotype, entry["structures"])
             _load_state(folder, entry, decoder)
             model.add_decoder(entry["task"], decoder)
             provenance[entry["task"]] = dict(entry.get("provenance", {}))
+            calibration[entry["task"]] = Calibration.from_json(entry.get("calibration"))
+        merge = MergeSettings.from_json(dict(manifest.get("merge", {})))
         prep = Preprocessing.from_json(manifest["preprocessing"])
         roi = tuple(int(v) for v in manifest["roi_size"])
     except (KeyError, TypeError, ValueError) as e:
@@ -176,6 +185,4 @@ def load_bundle(folder: str | Path, device: torch.device | str = "cpu") -> Bundl
     if len(roi) != 3:
         raise BundleError(f"{folder / MANIFEST}: roi_size must have 3 sides, got {roi}")
     model.to(device).eval()
-    return Bundle(
-        model, prep, (roi[0], roi[1], roi[2]), provenance, dict(manifest.get("merge", {}))
-    )
+    return Bundle(model, prep, (roi[0], roi[1], roi[2]), provenance, calibration, merge)

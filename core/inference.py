@@ -1,15 +1,16 @@
 """Prediction of a CT: preprocess, sliding windows (encoder once, every decoder), merge, restore.
 
-Until the anomaly-aware confidence merge lands, overlapping decoders merge by the
-``highest_probability`` rule: each decoder proposes its arg-max structure at a voxel with
-that structure's softmax probability; the highest foreground proposal wins, and a voxel
-that every decoder calls background stays background. The same structure from different
-decoders is one output label. The label map is resampled back (nearest neighbour) onto the
-input's exact grid: same shape, same affine, same orientation.
+The decoders' outputs over the whole volume are merged by the bundle's rule
+(``core.merge``). With body-part gating, the volume is first placed on the body-part
+scale by the decoders' own landmarks (:func:`place_volume`), then each decoder is
+silenced outside its recorded range. The label map is resampled back (nearest
+neighbour) onto the input's exact grid: same shape, same affine, same orientation.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,70 +23,47 @@ from monai.transforms import Compose, ResampleToMatch
 from numpy.typing import NDArray
 from tqdm import tqdm
 
+from core.bodypart import BodyRange, Landmark, landmarks, place, slice_heights
 from core.bundle import Bundle
 from core.data import Case
-from core.data.nifti import NIFTI_ENDINGS, read_header, strip_nifti_ending, write_volume
+from core.data.nifti import (
+    NIFTI_ENDINGS,
+    Header,
+    read_header,
+    strip_nifti_ending,
+    write_volume,
+)
 from core.data.transforms import IMAGE, preprocessing
 from core.label_files import write_label_tables
+from core.merge import Calibration, DecoderVote, MergeSettings, merge, output_structures
 from core.model import ContinualSegmenter
+
+log = logging.getLogger(__name__)
 
 
 def combined_structures(model: ContinualSegmenter) -> list[str]:
-    """One output label per structure, in order of first appearance over the decoders.
-
-    Adding a task never renumbers the structures that earlier tasks brought.
-    """
-    out: list[str] = []
-    for _, decoder in model.items():
-        out += [s for s in decoder.structures if s not in out]
-    return out
-
-
-def merge_highest_probability(
-    logits: dict[str, torch.Tensor], model: ContinualSegmenter, structures: Sequence[str]
-) -> torch.Tensor:
-    """Merge decoders' organ logits ``(B, 1 + K_t, ...)`` into one label map ``(B, 1, ...)``.
-
-    Labels index ``structures`` from 1; see the module docstring for the rule.
-    """
-    best_score: torch.Tensor | None = None
-    best_label: torch.Tensor | None = None
-    for task, decoder in model.items():
-        probs = torch.softmax(logits[task].float(), dim=1)
-        score, arg = probs.max(dim=1, keepdim=True)
-        to_output = torch.tensor(
-            [0] + [structures.index(s) + 1 for s in decoder.structures], device=arg.device
-        )
-        label = to_output[arg]
-        score = torch.where(arg > 0, score, torch.full_like(score, -1.0))
-        if best_score is None or best_label is None:
-            best_score, best_label = score, label
-        else:
-            wins = score > best_score
-            best_score = torch.where(wins, score, best_score)
-            best_label = torch.where(wins, label, best_label)
-    assert best_label is not None, "the model has no decoder"
-    return best_label
+    """The unified model's output structures (see ``core.merge.output_structures``)."""
+    return output_structures([decoder.structures for _, decoder in model.items()])
 
 
 @dataclass(frozen=True)
-class Prediction:
-    """A label map on the input's grid and what its labels mean."""
+class VolumeOutputs:
+    """Every decoder's outputs over one preprocessed volume, and where that volume lies."""
 
-    labels: NDArray[np.unsignedinteger]
-    affine: NDArray[np.float64]
-    structures: list[str]
+    votes: list[DecoderVote]
+    affine: NDArray[np.float64]  # of the preprocessed (RAS) grid
+    original: Header  # the input's own grid
 
 
 @torch.no_grad()
-def predict_volume(
+def volume_outputs(
     bundle: Bundle,
     image_path: str | Path,
     device: torch.device | None = None,
     sw_batch_size: int = 1,
     overlap: float = 0.25,
-) -> Prediction:
-    """Segment every structure of every decoder in one CT.
+) -> VolumeOutputs:
+    """Run the network over a CT by sliding windows: the encoder once, every decoder.
 
     Raises:
         DataError: if the input is not a readable 3D NIfTI (the file is named).
@@ -98,23 +76,153 @@ def predict_volume(
     )
     image = item[IMAGE][None].to(device)
 
-    def all_decoders(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        return {task: out.organ for task, out in model(x).items()}
+    def all_heads(x: torch.Tensor) -> dict[str, torch.Tensor]:
+        out: dict[str, torch.Tensor] = {}
+        for task, o in model(x).items():
+            out |= {f"{task}/organ": o.organ, f"{task}/anomaly": o.anomaly}
+            out[f"{task}/confidence"] = o.confidence
+        return out
 
-    logits = sliding_window_inference(image, bundle.roi_size, sw_batch_size, all_decoders, overlap)
-    assert isinstance(logits, dict)
-    structures = combined_structures(model)
-    merged = merge_highest_probability(logits, model, structures)[0].cpu().float()
-    plain = merged.as_tensor() if isinstance(merged, MetaTensor) else merged
-    label = MetaTensor(plain, affine=item[IMAGE].affine)
+    outs = sliding_window_inference(image, bundle.roi_size, sw_batch_size, all_heads, overlap)
+    assert isinstance(outs, dict)
+
+    def plain(t: torch.Tensor) -> torch.Tensor:
+        return t.as_tensor() if isinstance(t, MetaTensor) else t
+
+    votes = []
+    for task, decoder in model.items():
+        calibration = bundle.calibration.get(task, Calibration())
+        votes.append(
+            DecoderVote(
+                task,
+                decoder.structures,
+                plain(outs[f"{task}/organ"]),
+                plain(outs[f"{task}/anomaly"]),
+                plain(outs[f"{task}/confidence"]),
+                calibration.calibrated,
+                skill=calibration.skills(decoder.structures),
+            )
+        )
+    return VolumeOutputs(votes, np.asarray(item[IMAGE].affine, dtype=np.float64), original)
+
+
+def place_volume(
+    votes: Sequence[DecoderVote],
+    affine: NDArray[np.float64],
+    ranges: dict[str, BodyRange],
+    margin: float,
+) -> NDArray[np.float64] | None:
+    """Body-part heights of a volume's slices, from every decoder's own landmarks.
+
+    Each decoder's landmarks weigh their voxel count times its skill on them. A second
+    pass keeps only the landmarks each decoder found inside its own range (as the first
+    placement puts them), so one decoder's false positives far outside the anatomy it
+    was trained on do not steer the placement.
+    """
+    heights = slice_heights(affine, votes[0].organ.shape[2:])
+    found: list[tuple[str, Landmark]] = []
+    for vote in votes:
+        arg = vote.organ[0].argmax(0).cpu().numpy()
+        found += [(vote.task, f) for f in landmarks(arg, vote.structures, affine, vote.skill)]
+    placed = place([f for _, f in found], heights)
+    if placed is None:
+        return None
+    inside = []
+    for task, f in found:
+        r, at = ranges.get(task), float(np.interp(f.here, heights, placed))
+        if r is None or r.lo - margin <= at <= r.hi + margin:
+            inside.append(f)
+    return place(inside, heights) if inside else placed
+
+
+def merge_volume(
+    outputs: VolumeOutputs,
+    structures: Sequence[str],
+    settings: MergeSettings,
+    calibration: dict[str, Calibration],
+) -> torch.Tensor:
+    """The merged label map ``(1, 1, ...)`` of a volume, gated by body part if asked."""
+    votes = outputs.votes
+    ranges = {t: c.body_range for t, c in calibration.items() if c.body_range is not None}
+    if settings.rule == "confidence" and settings.gating and ranges:
+        placed = place_volume(votes, outputs.affine, ranges, settings.gate_margin_mm)
+        if placed is None:
+            log.warning("no landmark found: the volume is not placed, decoders are not gated")
+        else:
+            scale = torch.as_tensor(placed, device=votes[0].organ.device)
+            m = settings.gate_margin_mm
+            votes = [
+                dataclasses.replace(
+                    v, gate=((scale >= r.lo - m) & (scale <= r.hi + m)).view(1, 1, 1, 1, -1)
+                )
+                if (r := ranges.get(v.task)) is not None
+                else v
+                for v in votes
+            ]
+    return merge(votes, structures, settings)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """A label map on the input's grid and what its labels mean."""
+
+    labels: NDArray[np.unsignedinteger]
+    affine: NDArray[np.float64]
+    structures: list[str]
+
+
+def restore(
+    label: torch.Tensor, affine: NDArray[np.float64], original: Header, n_structures: int
+) -> NDArray[np.unsignedinteger]:
+    """A ``(1, X, Y, Z)`` label map on the preprocessed grid, resampled onto the input's."""
+    moving = MetaTensor(label.cpu().float(), affine=torch.as_tensor(affine))
     target = MetaTensor(
         torch.zeros((1, *original.shape)),
         affine=torch.as_tensor(original.affine, dtype=torch.float64),
     )
-    restored = ResampleToMatch(mode="nearest", padding_mode="zeros")(label, target)
-    dtype = np.uint8 if len(structures) < 256 else np.uint16
-    out = np.rint(np.asarray(restored[0].numpy())).astype(dtype)
-    return Prediction(out, original.affine, structures)
+    restored = ResampleToMatch(mode="nearest", padding_mode="zeros")(moving, target)
+    dtype = np.uint8 if n_structures < 256 else np.uint16
+    out: NDArray[np.unsignedinteger] = np.rint(np.asarray(restored[0].numpy())).astype(dtype)
+    return out
+
+
+def write_maps(folder: Path, stem: str, outputs: VolumeOutputs) -> list[Path]:
+    """Each decoder's foreground probability, confidence and anomaly (float32 NIfTI).
+
+    They lie on the preprocessed grid (RAS, the bundle's spacing), with its affine.
+    """
+    written = []
+    for vote in outputs.votes:
+        maps = {
+            "probability": 1.0 - torch.softmax(vote.organ.float(), dim=1)[:, 0],
+            "confidence": torch.sigmoid(vote.confidence.float())[:, 0],
+            "anomaly": torch.sigmoid(vote.anomaly.float())[:, 0],
+        }
+        for kind, values in maps.items():
+            path = folder / f"{stem}_{vote.task}_{kind}.nii.gz"
+            data = values[0].cpu().numpy().astype(np.float32)
+            written.append(write_volume(path, data, outputs.affine))
+    return written
+
+
+def predict_volume(
+    bundle: Bundle,
+    image_path: str | Path,
+    device: torch.device | None = None,
+    sw_batch_size: int = 1,
+    overlap: float = 0.25,
+    settings: MergeSettings | None = None,
+) -> Prediction:
+    """Segment every structure of every decoder in one CT, merged by the bundle's rule.
+
+    Raises:
+        DataError: if the input is not a readable 3D NIfTI (the file is named).
+    """
+    outputs = volume_outputs(bundle, image_path, device, sw_batch_size, overlap)
+    structures = combined_structures(bundle.model)
+    merged = merge_volume(outputs, structures, settings or bundle.merge, bundle.calibration)
+    labels = restore(merged[0], outputs.affine, outputs.original, len(structures))
+    return Prediction(labels, outputs.original.affine, structures)
 
 
 def _sources(model: ContinualSegmenter) -> dict[str, list[str]]:
@@ -133,18 +241,40 @@ def predict_files(
     device: torch.device | None = None,
     progress: bool = False,
     overlap: float = 0.25,
+    settings: MergeSettings | None = None,
+    maps: Path | None = None,
 ) -> list[Path]:
-    """Predict each input into its output path and write the label tables once."""
+    """Predict each input into its output path and write the label tables once.
+
+    Args:
+        bundle: the unified model.
+        inputs: CT files.
+        outputs: a label-map path per input.
+        table_prefix: where the label tables go (``.json`` and ``.txt`` are added).
+        device: where the network runs (default: where the bundle is).
+        progress: show a progress bar.
+        overlap: sliding-window overlap.
+        settings: the merge (default: the bundle's).
+        maps: a folder for each decoder's probability, confidence and anomaly maps.
+
+    Returns:
+        Every file written.
+    """
+    settings = settings or bundle.merge
     structures = combined_structures(bundle.model)
     tables = write_label_tables(
-        table_prefix, structures, _sources(bundle.model), {"merge": bundle.merge}
+        table_prefix, structures, _sources(bundle.model), {"merge": settings.to_json()}
     )
     written = []
     for src, dst in tqdm(
         list(zip(inputs, outputs, strict=True)), desc="predict", unit="volume", disable=not progress
     ):
-        prediction = predict_volume(bundle, src, device, overlap=overlap)
-        written.append(write_volume(dst, prediction.labels, prediction.affine))
+        out = volume_outputs(bundle, src, device, overlap=overlap)
+        merged = merge_volume(out, structures, settings, bundle.calibration)
+        labels = restore(merged[0], out.affine, out.original, len(structures))
+        written.append(write_volume(dst, labels, out.original.affine))
+        if maps is not None:
+            written += write_maps(maps, strip_nifti_ending(dst.name), out)
     return written + tables
 
 

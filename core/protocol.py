@@ -27,6 +27,7 @@ DECODER = "decoder"
 ENCODER = "encoder"
 TEACHER = "teacher"  # the full decoder a student distils from
 ARCH = "arch"  # architecture parameters of the search: alpha and beta
+HEADS = "heads"  # a decoder's calibration head (confidence and anomaly)
 METRICS = "metrics"
 SITE = "site"
 ENCODER_SHA = "encoder-sha256"

@@ -36,6 +36,7 @@ class Averaged:
     loss: float | None
     rejected: dict[str, str] = field(default_factory=dict)
     bytes_up: dict[str, int] = field(default_factory=dict)
+    site_metrics: dict[str, dict[str, float]] = field(default_factory=dict)
 
 
 def check_reply(
@@ -119,6 +120,15 @@ def fedavg(
         for r, _, _ in accepted
         if r.content
     }
+    metrics = {
+        r.site.name: {
+            k: float(v)
+            for k, v in r.content.metric_records[METRICS].items()
+            if isinstance(v, int | float)
+        }
+        for r, _, _ in accepted
+        if r.content
+    }
     return Averaged(
         averaged,
         [r.site.name for r, _, _ in accepted],
@@ -126,4 +136,5 @@ def fedavg(
         loss,
         rejected,
         sizes,
+        metrics,
     )

@@ -30,6 +30,7 @@ from safetensors.torch import load
 from core.bundle import Bundle, save_bundle
 from core.data.transforms import Preprocessing
 from core.io import atomic_write_bytes, atomic_write_json
+from core.merge import Calibration
 from core.model import (
     ContinualSegmenter,
     Decoder,
@@ -175,7 +176,12 @@ class Catalog:
         return any(t["name"] == name for t in self.index["tasks"])
 
     def register(
-        self, task: str, decoder: Decoder, metrics: dict[str, Any], provenance: dict[str, Any]
+        self,
+        task: str,
+        decoder: Decoder,
+        metrics: dict[str, Any],
+        provenance: dict[str, Any],
+        calibration: Calibration | None = None,
     ) -> int:
         """Store a task's decoder as its next version; returns the version number."""
         entry = next((t for t in self.index["tasks"] if t["name"] == task), None)
@@ -194,6 +200,7 @@ class Catalog:
                 "structures": list(decoder.structures),
                 "metrics": metrics,
                 "provenance": provenance,
+                "calibration": (calibration or Calibration()).to_json(),
                 "encoder_sha256": self.index["encoder"]["weights_sha256"],
                 "created": _now(),
             }
@@ -233,5 +240,9 @@ class Catalog:
             Preprocessing.from_json(entry["preprocessing"]),
             (patch[0], patch[1], patch[2]),
             provenance,
+            calibration={
+                t["name"]: Calibration.from_json(t["versions"][-1].get("calibration"))
+                for t in self.index["tasks"]
+            },
         )
         return save_bundle(bundle, folder or self.root / "bundle")

@@ -8,6 +8,7 @@ import torch
 
 from core.model import Encoder
 from core.training import Phase
+from server.calibration import Calibrate
 from server.catalog import Catalog
 from server.federation import Federation, SiteInfo
 from server.phases import (
@@ -29,11 +30,14 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[PhaseStep]:
 
     The first task trains the encoder with its decoder (``base``), later ones train a full
     decoder on the frozen encoder (``teacher``); with ``trim`` a compact student is then
-    searched and distilled, and only the student is evaluated and registered.
+    searched and distilled, and only the student is evaluated and registered; with
+    ``calibrate`` its confidence and anomaly heads are trained and its body-part range
+    recorded before that.
     """
     training: list[PhaseStep] = [FederatedTraining(Phase.BASE if first_task else Phase.TEACHER)]
     trimming: list[PhaseStep] = [ArchitectureSearch(), Distillation()] if task.trim else []
-    return [*training, *trimming, Evaluation(), Registration()]
+    calibrating: list[PhaseStep] = [Calibrate()] if task.calibrate else []
+    return [*training, *trimming, *calibrating, Evaluation(), Registration()]
 
 
 def match_sites(task: TaskPlan, sites: list[SiteInfo]) -> list[SiteInfo]:

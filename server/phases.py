@@ -3,11 +3,12 @@
 A phase is a template method: :meth:`PhaseStep.run` skips a phase the journal records as
 finished (restoring its output), otherwise journals its start, executes it, keeps its
 output and journals its end. New phases (search and distill in ``server/trimming.py``,
-calibrate) are new subclasses inserted into the lifecycle; no other phase changes.
+calibrate in ``server/calibration.py``) are subclasses inserted into the lifecycle.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import time
 from abc import ABC, abstractmethod
@@ -19,6 +20,7 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 
 from core.evaluation import ScoreSums
+from core.merge import Calibration
 from core.model import Decoder, Encoder, Genotype
 from core.model.cost import genotype_parameters
 from core.payload import state_to_record
@@ -44,6 +46,7 @@ class TaskJob:
     encoder: Encoder
     decoder: Decoder
     genotype: Genotype | None = None  # the searched student's architecture
+    calibration: Calibration = field(default_factory=Calibration)
     metrics: dict[str, Any] = field(default_factory=dict)
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
@@ -294,12 +297,16 @@ class Registration(PhaseStep):
                 "local_steps": job.task.local_steps,
                 "search_rounds": job.task.search_rounds if job.task.trim else 0,
                 "distill_rounds": job.task.distill_rounds if job.task.trim else 0,
+                "calibrate_rounds": job.task.calibrate_rounds if job.task.calibrate else 0,
                 "teacher_parameters": job.budget_reference(),
                 "bytes_up": job.bytes_up,
                 "bytes_down": job.bytes_down,
                 "rejected": job.rejected,
             }
-            job.catalog.register(job.task.name, job.decoder, job.metrics, provenance)
+            dice = job.metrics.get("dice", {})
+            skill = {s: float(v) for s, v in dice.items() if v is not None}
+            calibration = dataclasses.replace(job.calibration, skill=skill)
+            job.catalog.register(job.task.name, job.decoder, job.metrics, provenance, calibration)
         bundle = job.catalog.export_bundle()
         return {"bundle": str(bundle.parent)}
 

@@ -26,6 +26,8 @@ size_budget = 0.25     # the student's parameters, as a share of the teacher dec
 search_rounds = 1      # search_steps, distill_rounds, distill_steps default to the above
 kd_weight = 1.0
 temperature = 2.0
+calibrate = true       # train the confidence and anomaly heads, record the body-part range
+calibrate_rounds = 1   # calibrate_steps defaults to local_steps
 ```
 """
 
@@ -64,6 +66,9 @@ class TaskPlan:
     distill_steps: int = 50
     kd_weight: float = 1.0
     temperature: float = 2.0
+    calibrate: bool = True
+    calibrate_rounds: int = 1
+    calibrate_steps: int = 50
 
 
 @dataclass(frozen=True)
@@ -126,6 +131,8 @@ def _task(t: dict[str, Any], where: str) -> TaskPlan:
         "search_steps": t.get("search_steps", counts["local_steps"]),
         "distill_rounds": t.get("distill_rounds", counts["rounds"]),
         "distill_steps": t.get("distill_steps", counts["local_steps"]),
+        "calibrate_rounds": t.get("calibrate_rounds", 1),
+        "calibrate_steps": t.get("calibrate_steps", counts["local_steps"]),
     }
     for key, value in counts.items():
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -141,9 +148,10 @@ def _task(t: dict[str, Any], where: str) -> TaskPlan:
         raise PlanError(
             f"{where}.size_budget: {reals['size_budget']} is a share of the teacher; expected <= 1"
         )
-    trim = t.get("trim", True)
-    if not isinstance(trim, bool):
-        raise PlanError(f"{where}.trim: expected true or false, found {trim!r}")
+    switches = {k: t.get(k, True) for k in ("trim", "calibrate")}
+    for key, value in switches.items():
+        if not isinstance(value, bool):
+            raise PlanError(f"{where}.{key}: expected true or false, found {value!r}")
     return TaskPlan(
         t["name"],
         tuple(structures),
@@ -152,7 +160,7 @@ def _task(t: dict[str, Any], where: str) -> TaskPlan:
         counts["rounds"],
         counts["local_steps"],
         float(reals["lr"]),
-        trim,
+        switches["trim"],
         float(reals["size_budget"]),
         counts["search_rounds"],
         counts["search_steps"],
@@ -160,6 +168,9 @@ def _task(t: dict[str, Any], where: str) -> TaskPlan:
         counts["distill_steps"],
         float(reals["kd_weight"]),
         float(reals["temperature"]),
+        switches["calibrate"],
+        counts["calibrate_rounds"],
+        counts["calibrate_steps"],
     )
 
 

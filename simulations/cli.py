@@ -6,6 +6,7 @@ It lives in ``simulations`` because that package sits on top of the dependency g
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -105,12 +106,27 @@ def predict(
     overlap: Annotated[
         float, typer.Option(min=0.0, max=0.9, help="Sliding-window overlap.")
     ] = 0.25,
+    merge: Annotated[
+        str | None,
+        typer.Option(
+            help="Merge rule: confidence, highest_probability or last_decoder "
+            "(default: the bundle's)."
+        ),
+    ] = None,
+    gating: Annotated[
+        bool, typer.Option(help="Silence decoders outside their body-part range.")
+    ] = True,
+    maps: Annotated[
+        Path | None,
+        typer.Option(help="Also write each decoder's probability, confidence, anomaly here."),
+    ] = None,
 ) -> None:
     """Segment every structure the bundle knows, in one pass per CT.
 
     Writes the label map on the input's exact grid, plus its label table as JSON
     (``.labels.json``) and colour tables for 3D Slicer (``.ctbl``) and ITK-SNAP
-    (``.itksnap.txt``).
+    (``.itksnap.txt``). Overlapping decoders are merged by the anomaly-aware confidence
+    rule unless ``--merge`` names another.
     """
     from core.bundle import load_bundle
     from core.device import pick_device
@@ -119,9 +135,18 @@ def predict(
     torch_device = pick_device(device)
     with user_errors():
         loaded = load_bundle(bundle, torch_device)
+        settings = dataclasses.replace(loaded.merge, rule=merge or loaded.merge.rule, gating=gating)
         inputs, outputs, prefix = plan_outputs(input_path, output)
         written = predict_files(
-            loaded, inputs, outputs, prefix, torch_device, sys.stderr.isatty(), overlap
+            loaded,
+            inputs,
+            outputs,
+            prefix,
+            torch_device,
+            sys.stderr.isatty(),
+            overlap,
+            settings,
+            maps,
         )
     for path in written:
         typer.echo(f"wrote {path}")
@@ -223,6 +248,69 @@ def trim_report(
     typer.echo(format_report(result))
     if json_out is not None:
         atomic_write_json(json_out, result)
+
+
+@app.command("merge-report")
+def merge_report(
+    scenario: Annotated[str, typer.Option(help="The scenario the run simulated.")] = "default",
+    out: Annotated[Path, typer.Option("--out", "-o", help="The simulation's folder.")] = Path(
+        "runs/default"
+    ),
+    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+) -> None:
+    """Compare merge rules on the held-out cases, healthy and tumour-bearing apart.
+
+    Needs a finished ``csfl simulate`` folder. Dice per structure for the confidence
+    merge, its ablations (no gating, no anomaly term), highest probability, last decoder
+    wins, and the best decoder alone; overlapping structures are marked.
+    """
+    from core.io import atomic_write_json
+    from simulations.merge_report import format_merge_report
+    from simulations.merge_report import merge_report as measure
+    from simulations.scenario import load_scenario
+
+    with user_errors():
+        spec = load_scenario(scenario)
+        result = measure(out / "catalog" / "bundle", spec, out / "sites" / "test")
+    typer.echo(format_merge_report(result))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+
+
+@app.command()
+def benchmark(
+    scenario: Annotated[str, typer.Option(help="A bundled scenario name or a TOML path.")] = (
+        "default"
+    ),
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Default: runs/bench-NAME.")] = (
+        None
+    ),
+    quick: Annotated[
+        bool, typer.Option(help="Central methods train 5 steps per task (a smoke test).")
+    ] = False,
+    methods: Annotated[
+        str | None, typer.Option(help="Comma-separated subset, e.g. continual,upper_bound.")
+    ] = None,
+) -> None:
+    """Compare this method, its ablations, the upper bound, fine-tuning, LwF and MiB.
+
+    Writes OUT/benchmark.json (every figure), OUT/report.md and PNG plots; each method's
+    result is kept as OUT/<method>.json, and a rerun reuses them.
+    """
+    from simulations.benchmark import ORDER, run_benchmark
+    from simulations.scenario import load_scenario
+
+    with user_errors():
+        spec = load_scenario(scenario)
+        chosen = tuple(m.strip() for m in methods.split(",")) if methods else ORDER
+        unknown = [m for m in chosen if m not in ORDER]
+        if unknown:
+            raise ValueError(f"--methods: unknown {unknown}; expected some of {', '.join(ORDER)}")
+    folder = out or Path("runs") / f"bench-{spec.name}"
+    start = time.perf_counter()
+    run_benchmark(spec, folder, quick, chosen, progress=sys.stderr.isatty())
+    typer.echo((folder / "report.md").read_text(encoding="utf-8"))
+    typer.echo(f"benchmark done in {time.perf_counter() - start:.0f} s")
 
 
 if __name__ == "__main__":

@@ -82,7 +82,7 @@ def upload_summary(catalog: Catalog) -> dict[str, dict[str, Any]]:
     """Per task: bytes each site uploaded, against FedAvg of the whole model every round.
 
     The baseline sends the encoder and the full (teacher) decoder in fp32 in every round
-    this task had: training, search and distillation rounds.
+    this task had: training, search, distillation and calibration rounds.
     """
     config = EncoderConfig.from_json(catalog.index["encoder"]["config"])
     encoder_params = count_parameters(Encoder(config))  # the size only: no weights read
@@ -90,7 +90,8 @@ def upload_summary(catalog: Catalog) -> dict[str, dict[str, Any]]:
     for task in catalog.tasks():
         provenance = task["versions"][-1]["provenance"]
         rounds = sum(
-            int(provenance.get(k, 0)) for k in ("rounds", "search_rounds", "distill_rounds")
+            int(provenance.get(k, 0))
+            for k in ("rounds", "search_rounds", "distill_rounds", "calibrate_rounds")
         )
         teacher = int(provenance.get("teacher_parameters", 0))
         full = 4 * (encoder_params + teacher) * rounds

@@ -52,6 +52,9 @@ def plan_document(scenario: Scenario) -> dict[str, Any]:
         "distill_steps",
         "kd_weight",
         "temperature",
+        "calibrate",
+        "calibrate_rounds",
+        "calibrate_steps",
     )
     budget = {k: fed[k] for k in budget_keys if k in fed}
     tasks = [

@@ -60,7 +60,7 @@ def trained_bundle(
 ) -> Path:
     """A bundle whose one decoder was trained briefly (it segments at least the liver)."""
     dataset = tiny_sites["hospA"].dataset
-    model = tiny_model(dataset.labels.structures)
+    model = tiny_model(dataset.labels.structures, seed=1)
     prep = native_prep(dataset)
     settings = TrainSettings(steps=120, augmentation=Augmentation(patch_size=PATCH), progress=False)
     train_phase(
@@ -70,3 +70,13 @@ def trained_bundle(
     folder = tmp_path_factory.mktemp("bundle")
     save_bundle(Bundle(model, prep, PATCH, {"abdomen": {"sites": ["hospA", "hospB"]}}), folder)
     return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The quick benchmark of the tiny scenario; its ``continual/`` run is a full simulation."""
+    from simulations.benchmark import run_benchmark
+
+    out = tmp_path_factory.mktemp("bench")
+    run_benchmark(load_scenario("tiny"), out, quick=True, say=lambda _: None)
+    return out

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from core.model.blocks import OP_KERNELS
-from core.model.decoder import Decoder
+from core.model.decoder import CALIBRATION_WIDTH, Decoder
 from core.model.encoder import Encoder, EncoderConfig
 from core.model.genotype import Genotype
 
@@ -38,8 +38,11 @@ def stage_parameters(op: str, width: int, below: int, skip: int) -> int:
 
 
 def head_parameters(width: int, n_structures: int) -> int:
-    """Parameters of the three 1x1x1 heads: organ (1 + K), anomaly, confidence."""
-    return width * (n_structures + 1) + (n_structures + 1) + 2 * (width + 1)
+    """Parameters of the organ head (1x1x1, 1 + K) and the calibration head."""
+    classes = n_structures + 1
+    hidden = CALIBRATION_WIDTH
+    calibration = (width + classes) * hidden * 27 + hidden + hidden * 2 + 2
+    return width * classes + classes + calibration
 
 
 def genotype_parameters(

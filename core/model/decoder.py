@@ -8,6 +8,7 @@ from typing import NamedTuple
 import torch
 from monai.networks.blocks import UpSample
 from torch import nn
+from torch.nn import functional as F
 
 from core import anatomy
 from core.model.blocks import init_he, op_block
@@ -28,8 +29,16 @@ class DecoderOutput(NamedTuple):
     confidence: torch.Tensor
 
 
+CALIBRATION_WIDTH = 8  # hidden channels of the shared anomaly/confidence head
+
+
 class Decoder(nn.Module):
     """Upsampling stages, each: transposed conv x2, concat the skip, two genotype operations.
+
+    The organ head is a 1x1x1 convolution of the last stage's features. The anomaly and
+    confidence logits come from one small calibration head (3x3x3 convolution of the
+    features and the organ softmax, LeakyReLU, 1x1x1 to two channels); it sees the softmax
+    detached, so training it never moves the organ prediction.
 
     Args:
         encoder_widths: the encoder's level widths (full resolution first).
@@ -62,13 +71,29 @@ class Decoder(nn.Module):
             for s, w, skip in zip(genotype.stages, widths, skips, strict=True)
         )
         self.organ_head = nn.Conv3d(widths[-1], 1 + len(structures), kernel_size=1)
-        self.anomaly_head = nn.Conv3d(widths[-1], 1, kernel_size=1)
-        self.confidence_head = nn.Conv3d(widths[-1], 1, kernel_size=1)
+        self.calibration_head = nn.Sequential(
+            nn.Conv3d(widths[-1] + 1 + len(structures), CALIBRATION_WIDTH, 3, padding=1),
+            nn.LeakyReLU(0.01),
+            nn.Conv3d(CALIBRATION_WIDTH, 2, kernel_size=1),
+        )
         init_he(self)
 
     def forward(self, features: Sequence[torch.Tensor]) -> DecoderOutput:
         """Decode the encoder's skip features (full resolution first, bottleneck last)."""
+        x = self.last_features(features)
+        organ = self.organ_head(x)
+        return DecoderOutput(organ, *self.calibration(x, organ))
+
+    def last_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
+        """The last stage's features, which every head reads."""
         x = features[-1]
         for up, stage, skip in zip(self.ups, self.stages, reversed(features[:-1]), strict=True):
             x = stage(torch.cat([up(x), skip], dim=1))
-        return DecoderOutput(self.organ_head(x), self.anomaly_head(x), self.confidence_head(x))
+        return x
+
+    def calibration(
+        self, x: torch.Tensor, organ: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Anomaly and confidence logits from the last features and the organ logits."""
+        heads = self.calibration_head(torch.cat([x, F.softmax(organ.detach(), dim=1)], dim=1))
+        return heads[:, :1], heads[:, 1:]

@@ -77,10 +77,13 @@ def inherit(student: Decoder, teacher: Decoder) -> Decoder:
         first_inputs = [*range(w), *range(big, big + skip)]
         _inherit_op(st.stages[s][0], t.stages[s][0][0], first_inputs, w)
         _inherit_op(st.stages[s][1], t.stages[s][1][0], list(range(w)), w)
-    for name in ("organ_head", "anomaly_head", "confidence_head"):
-        head_t, head_s = getattr(t, name), getattr(st, name)
-        head_s.weight.copy_(head_t.weight[:, : widths[-1]])
-        head_s.bias.copy_(head_t.bias)
+    st.organ_head.weight.copy_(t.organ_head.weight[:, : widths[-1]])
+    st.organ_head.bias.copy_(t.organ_head.bias)
+    first_t, first_s = t.calibration_head[0], st.calibration_head[0]
+    softmax_inputs = [*range(widths[-1]), *range(full[-1], first_t.weight.shape[1])]
+    first_s.weight.copy_(first_t.weight[:, softmax_inputs])
+    first_s.bias.copy_(first_t.bias)
+    st.calibration_head[2].load_state_dict(t.calibration_head[2].state_dict())
     return student
 
 

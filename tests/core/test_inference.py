@@ -2,14 +2,12 @@ import json
 
 import numpy as np
 import pytest
-import torch
 
 from core.bundle import load_bundle
 from core.data import DataError
 from core.data.nifti import read_volume, write_volume
 from core.inference import (
     combined_structures,
-    merge_highest_probability,
     plan_outputs,
     predict_files,
     predict_volume,
@@ -26,38 +24,9 @@ def _model(*tasks):
     return model
 
 
-def _logits(*channels):
-    """Logits (1, C, 1, 1, N) from per-channel probability rows over N voxels."""
-    probs = torch.tensor(channels, dtype=torch.float32)[None, :, None, None, :]
-    return torch.log(probs)
-
-
 def test_combined_structures_keep_first_appearance_order():
     model = _model(("a", ("liver", "spleen")), ("b", ("kidney_left", "liver")))
     assert combined_structures(model) == ["liver", "spleen", "kidney_left"]
-
-
-def test_highest_foreground_probability_wins_and_background_needs_consensus():
-    model = _model(("a", ("liver", "spleen")), ("b", ("kidney_left", "liver")))
-    structures = combined_structures(model)
-    # voxels: 0 both background, 1 a says liver (0.6) b says kidney (0.9),
-    #         2 a says spleen (0.5) b background, 3 both say liver.
-    a = _logits([0.8, 0.2, 0.3, 0.1], [0.1, 0.6, 0.2, 0.8], [0.1, 0.2, 0.5, 0.1])
-    b = _logits([0.7, 0.05, 0.9, 0.1], [0.2, 0.9, 0.05, 0.1], [0.1, 0.05, 0.05, 0.8])
-    merged = merge_highest_probability({"a": a, "b": b}, model, structures)
-    names = ["background", *structures]
-    assert [names[i] for i in merged.flatten().tolist()] == [
-        "background",
-        "kidney_left",
-        "spleen",
-        "liver",
-    ]
-    swapped = merge_highest_probability(
-        {"a": a, "b": b},
-        _model(("b", ("kidney_left", "liver")), ("a", ("liver", "spleen"))),
-        structures,
-    )
-    assert torch.equal(merged, swapped)
 
 
 def _lps_input(tmp_path, shape=(22, 18, 13)):
@@ -119,10 +88,7 @@ def test_files_and_label_tables(tmp_path, trained_bundle):
     assert [e["structure"] for e in table["labels"]] == list(
         bundle.model.decoder("abdomen").structures
     )
-    assert (
-        table["labels"][0]["tasks"] == ["abdomen"]
-        and table["merge"]["rule"] == "highest_probability"
-    )
+    assert table["labels"][0]["tasks"] == ["abdomen"] and table["merge"]["rule"] == "confidence"
     slicer = (tmp_path / "out" / "seg.ctbl").read_text().splitlines()
     assert slicer[1] == "0 background 0 0 0 0" and slicer[2].startswith("1 liver ")
     itk = (tmp_path / "out" / "seg.itksnap.txt").read_text()

@@ -11,7 +11,7 @@ import torch
 from core.model import Genotype
 from server.catalog import Catalog
 from simulations.local import LocalFederation
-from simulations.run import APP_DIR, plan_document, simulate, to_toml
+from simulations.run import APP_DIR, plan_document, to_toml
 from simulations.scenario import load_scenario, write_scenario
 
 pytestmark = pytest.mark.slow
@@ -23,14 +23,14 @@ def _flower_processes():
     return [line for line in running if "flower-superlink" in line or "flwr-simulation" in line]
 
 
-def test_tiny_scenario_two_stages_through_the_simulation_engine(tmp_path):
-    report = simulate(load_scenario("tiny"), tmp_path / "run", say=lambda _: None)
-    first, second = report.stages
+def test_tiny_scenario_two_stages_through_the_simulation_engine(tiny_benchmark):
+    run = tiny_benchmark / "continual"  # the benchmark's run of this method is a simulation
+    first, second = json.loads((run / "results.json").read_text())["stages"]
     assert first["tasks"] == ["abdomen"] and second["tasks"] == ["chest"]
     assert set(second["dice"]) == {"abdomen", "chest"}
     for structure, scores in first["dice"]["abdomen"].items():  # continual: nothing forgotten
         assert second["dice"]["abdomen"][structure]["decoder"] == scores["decoder"]
-    catalog = Catalog(tmp_path / "run" / "catalog")
+    catalog = Catalog(run / "catalog")
     assert [t["name"] for t in catalog.tasks()] == ["abdomen", "chest"]
     chest = catalog.tasks()[1]["versions"][0]["provenance"]
     assert chest["sites"] == ["hospC"] and chest["bytes_up"]["hospC"] > 0
@@ -48,16 +48,32 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tmp_path):
     )
     for site, sent in search_end["bytes_up"].items():  # the search uploads alpha and beta only
         assert sent - teacher_end["bytes_up"][site] < 2000
-    manifest = json.loads((tmp_path / "run" / "catalog" / "bundle" / "manifest.json").read_text())
+    calibrate_end = [
+        e for e in catalog.events() if e["event"] == "phase-end" and e.get("phase") == "calibrate"
+    ]
+    distill_end = [
+        e for e in catalog.events() if e["event"] == "phase-end" and e.get("phase") == "distill"
+    ]
+    for calibrated, distilled in zip(calibrate_end, distill_end, strict=True):
+        for site, sent in calibrated["bytes_up"].items():  # the heads only, in fp16
+            assert 0 < sent - distilled["bytes_up"][site] < 20_000
+    ranges = {}
+    for task in catalog.tasks():  # calibrated heads and the range of the training data
+        calibration = task["versions"][0]["calibration"]
+        assert calibration["calibrated"] is True
+        ranges[task["name"]] = calibration["body_range"]
+    assert ranges["abdomen"][0] < ranges["chest"][0] and ranges["abdomen"][1] < ranges["chest"][1]
+    manifest = json.loads((run / "catalog" / "bundle" / "manifest.json").read_text())
     assert [d["task"] for d in manifest["decoders"]] == ["abdomen", "chest"]
-    assert json.loads((tmp_path / "run" / "results.json").read_text())["scenario"] == "tiny"
+    assert [d["calibration"]["body_range"] for d in manifest["decoders"]] == list(ranges.values())
+    assert json.loads((run / "results.json").read_text())["scenario"] == "tiny"
     assert not _flower_processes()
 
 
 def _one_task_plan(tmp_path, rounds=1, steps=4):
     doc = plan_document(load_scenario("tiny"))
     doc["tasks"] = doc["tasks"][:1]
-    doc["tasks"][0].update(rounds=rounds, local_steps=steps, trim=False)  # mechanics only
+    doc["tasks"][0].update(rounds=rounds, local_steps=steps, trim=False, calibrate=False)
     path = tmp_path / "plan.toml"
     path.write_text(to_toml(doc))
     return path

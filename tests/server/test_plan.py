@@ -17,6 +17,7 @@ structures = ["liver", "spleen"]
 sites = ["hospA", "hospB"]
 rounds = 2
 local_steps = 5
+calibrate_rounds = 2
 
 [[tasks]]
 name = "chest"
@@ -33,6 +34,9 @@ def test_a_good_plan(tmp_path):
     assert plan.task("chest").sites is None  # any site that labels the heart
     assert plan.patch == (32, 32, 32) and plan.preprocessing.spacing_mm == (2.0, 2.0, 3.0)
     assert plan.val_fraction == 0.3
+    abdomen, chest = plan.tasks
+    assert abdomen.calibrate and (abdomen.calibrate_rounds, abdomen.calibrate_steps) == (2, 5)
+    assert chest.calibrate_rounds == 1
 
 
 @pytest.mark.parametrize(
@@ -42,6 +46,7 @@ def test_a_good_plan(tmp_path):
         ("patch = [32, 32, 32]", "patch = [30, 32, 32]", "multiples of 8"),
         ('sites = ["hospA", "hospB"]', "sites = 3", r"tasks\[0\]\.sites"),
         ("rounds = 2", "rounds = 0", r"tasks\[0\]\.rounds"),
+        ("calibrate_rounds = 2", "calibrate = 1", r"tasks\[0\]\.calibrate: expected true or"),
         ('name = "chest"', 'name = "abdomen"', "distinct names"),
         ('name = "chest"', 'name = "Chest Task"', r"tasks\[1\]\.name"),
         ("val_fraction = 0.3", "val_fraction = 1.5", "val_fraction"),

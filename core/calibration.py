@@ -1,0 +1,156 @@
+"""The ``calibrate`` phase: train a decoder's confidence and anomaly heads, measure its range.
+
+Only the calibration head learns; the encoder, the decoder's stages and its organ head
+are frozen, so the organ prediction is exactly what distillation left.
+
+- Confidence target: whether the decoder's own arg-max label is right at a voxel.
+- Anomaly target: the site's lesion labels among the decoder's structures, and synthetic
+  anomalies pasted into half of the training patches: a blob of foreign texture (an HU
+  shift with smooth noise) inside one labelled structure. A decoder that only saw healthy
+  tissue thus learns to flag tissue unlike its training data.
+
+Both losses are plain binary cross-entropy over voxels, so the heads estimate
+probabilities (the merge compares them across decoders; re-weighting the rare wrong or
+anomalous voxels would inflate those and make every foreground look doubtful). The
+body-part range of the site's cases (``core.bodypart``) is measured from their label maps.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from core import anatomy
+from core.bodypart import BodyRange, volume_range
+from core.data import Case, LabelTable
+from core.data.transforms import LABEL, Preprocessing, validation_transforms
+from core.model import ContinualSegmenter
+from core.training import TrainSettings, check_patch, optimise, patch_batches
+from core.vocabulary import Group
+
+
+@dataclass
+class CalibrationResult:
+    """Losses of a calibration run (total, confidence, anomaly) and the data's range."""
+
+    losses: list[float]
+    confidence_losses: list[float]
+    anomaly_losses: list[float]
+    body_range: BodyRange | None
+    seconds: float
+
+
+def paste_anomalies(
+    image: torch.Tensor,
+    label: torch.Tensor,
+    generator: torch.Generator,
+    hu_per_unit: float = 2000.0,
+    rate: float = 0.5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Paste a blob of foreign texture inside one labelled structure of some patches.
+
+    Args:
+        image: ``(B, 1, X, Y, Z)`` intensities on [0, 1] (the HU window).
+        label: ``(B, 1, X, Y, Z)`` class indices (0: background).
+        generator: the random stream.
+        hu_per_unit: width of the HU window that maps onto [0, 1].
+        rate: share of patches that get a blob.
+
+    Returns:
+        The altered images and a float mask of the pasted voxels.
+    """
+    out, mask = image.clone(), torch.zeros_like(image)
+    shape = image.shape[2:]
+    grid = torch.stack(torch.meshgrid(*(torch.arange(n) for n in shape), indexing="ij"))
+    for b in range(image.shape[0]):
+        inside = torch.nonzero(label[b, 0] > 0)
+        if len(inside) == 0 or torch.rand(1, generator=generator).item() >= rate:
+            continue
+        centre = inside[torch.randint(len(inside), (1,), generator=generator)][0]
+        radii = 1.5 + 3.5 * torch.rand(3, generator=generator)
+        offset = (grid - centre.view(3, 1, 1, 1)).float() / radii.view(3, 1, 1, 1)
+        organ = label[b, 0] == label[b, 0][tuple(centre)]
+        blob = (offset.pow(2).sum(0) <= 1.0) & organ
+        sign = 1.0 if torch.rand(1, generator=generator).item() < 0.5 else -1.0
+        shift = sign * (30.0 + 90.0 * torch.rand(1, generator=generator).item()) / hu_per_unit
+        noise = torch.randn((1, 1, *shape), generator=generator) * 40.0 / hu_per_unit
+        texture = F.avg_pool3d(noise, 3, stride=1, padding=1)[0, 0]
+        out[b, 0][blob] += shift + texture[blob.cpu()].to(image.device)
+        mask[b, 0][blob] = 1.0
+    return out.clamp(0.0, 1.0), mask
+
+
+def body_range_of(
+    cases: Sequence[Case], table: LabelTable, prep: Preprocessing
+) -> BodyRange | None:
+    """The body-part range that a site's cases cover, placed by all their labels."""
+    chain = validation_transforms(prep, table, table.structures)
+    covered: BodyRange | None = None
+    for case in cases:
+        label = chain({"case": case})[LABEL]
+        found = volume_range(np.asarray(label[0]), table.structures, np.asarray(label.affine))
+        covered = found.union(covered) if found else covered
+    return covered
+
+
+def calibrate_phase(
+    model: ContinualSegmenter,
+    task: str,
+    table: LabelTable,
+    cases: Sequence[Case],
+    prep: Preprocessing,
+    settings: TrainSettings,
+) -> CalibrationResult:
+    """Train the calibration head of ``task``'s decoder on a site's cases.
+
+    Raises:
+        ValueError: if there are no cases or the patch does not fit the encoder.
+    """
+    if not cases:
+        raise ValueError(f"{task}: no training cases")
+    check_patch(settings.augmentation.patch_size, model.encoder.config.divisor)
+    decoder = model.decoder(task)
+    lesions = [
+        i for i, s in enumerate(decoder.structures, 1) if anatomy.get(s).group == Group.LESION
+    ]
+    torch.manual_seed(settings.seed)
+    device = next(model.parameters()).device
+    generator = torch.Generator().manual_seed(settings.seed)
+    hu_per_unit = prep.hu_window[1] - prep.hu_window[0]
+    model.eval()  # frozen parts keep their normalisation statistics
+    parts: dict[str, list[float]] = {"confidence": [], "anomaly": []}
+
+    def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        image, pasted = paste_anomalies(image, label, generator, hu_per_unit)
+        with torch.no_grad():
+            x = decoder.last_features(model.encoder(image))
+            organ = decoder.organ_head(x)
+        anomaly, confidence = decoder.calibration(x, organ)
+        right = (organ.argmax(1, keepdim=True) == label).float()
+        known = torch.zeros_like(pasted, dtype=torch.bool)
+        for i in lesions:
+            known |= label == i
+        abnormal = torch.maximum(pasted, known.float())
+        healthy = pasted < 0.5  # a pasted blob has no right label to be confident about
+        conf = F.binary_cross_entropy_with_logits(confidence[healthy], right[healthy])
+        anom = F.binary_cross_entropy_with_logits(anomaly, abnormal)
+        parts["confidence"].append(float(conf.detach()))
+        parts["anomaly"].append(float(anom.detach()))
+        return conf + anom
+
+    start = time.perf_counter()
+    batches = patch_batches(cases, table, decoder.structures, prep, settings)
+    params = list(decoder.calibration_head.parameters())
+    losses = optimise(params, settings, batches, loss_of, device, f"calibrate {task}")
+    return CalibrationResult(
+        losses,
+        parts["confidence"],
+        parts["anomaly"],
+        body_range_of(cases, table, prep),
+        time.perf_counter() - start,
+    )

@@ -1,0 +1,309 @@
+"""The anomaly-aware confidence merge: one label map from every decoder's outputs.
+
+Structures with the same vocabulary name from different decoders are one output label.
+The ``confidence`` rule, at every voxel:
+
+1. Each decoder ``d`` proposes its arg-max label ``l_d`` (background or one of its
+   structures). Its trust in what it says about a structure ``k`` is::
+
+       t_d(k) = g_d * p_d * c_d * q_d(k) * (1 - w_a * a_d) ** h_d
+
+   ``p_d`` is the softmax probability of its arg-max; ``c_d`` is the sigmoid of its
+   confidence head (the probability that its own label is right) once the decoder is
+   calibrated, else 1 (on the ``default`` scenario the product of both beat each alone);
+   ``q_d(k)`` is its skill on ``k``: the Dice it reached on ``k`` in its federated
+   validation (1 where none was recorded, 0.5 for a structure never scored), so a
+   decoder that never learnt ``k`` has no say about it; ``a_d`` is the sigmoid of its
+   anomaly head; ``h_d`` is 1 for a decoder that knows no lesion (it saw only healthy
+   tissue, so tissue unlike its training data makes its label doubtful) and 0 for one
+   that segments lesions; ``g_d`` is 1 inside the decoder's body-part range widened by
+   ``gate_margin_mm`` and 0 outside: a gated decoder neither proposes nor objects.
+2. A foreground proposal ``k`` of ``d`` stands unless another decoder ``e`` that also
+   knows ``k`` says something else (background, or a structure that does not lie inside
+   ``k``) with more trust about ``k``, ``t_e(k) > t_d(k)``. A structure that one
+   decoder alone knows is never vetoed; it can only lose the voxel to another structure.
+3. Among the standing proposals the most trusted (``t_d(l_d)``) wins; if a standing proposal lies
+   inside the winner's structure (a tumour in its organ, by the vocabulary's
+   containment), the most trusted such proposal takes its place. Nothing stands:
+   background.
+
+Decoders are visited in task-name order, so ties (and the result) do not depend on the
+order of the decoders. Two simpler rules serve as baselines: ``highest_probability``
+(the highest arg-max softmax probability among foreground proposals wins) and
+``last_decoder`` (the latest decoder that says foreground wins).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from core import anatomy
+from core.bodypart import BodyRange
+from core.vocabulary import Group
+
+RULES = ("confidence", "highest_probability", "last_decoder")
+UNSCORED_SKILL = 0.5  # q_d(k) of a structure its validation never scored
+
+
+@dataclass(frozen=True)
+class MergeSettings:
+    """The merge rule and its knobs (stored in the bundle's manifest).
+
+    Attributes:
+        rule: one of :data:`RULES`.
+        anomaly_weight: ``w_a`` in [0, 1]: how much a healthy-only decoder's anomaly score
+            lowers its trust (0 ignores the anomaly head).
+        gating: silence decoders outside their body-part range.
+        gate_margin_mm: how far beyond its recorded range a decoder still speaks.
+    """
+
+    rule: str = "confidence"
+    anomaly_weight: float = 1.0
+    gating: bool = True
+    gate_margin_mm: float = 60.0
+
+    def __post_init__(self) -> None:
+        if self.rule not in RULES:
+            raise ValueError(f"merge rule {self.rule!r}: expected one of {', '.join(RULES)}")
+        if not 0.0 <= self.anomaly_weight <= 1.0:
+            raise ValueError(f"merge anomaly_weight {self.anomaly_weight}: expected 0 to 1")
+        if not self.gate_margin_mm >= 0.0:
+            raise ValueError(f"merge gate_margin_mm {self.gate_margin_mm}: expected >= 0")
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON."""
+        return {
+            "rule": self.rule,
+            "anomaly_weight": self.anomaly_weight,
+            "gating": self.gating,
+            "gate_margin_mm": self.gate_margin_mm,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> MergeSettings:
+        """From :meth:`to_json` (missing keys take their defaults).
+
+        Raises:
+            ValueError: naming an unknown key or a bad value.
+        """
+        unknown = sorted(set(data) - set(cls().to_json()))
+        if unknown:
+            raise ValueError(f"merge settings: unknown keys {unknown}")
+        return cls(**data)
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What the calibrate phase recorded about a decoder.
+
+    Attributes:
+        calibrated: its confidence and anomaly heads were trained.
+        body_range: the body-part range its training data covered (``None``: unknown,
+            the decoder is never gated).
+        skill: per structure, the Dice of its federated validation (empty: unknown).
+    """
+
+    calibrated: bool = False
+    body_range: BodyRange | None = None
+    skill: dict[str, float] = field(default_factory=dict)
+
+    def skills(self, structures: Sequence[str]) -> tuple[float, ...]:
+        """``q_d(k)`` for each structure (see the module docstring)."""
+        if not self.skill:
+            return tuple(1.0 for _ in structures)
+        return tuple(self.skill.get(s, UNSCORED_SKILL) for s in structures)
+
+    def to_json(self) -> dict[str, Any]:
+        """Plain JSON."""
+        rng = self.body_range.to_json() if self.body_range else None
+        skill = {k: round(v, 4) for k, v in self.skill.items()}
+        return {"calibrated": self.calibrated, "body_range": rng, "skill": skill}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> Calibration:
+        """From :meth:`to_json`; ``None`` for a decoder never calibrated.
+
+        Raises:
+            ValueError: for a skill outside [0, 1] or a malformed range.
+        """
+        if not data:
+            return cls()
+        skill = {str(k): float(v) for k, v in dict(data.get("skill") or {}).items()}
+        if bad := {k: v for k, v in skill.items() if not 0.0 <= v <= 1.0}:
+            raise ValueError(f"calibration skill {bad}: expected Dice values in [0, 1]")
+        return cls(bool(data["calibrated"]), BodyRange.from_json(data.get("body_range")), skill)
+
+
+@dataclass(frozen=True)
+class DecoderVote:
+    """One decoder's outputs over a batch of volumes or patches.
+
+    Attributes:
+        task: the decoder's task name.
+        structures: its structures (label ``i`` of ``organ`` is ``structures[i - 1]``).
+        organ: ``(B, 1 + K, ...)`` logits.
+        anomaly: ``(B, 1, ...)`` logits.
+        confidence: ``(B, 1, ...)`` logits.
+        calibrated: whether its confidence and anomaly heads were trained.
+        gate: boolean, broadcastable to ``(B, 1, ...)``: where it may speak; ``None``:
+            everywhere.
+        skill: ``q_d(k)`` per structure (empty: 1 for all).
+    """
+
+    task: str
+    structures: tuple[str, ...]
+    organ: torch.Tensor
+    anomaly: torch.Tensor
+    confidence: torch.Tensor
+    calibrated: bool = False
+    gate: torch.Tensor | None = None
+    skill: tuple[float, ...] = ()
+
+    def proposal(self, structures: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Its arg-max as an output label (``structures`` from 1) and that label's probability."""
+        probs = torch.softmax(self.organ.float(), dim=1)
+        prob, arg = probs.max(dim=1, keepdim=True)
+        ids = [0] + [structures.index(s) + 1 for s in self.structures]
+        return torch.tensor(ids, device=arg.device)[arg], prob
+
+    def skill_table(self, structures: Sequence[str], device: torch.device) -> torch.Tensor:
+        """``q_d(k)`` per output label (index 0, background, and unknown structures: 1)."""
+        table = torch.ones(len(structures) + 1, device=device)
+        skills = self.skill or tuple(1.0 for _ in self.structures)
+        for s, q in zip(self.structures, skills, strict=True):
+            table[structures.index(s) + 1] = q
+        return table
+
+    def trust(self, prob: torch.Tensor, anomaly_weight: float) -> torch.Tensor:
+        """``p_d * c_d * (1 - w_a * a_d) ** h_d`` (see the module docstring); gate, skill apart."""
+        if not self.calibrated:
+            return prob
+        trust = prob * torch.sigmoid(self.confidence.float())
+        if anomaly_weight and not knows_lesions(self.structures):
+            trust = trust * (1.0 - anomaly_weight * torch.sigmoid(self.anomaly.float()))
+        return trust
+
+
+def knows_lesions(structures: Sequence[str]) -> bool:
+    """Whether a decoder segments any lesion (so it saw abnormal tissue in training)."""
+    return any(anatomy.get(s).group == Group.LESION for s in structures)
+
+
+def output_structures(decoders: Sequence[Sequence[str]]) -> list[str]:
+    """One output label per structure, in order of first appearance over the decoders.
+
+    Adding a task never renumbers the structures that earlier tasks brought.
+    """
+    out: list[str] = []
+    for structures in decoders:
+        out += [s for s in structures if s not in out]
+    return out
+
+
+def merge(
+    votes: Sequence[DecoderVote], structures: Sequence[str], settings: MergeSettings
+) -> torch.Tensor:
+    """Merge decoders' outputs into one label map ``(B, 1, ...)`` indexing ``structures``.
+
+    Raises:
+        ValueError: for no decoders, or a decoder structure missing from ``structures``.
+    """
+    if not votes:
+        raise ValueError("merge: no decoders")
+    missing = sorted({s for v in votes for s in v.structures} - set(structures))
+    if missing:
+        raise ValueError(f"merge: output structures lack {missing}")
+    if settings.rule == "highest_probability":
+        return _highest_probability(votes, structures)
+    if settings.rule == "last_decoder":
+        return _last_decoder(votes, structures)
+    return _confidence(votes, structures, settings)
+
+
+def _highest_probability(votes: Sequence[DecoderVote], structures: Sequence[str]) -> torch.Tensor:
+    best_score: torch.Tensor | None = None
+    best_label: torch.Tensor | None = None
+    for vote in sorted(votes, key=lambda v: v.task):
+        label, prob = vote.proposal(structures)
+        score = torch.where(label > 0, prob, torch.full_like(prob, -1.0))
+        if best_score is None or best_label is None:
+            best_score, best_label = score, label
+        else:
+            wins = score > best_score
+            best_score = torch.where(wins, score, best_score)
+            best_label = torch.where(wins, label, best_label)
+    assert best_label is not None
+    return best_label
+
+
+def _last_decoder(votes: Sequence[DecoderVote], structures: Sequence[str]) -> torch.Tensor:
+    out: torch.Tensor | None = None
+    for vote in votes:  # in catalog order: the latest decoder is last
+        label, _ = vote.proposal(structures)
+        out = label if out is None else torch.where(label > 0, label, out)
+    assert out is not None
+    return out
+
+
+def _containment(structures: Sequence[str], device: torch.device) -> torch.Tensor:
+    """``within[a, b]``: output label ``a`` lies inside output label ``b`` (0: background)."""
+    n = len(structures) + 1
+    within = torch.zeros(n, n, dtype=torch.bool)
+    for a, inner in enumerate(structures, 1):
+        for b, outer in enumerate(structures, 1):
+            within[a, b] = anatomy.is_within(inner, outer)
+    return within.to(device)
+
+
+def _confidence(
+    votes: Sequence[DecoderVote], structures: Sequence[str], settings: MergeSettings
+) -> torch.Tensor:
+    ordered = sorted(votes, key=lambda v: v.task)
+    labels, base, trusts, gates, knows, skills = [], [], [], [], [], []
+    for vote in ordered:
+        label, prob = vote.proposal(structures)
+        labels.append(label)
+        skills.append(vote.skill_table(structures, label.device))
+        base.append(vote.trust(prob, settings.anomaly_weight))
+        trusts.append(base[-1] * skills[-1][label])
+        gate = vote.gate if settings.gating and vote.gate is not None else None
+        gates.append(torch.ones_like(label, dtype=torch.bool) if gate is None else gate.bool())
+        known = torch.zeros(len(structures) + 1, dtype=torch.bool, device=label.device)
+        known[[structures.index(s) + 1 for s in vote.structures]] = True
+        knows.append(known)
+    within = _containment(structures, labels[0].device)
+    standing = []
+    for d, (label, trust) in enumerate(zip(labels, trusts, strict=True)):
+        ok = gates[d] & (label > 0)
+        for e, other in enumerate(labels):
+            if e != d:
+                disagrees = knows[e][label] & (other != label) & ~within[other, label]
+                ok = ok & ~(gates[e] & disagrees & (base[e] * skills[e][label] > trust))
+        standing.append(ok)
+    best = _most_trusted(standing, labels, trusts)
+    for _ in structures:  # a containment chain is at most this long
+        inside = [ok & within[label, best] for ok, label in zip(standing, labels, strict=True)]
+        refined = _most_trusted(inside, labels, trusts)
+        if torch.equal(refined, best):
+            break
+        best = torch.where(refined > 0, refined, best)
+    return best
+
+
+def _most_trusted(
+    candidates: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    trusts: Sequence[torch.Tensor],
+) -> torch.Tensor:
+    """The label of the most trusted candidate at each voxel (0 where none is a candidate)."""
+    best_trust = torch.full_like(trusts[0], -1.0)
+    best = torch.zeros_like(labels[0])
+    for ok, label, trust in zip(candidates, labels, trusts, strict=True):
+        wins = ok & (trust > best_trust)
+        best_trust = torch.where(wins, trust, best_trust)
+        best = torch.where(wins, label, best)
+    return best

@@ -1,0 +1,369 @@
+"""``csfl benchmark``: this method, its ablations, the upper bound and continual baselines.
+
+On one scenario, with the same phantoms, seeds and training budget:
+
+- ``continual``: this method through Flower (frozen encoder, trimmed and calibrated
+  decoders, the confidence merge); ``naive_merge``: the same decoders merged by the
+  highest softmax probability; ``no_trim``: the method with full decoders (its own run);
+- ``upper_bound``: one encoder + full decoder per task, trained on that task's pooled
+  sites; ``finetune``, ``lwf`` and ``mib``: one model with a growing head trained task
+  after task (``simulations/baselines.py``).
+
+Central methods train on the pooled training splits of a task's sites for as many steps
+as the method's decoder gets (training rounds x local steps, plus distillation). Every
+method is evaluated after every stage on the held-out cases of every task so far, in the
+preprocessed space (the method's merged label map included). Each method's result is
+kept in ``OUT/<method>.json``; a rerun skips methods already done.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from core.bundle import Bundle, load_bundle
+from core.data import Case, open_dataset, split_cases
+from core.data.transforms import Augmentation, validation_transforms
+from core.evaluation import ScoreSums, score_prediction
+from core.inference import combined_structures, merge_volume, volume_outputs
+from core.io import atomic_write_bytes, atomic_write_json
+from core.merge import MergeSettings
+from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
+from core.model.cost import count_parameters
+from core.training import TrainSettings
+from server.catalog import Catalog
+from server.plan import Plan, parse_plan
+from simulations.baselines import (
+    GrowingSegmenter,
+    TaskData,
+    evaluate_on,
+    sequential,
+    upper_bound,
+)
+from simulations.evaluate import upload_summary
+from simulations.report import markdown, overlay_figure, plots
+from simulations.run import plan_document, simulate
+from simulations.scenario import Scenario
+
+ORDER = ("continual", "naive_merge", "no_trim", "upper_bound", "finetune", "lwf", "mib")
+Scores = dict[str, dict[str, dict[str, float | None]]]  # task -> metric -> structure -> mean
+
+
+def _means(sums: ScoreSums) -> dict[str, dict[str, float | None]]:
+    return {"dice": sums.means("dice"), "hd95": sums.means("hd95")}
+
+
+def task_data(
+    scenario: Scenario, sites_dir: Path, val_fraction: float, seed: int
+) -> list[TaskData]:
+    """Each task's pooled training splits (as its sites train on them) and its test set."""
+    names = [t.name for t in scenario.tasks]
+    out = []
+    for task in scenario.tasks:
+        folder = f"Dataset{names.index(task.name) + 1:03d}_{task.name}"
+        train: list[Case] = []
+        table = None
+        for site in scenario.sites_of(task.name):
+            dataset = open_dataset(sites_dir / site.name / folder)
+            train += split_cases(dataset.cases, val_fraction, seed)[0]
+            table = dataset.labels
+        test = open_dataset(sites_dir / "test" / folder)
+        assert table is not None, f"{task.name}: no site"
+        out.append(
+            TaskData(task.name, task.structures, table, train, list(test.cases), test.labels)
+        )
+    return out
+
+
+def subset(bundle: Bundle, tasks: list[str]) -> Bundle:
+    """The unified model as it was when only ``tasks`` were registered."""
+    model = ContinualSegmenter(bundle.model.encoder)
+    for task in tasks:
+        model.add_decoder(task, bundle.model.decoder(task))
+    return dataclasses.replace(bundle, model=model)
+
+
+def task_lookup(structures: list[str], task: TaskData) -> torch.Tensor:
+    """Maps the unified model's output labels to the task's (others become background)."""
+    lookup = torch.zeros(len(structures) + 1, dtype=torch.long)
+    for j, s in enumerate(task.structures, 1):
+        lookup[structures.index(s) + 1] = j
+    return lookup
+
+
+@torch.no_grad()
+def merged_scores(bundle: Bundle, task: TaskData, settings: MergeSettings) -> ScoreSums:
+    """The merged label map's Dice and HD95 for a task's structures on its test cases."""
+    structures = combined_structures(bundle.model)
+    lookup = task_lookup(structures, task)
+    chain = validation_transforms(bundle.preprocessing, task.test_table, task.structures)
+    sums = ScoreSums()
+    for case in task.test_cases:
+        label = chain({"case": case})["label"][None].long()
+        outputs = volume_outputs(bundle, case.image)
+        merged = merge_volume(outputs, structures, settings, bundle.calibration)
+        prediction = lookup[merged.cpu()]
+        sums.merge(
+            score_prediction(prediction, label, task.structures, bundle.preprocessing.spacing_mm)
+        )
+    return sums
+
+
+def _merged_seconds(bundle: Bundle, image: Path, settings: MergeSettings) -> float:
+    """Wall time to predict one CT with the unified model: network and merge."""
+    start = time.perf_counter()
+    structures = combined_structures(bundle.model)
+    merge_volume(volume_outputs(bundle, image), structures, settings, bundle.calibration)
+    return round(time.perf_counter() - start, 2)
+
+
+def federated(
+    name: str, scenario: Scenario, plan: Plan, run: Path, say: Callable[[str], None]
+) -> list[dict[str, Any]]:
+    """Run the method through Flower into ``run``.
+
+    Returns:
+        The results of ``name`` and, for the full method, of its naive-merge ablation
+        (the same decoders, merged by the highest probability).
+    """
+    started = time.perf_counter()
+    report = simulate(scenario, run, say)
+    tasks = task_data(scenario, run / "sites", plan.val_fraction, plan.seed)
+    seconds = [s["seconds"] for s in report.stages]
+    bundle = load_bundle(run / "catalog" / "bundle")
+    uploads = upload_summary(Catalog(run / "catalog"))
+    merges = {name: bundle.merge}
+    if name == "continual":
+        merges["naive_merge"] = MergeSettings(rule="highest_probability")
+    results = []
+    own_stages: list[Scores] = []  # each decoder alone: continual learning must not move it
+    for k in range(1, len(tasks) + 1):
+        now = subset(bundle, [t.name for t in tasks[:k]])
+        prep, roi = bundle.preprocessing, bundle.roi_size
+        own_stages.append({t.name: _means(evaluate_on(now.model, t, prep, roi)) for t in tasks[:k]})
+    for method, settings in merges.items():
+        stages: list[Scores] = []
+        for k in range(1, len(tasks) + 1):
+            now = subset(bundle, [t.name for t in tasks[:k]])
+            stages.append({t.name: _means(merged_scores(now, t, settings)) for t in tasks[:k]})
+            say(f"{method}: evaluated after stage {k}")
+        image = tasks[0].test_cases[0].image
+        results.append(
+            {
+                "method": method,
+                "stages": stages,
+                "own_stages": own_stages,
+                "parameters": count_parameters(bundle.model),
+                "uploads": uploads,
+                "train_seconds": round(sum(seconds), 1),
+                "wall_seconds": round(time.perf_counter() - started, 1),
+                "predict_seconds": _merged_seconds(bundle, image, settings),
+            }
+        )
+    return results
+
+
+def central(
+    method: str,
+    plan: Plan,
+    tasks: list[TaskData],
+    settings: TrainSettings,
+    say: Callable[[str], None],
+) -> dict[str, Any]:
+    """Train and evaluate a central method: the upper bound or a sequential baseline."""
+    prep, roi = plan.preprocessing, plan.patch
+    stages: list[Scores] = []
+    start = time.perf_counter()
+    if method == "upper_bound":
+        models: list[ContinualSegmenter] = []
+        for k, task in enumerate(tasks):
+            say(f"upper_bound: training {task.name}")
+            models.append(upper_bound(task, plan.encoder, prep, settings))
+            stages.append(
+                {
+                    t.name: _means(evaluate_on(m, t, prep, roi))
+                    for t, m in zip(tasks[: k + 1], models, strict=True)
+                }
+            )
+        train = time.perf_counter() - start
+        image = tasks[0].test_cases[0].image
+        predict = sum(_network_seconds(m, image, plan) for m in models)
+        parameters = sum(count_parameters(m) for m in models)
+    else:
+
+        def on_stage(k: int, model: GrowingSegmenter) -> None:
+            stages.append(
+                {t.name: _means(evaluate_on(model, t, prep, roi)) for t in tasks[: k + 1]}
+            )
+            say(f"{method}: evaluated after stage {k + 1}")
+
+        grown = sequential(method, tasks, plan.encoder, prep, settings, on_stage=on_stage)  # type: ignore[arg-type]
+        train = time.perf_counter() - start
+        image = tasks[0].test_cases[0].image
+        predict = _network_seconds(grown, image, plan)
+        parameters = count_parameters(grown)
+    return {
+        "method": method,
+        "stages": stages,
+        "parameters": parameters,
+        "train_seconds": round(train, 1),
+        "predict_seconds": round(predict, 2),
+    }
+
+
+@torch.no_grad()
+def _network_seconds(model: torch.nn.Module, image: Path, plan: Plan) -> float:
+    """Wall time to preprocess one CT and run a model over it by sliding windows."""
+    from monai.inferers import sliding_window_inference
+    from monai.transforms import Compose
+
+    from core.data.transforms import IMAGE, preprocessing
+
+    start = time.perf_counter()
+    item = Compose(preprocessing(plan.preprocessing, None))({"case": Case("x", image)})
+    x = item[IMAGE][None].to(next(model.parameters()).device)
+
+    def organ(patch: torch.Tensor) -> torch.Tensor | dict[str, torch.Tensor]:
+        out = model(patch)
+        return {k: v.organ for k, v in out.items()} if isinstance(out, dict) else out
+
+    sliding_window_inference(x, plan.patch, 1, organ, 0.25)
+    return time.perf_counter() - start
+
+
+def budget_steps(scenario: Scenario) -> int:
+    """Optimiser steps a task's decoder gets in the method: training, then distillation."""
+    fed = scenario.federation
+    rounds, local = int(fed.get("rounds", 3)), int(fed.get("local_steps", 50))
+    steps = rounds * local
+    if fed.get("trim", True):
+        steps += int(fed.get("distill_rounds", rounds)) * int(fed.get("distill_steps", local))
+    return steps
+
+
+def one_model_parameters(plan: Plan, structures: tuple[str, ...]) -> int:
+    """Parameters of one encoder and one full decoder: the size of a single network."""
+    widths = plan.encoder.widths
+    decoder = Decoder(widths, Genotype.teacher(len(widths) - 1), structures)
+    return count_parameters(Encoder(plan.encoder)) + count_parameters(decoder)
+
+
+def run_benchmark(
+    scenario: Scenario,
+    out: Path,
+    quick: bool = False,
+    methods: tuple[str, ...] = ORDER,
+    say: Callable[[str], None] = print,
+    progress: bool = False,
+) -> dict[str, Any]:
+    """Run (or reuse) every method on a scenario and gather the figures.
+
+    Args:
+        scenario: the scenario; its ``[federation]`` table is the method's budget.
+        out: the benchmark folder (``<method>/`` runs, ``<method>.json`` results).
+        quick: central methods train 5 steps per task (a smoke test of the whole pipeline).
+        methods: which of :data:`ORDER` to run.
+        say: progress messages.
+        progress: progress bars for central training.
+
+    Returns:
+        The benchmark document (also written to ``OUT/benchmark.json``).
+    """
+    out = out.resolve()
+    plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
+    results: dict[str, dict[str, Any]] = {}
+    for method in methods:
+        path = out / f"{method}.json"
+        if path.is_file():
+            results[method] = json.loads(path.read_text(encoding="utf-8"))
+            say(f"{method}: reusing {path}")
+            continue
+        if method == "naive_merge":
+            continue  # comes with continual
+        if method in ("continual", "no_trim"):
+            spec = scenario
+            if method == "no_trim":
+                spec = dataclasses.replace(
+                    scenario, federation={**scenario.federation, "trim": False}
+                )
+                _share_sites(out)
+            for result in federated(method, spec, plan, out / method, say):
+                results[result["method"]] = result
+                atomic_write_json(out / f"{result['method']}.json", result)
+            continue
+        _share_sites(out)
+        tasks = task_data(scenario, out / "continual" / "sites", plan.val_fraction, plan.seed)
+        steps = 5 if quick else budget_steps(scenario)
+        settings = TrainSettings(
+            steps=steps,
+            batch_size=plan.batch_size,
+            lr=float(scenario.federation.get("lr", 1e-2)),
+            augmentation=Augmentation(patch_size=plan.patch),
+            seed=plan.seed,
+            progress=progress,
+        )
+        result = central(method, plan, tasks, settings, say)
+        result["steps_per_task"] = steps
+        results[method] = result
+        atomic_write_json(path, result)
+    first = scenario.tasks[0].structures
+    document = {
+        "scenario": scenario.name,
+        "quick": quick,
+        "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+        "tasks": [t.name for t in scenario.tasks],
+        "one_model_parameters": one_model_parameters(plan, first),
+        "methods": {m: results[m] for m in ORDER if m in results},
+    }
+    atomic_write_json(out / "benchmark.json", document)
+    atomic_write_bytes(out / "report.md", markdown(document).encode())
+    plots(document, out)
+    if "continual" in results:
+        bundle = load_bundle(out / "continual" / "catalog" / "bundle")
+        tasks = task_data(scenario, out / "continual" / "sites", plan.val_fraction, plan.seed)
+        overlay_figure(overlay_rows(bundle, tasks), out / "overlays.png")
+    say(f"wrote {out / 'benchmark.json'}, {out / 'report.md'} and the PNG plots")
+    return document
+
+
+def _share_sites(out: Path) -> None:
+    """Every method uses the phantoms the method's run wrote (written first if need be)."""
+    sites = out / "continual" / "sites"
+    if not (sites / ".complete").is_file():
+        raise RuntimeError(f"{sites}: run the continual method first (it writes the phantoms)")
+    target = out / "no_trim" / "sites"
+    if not target.exists():
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(sites)
+
+
+@torch.no_grad()
+def overlay_rows(bundle: Bundle, tasks: list[TaskData]) -> list[tuple[str, Any, Any, Any]]:
+    """For each task's first test case, the axial slice with the most ground truth."""
+    structures = combined_structures(bundle.model)
+    rows = []
+    for task in tasks:
+        case = task.test_cases[0]
+        item = validation_transforms(bundle.preprocessing, task.test_table, task.structures)(
+            {"case": case}
+        )
+        lookup = task_lookup(structures, task)
+        merged = merge_volume(
+            volume_outputs(bundle, case.image), structures, bundle.merge, bundle.calibration
+        )
+        truth = item["label"][0].numpy()
+        z = int(truth.reshape(-1, truth.shape[-1]).astype(bool).sum(0).argmax())
+        prediction = lookup[merged[0, 0].cpu()].numpy()
+        rows.append(
+            (task.name, item["image"][0].numpy()[..., z], truth[..., z], prediction[..., z])
+        )
+    return rows

@@ -1,0 +1,182 @@
+"""The benchmark's report: summary figures, a Markdown document and PNG plots."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+LABELS = {
+    "continual": "this method",
+    "naive_merge": "this method, naive merge",
+    "no_trim": "this method, no trimming",
+    "upper_bound": "upper bound (a model per task)",
+    "finetune": "sequential fine-tuning",
+    "lwf": "LwF",
+    "mib": "MiB",
+}
+
+
+def task_dice(scores: dict[str, Any]) -> float | None:
+    """Mean Dice over a task's scored structures."""
+    values = [v for v in scores["dice"].values() if v is not None]
+    return float(np.mean(values)) if values else None
+
+
+def summarize(method: dict[str, Any], tasks: list[str], key: str = "stages") -> dict[str, Any]:
+    """Per-task Dice after the last stage, their mean, and forgetting.
+
+    Forgetting of a task: its Dice right after its own stage minus its Dice after each
+    later stage; ``forgetting`` is the mean over old tasks of the drop at the end, and
+    ``max_forgetting`` the largest drop seen at any later stage. ``key`` picks the
+    figures: ``stages`` (what the model answers) or ``own_stages`` (this method's
+    decoders each alone).
+    """
+    stages = method[key]
+    final = {t: task_dice(stages[-1][t]) for t in tasks if t in stages[-1]}
+    drops, worst = [], 0.0
+    for i, task in enumerate(tasks[:-1]):
+        learnt = task_dice(stages[i][task])
+        later = [task_dice(stage[task]) for stage in stages[i + 1 :]]
+        if learnt is None or any(v is None for v in later):
+            continue
+        steps = [learnt - float(v) for v in later if v is not None]
+        drops.append(steps[-1])
+        worst = max(worst, *steps)
+    values = [v for v in final.values() if v is not None]
+    return {
+        "final_dice": final,
+        "mean_dice": float(np.mean(values)) if values else None,
+        "forgetting": float(np.mean(drops)) if drops else 0.0,
+        "max_forgetting": worst,
+    }
+
+
+def upload_ratio(method: dict[str, Any]) -> float | None:
+    """Mean over tasks of bytes a site uploaded / full-model FedAvg for the same rounds."""
+    ratios = [u["ratio"] for u in method.get("uploads", {}).values() if u.get("ratio")]
+    return float(np.mean(ratios)) if ratios else None
+
+
+def _show(v: float | None, fmt: str = "{:.3f}") -> str:
+    return "-" if v is None else fmt.format(v)
+
+
+def markdown(doc: dict[str, Any]) -> str:
+    """The report: headline table, per-task Dice per stage, per-structure Dice and HD95."""
+    tasks, methods = doc["tasks"], doc["methods"]
+    one = doc["one_model_parameters"]
+    sums = {m: summarize(r, tasks) for m, r in methods.items()}
+    upper = sums.get("upper_bound", {}).get("mean_dice")
+    lines = [
+        f"# Benchmark: scenario `{doc['scenario']}`" + (" (quick)" if doc["quick"] else ""),
+        "",
+        f"Machine: {doc['machine']} ({doc['device']}). Dice on held-out cases after the last "
+        "stage (this method: its merged label map); forgetting: mean drop of old tasks' "
+        "Dice at the end (max over stages in brackets; for this method also of each "
+        "decoder alone, which continual learning never changes); parameters against one "
+        "encoder + one full decoder "
+        f"({one:,}); upload: bytes per site / full-model FedAvg for the same rounds.",
+        "",
+        "| method | mean Dice | x upper bound | forgetting | forgetting, own decoders "
+        "| parameters | x one model | upload | training s | prediction s |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for m, r in methods.items():
+        s = sums[m]
+        rel = s["mean_dice"] / upper if upper and s["mean_dice"] is not None else None
+        own = summarize(r, tasks, "own_stages")["forgetting"] if "own_stages" in r else None
+        lines.append(
+            f"| {LABELS.get(m, m)} | {_show(s['mean_dice'])} | {_show(rel, '{:.2f}')} "
+            f"| {s['forgetting']:.3f} ({s['max_forgetting']:.3f}) | {_show(own)} "
+            f"| {r['parameters']:,} "
+            f"| {r['parameters'] / one:.2f} | {_show(upload_ratio(r), '{:.1%}')} "
+            f"| {r['train_seconds']:.0f} | {r['predict_seconds']:.2f} |"
+        )
+    lines += ["", "## Mean Dice per task after each stage", ""]
+    lines += ["| method | task | " + " | ".join(f"stage {i + 1}" for i in range(len(tasks))) + " |"]
+    lines += ["|---|---|" + "---|" * len(tasks)]
+    for m, r in methods.items():
+        for task in tasks:
+            row = [_show(task_dice(st[task])) if task in st else "" for st in r["stages"]]
+            lines.append(f"| {LABELS.get(m, m)} | {task} | " + " | ".join(row) + " |")
+    lines += ["", "## Per structure after the last stage: Dice / HD95 (mm)", ""]
+    lines += ["| task | structure | " + " | ".join(LABELS.get(m, m) for m in methods) + " |"]
+    lines += ["|---|---|" + "---|" * len(methods)]
+    for task in tasks:
+        structures = list(next(iter(methods.values()))["stages"][-1][task]["dice"])
+        for structure in structures:
+            cells = []
+            for r in methods.values():
+                final = r["stages"][-1][task]
+                dice, hd = final["dice"].get(structure), final["hd95"].get(structure)
+                cells.append(f"{_show(dice)} / {_show(hd, '{:.0f}')}")
+            lines.append(f"| {task} | {structure} | " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plots(doc: dict[str, Any], out: Path) -> list[Path]:
+    """Dice per task per stage for each method, and size against mean Dice (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    tasks, methods = doc["tasks"], doc["methods"]
+    fig, axes = plt.subplots(1, len(tasks), figsize=(4 * len(tasks), 3.4), squeeze=False)
+    for ax, task in zip(axes[0], tasks, strict=True):
+        for m, r in methods.items():
+            points = [
+                (i + 1, task_dice(st[task])) for i, st in enumerate(r["stages"]) if task in st
+            ]
+            xs = [x for x, y in points if y is not None]
+            ax.plot(xs, [y for _, y in points if y is not None], marker="o", label=LABELS[m])
+        ax.set(title=task, xlabel="stage", ylabel="mean Dice", ylim=(0, 1))
+        ax.set_xticks(range(1, len(tasks) + 1))
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    curves = out / "dice_per_stage.png"
+    fig.savefig(curves, dpi=100)
+    plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for m, r in methods.items():
+        mean = summarize(r, tasks)["mean_dice"]
+        if mean is not None:
+            ax.scatter(r["parameters"] / 1e6, mean, label=LABELS[m])
+    ax.set(xlabel="parameters (millions)", ylabel="mean Dice, all tasks", title=doc["scenario"])
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    size = out / "size_vs_dice.png"
+    fig.savefig(size, dpi=100)
+    plt.close(fig)
+    return [curves, size]
+
+
+def overlay_figure(rows: list[tuple[str, np.ndarray, np.ndarray, np.ndarray]], path: Path) -> Path:
+    """One axial slice per task: the CT, its ground truth, this method's merged prediction.
+
+    Args:
+        rows: ``(task, image, truth, prediction)`` with 2D slices; labels index the
+            task's structures from 1.
+        path: the PNG to write.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(rows), 2, figsize=(6, 3 * len(rows)), squeeze=False)
+    for (task, image, truth, prediction), pair in zip(rows, axes, strict=True):
+        top = max(int(truth.max()), int(prediction.max()), 1)
+        panels = zip(pair, (truth, prediction), ("ground truth", "prediction"), strict=True)
+        for ax, label, title in panels:
+            ax.imshow(image.T, cmap="gray", origin="lower")
+            shown = np.ma.masked_equal(label.T, 0)
+            ax.imshow(shown, cmap="tab20", vmin=1, vmax=max(top, 20), alpha=0.55, origin="lower")
+            ax.set_title(f"{task}: {title}", fontsize=9)
+            ax.axis("off")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

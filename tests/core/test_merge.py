@@ -1,0 +1,191 @@
+import dataclasses
+import itertools
+
+import pytest
+import torch
+
+from core.bodypart import BodyRange
+from core.merge import (
+    UNSCORED_SKILL,
+    Calibration,
+    DecoderVote,
+    MergeSettings,
+    merge,
+    output_structures,
+)
+
+HIGH, LOW = 3.0, -3.0  # confidence / anomaly logits: sigmoid 0.95 and 0.05
+
+
+def _vote(task, structures, *probs, conf=None, anomaly=None, gate=None, calibrated=True):
+    """A decoder over N voxels: per-channel probability rows, per-voxel head logits."""
+    organ = torch.log(torch.tensor(probs, dtype=torch.float32))[None, :, None, None, :]
+    n = organ.shape[-1]
+
+    def head(values):
+        v = torch.full((n,), LOW) if values is None else torch.tensor(values, dtype=torch.float32)
+        return v.view(1, 1, 1, 1, n)
+
+    gate_t = None if gate is None else torch.tensor(gate).view(1, 1, 1, 1, n)
+    return DecoderVote(
+        task, tuple(structures), organ, head(anomaly), head(conf), calibrated, gate_t
+    )
+
+
+def _names(votes, settings=None, order=None):
+    settings = settings or MergeSettings()
+    structures = output_structures([v.structures for v in (order or votes)])
+    label = merge(order or votes, structures, settings)
+    names = ["background", *structures]
+    return [names[i] for i in label.flatten().tolist()]
+
+
+def test_the_confident_decoder_wins_an_overlapping_structure():
+    # voxel 0: whole-body says liver, confident; abdomen says background, unsure.
+    # voxel 1: the same proposals with the confidences swapped.
+    wholebody = _vote("wholebody", ["liver"], [0.3, 0.3], [0.7, 0.7], conf=[HIGH, LOW])
+    abdomen = _vote("abdomen", ["liver"], [0.6, 0.6], [0.4, 0.4], conf=[LOW, HIGH])
+    assert _names([wholebody, abdomen]) == ["liver", "background"]
+
+
+def test_structures_one_decoder_knows_are_never_vetoed():
+    # the lung decoder's background says nothing about the liver, however confident
+    liver = _vote("a", ["liver"], [0.4], [0.6], conf=[LOW])
+    lung = _vote("b", ["lung_left"], [0.9], [0.1], conf=[HIGH])
+    assert _names([liver, lung]) == ["liver"]
+
+
+def test_a_lesion_inside_its_organ_keeps_the_lesion_label():
+    # a healthy-tissue decoder is more confident that it sees liver; the tumour
+    # decoder's tumour still wins, as the tumour lies inside the liver
+    healthy = _vote("wholebody", ["liver"], [0.1], [0.9], conf=[HIGH])
+    tumour = _vote("tumour", ["liver", "liver_tumor"], [0.2], [0.2], [0.6], conf=[0.0])
+    assert _names([healthy, tumour]) == ["liver_tumor"]
+    # but a decoder that knows tumours and says plain liver, more trusted, does veto it
+    other = _vote("other", ["liver", "liver_tumor"], [0.1], [0.8], [0.1], conf=[HIGH])
+    assert _names([healthy, tumour, other]) == ["liver"]
+
+
+def test_anomaly_lowers_trust_only_of_healthy_only_decoders():
+    # both know the liver; the healthy decoder is confident but finds the tissue anomalous
+    healthy = _vote("wholebody", ["liver"], [0.2], [0.8], conf=[HIGH], anomaly=[HIGH])
+    tumour = _vote("tumour", ["liver", "liver_tumor"], [0.7], [0.2], [0.1], conf=[1.0])
+    assert _names([healthy, tumour]) == ["background"]
+    assert _names([healthy, tumour], MergeSettings(anomaly_weight=0.0)) == ["liver"]
+    # the tumour decoder's own anomaly score does not lower its trust
+    tumour_anomalous = _vote(
+        "tumour", ["liver", "liver_tumor"], [0.7], [0.2], [0.1], conf=[1.0], anomaly=[HIGH]
+    )
+    assert _names([healthy, tumour_anomalous]) == ["background"]
+
+
+def test_a_gated_decoder_neither_proposes_nor_objects():
+    head = _vote(
+        "head",
+        ["brain", "liver"],
+        [0.1, 0.9],
+        [0.9, 0.05],
+        [0.0, 0.05],
+        conf=[HIGH, HIGH],
+        gate=[False, False],
+    )
+    trunk = _vote("trunk", ["liver"], [0.4, 0.4], [0.6, 0.6], conf=[LOW, LOW])
+    # voxel 0: the gated head decoder's confident brain does not count; trunk's liver stands
+    # voxel 1: its confident background would veto trunk's liver, but it is silent
+    assert _names([head, trunk]) == ["liver", "liver"]
+    assert _names([head, trunk], MergeSettings(gating=False)) == ["brain", "background"]
+
+
+def test_uncalibrated_decoders_are_trusted_by_their_softmax_probability():
+    a = _vote("a", ["liver"], [0.45], [0.55], conf=[HIGH], calibrated=False)
+    b = _vote("b", ["liver"], [0.8], [0.2], conf=[LOW], calibrated=False)
+    assert _names([a, b]) == ["background"]
+
+
+def test_the_merge_does_not_depend_on_decoder_order():
+    torch.manual_seed(0)
+    n = 500
+    specs = [
+        ("a", ["liver", "spleen"]),
+        ("b", ["liver", "liver_tumor", "kidney_left"]),
+        ("c", ["kidney_left", "lung_left"]),
+    ]
+    votes = []
+    for task, structures in specs:
+        probs = torch.softmax(torch.randn(len(structures) + 1, n) * 2, dim=0).tolist()
+        votes.append(
+            _vote(
+                task,
+                structures,
+                *probs,
+                conf=torch.randn(n).tolist(),
+                anomaly=torch.randn(n).tolist(),
+                gate=(torch.rand(n) > 0.2).tolist(),
+            )
+        )
+    for rule in ("confidence", "highest_probability"):
+        settings = MergeSettings(rule=rule)
+        results = {tuple(_names(votes, settings, list(p))) for p in itertools.permutations(votes)}
+        assert len(results) == 1
+        assert len(set(next(iter(results)))) > 3  # a real mixture of labels, not all one
+
+
+def test_highest_probability_and_last_decoder_rules():
+    a = _vote(
+        "a", ["liver", "spleen"], [0.8, 0.2, 0.3, 0.1], [0.1, 0.6, 0.2, 0.8], [0.1, 0.2, 0.5, 0.1]
+    )
+    b = _vote(
+        "b",
+        ["kidney_left", "liver"],
+        [0.7, 0.05, 0.9, 0.1],
+        [0.2, 0.9, 0.05, 0.1],
+        [0.1, 0.05, 0.05, 0.8],
+    )
+    assert _names([a, b], MergeSettings(rule="highest_probability")) == [
+        "background",
+        "kidney_left",
+        "spleen",
+        "liver",
+    ]
+    assert _names([a, b], MergeSettings(rule="last_decoder")) == [
+        "background",
+        "kidney_left",
+        "spleen",
+        "liver",
+    ]
+    assert _names([b, a], MergeSettings(rule="last_decoder"), [b, a]) == [
+        "background",
+        "liver",
+        "spleen",
+        "liver",
+    ]
+
+
+def test_merge_settings_refuse_bad_values():
+    with pytest.raises(ValueError, match="rule 'vote'"):
+        MergeSettings(rule="vote")
+    with pytest.raises(ValueError, match="anomaly_weight"):
+        MergeSettings(anomaly_weight=2.0)
+    with pytest.raises(ValueError, match="unknown keys"):
+        MergeSettings.from_json({"rule": "confidence", "margin": 3})
+    assert MergeSettings.from_json(MergeSettings(gating=False).to_json()) == MergeSettings(
+        gating=False
+    )
+
+
+def test_a_decoder_that_never_learnt_a_structure_cannot_veto_it():
+    # the whole-body decoder knows the kidney by name but scored Dice 0 on it in validation
+    wholebody = _vote("wholebody", ["kidney_left"], [0.95], [0.05], conf=[HIGH])
+    abdomen = _vote("abdomen", ["kidney_left"], [0.3], [0.7], conf=[0.0])
+    assert _names([wholebody, abdomen]) == ["background"]
+    unskilled = dataclasses.replace(wholebody, skill=(0.0,))
+    assert _names([unskilled, abdomen]) == ["kidney_left"]
+
+
+def test_calibration_records_round_trip_and_refuse_bad_skills():
+    calibration = Calibration(True, BodyRange(-50.0, 320.0), {"liver": 0.8})
+    assert Calibration.from_json(calibration.to_json()) == calibration
+    assert calibration.skills(["liver", "kidney_left"]) == (0.8, UNSCORED_SKILL)
+    assert Calibration().skills(["liver"]) == (1.0,)
+    with pytest.raises(ValueError, match="skill"):
+        Calibration.from_json({"calibrated": True, "skill": {"liver": 1.5}})

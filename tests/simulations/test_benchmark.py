@@ -1,0 +1,47 @@
+import json
+
+import pytest
+
+from simulations.benchmark import ORDER
+from simulations.report import summarize, upload_ratio
+
+pytestmark = pytest.mark.slow
+
+
+def test_quick_benchmark_reports_every_method_consistently(tiny_benchmark):
+    doc = json.loads((tiny_benchmark / "benchmark.json").read_text())
+    tasks, methods = doc["tasks"], doc["methods"]
+    assert tasks == ["abdomen", "chest"] and list(methods) == list(ORDER)
+    for name, result in methods.items():
+        assert len(result["stages"]) == len(tasks), name
+        for k, stage in enumerate(result["stages"]):
+            assert list(stage) == tasks[: k + 1], name  # every task so far, after every stage
+            for scores in stage.values():
+                assert all(v is None or 0.0 <= v <= 1.0 for v in scores["dice"].values())
+        assert result["parameters"] > 0 and result["predict_seconds"] > 0
+    # continual learning: each decoder alone scores exactly the same after later stages
+    for name in ("continual", "no_trim"):
+        assert summarize(methods[name], tasks, "own_stages")["forgetting"] == 0.0
+        assert summarize(methods[name], tasks, "own_stages")["max_forgetting"] == 0.0
+    # the naive merge of one decoder is its arg-max: the decoder alone, exactly
+    assert methods["naive_merge"]["stages"][0] == methods["continual"]["own_stages"][0]
+    one = doc["one_model_parameters"]
+    assert methods["upper_bound"]["parameters"] > 1.9 * one  # a model per task
+    assert methods["continual"]["parameters"] < methods["no_trim"]["parameters"]
+    assert methods["finetune"]["parameters"] < 1.05 * one  # one model, a few head channels
+    assert 0 < upload_ratio(methods["continual"]) < upload_ratio(methods["no_trim"]) < 1
+    report = (tiny_benchmark / "report.md").read_text()
+    assert "| this method |" in report and "| MiB |" in report and "## Per structure" in report
+    for png in ("dice_per_stage.png", "size_vs_dice.png", "overlays.png"):
+        assert (tiny_benchmark / png).read_bytes()[:4] == b"\x89PNG"
+
+
+def test_a_rerun_reuses_finished_methods(tiny_benchmark):
+    from simulations.benchmark import run_benchmark
+    from simulations.scenario import load_scenario
+
+    said = []
+    before = (tiny_benchmark / "mib.json").read_text()
+    run_benchmark(load_scenario("tiny"), tiny_benchmark, quick=True, say=said.append)
+    assert sum("reusing" in s for s in said) == len(ORDER)
+    assert (tiny_benchmark / "mib.json").read_text() == before
