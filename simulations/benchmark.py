@@ -144,18 +144,18 @@ def federated(
     if name == "continual":
         merges["naive_merge"] = MergeSettings(rule="highest_probability")
     results = []
-    own_stages: list[Scores] = []  # each decoder alone: continual learning must not move it
-    for k in range(1, len(tasks) + 1):
-        now = subset(bundle, [t.name for t in tasks[:k]])
-        prep, roi = bundle.preprocessing, bundle.roi_size
-        own_stages.append({t.name: _means(evaluate_on(now.model, t, prep, roi)) for t in tasks[:k]})
+    # the unified model after each stage; each decoder alone must never move
+    models = [subset(bundle, [t.name for t in tasks[:k]]) for k in range(1, len(tasks) + 1)]
+    prep, roi, image = bundle.preprocessing, bundle.roi_size, tasks[0].test_cases[0].image
+    own_stages: list[Scores] = [
+        {t.name: _means(evaluate_on(now.model, t, prep, roi)) for t in tasks[: k + 1]}
+        for k, now in enumerate(models)
+    ]
     for method, settings in merges.items():
         stages: list[Scores] = []
-        for k in range(1, len(tasks) + 1):
-            now = subset(bundle, [t.name for t in tasks[:k]])
-            stages.append({t.name: _means(merged_scores(now, t, settings)) for t in tasks[:k]})
-            say(f"{method}: evaluated after stage {k}")
-        image = tasks[0].test_cases[0].image
+        for k, now in enumerate(models):
+            stages.append({t.name: _means(merged_scores(now, t, settings)) for t in tasks[: k + 1]})
+            say(f"{method}: evaluated after stage {k + 1}")
         results.append(
             {
                 "method": method,
@@ -179,22 +179,18 @@ def central(
     say: Callable[[str], None],
 ) -> dict[str, Any]:
     """Train and evaluate a central method: the upper bound or a sequential baseline."""
-    prep, roi = plan.preprocessing, plan.patch
+    prep, roi, image = plan.preprocessing, plan.patch, tasks[0].test_cases[0].image
     stages: list[Scores] = []
     start = time.perf_counter()
     if method == "upper_bound":
         models: list[ContinualSegmenter] = []
-        for k, task in enumerate(tasks):
+        scores: Scores = {}  # a task's own model never changes: scored once
+        for task in tasks:
             say(f"upper_bound: training {task.name}")
             models.append(upper_bound(task, plan.encoder, prep, settings))
-            stages.append(
-                {
-                    t.name: _means(evaluate_on(m, t, prep, roi))
-                    for t, m in zip(tasks[: k + 1], models, strict=True)
-                }
-            )
+            scores[task.name] = _means(evaluate_on(models[-1], task, prep, roi))
+            stages.append(dict(scores))
         train = time.perf_counter() - start
-        image = tasks[0].test_cases[0].image
         predict = sum(_network_seconds(m, image, plan) for m in models)
         parameters = sum(count_parameters(m) for m in models)
     else:
@@ -207,7 +203,6 @@ def central(
 
         grown = sequential(method, tasks, plan.encoder, prep, settings, on_stage=on_stage)  # type: ignore[arg-type]
         train = time.perf_counter() - start
-        image = tasks[0].test_cases[0].image
         predict = _network_seconds(grown, image, plan)
         parameters = count_parameters(grown)
     return {

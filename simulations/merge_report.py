@@ -85,10 +85,10 @@ def merge_report(bundle_dir: Path, scenario: Scenario, test_root: Path) -> dict[
     cases = {"healthy": 0, "tumour": 0}
     for task in model.tasks:
         dataset = open_dataset(test_root / f"Dataset{names.index(task) + 1:03d}_{task}")
+        lesions = [s for s in dataset.labels.structures if anatomy.get(s).group == Group.LESION]
         for case in dataset.cases:
             truth = load_case(case, dataset.labels).label
             assert truth is not None
-            lesions = [s for s in dataset.labels.structures if anatomy.get(s).group == Group.LESION]
             has_lesion = any((truth == dataset.labels.id_of(s)).any() for s in lesions)
             kind = "tumour" if has_lesion else "healthy"
             cases[kind] += 1
