@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -39,6 +40,8 @@ class TaskData:
         train_cases: the pooled training cases of every site of the task.
         test_cases: held-out cases.
         test_table: label table of ``test_cases``.
+        steps: optimiser steps the central methods train this task for (``None``: the
+            settings' ``steps``); a task pooled from several sites gets their sum.
     """
 
     name: str
@@ -47,6 +50,7 @@ class TaskData:
     train_cases: list[Case]
     test_cases: list[Case]
     test_table: LabelTable
+    steps: int | None = None
 
     def __post_init__(self) -> None:
         if not self.structures:
@@ -55,6 +59,10 @@ class TaskData:
             missing = [s for s in self.structures if s not in table.structures]
             if missing:
                 raise ValueError(f"{self.name}: the {kind} labels lack {missing}")
+
+    def budget(self, settings: TrainSettings) -> TrainSettings:
+        """``settings`` with this task's step count."""
+        return settings if self.steps is None else dataclasses.replace(settings, steps=self.steps)
 
 
 @dataclass
@@ -256,7 +264,7 @@ def upper_bound(
     model.add_decoder(task.name, Decoder(encoder_config.widths, genotype, task.structures))
     model.to(pick_device(None if device is None else str(device)))
     result = train_phase(
-        model, task.name, Phase.BASE, task.table, task.train_cases, [], prep, settings
+        model, task.name, Phase.BASE, task.table, task.train_cases, [], prep, task.budget(settings)
     )
     if log is not None:
         log.append(StageLog(0, task.name, task.structures, result.losses, [], result.seconds))
@@ -285,7 +293,8 @@ def sequential(
         tasks: the tasks in order.
         encoder_config: encoder widths.
         prep: preprocessing.
-        settings: each stage's budget, optimiser, patch and seed.
+        settings: each stage's optimiser, patch and seed, and its steps unless the task
+            sets its own.
         kd_weight: weight of the KD term (``lwf``, ``mib``).
         temperature: LwF's KD temperature (MiB's KD runs at 1, as in the paper).
         on_stage: called as ``on_stage(stage_index, model)`` after each stage.
@@ -310,10 +319,11 @@ def sequential(
         model.grow(task.structures, mib_init=method == "mib")
         current = [model.classes.index(s) + 1 for s in task.structures]
         loss = StageLoss(method, model, old, current, kd_weight, temperature)
-        batches = patch_batches(task.train_cases, task.table, task.structures, prep, settings)
+        budget = task.budget(settings)
+        batches = patch_batches(task.train_cases, task.table, task.structures, prep, budget)
         model.train()
         start = time.perf_counter()
-        losses = optimise(list(model.parameters()), settings, batches, loss, dev, method)
+        losses = optimise(list(model.parameters()), budget, batches, loss, dev, method)
         if log is not None:
             seconds = time.perf_counter() - start
             log.append(StageLog(stage, task.name, model.classes, losses, loss.kd_values, seconds))

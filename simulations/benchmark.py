@@ -10,7 +10,8 @@ On one scenario, with the same phantoms, seeds and training budget:
   after task (``simulations/baselines.py``).
 
 Central methods train on the pooled training splits of a task's sites for as many steps
-as the method's decoder gets (training rounds x local steps, plus distillation). Every
+as the method's decoder gets at all those sites together (training rounds x local steps,
+plus distillation, times sites), so they see as many patches. Every
 method is evaluated after every stage on the held-out cases of every task so far, in the
 preprocessed space (the method's merged label map included). Each method's result is
 kept in ``OUT/<method>.json``; a rerun skips methods already done.
@@ -234,14 +235,19 @@ def _network_seconds(model: torch.nn.Module, image: Path, plan: Plan) -> float:
     return time.perf_counter() - start
 
 
-def budget_steps(scenario: Scenario) -> int:
-    """Optimiser steps a task's decoder gets in the method: training, then distillation."""
+def budget_steps(scenario: Scenario, task: str) -> int:
+    """Optimiser steps a task gets in the method, summed over its sites.
+
+    Each site trains the task's decoder for the training rounds' and then the
+    distillation rounds' local steps; a central method on the pooled data gets as many
+    steps as all of them together, so it sees as many patches.
+    """
     fed = scenario.federation
     rounds, local = int(fed.get("rounds", 3)), int(fed.get("local_steps", 50))
     steps = rounds * local
     if fed.get("trim", True):
         steps += int(fed.get("distill_rounds", rounds)) * int(fed.get("distill_steps", local))
-    return steps
+    return steps * len(scenario.sites_of(task))
 
 
 def one_model_parameters(plan: Plan, structures: tuple[str, ...]) -> int:
@@ -296,9 +302,9 @@ def run_benchmark(
             continue
         _share_sites(out)
         tasks = task_data(scenario, out / "continual" / "sites", plan.val_fraction, plan.seed)
-        steps = 5 if quick else budget_steps(scenario)
+        steps = {t.name: 5 if quick else budget_steps(scenario, t.name) for t in tasks}
+        tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
         settings = TrainSettings(
-            steps=steps,
             batch_size=plan.batch_size,
             lr=float(scenario.federation.get("lr", 1e-2)),
             augmentation=Augmentation(patch_size=plan.patch),

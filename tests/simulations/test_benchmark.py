@@ -2,8 +2,9 @@ import json
 
 import pytest
 
-from simulations.benchmark import ORDER
+from simulations.benchmark import ORDER, budget_steps
 from simulations.report import summarize, upload_ratio
+from simulations.scenario import load_scenario
 
 pytestmark = pytest.mark.slow
 
@@ -45,3 +46,10 @@ def test_a_rerun_reuses_finished_methods(tiny_benchmark):
     run_benchmark(load_scenario("tiny"), tiny_benchmark, quick=True, say=said.append)
     assert sum("reusing" in s for s in said) == len(ORDER)
     assert (tiny_benchmark / "mib.json").read_text() == before
+
+
+def test_central_methods_get_the_steps_of_all_a_task_s_sites():
+    default = load_scenario("default")
+    # 3 rounds x 50 training steps + 2 x 50 distillation steps, at each of the task's sites
+    assert budget_steps(default, "wholebody") == 3 * 250  # hosp_a, hosp_b, hosp_c
+    assert budget_steps(default, "thorax") == 250
