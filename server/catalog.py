@@ -103,6 +103,18 @@ class Catalog:
             for e in self.events()
         )
 
+    def phase_seconds(self) -> dict[str, float]:
+        """Per task, the server's wall time over its finished phases.
+
+        A phase skipped by a resumed run was journalled once, when it ran, so resuming
+        neither loses nor double-counts its time.
+        """
+        out: dict[str, float] = {}
+        for e in self.events():
+            if e["event"] == "phase-end" and e["task"] is not None:
+                out[e["task"]] = out.get(e["task"], 0.0) + float(e.get("seconds", 0.0))
+        return out
+
     # -- files ---------------------------------------------------------------------------
     def _write(self, rel: str, data: bytes) -> dict[str, str]:
         atomic_write_bytes(self.root / rel, data)

@@ -136,11 +136,12 @@ def federated(
         (the same decoders, merged by the highest probability).
     """
     started = time.perf_counter()
-    report = simulate(scenario, run, say)
+    simulate(scenario, run, say)
     tasks = task_data(scenario, run / "sites", plan.val_fraction, plan.seed)
-    seconds = [s["seconds"] for s in report.stages]
+    catalog = Catalog(run / "catalog")
+    seconds = catalog.phase_seconds()
     bundle = load_bundle(run / "catalog" / "bundle")
-    uploads = upload_summary(Catalog(run / "catalog"))
+    uploads = upload_summary(catalog)
     merges = {name: bundle.merge}
     if name == "continual":
         merges["naive_merge"] = MergeSettings(rule="highest_probability")
@@ -164,7 +165,8 @@ def federated(
                 "own_stages": own_stages,
                 "parameters": count_parameters(bundle.model),
                 "uploads": uploads,
-                "train_seconds": round(sum(seconds), 1),
+                "train_seconds": round(sum(seconds.values()), 1),
+                "train_seconds_per_task": seconds,
                 "wall_seconds": round(time.perf_counter() - started, 1),
                 "predict_seconds": _merged_seconds(bundle, image, settings),
             }

@@ -66,6 +66,16 @@ def test_journal_survives_a_torn_last_line_and_records_phases(tmp_path):
     assert len(catalog.events()) == 2
 
 
+def test_phase_seconds_add_up_each_task_s_finished_phases(tmp_path):
+    catalog = Catalog(tmp_path)
+    catalog.journal("run-start", None, sites=["a"])
+    catalog.journal("phase-end", "abdomen", phase="base", seconds=2.5)
+    catalog.journal("phase-start", "abdomen", phase="search")  # cut off: no time yet
+    catalog.journal("phase-end", "abdomen", phase="search", seconds=1.0)  # the resumed run
+    catalog.journal("phase-end", "chest", phase="teacher", seconds=4.0)
+    assert catalog.phase_seconds() == {"abdomen": 3.5, "chest": 4.0}
+
+
 def test_checkpoints_round_trip_and_are_checked(tmp_path):
     catalog = Catalog(tmp_path)
     state = {"w": torch.arange(6.0).reshape(2, 3)}

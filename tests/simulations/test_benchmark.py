@@ -26,6 +26,10 @@ def test_quick_benchmark_reports_every_method_consistently(tiny_benchmark):
         assert summarize(methods[name], tasks, "own_stages")["max_forgetting"] == 0.0
     # the naive merge of one decoder is its arg-max: the decoder alone, exactly
     assert methods["naive_merge"]["stages"][0] == methods["continual"]["own_stages"][0]
+    for name in ("continual", "no_trim"):  # the server's time, from the journal, per task
+        per_task = methods[name]["train_seconds_per_task"]
+        assert set(per_task) == set(tasks) and all(v > 0 for v in per_task.values())
+        assert methods[name]["train_seconds"] == pytest.approx(sum(per_task.values()), abs=0.1)
     one = doc["one_model_parameters"]
     assert methods["upper_bound"]["parameters"] > 1.9 * one  # a model per task
     assert methods["continual"]["parameters"] < methods["no_trim"]["parameters"]
