@@ -346,6 +346,7 @@ def slice_heights(affine: NDArray[np.floating], shape: Sequence[int]) -> NDArray
 class Landmark:
     """A landmark found in a volume: its height here, its typical height, its weight."""
 
+    structure: str
     here: float
     typical: float
     weight: float
@@ -383,7 +384,7 @@ def landmarks(
         ratio = total * voxel_ml / VOLUMES_ML[name]
         here = float((counts * heights).sum() / total)
         weight = float(np.sqrt(total)) * belief * min(ratio, 1 / ratio)
-        found.append(Landmark(here, CENTRES_MM[name], weight))
+        found.append(Landmark(name, here, CENTRES_MM[name], weight))
     return found
 
 

@@ -114,16 +114,22 @@ def place_volume(
 ) -> NDArray[np.float64] | None:
     """Body-part heights of a volume's slices, from every decoder's own landmarks.
 
-    Each decoder's landmarks weigh their voxel count times its skill on them. A second
+    Each decoder's landmarks weigh their voxel count times its skill on them. A structure
+    is one piece of evidence however many decoders find it: only its heaviest landmark
+    votes, so decoders that share structures (an overlap, or the same false positive)
+    do not outvote a structure only one decoder knows. A second
     pass keeps only the landmarks each decoder found inside its own range (as the first
     placement puts them), so one decoder's false positives far outside the anatomy it
     was trained on do not steer the placement.
     """
     heights = slice_heights(affine, votes[0].organ.shape[2:])
-    found: list[tuple[str, Landmark]] = []
+    heaviest: dict[str, tuple[str, Landmark]] = {}
     for vote in votes:
         arg = vote.organ[0].argmax(0).cpu().numpy()
-        found += [(vote.task, f) for f in landmarks(arg, vote.structures, affine, vote.skill)]
+        for f in landmarks(arg, vote.structures, affine, vote.skill):
+            if f.structure not in heaviest or f.weight > heaviest[f.structure][1].weight:
+                heaviest[f.structure] = (vote.task, f)
+    found = list(heaviest.values())
     placed = place([f for _, f in found], heights)
     if placed is None:
         return None

@@ -2,16 +2,20 @@ import json
 
 import numpy as np
 import pytest
+import torch
 
+from core.bodypart import CENTRES_MM
 from core.bundle import load_bundle
 from core.data import DataError
 from core.data.nifti import read_volume, write_volume
 from core.inference import (
     combined_structures,
+    place_volume,
     plan_outputs,
     predict_files,
     predict_volume,
 )
+from core.merge import DecoderVote
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from tests.builders import write_raw
 from tests.conftest import TINY
@@ -108,3 +112,24 @@ def test_plan_outputs_for_folders_and_mistakes(tmp_path):
     ] and prefix == tmp_path / "out" / "labels"
     with pytest.raises(ValueError, match="must end in"):
         plan_outputs(tmp_path / "in" / "a.nii", tmp_path / "out")
+
+
+def _blob_vote(task, structure, z, shape=(12, 12, 40)):
+    """A decoder that sees ``structure`` as a 6 x 6 block over slices ``z``, nothing else."""
+    organ = torch.zeros(1, 2, *shape)
+    organ[0, 0] = 1.0
+    organ[0, 1, 3:9, 3:9, z] = 5.0
+    flat = torch.zeros(1, 1, *shape)
+    return DecoderVote(task, (structure,), organ, flat, flat)
+
+
+def test_a_structure_found_by_two_decoders_votes_once_in_the_placement():
+    affine = np.diag([10.0, 10.0, 10.0, 1.0])  # 1 ml voxels, slice k at 10 k mm
+    brain = _blob_vote("head_neck", "brain", slice(25, 35))  # 360 ml: weighs 3.8
+    # the same false liver (288 ml, 3.3 each) from two decoders, 264 mm off the brain's offset
+    livers = [_blob_vote(t, "liver", slice(5, 13)) for t in ("wholebody", "abdomen")]
+    placed = place_volume([brain, *livers], affine, {}, margin=60.0)
+    assert placed is not None
+    assert placed[29:31].mean() == pytest.approx(CENTRES_MM["brain"], abs=10)
+    alone = place_volume(livers[:1], affine, {}, margin=60.0)  # the liver alone places it
+    assert alone is not None and alone[8:10].mean() == pytest.approx(CENTRES_MM["liver"], abs=10)
