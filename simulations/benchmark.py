@@ -36,7 +36,7 @@ from core.data.transforms import Augmentation, validation_transforms
 from core.evaluation import ScoreSums, score_prediction
 from core.inference import combined_structures, merge_volume, volume_outputs
 from core.io import atomic_write_bytes, atomic_write_json
-from core.merge import MergeSettings
+from core.merge import MergeSettings, output_structures
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
 from core.training import TrainSettings
@@ -84,14 +84,6 @@ def task_data(
     return out
 
 
-def subset(bundle: Bundle, tasks: list[str]) -> Bundle:
-    """The unified model as it was when only ``tasks`` were registered."""
-    model = ContinualSegmenter(bundle.model.encoder)
-    for task in tasks:
-        model.add_decoder(task, bundle.model.decoder(task))
-    return dataclasses.replace(bundle, model=model)
-
-
 def task_lookup(structures: list[str], task: TaskData) -> torch.Tensor:
     """Maps the unified model's output labels to the task's (others become background)."""
     lookup = torch.zeros(len(structures) + 1, dtype=torch.long)
@@ -101,21 +93,38 @@ def task_lookup(structures: list[str], task: TaskData) -> torch.Tensor:
 
 
 @torch.no_grad()
-def merged_scores(bundle: Bundle, task: TaskData, settings: MergeSettings) -> ScoreSums:
-    """The merged label map's Dice and HD95 for a task's structures on its test cases."""
-    structures = combined_structures(bundle.model)
-    lookup = task_lookup(structures, task)
-    chain = validation_transforms(bundle.preprocessing, task.test_table, task.structures)
-    sums = ScoreSums()
-    for case in task.test_cases:
-        label = chain({"case": case})["label"][None].long()
-        outputs = volume_outputs(bundle, case.image)
-        merged = merge_volume(outputs, structures, settings, bundle.calibration)
-        prediction = lookup[merged.cpu()]
-        sums.merge(
-            score_prediction(prediction, label, task.structures, bundle.preprocessing.spacing_mm)
-        )
-    return sums
+def merged_stages(
+    bundle: Bundle,
+    tasks: list[TaskData],
+    merges: dict[str, MergeSettings],
+    say: Callable[[str], None],
+) -> dict[str, list[Scores]]:
+    """Each merge's scores of the merged label map after each stage, on every task so far.
+
+    The network runs once per test case: stage ``k``'s unified model is the encoder and
+    the first ``k`` tasks' decoders, so its outputs are the first ``k`` decoders' votes.
+    """
+    names = [t.name for t in tasks]
+    spacing = bundle.preprocessing.spacing_mm
+    sums: dict[str, list[dict[str, ScoreSums]]] = {m: [{} for _ in tasks] for m in merges}
+    for i, task in enumerate(tasks):
+        chain = validation_transforms(bundle.preprocessing, task.test_table, task.structures)
+        for case in task.test_cases:
+            label = chain({"case": case})["label"][None].long()
+            outputs = volume_outputs(bundle, case.image)
+            for k in range(i, len(tasks)):
+                votes = [v for v in outputs.votes if v.task in names[: k + 1]]
+                structures = output_structures([v.structures for v in votes])
+                lookup = task_lookup(structures, task)
+                now = dataclasses.replace(outputs, votes=votes)
+                for method, settings in merges.items():
+                    merged = merge_volume(now, structures, settings, bundle.calibration)
+                    scores = score_prediction(lookup[merged.cpu()], label, task.structures, spacing)
+                    sums[method][k].setdefault(task.name, ScoreSums()).merge(scores)
+        say(f"{', '.join(merges)}: evaluated on {task.name} after every stage")
+    return {
+        m: [{t: _means(s) for t, s in stage.items()} for stage in per] for m, per in sums.items()
+    }
 
 
 def _merged_seconds(bundle: Bundle, image: Path, settings: MergeSettings) -> float:
@@ -146,18 +155,14 @@ def federated(
     if name == "continual":
         merges["naive_merge"] = MergeSettings(rule="highest_probability")
     results = []
-    # the unified model after each stage; each decoder alone must never move
-    models = [subset(bundle, [t.name for t in tasks[:k]]) for k in range(1, len(tasks) + 1)]
     prep, roi, image = bundle.preprocessing, bundle.roi_size, tasks[0].test_cases[0].image
+    # a decoder alone is the same after every later stage: registration never changes it
+    own = {t.name: _means(evaluate_on(bundle.model, t, prep, roi)) for t in tasks}
     own_stages: list[Scores] = [
-        {t.name: _means(evaluate_on(now.model, t, prep, roi)) for t in tasks[: k + 1]}
-        for k, now in enumerate(models)
+        {t.name: own[t.name] for t in tasks[: k + 1]} for k in range(len(tasks))
     ]
-    for method, settings in merges.items():
-        stages: list[Scores] = []
-        for k, now in enumerate(models):
-            stages.append({t.name: _means(merged_scores(now, t, settings)) for t in tasks[: k + 1]})
-            say(f"{method}: evaluated after stage {k + 1}")
+    for method, stages in merged_stages(bundle, tasks, merges, say).items():
+        settings = merges[method]
         results.append(
             {
                 "method": method,
