@@ -1,28 +1,30 @@
-"""What server and sites say to each other: message types, record keys, round settings.
+"""What server and sites say to each other: message types, record keys, the round config.
 
 Every message carries only configuration, weights and aggregate metrics: no image, no
-label map, no case identifier ever leaves a site.
+label map, no case identifier ever leaves a site. Each record is parsed into a typed,
+bounded dataclass (``core.records``) before use, on both sides; a phase's own settings
+and reply are declared in its module (``core.phases``).
 """
 
 from __future__ import annotations
 
-import json
+import re
 from dataclasses import dataclass
-from typing import Any
 
-from flwr.app import ConfigRecord
+from flwr.app import ConfigRecord, MetricRecord
 
+from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
-from core.model import EncoderConfig, Genotype
+from core.model import EncoderConfig, Genotype, check_task_name
+from core.records import Record, RecordError, flat, parse, setting
 from core.training import TrainSettings
 
-# Message types (Flower's "<category>.<action>"): one per phase a site takes part in.
+# Message types (Flower's "<category>.<action>").
 DESCRIBE = "query.describe"
-TRAIN = "train"  # train.base, train.teacher, ... one per training phase
-EVALUATE = "evaluate"
 
 # Record keys inside a message's RecordDict.
-CONFIG = "config"
+CONFIG = "config"  # the RoundConfig
+SETTINGS = "settings"  # the phase's own settings
 DECODER = "decoder"
 ENCODER = "encoder"
 TEACHER = "teacher"  # the full decoder a student distils from
@@ -32,60 +34,85 @@ METRICS = "metrics"
 SITE = "site"
 ENCODER_SHA = "encoder-sha256"
 
+SHA256 = re.compile(r"[0-9a-f]{64}")
+MAX_STRUCTURES = 256
 
-class ProtocolError(ValueError):
+
+class ProtocolError(RecordError):
     """A message that lacks a field or carries a bad value."""
 
 
+def check_sha256(value: str, where: str, allow_empty: bool = False) -> str:
+    """A weight hash is 64 lower-case hex digits (it becomes part of a file name).
+
+    Raises:
+        ProtocolError: for anything else.
+    """
+    if (allow_empty and value == "") or SHA256.fullmatch(value):
+        return value
+    raise ProtocolError(f"{where}: expected 64 hex digits, found {value[:80]!r}")
+
+
+def check_structures(structures: tuple[str, ...], where: str) -> tuple[str, ...]:
+    """Distinct vocabulary names, at most :data:`MAX_STRUCTURES`.
+
+    Raises:
+        ProtocolError: for an unknown, repeated or excess name.
+    """
+    if not 1 <= len(structures) <= MAX_STRUCTURES or len(set(structures)) != len(structures):
+        raise ProtocolError(f"{where}: expected 1..{MAX_STRUCTURES} distinct structure names")
+    for name in structures:
+        if anatomy.get(name).name != name:
+            raise ProtocolError(f"{where}: {name!r} is not a canonical vocabulary name")
+    return structures
+
+
 @dataclass(frozen=True)
-class RoundConfig:
+class Optimiser(Record):
+    """How every phase of a task optimises (plan keys ``lr``, ``weight_decay``)."""
+
+    lr: float = setting(1e-2, lo=1e-6, hi=1.0, doc="Adam's initial learning rate")
+    weight_decay: float = setting(3e-5, lo=0.0, hi=0.1, doc="Adam's L2 penalty")
+
+
+@dataclass(frozen=True)
+class RoundConfig(Record):
     """What the server tells a site for one round of one phase of one task."""
 
-    task: str
-    phase: str
-    structures: tuple[str, ...]
-    genotype: Genotype
-    encoder: EncoderConfig
-    encoder_sha256: str
-    preprocessing: Preprocessing
-    patch: tuple[int, int, int]
-    steps: int = 0
-    lr: float = 1e-2
-    batch_size: int = 2
-    schedule_start: int = 0
-    schedule_total: int = 0
-    seed: int = 0
-    val_fraction: float = 0.2
-    round: int = 1
-    budget_params: int = 0
-    kd_weight: float = 1.0
-    temperature: float = 2.0
+    task: str = setting(lo=1, hi=64)
+    phase: str = setting(lo=1, hi=32)
+    structures: tuple[str, ...] = setting(lo=1, hi=64)
+    genotype: Genotype = setting()
+    encoder: EncoderConfig = setting()
+    preprocessing: Preprocessing = setting()
+    patch: tuple[int, int, int] = setting(lo=8, hi=256)
+    encoder_sha256: str = setting("", hi=64)
+    optimiser: Optimiser = setting(Optimiser())
+    batch_size: int = setting(2, lo=1, hi=64)
+    seed: int = setting(0, lo=0, hi=2**31 - 1)
+    val_fraction: float = setting(0.2, lo=0.01, hi=0.99)
+    round: int = setting(1, lo=1, hi=10_000)
+    rounds: int = setting(1, lo=1, hi=10_000)
+
+    def __post_init__(self) -> None:
+        check_task_name(self.task)
+        check_sha256(self.encoder_sha256, "encoder-sha256", allow_empty=True)
+        check_structures(self.structures, "structures")
+        if len(self.genotype.stages) != len(self.encoder.widths) - 1:
+            raise ValueError(
+                f"genotype: {len(self.genotype.stages)} stages for an encoder of "
+                f"{len(self.encoder.widths)} levels"
+            )
+        if any(side % self.encoder.divisor for side in self.patch):
+            raise ValueError(
+                f"patch {self.patch}: sides must be multiples of {self.encoder.divisor}"
+            )
+        if self.round > self.rounds:
+            raise ValueError(f"round {self.round} of {self.rounds}")
 
     def to_record(self) -> ConfigRecord:
         """As a Flower ConfigRecord (nested values as JSON strings)."""
-        return ConfigRecord(
-            {
-                "task": self.task,
-                "phase": self.phase,
-                "structures": list(self.structures),
-                "genotype": json.dumps(self.genotype.to_json()),
-                "encoder": json.dumps(self.encoder.to_json()),
-                ENCODER_SHA: self.encoder_sha256,
-                "preprocessing": json.dumps(self.preprocessing.to_json()),
-                "patch": list(self.patch),
-                "steps": self.steps,
-                "lr": self.lr,
-                "batch-size": self.batch_size,
-                "schedule-start": self.schedule_start,
-                "schedule-total": self.schedule_total,
-                "seed": self.seed,
-                "val-fraction": self.val_fraction,
-                "round": self.round,
-                "budget-params": self.budget_params,
-                "kd-weight": self.kd_weight,
-                "temperature": self.temperature,
-            }
-        )
+        return ConfigRecord(flat(self, wire=True))
 
     @classmethod
     def from_record(cls, record: ConfigRecord) -> RoundConfig:
@@ -94,53 +121,58 @@ class RoundConfig:
         Raises:
             ProtocolError: naming the missing or malformed field.
         """
-
-        def get(key: str) -> Any:
-            if key not in record:
-                raise ProtocolError(f"round config: missing {key!r}")
-            return record[key]
-
         try:
-            patch = [int(v) for v in get("patch")]
-            return cls(
-                task=str(get("task")),
-                phase=str(get("phase")),
-                structures=tuple(str(s) for s in get("structures")),
-                genotype=Genotype.from_json(json.loads(str(get("genotype")))),
-                encoder=EncoderConfig.from_json(json.loads(str(get("encoder")))),
-                encoder_sha256=str(get(ENCODER_SHA)),
-                preprocessing=Preprocessing.from_json(json.loads(str(get("preprocessing")))),
-                patch=(patch[0], patch[1], patch[2]),
-                steps=int(get("steps")),
-                lr=float(get("lr")),
-                batch_size=int(get("batch-size")),
-                schedule_start=int(get("schedule-start")),
-                schedule_total=int(get("schedule-total")),
-                seed=int(get("seed")),
-                val_fraction=float(get("val-fraction")),
-                round=int(get("round")),
-                budget_params=int(record.get("budget-params", 0)),  # type: ignore[arg-type]
-                kd_weight=float(record.get("kd-weight", 1.0)),  # type: ignore[arg-type]
-                temperature=float(record.get("temperature", 2.0)),  # type: ignore[arg-type]
+            return parse(cls, dict(record), "round config", wire=True)
+        except (RecordError, anatomy.UnknownStructureError) as e:
+            raise ProtocolError(str(e)) from None
+
+    def activation_bytes(self) -> int:
+        """A rough upper estimate of the activations one training step keeps (fp32).
+
+        Per level about a dozen feature maps of the level's width (convolutions, norms,
+        activations and their gradients, encoder and decoder), times the batch.
+        """
+        voxels = self.patch[0] * self.patch[1] * self.patch[2]
+        per_voxel = sum(w / 8**i for i, w in enumerate(self.encoder.widths))
+        return int(12 * 4 * self.batch_size * voxels * per_voxel)
+
+    def check_affordable(self, max_bytes: int) -> None:
+        """Refuse a round this site cannot run within ``max_bytes`` of activations.
+
+        Raises:
+            ProtocolError: naming the estimate and the limit.
+        """
+        need = self.activation_bytes()
+        if need > max_bytes:
+            raise ProtocolError(
+                f"round config: widths {list(self.encoder.widths)}, patch {list(self.patch)}, "
+                f"batch {self.batch_size} need about {need / 2**30:.1f} GiB of activations; "
+                f"this site allows {max_bytes / 2**30:.1f} GiB"
             )
-        except (ValueError, KeyError, IndexError, TypeError) as e:
-            if isinstance(e, ProtocolError):
-                raise
-            raise ProtocolError(f"round config: {e}") from None
 
-    def augmentation(self) -> Augmentation:
-        """Patch sampling for this round."""
-        return Augmentation(patch_size=self.patch)
-
-    def train_settings(self) -> TrainSettings:
-        """Local optimisation settings for this round (one LR schedule across rounds)."""
+    def train_settings(self, steps: int) -> TrainSettings:
+        """Local optimisation for this round: one LR schedule runs across the rounds."""
         return TrainSettings(
-            steps=self.steps,
+            steps=steps,
             batch_size=self.batch_size,
-            lr=self.lr,
-            augmentation=self.augmentation(),
+            lr=self.optimiser.lr,
+            weight_decay=self.optimiser.weight_decay,
+            augmentation=Augmentation(patch_size=self.patch),
             seed=self.seed * 1000 + self.round,
             progress=False,
-            schedule_start=self.schedule_start,
-            schedule_total=self.schedule_total,
+            schedule_start=(self.round - 1) * steps,
+            schedule_total=self.rounds * steps,
         )
+
+
+@dataclass(frozen=True)
+class SiteReply(Record):
+    """What every training reply reports: examples trained on, final loss, seconds."""
+
+    examples: int = setting(lo=1, hi=1_000_000, doc="training cases at the site")
+    loss: float = setting(0.0, lo=0.0, hi=1e6)
+    seconds: float = setting(0.0, lo=0.0, hi=1e7)
+
+    def to_record(self) -> MetricRecord:
+        """As a Flower MetricRecord."""
+        return MetricRecord(flat(self, wire=True))

@@ -1,9 +1,10 @@
-"""Local training of one task at a site: the ``base`` and ``teacher`` phases.
+"""Local training of one task's decoder at a site (the ``base`` and ``teacher`` phases).
 
-``base`` (first task only) trains the encoder and the task's decoder together; ``teacher``
-trains a new full decoder on the frozen encoder. Both use MONAI's DiceCE loss with batch
-Dice, foreground-favouring patches, Adam with a polynomial learning-rate decay, and report
-validation Dice per structure.
+With ``train_encoder`` (``base``, first task only) the encoder learns with the task's
+decoder; otherwise a new full decoder learns on the frozen encoder (``teacher``). Both use
+MONAI's DiceCE loss with batch Dice, foreground-favouring patches, Adam with a polynomial
+learning-rate decay, and report validation Dice per structure. The shared optimiser loop
+and patch stream also serve search, distillation and calibration.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from enum import StrEnum
 from typing import Any
 
 import torch
@@ -23,15 +23,6 @@ from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
 from core.evaluation import ScoreSums, evaluate_task
 from core.model import ContinualSegmenter
-
-
-class Phase(StrEnum):
-    """The local training phases of a task at a site."""
-
-    BASE = "base"
-    TEACHER = "teacher"
-    SEARCH = "search"
-    DISTILL = "distill"
 
 
 @dataclass(frozen=True)
@@ -69,9 +60,9 @@ class TrainSettings:
 
 @dataclass
 class PhaseResult:
-    """What a phase did: losses, time, and validation Dice per structure."""
+    """What local training did: losses, time, and validation Dice per structure."""
 
-    phase: Phase
+    train_encoder: bool
     steps: int
     seconds: float
     losses: list[float]
@@ -90,7 +81,7 @@ class PhaseResult:
     def metrics(self) -> dict[str, Any]:
         """Aggregate figures only (what may leave a site)."""
         return {
-            "phase": str(self.phase),
+            "train_encoder": self.train_encoder,
             "steps": self.steps,
             "seconds": round(self.seconds, 3),
             "final_loss": self.losses[-1] if self.losses else None,
@@ -161,12 +152,12 @@ def check_patch(patch: Sequence[int], divisor: int) -> None:
 def train_phase(
     model: ContinualSegmenter,
     task: str,
-    phase: Phase,
     table: LabelTable,
     train_cases: Sequence[Case],
     val_cases: Sequence[Case],
     prep: Preprocessing,
     settings: TrainSettings,
+    train_encoder: bool = False,
 ) -> PhaseResult:
     """Train a task's decoder (and, in ``base``, the encoder) on a site's cases.
 
@@ -174,17 +165,17 @@ def train_phase(
     count as background.
 
     Raises:
-        ValueError: if the phase does not fit the model's state (``base`` on a frozen
-            encoder, ``teacher`` on one that is not frozen), the label table lacks one
+        ValueError: if ``train_encoder`` does not fit the model's state (a frozen encoder
+            to train, or a trainable one to keep fixed), the label table lacks one
             of the decoder's structures, or the patch does not fit the encoder depth.
     """
     decoder = model.decoder(task)
     missing = [s for s in decoder.structures if s not in table.structures]
     if missing:
         raise ValueError(f"{task}: the dataset does not label {missing} ({table.structures})")
-    if phase == Phase.BASE and model.encoder.frozen:
+    if train_encoder and model.encoder.frozen:
         raise ValueError("base phase: the encoder is already frozen")
-    if phase == Phase.TEACHER and not model.encoder.frozen:
+    if not train_encoder and not model.encoder.frozen:
         raise ValueError("teacher phase: freeze the encoder first (it is trained only in base)")
     patch = settings.augmentation.patch_size
     check_patch(patch, model.encoder.config.divisor)
@@ -194,7 +185,7 @@ def train_phase(
     torch.manual_seed(settings.seed)
     device = next(model.parameters()).device
     params = list(decoder.parameters())
-    if phase == Phase.BASE:
+    if train_encoder:
         params += list(model.encoder.parameters())
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     batches = patch_batches(train_cases, table, decoder.structures, prep, settings)
@@ -205,11 +196,18 @@ def train_phase(
 
     model.train()
     start = time.perf_counter()
-    losses = optimise(params, settings, batches, loss_of, device, f"{phase} {task}")
+    losses = optimise(
+        params,
+        settings,
+        batches,
+        loss_of,
+        device,
+        f"{'base' if train_encoder else 'teacher'} {task}",
+    )
     seconds = time.perf_counter() - start
     scores = (
         evaluate_task(model, task, val_cases, table, prep, patch, device)
         if val_cases
         else ScoreSums()
     )
-    return PhaseResult(phase, settings.steps, seconds, losses, scores)
+    return PhaseResult(train_encoder, settings.steps, seconds, losses, scores)

@@ -6,27 +6,19 @@ import logging
 
 import torch
 
-from core.model import Encoder
-from core.training import Phase
-from server.calibration import Calibrate
+from core.model import Decoder, Encoder, Genotype
+from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER
+from core.phases.spec import TaskState
 from server.catalog import Catalog
 from server.federation import Federation, SiteInfo
-from server.phases import (
-    Evaluation,
-    FederatedTraining,
-    PhaseStep,
-    Registration,
-    TaskJob,
-    initial_decoder,
-)
 from server.plan import Plan, TaskPlan
-from server.trimming import ArchitectureSearch, Distillation
+from server.steps import Registration, Step, TaskRun
 
 log = logging.getLogger(__name__)
 
 
-def lifecycle(task: TaskPlan, first_task: bool) -> list[PhaseStep]:
-    """A task's phases in order.
+def lifecycle(task: TaskPlan, first_task: bool) -> list[Step]:
+    """A task's steps in order.
 
     The first task trains the encoder with its decoder (``base``), later ones train a full
     decoder on the frozen encoder (``teacher``); with ``trim`` a compact student is then
@@ -34,10 +26,19 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[PhaseStep]:
     ``calibrate`` its confidence and anomaly heads are trained and its body-part range
     recorded before that.
     """
-    training: list[PhaseStep] = [FederatedTraining(Phase.BASE if first_task else Phase.TEACHER)]
-    trimming: list[PhaseStep] = [ArchitectureSearch(), Distillation()] if task.trim else []
-    calibrating: list[PhaseStep] = [Calibrate()] if task.calibrate else []
-    return [*training, *trimming, *calibrating, Evaluation(), Registration()]
+    training: list[Step] = [BASE if first_task else TEACHER]
+    trimming: list[Step] = [SEARCH, DISTILL] if task.section.trim else []
+    calibrating: list[Step] = [CALIBRATE] if task.section.calibrate else []
+    phases = [*training, *trimming, *calibrating, EVALUATE]
+    return [*phases, Registration([p.name for p in phases])]
+
+
+def initial_decoder(plan: Plan, task: TaskPlan) -> Decoder:
+    """A fresh full-width (teacher) decoder for a task, seeded by the plan."""
+    torch.manual_seed(plan.training.seed + sum(map(ord, task.name)))
+    return Decoder(
+        plan.encoder.widths, Genotype.teacher(len(plan.encoder.widths) - 1), task.structures
+    )
 
 
 def match_sites(task: TaskPlan, sites: list[SiteInfo]) -> list[SiteInfo]:
@@ -88,28 +89,21 @@ class Orchestrator:
                 )
                 break
             serving = match_sites(task, sites)
-            if len(serving) < task.min_sites:
+            if len(serving) < task.section.min_sites:
                 log.warning(
                     "%s: %d site(s) present, needs %d; skipped in this run",
                     task.name,
                     len(serving),
-                    task.min_sites,
+                    task.section.min_sites,
                 )
                 continue
             if encoder is None:
-                torch.manual_seed(self.plan.seed)
+                torch.manual_seed(self.plan.training.seed)
                 encoder = Encoder(self.plan.encoder)
-            job = TaskJob(
-                self.plan,
-                task,
-                self.catalog,
-                self.federation,
-                serving,
-                encoder,
-                initial_decoder(self.plan, task),
-            )
+            run = TaskRun(self.plan, task, self.catalog, self.federation, tuple(serving))
+            state = TaskState(encoder, initial_decoder(self.plan, task))
             for step in lifecycle(task, first):
-                step.run(job)
+                state = run.run(step, state)
             finished.append(task.name)
         self.catalog.journal("run-end", finished=finished)
         return finished

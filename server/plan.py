@@ -21,6 +21,7 @@ min_sites = 1
 rounds = 3
 local_steps = 50
 lr = 0.01
+weight_decay = 3e-5
 trim = true            # search a compact student and distil the teacher into it
 size_budget = 0.25     # the student's parameters, as a share of the teacher decoder's
 search_rounds = 1      # search_steps, distill_rounds, distill_steps default to the above
@@ -29,18 +30,28 @@ temperature = 2.0
 calibrate = true       # train the confidence and anomaly heads, record the body-part range
 calibrate_rounds = 1   # calibrate_steps defaults to local_steps
 ```
+
+Every key, its default and its bounds are declared once, in the record classes below and
+in each phase's settings (``core.phases``); an unknown key is an error that names the
+nearest known one.
 """
 
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from core import anatomy
 from core.data.transforms import Preprocessing
 from core.model import EncoderConfig, check_task_name
+from core.phases import PHASES, PhaseSpec
+from core.protocol import Optimiser, check_structures
+from core.records import Record, RecordError, check_unknown, keys_of, parse, setting
+
+S = TypeVar("S", bound=Record)
 
 
 class PlanError(ValueError):
@@ -48,170 +59,170 @@ class PlanError(ValueError):
 
 
 @dataclass(frozen=True)
-class TaskPlan:
-    """One task: its structures, its sites (``None``: any that labels them) and budget."""
+class ModelSection(Record):
+    """``[model]``: the encoder, the patch and the preprocessing."""
 
-    name: str
-    structures: tuple[str, ...]
+    encoder_widths: tuple[int, ...] = setting((8, 16, 32, 64, 128), lo=1, hi=1024)
+    patch: tuple[int, int, int] = setting((64, 64, 64), lo=8, hi=256)
+    spacing_mm: tuple[float, float, float] = setting((1.5, 1.5, 1.5), lo=0.05, hi=50.0)
+    hu_window: tuple[float, float] = setting((-1000.0, 1000.0), lo=-4000.0, hi=30000.0)
+
+    def __post_init__(self) -> None:
+        encoder = EncoderConfig(self.encoder_widths)
+        if any(side % encoder.divisor for side in self.patch):
+            raise ValueError(
+                f"patch {list(self.patch)}: sides must be multiples of {encoder.divisor}"
+            )
+        if self.hu_window[0] >= self.hu_window[1]:
+            raise ValueError(f"hu_window {list(self.hu_window)}: expected low < high")
+
+
+@dataclass(frozen=True)
+class TrainingSection(Record):
+    """``[training]``: what every task shares."""
+
+    batch_size: int = setting(2, lo=1, hi=64)
+    val_fraction: float = setting(0.2, lo=0.01, hi=0.99)
+    seed: int = setting(0, lo=0, hi=2**31 - 1)
+    max_payload_mb: float = setting(256.0, lo=1.0, hi=4096.0)
+
+
+@dataclass(frozen=True)
+class TaskSection(Record):
+    """A task's own keys besides its sites, optimiser and phase settings."""
+
+    name: str = setting(lo=1, hi=64)
+    structures: tuple[str, ...] = setting(lo=1, hi=64)
+    min_sites: int = setting(1, lo=1, hi=1000)
+    trim: bool = setting(True, doc="search and distil a compact student")
+    calibrate: bool = setting(True, doc="train confidence/anomaly heads, record the range")
+
+
+@dataclass(frozen=True)
+class TaskPlan:
+    """One task: its keys, its sites (``None``: any that labels them) and its settings."""
+
+    section: TaskSection
     sites: tuple[str, ...] | None
-    min_sites: int = 1
-    rounds: int = 3
-    local_steps: int = 50
-    lr: float = 1e-2
-    trim: bool = True
-    size_budget: float = 0.25
-    search_rounds: int = 1
-    search_steps: int = 50
-    distill_rounds: int = 3
-    distill_steps: int = 50
-    kd_weight: float = 1.0
-    temperature: float = 2.0
-    calibrate: bool = True
-    calibrate_rounds: int = 1
-    calibrate_steps: int = 50
+    optimiser: Optimiser
+    phase_settings: Mapping[str, Record]
+
+    @property
+    def name(self) -> str:
+        """The task's name (a file-safe identifier)."""
+        return self.section.name
+
+    @property
+    def structures(self) -> tuple[str, ...]:
+        """The structures its decoder segments."""
+        return self.section.structures
+
+    def of(self, phase: PhaseSpec[S, Any]) -> S:
+        """The task's settings of ``phase``."""
+        return self.phase_settings[phase.name]  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
 class Plan:
     """The whole plan, validated."""
 
-    encoder: EncoderConfig
-    patch: tuple[int, int, int]
-    preprocessing: Preprocessing
-    batch_size: int
-    val_fraction: float
-    seed: int
-    max_payload_bytes: int
+    model: ModelSection
+    training: TrainingSection
     tasks: tuple[TaskPlan, ...]
+
+    @property
+    def encoder(self) -> EncoderConfig:
+        """The shared encoder's configuration."""
+        return EncoderConfig(self.model.encoder_widths)
+
+    @property
+    def patch(self) -> tuple[int, int, int]:
+        """Training patch and sliding-window size."""
+        return self.model.patch
+
+    @property
+    def preprocessing(self) -> Preprocessing:
+        """Spacing and HU window of every image."""
+        return Preprocessing(self.model.spacing_mm, self.model.hu_window)
+
+    @property
+    def max_payload_bytes(self) -> int:
+        """The largest reply accepted."""
+        return int(self.training.max_payload_mb * 2**20)
 
     def task(self, name: str) -> TaskPlan:
         """The task of that name."""
         return next(t for t in self.tasks if t.name == name)
 
 
-def _num_list(
-    table: dict[str, Any], key: str, n: int, where: str, default: list[float]
-) -> list[float]:
-    value = table.get(key, default)
-    if (
-        not isinstance(value, list)
-        or len(value) != n
-        or not all(isinstance(v, int | float) for v in value)
-    ):
-        raise PlanError(f"{where}.{key}: expected a list of {n} numbers, found {value!r}")
-    return [float(v) for v in value]
+def task_keys() -> set[str]:
+    """Every key a ``[[tasks]]`` table may hold."""
+    groups = [TaskSection, Optimiser, *(p.settings_type for p in PHASES.values())]
+    return {"sites", *(k for g in groups for k in keys_of(g))}
 
 
-def _task(t: dict[str, Any], where: str) -> TaskPlan:
-    if not isinstance(t.get("name"), str):
-        raise PlanError(f"{where}.name: expected a string")
+def _task(table: Mapping[str, Any], where: str) -> TaskPlan:
+    check_unknown(table, task_keys(), where)
+    section = parse(TaskSection, table, where)
     try:
-        check_task_name(t["name"])
+        check_task_name(section.name)
     except ValueError as e:
         raise PlanError(f"{where}.name: {e}") from None
-    structures = t.get("structures")
-    if not isinstance(structures, list) or not structures:
-        raise PlanError(f"{where}.structures: expected a non-empty list of structure names")
     unknown = []
-    for s in structures:
+    for s in section.structures:
         try:
-            anatomy.get(str(s))
+            anatomy.get(s)
         except anatomy.UnknownStructureError as e:
             unknown.append(str(e))
     if unknown:
         raise PlanError(f"{where}.structures: {'; '.join(unknown)}")
-    sites = t.get("sites", "any")
+    check_structures(section.structures, f"{where}.structures")
+    sites = table.get("sites", "any")
     if sites != "any" and not (
-        isinstance(sites, list) and sites and all(isinstance(s, str) for s in sites)
+        isinstance(sites, list)
+        and sites
+        and all(isinstance(s, str) and 0 < len(s) <= 64 for s in sites)
+        and len(set(sites)) == len(sites)
     ):
-        raise PlanError(f'{where}.sites: expected "any" or a list of site names, found {sites!r}')
-    counts = {k: t.get(k, d) for k, d in (("min_sites", 1), ("rounds", 3), ("local_steps", 50))}
-    counts |= {
-        "search_rounds": t.get("search_rounds", 1),
-        "search_steps": t.get("search_steps", counts["local_steps"]),
-        "distill_rounds": t.get("distill_rounds", counts["rounds"]),
-        "distill_steps": t.get("distill_steps", counts["local_steps"]),
-        "calibrate_rounds": t.get("calibrate_rounds", 1),
-        "calibrate_steps": t.get("calibrate_steps", counts["local_steps"]),
-    }
-    for key, value in counts.items():
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise PlanError(f"{where}.{key}: expected a whole number >= 1, found {value!r}")
-    reals = {
-        k: t.get(k, d)
-        for k, d in (("lr", 1e-2), ("size_budget", 0.25), ("kd_weight", 1.0), ("temperature", 2.0))
-    }
-    for key, value in reals.items():
-        if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
-            raise PlanError(f"{where}.{key}: expected a positive number, found {value!r}")
-    if reals["size_budget"] > 1:
-        raise PlanError(
-            f"{where}.size_budget: {reals['size_budget']} is a share of the teacher; expected <= 1"
-        )
-    switches = {k: t.get(k, True) for k in ("trim", "calibrate")}
-    for key, value in switches.items():
-        if not isinstance(value, bool):
-            raise PlanError(f"{where}.{key}: expected true or false, found {value!r}")
+        raise PlanError(f'{where}.sites: expected "any" or distinct site names, found {sites!r}')
+    if sites != "any" and section.min_sites > len(sites):
+        raise PlanError(f"{where}.min_sites: {section.min_sites} > the {len(sites)} sites named")
+    settings = {name: parse(p.settings_type, table, where) for name, p in PHASES.items()}
     return TaskPlan(
-        t["name"],
-        tuple(structures),
-        None if sites == "any" else tuple(sites),
-        counts["min_sites"],
-        counts["rounds"],
-        counts["local_steps"],
-        float(reals["lr"]),
-        switches["trim"],
-        float(reals["size_budget"]),
-        counts["search_rounds"],
-        counts["search_steps"],
-        counts["distill_rounds"],
-        counts["distill_steps"],
-        float(reals["kd_weight"]),
-        float(reals["temperature"]),
-        switches["calibrate"],
-        counts["calibrate_rounds"],
-        counts["calibrate_steps"],
+        section, None if sites == "any" else tuple(sites), parse(Optimiser, table, where), settings
     )
 
 
-def parse_plan(doc: dict[str, Any], where: str = "plan") -> Plan:
+def _table(doc: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:
+    value = doc.get(key, {})
+    if not isinstance(value, Mapping):
+        raise PlanError(f"{where}.{key}: expected a table")
+    return value
+
+
+def parse_plan(doc: Mapping[str, Any], where: str = "plan") -> Plan:
     """Validate a parsed plan document.
 
     Raises:
         PlanError: naming the field that is wrong.
     """
-    model, training = doc.get("model", {}), doc.get("training", {})
-    widths = model.get("encoder_widths", list(EncoderConfig.cpu_default().widths))
     try:
-        encoder = EncoderConfig(tuple(int(w) for w in widths))
-    except (TypeError, ValueError) as e:
-        raise PlanError(f"{where}: model.encoder_widths: {e}") from None
-    patch = [int(v) for v in _num_list(model, "patch", 3, f"{where}: model", [64, 64, 64])]
-    if any(p % encoder.divisor for p in patch):
-        raise PlanError(
-            f"{where}: model.patch {patch}: sides must be multiples of {encoder.divisor}"
-        )
-    spacing = _num_list(model, "spacing_mm", 3, f"{where}: model", [1.5, 1.5, 1.5])
-    window = _num_list(model, "hu_window", 2, f"{where}: model", [-1000.0, 1000.0])
-    tasks = tuple(_task(t, f"{where}: tasks[{i}]") for i, t in enumerate(doc.get("tasks", [])))
+        check_unknown(doc, {"model", "training", "tasks"}, where)
+        model_table, training_table = _table(doc, "model", where), _table(doc, "training", where)
+        check_unknown(model_table, set(keys_of(ModelSection)), f"{where}: model")
+        check_unknown(training_table, set(keys_of(TrainingSection)), f"{where}: training")
+        model = parse(ModelSection, model_table, f"{where}: model")
+        training = parse(TrainingSection, training_table, f"{where}: training")
+        tables = doc.get("tasks", [])
+        if not isinstance(tables, list) or not all(isinstance(t, Mapping) for t in tables):
+            raise PlanError(f"{where}: tasks: expected [[tasks]] tables")
+        tasks = tuple(_task(t, f"{where}: tasks[{i}]") for i, t in enumerate(tables))
+    except (RecordError, anatomy.UnknownStructureError) as e:
+        raise PlanError(str(e)) from None
     names = [t.name for t in tasks]
     if not tasks or len(set(names)) != len(names):
         raise PlanError(f"{where}: expected tasks with distinct names, found {names}")
-    val_fraction = float(training.get("val_fraction", 0.2))
-    if not 0.0 < val_fraction < 1.0:
-        raise PlanError(
-            f"{where}: training.val_fraction {val_fraction}: expected a value in (0, 1)"
-        )
-    return Plan(
-        encoder,
-        (patch[0], patch[1], patch[2]),
-        Preprocessing((spacing[0], spacing[1], spacing[2]), (window[0], window[1])),
-        int(training.get("batch_size", 2)),
-        val_fraction,
-        int(training.get("seed", 0)),
-        int(float(training.get("max_payload_mb", 256)) * 2**20),
-        tasks,
-    )
+    return Plan(model, training, tasks)
 
 
 def load_plan(path: str | Path) -> Plan:
@@ -223,6 +234,6 @@ def load_plan(path: str | Path) -> Plan:
     path = Path(path)
     try:
         doc = tomllib.loads(path.read_text(encoding="utf-8"))
-    except (OSError, tomllib.TOMLDecodeError) as e:
+    except (OSError, UnicodeDecodeError, tomllib.TOMLDecodeError) as e:
         raise PlanError(f"{path}: cannot read plan ({e})") from None
     return parse_plan(doc, str(path))

@@ -23,7 +23,7 @@ from core.device import pick_device
 from core.evaluation import ScoreSums, score_prediction
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.model.blocks import init_he
-from core.training import Phase, TrainSettings, check_patch, optimise, patch_batches, train_phase
+from core.training import TrainSettings, check_patch, optimise, patch_batches, train_phase
 
 Method = Literal["finetune", "lwf", "mib"]
 METHODS: tuple[str, ...] = get_args(Method)
@@ -264,7 +264,14 @@ def upper_bound(
     model.add_decoder(task.name, Decoder(encoder_config.widths, genotype, task.structures))
     model.to(pick_device(None if device is None else str(device)))
     result = train_phase(
-        model, task.name, Phase.BASE, task.table, task.train_cases, [], prep, task.budget(settings)
+        model,
+        task.name,
+        task.table,
+        task.train_cases,
+        [],
+        prep,
+        task.budget(settings),
+        train_encoder=True,
     )
     if log is not None:
         log.append(StageLog(0, task.name, task.structures, result.losses, [], result.seconds))

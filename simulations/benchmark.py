@@ -39,6 +39,7 @@ from core.io import atomic_write_bytes, atomic_write_json
 from core.merge import MergeSettings, output_structures
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
+from core.phases import DISTILL, TEACHER
 from core.training import TrainSettings
 from server.catalog import Catalog
 from server.plan import Plan, parse_plan
@@ -146,7 +147,7 @@ def federated(
     """
     started = time.perf_counter()
     simulate(scenario, run, say)
-    tasks = task_data(scenario, run / "sites", plan.val_fraction, plan.seed)
+    tasks = task_data(scenario, run / "sites", plan.training.val_fraction, plan.training.seed)
     catalog = Catalog(run / "catalog")
     seconds = catalog.phase_seconds()
     bundle = load_bundle(run / "catalog" / "bundle")
@@ -242,19 +243,19 @@ def _network_seconds(model: torch.nn.Module, image: Path, plan: Plan) -> float:
     return time.perf_counter() - start
 
 
-def budget_steps(scenario: Scenario, task: str) -> int:
-    """Optimiser steps a task gets in the method, summed over its sites.
+def budget_steps(plan: Plan, task: str, sites: int) -> int:
+    """Optimiser steps a task gets in the method, summed over its ``sites``.
 
     Each site trains the task's decoder for the training rounds' and then the
     distillation rounds' local steps; a central method on the pooled data gets as many
     steps as all of them together, so it sees as many patches.
     """
-    fed = scenario.federation
-    rounds, local = int(fed.get("rounds", 3)), int(fed.get("local_steps", 50))
-    steps = rounds * local
-    if fed.get("trim", True):
-        steps += int(fed.get("distill_rounds", rounds)) * int(fed.get("distill_steps", local))
-    return steps * len(scenario.sites_of(task))
+    plan_task = plan.task(task)
+    training, distill = plan_task.of(TEACHER), plan_task.of(DISTILL)
+    steps = training.rounds * training.steps
+    if plan_task.section.trim:
+        steps += distill.rounds * distill.steps
+    return steps * sites
 
 
 def one_model_parameters(plan: Plan, structures: tuple[str, ...]) -> int:
@@ -308,14 +309,21 @@ def run_benchmark(
                 atomic_write_json(out / f"{result['method']}.json", result)
             continue
         _share_sites(out)
-        tasks = task_data(scenario, out / "continual" / "sites", plan.val_fraction, plan.seed)
-        steps = {t.name: 5 if quick else budget_steps(scenario, t.name) for t in tasks}
+        tasks = task_data(
+            scenario, out / "continual" / "sites", plan.training.val_fraction, plan.training.seed
+        )
+        steps = {
+            t.name: 5 if quick else budget_steps(plan, t.name, len(scenario.sites_of(t.name)))
+            for t in tasks
+        }
         tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
+        optimiser = plan.tasks[0].optimiser
         settings = TrainSettings(
-            batch_size=plan.batch_size,
-            lr=float(scenario.federation.get("lr", 1e-2)),
+            batch_size=plan.training.batch_size,
+            lr=optimiser.lr,
+            weight_decay=optimiser.weight_decay,
             augmentation=Augmentation(patch_size=plan.patch),
-            seed=plan.seed,
+            seed=plan.training.seed,
             progress=progress,
         )
         result = central(method, plan, tasks, settings, say)
@@ -337,7 +345,9 @@ def run_benchmark(
     plots(document, out)
     if "continual" in results:
         bundle = load_bundle(out / "continual" / "catalog" / "bundle")
-        tasks = task_data(scenario, out / "continual" / "sites", plan.val_fraction, plan.seed)
+        tasks = task_data(
+            scenario, out / "continual" / "sites", plan.training.val_fraction, plan.training.seed
+        )
         overlay_figure(overlay_rows(bundle, tasks), out / "overlays.png")
     say(f"wrote {out / 'benchmark.json'}, {out / 'report.md'} and the PNG plots")
     return document

@@ -18,8 +18,9 @@ from typing import Any
 
 import server
 from core.io import atomic_write_bytes, atomic_write_json
+from core.records import check_unknown, keys_of
 from server.catalog import Catalog
-from server.plan import parse_plan
+from server.plan import ModelSection, TaskSection, TrainingSection, parse_plan, task_keys
 from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.local import LocalFederation
 from simulations.scenario import Scenario, write_scenario
@@ -32,42 +33,32 @@ class SimulationError(RuntimeError):
 
 
 def plan_document(scenario: Scenario) -> dict[str, Any]:
-    """The server's task plan for a scenario, as a TOML-ready document."""
+    """The server's task plan for a scenario, as a TOML-ready document.
+
+    The scenario's ``[federation]`` table holds ``[model]`` and ``[training]`` keys and
+    every task's budget keys, all as the plan declares them (``server.plan``); an unknown
+    key is an error naming the nearest one.
+    """
     fed = scenario.federation
-    model = {k: fed[k] for k in ("encoder_widths", "patch", "spacing_mm", "hu_window") if k in fed}
-    training = {
-        "batch_size": int(fed.get("batch_size", 2)),
-        "val_fraction": float(fed.get("val_fraction", 0.2)),
-        "seed": scenario.seed,
-    }
-    budget_keys = (
-        "rounds",
-        "local_steps",
-        "lr",
-        "trim",
-        "size_budget",
-        "search_rounds",
-        "search_steps",
-        "distill_rounds",
-        "distill_steps",
-        "kd_weight",
-        "temperature",
-        "calibrate",
-        "calibrate_rounds",
-        "calibrate_steps",
+    model_keys, training_keys = set(keys_of(ModelSection)), set(keys_of(TrainingSection)) - {"seed"}
+    budget_keys = task_keys() - set(keys_of(TaskSection)) - {"sites"}
+    check_unknown(
+        fed, model_keys | training_keys | budget_keys, f"scenario {scenario.name}: federation"
     )
-    budget = {k: fed[k] for k in budget_keys if k in fed}
     tasks = [
         {
             "name": t.name,
             "structures": list(t.structures),
             "sites": [s.name for s in scenario.sites_of(t.name)],
-            "min_sites": 1,
-            **budget,
+            **{k: v for k, v in fed.items() if k in budget_keys},
         }
         for t in scenario.tasks
     ]
-    return {"model": model, "training": training, "tasks": tasks}
+    return {
+        "model": {k: v for k, v in fed.items() if k in model_keys},
+        "training": {**{k: v for k, v in fed.items() if k in training_keys}, "seed": scenario.seed},
+        "tasks": tasks,
+    }
 
 
 def to_toml(doc: dict[str, Any]) -> str:

@@ -11,7 +11,7 @@ from core.bundle import Bundle, save_bundle
 from core.data import Case, TaskDataset
 from core.data.transforms import Augmentation, Preprocessing
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
-from core.training import Phase, TrainSettings, train_phase
+from core.training import TrainSettings, train_phase
 from simulations.scenario import WrittenSite, load_scenario, write_scenario
 
 TINY = EncoderConfig((8, 16, 32, 64))
@@ -64,7 +64,14 @@ def trained_bundle(
     prep = native_prep(dataset)
     settings = TrainSettings(steps=120, augmentation=Augmentation(patch_size=PATCH), progress=False)
     train_phase(
-        model, "abdomen", Phase.BASE, dataset.labels, abdomen_cases(tiny_sites), [], prep, settings
+        model,
+        "abdomen",
+        dataset.labels,
+        abdomen_cases(tiny_sites),
+        [],
+        prep,
+        settings,
+        train_encoder=True,
     )
     model.encoder.freeze()
     folder = tmp_path_factory.mktemp("bundle")

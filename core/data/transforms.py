@@ -7,6 +7,7 @@ seed gives the same patches. Augmentation never flips left-right: that would swa
 
 from __future__ import annotations
 
+import math
 from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -50,6 +51,15 @@ class Preprocessing:
 
     spacing_mm: tuple[float, float, float] = (1.5, 1.5, 1.5)
     hu_window: tuple[float, float] = (-1000.0, 1000.0)
+
+    def __post_init__(self) -> None:
+        if len(self.spacing_mm) != 3 or not all(
+            math.isfinite(s) and 0.05 <= s <= 50.0 for s in self.spacing_mm
+        ):
+            raise ValueError(f"spacing {self.spacing_mm}: expected 3 values in [0.05, 50] mm")
+        lo, hi = self.hu_window
+        if not (math.isfinite(lo) and math.isfinite(hi) and lo < hi):
+            raise ValueError(f"HU window {self.hu_window}: expected finite low < high")
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON form."""

@@ -13,6 +13,9 @@ from torch import nn
 
 from core.model.blocks import conv, init_he
 
+MAX_LEVELS = 7  # 2**6 = 64x downsampling is already deeper than nnU-Net's 3d_fullres
+MAX_WIDTH = 1024  # nnU-Net caps at 320; anything far above cannot be trained anywhere
+
 
 @dataclass(frozen=True)
 class EncoderConfig:
@@ -26,8 +29,15 @@ class EncoderConfig:
     in_channels: int = 1
 
     def __post_init__(self) -> None:
-        if len(self.widths) < 2 or any(w < 1 for w in self.widths) or self.in_channels < 1:
-            raise ValueError(f"bad encoder config: widths {self.widths}, in {self.in_channels}")
+        if (
+            not 2 <= len(self.widths) <= MAX_LEVELS
+            or any(not 1 <= w <= MAX_WIDTH for w in self.widths)
+            or not 1 <= self.in_channels <= 16
+        ):
+            raise ValueError(
+                f"encoder config: widths {self.widths[:10]}, in {self.in_channels}: expected "
+                f"2..{MAX_LEVELS} levels of 1..{MAX_WIDTH} channels and 1..16 input channels"
+            )
 
     @classmethod
     def cpu_default(cls) -> EncoderConfig:

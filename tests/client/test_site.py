@@ -2,10 +2,12 @@ import pytest
 import torch
 from flwr.app import Context, RecordDict
 
-from client.app import evaluate_reply, train_reply
 from client.site import Site, SiteError
 from core.model import Decoder, Encoder, Genotype
 from core.payload import state_to_record
+from core.phases import EVALUATE, TEACHER
+from core.phases.spec import NoSettings
+from core.phases.training import TrainingSettings
 from core.protocol import CONFIG, DECODER, ENCODER, METRICS, RoundConfig
 from tests.conftest import PATCH, TINY, native_prep
 
@@ -84,9 +86,9 @@ def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
         encoder_sha256=encoder.weights_sha256(),
         preprocessing=native_prep(dataset),
         patch=PATCH,
-        steps=2,
         val_fraction=0.34,
     )
+    train = TrainingSettings(rounds=1, steps=2)
     content = RecordDict(
         {
             CONFIG: cfg.to_record(),
@@ -94,7 +96,10 @@ def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
             ENCODER: state_to_record(encoder.state_dict(), fp16=False),
         }
     )
-    for reply in (train_reply(site, cfg, content), evaluate_reply(site, cfg, content)):
+    for reply in (
+        TEACHER.at_site(site, cfg, train, content),
+        EVALUATE.at_site(site, cfg, NoSettings(), content),
+    ):
         for record in reply.array_records.values():
             for name, array in record.items():
                 # Weights are vectors or (out, in, k, k, k) kernels with k <= 3; an image,
@@ -103,6 +108,6 @@ def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
                 assert all(side <= 3 for side in spatial), (name, array.shape)
         text = repr(reply.config_records) + repr(reply.metric_records)
         assert "hospA_0" not in text and str(dataset.root) not in text
-    assert set(train_reply(site, cfg, content).array_records) == {DECODER}
-    metrics = evaluate_reply(site, cfg, content)[METRICS]
-    assert metrics["num-examples"] == 1 and any(k.startswith("dice-sum/") for k in metrics)
+    assert set(TEACHER.at_site(site, cfg, train, content).array_records) == {DECODER}
+    metrics = EVALUATE.at_site(site, cfg, NoSettings(), content)[METRICS]
+    assert metrics["examples"] == 1 and any(k.startswith("dice-sum/") for k in metrics)

@@ -70,8 +70,8 @@ def test_round_config_round_trip_and_missing_fields():
         encoder_sha256="ab" * 32,
         preprocessing=Preprocessing((2.0, 2.0, 3.0)),
         patch=(32, 32, 32),
-        steps=5,
         round=2,
+        rounds=3,
     )
     assert RoundConfig.from_record(cfg.to_record()) == cfg
     record = cfg.to_record()

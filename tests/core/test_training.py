@@ -5,7 +5,7 @@ import torch
 from core.data import open_dataset
 from core.data.transforms import Augmentation
 from core.model import Decoder, Genotype
-from core.training import Phase, TrainSettings, train_phase
+from core.training import TrainSettings, train_phase
 from tests.builders import nnunet_dataset
 from tests.conftest import PATCH, TINY, abdomen_cases, native_prep, tiny_model
 
@@ -26,7 +26,7 @@ def test_base_phase_learns_the_phantom_organs(tiny_sites):
     cases = abdomen_cases(tiny_sites)
     prep = native_prep(dataset)
     result = train_phase(
-        model, "abdomen", Phase.BASE, dataset.labels, cases, held_out, prep, _settings(200)
+        model, "abdomen", dataset.labels, cases, held_out, prep, _settings(200), train_encoder=True
     )
     assert np.mean(result.losses[-20:]) < 0.6 * np.mean(result.losses[:20])
     dice = {k: v for k, v in result.dice.items() if v is not None}
@@ -44,7 +44,14 @@ def test_a_new_decoder_never_changes_old_outputs(tmp_path):
     model = tiny_model(first.labels.structures)
     patch = (16, 16, 16)
     train_phase(
-        model, "abdomen", Phase.BASE, first.labels, first.cases, [], prep, _settings(2, patch)
+        model,
+        "abdomen",
+        first.labels,
+        first.cases,
+        [],
+        prep,
+        _settings(2, patch),
+        train_encoder=True,
     )
     model.encoder.freeze()
     probe = torch.randn(1, 1, 16, 16, 16)
@@ -58,7 +65,14 @@ def test_a_new_decoder_never_changes_old_outputs(tmp_path):
     )
     untrained = {k: v.clone() for k, v in new.state_dict().items()}
     train_phase(
-        model, "kidneys", Phase.TEACHER, second.labels, second.cases, [], prep, _settings(3, patch)
+        model,
+        "kidneys",
+        second.labels,
+        second.cases,
+        [],
+        prep,
+        _settings(3, patch),
+        train_encoder=False,
     )
     model.eval()
     with torch.no_grad():
@@ -76,16 +90,22 @@ def test_phases_refuse_what_does_not_fit(tmp_path):
     prep = native_prep(ds)
     model = tiny_model(ds.labels.structures)
     with pytest.raises(ValueError, match="freeze the encoder"):
-        train_phase(model, "abdomen", Phase.TEACHER, ds.labels, ds.cases, [], prep, _settings(1))
+        train_phase(
+            model, "abdomen", ds.labels, ds.cases, [], prep, _settings(1), train_encoder=False
+        )
     with pytest.raises(ValueError, match="multiples of 8"):
         train_phase(
-            model, "abdomen", Phase.BASE, ds.labels, ds.cases, [], prep, _settings(1, (12, 16, 16))
+            model, "abdomen", ds.labels, ds.cases, [], prep, _settings(1, (12, 16, 16)), True
         )
     with pytest.raises(ValueError, match="no training cases"):
-        train_phase(model, "abdomen", Phase.BASE, ds.labels, [], [], prep, _settings(1, (16,) * 3))
+        train_phase(model, "abdomen", ds.labels, [], [], prep, _settings(1, (16,) * 3), True)
     other = nnunet_dataset(tmp_path / "B", n_cases=1, structures=("liver",))
     with pytest.raises(ValueError, match="does not label"):
-        train_phase(model, "abdomen", Phase.BASE, other.labels, other.cases, [], prep, _settings(1))
+        train_phase(
+            model, "abdomen", other.labels, other.cases, [], prep, _settings(1), train_encoder=True
+        )
     model.encoder.freeze()
     with pytest.raises(ValueError, match="already frozen"):
-        train_phase(model, "abdomen", Phase.BASE, ds.labels, ds.cases, [], prep, _settings(1))
+        train_phase(
+            model, "abdomen", ds.labels, ds.cases, [], prep, _settings(1), train_encoder=True
+        )

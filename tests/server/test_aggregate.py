@@ -3,14 +3,30 @@ import pytest
 import torch
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
+from core.data.transforms import Preprocessing
 from core.model import Decoder, Genotype
 from core.payload import state_to_record
-from core.protocol import CONFIG, DECODER, ENCODER_SHA, METRICS
+from core.phases import TEACHER
+from core.protocol import CONFIG, DECODER, ENCODER_SHA, METRICS, RoundConfig
 from server.aggregate import RoundFailed, fedavg
 from server.federation import Reply, SiteInfo
 from tests.conftest import TINY
 
 SHA = "e" * 64
+CFG = RoundConfig(
+    task="abdomen",
+    phase="teacher",
+    structures=("liver",),
+    genotype=Genotype.teacher(3),
+    encoder=TINY,
+    preprocessing=Preprocessing(),
+    patch=(32, 32, 32),
+    encoder_sha256=SHA,
+)
+
+
+def _fedavg(replies, templates, min_sites=1, max_bytes=2**30):
+    return fedavg(replies, TEACHER, CFG, templates, min_sites, max_bytes)
 
 
 def _state(seed):
@@ -22,7 +38,7 @@ def _reply(name, state, examples, sha=SHA, record=None):
     content = RecordDict(
         {
             DECODER: record or state_to_record(state, fp16=False),
-            METRICS: MetricRecord({"num-examples": examples, "loss": 1.0}),
+            METRICS: MetricRecord({"examples": examples, "loss": 1.0}),
             CONFIG: ConfigRecord({ENCODER_SHA: sha}),
         }
     )
@@ -31,10 +47,10 @@ def _reply(name, state, examples, sha=SHA, record=None):
 
 def test_weighted_average_by_case_counts():
     a, b = _state(1), _state(2)
-    out = fedavg([_reply("A", a, 1), _reply("B", b, 3)], {DECODER: a}, SHA, 2, 2**30)
+    out = _fedavg([_reply("A", a, 1), _reply("B", b, 3)], {DECODER: a}, min_sites=2)
     for name in a:
         assert torch.allclose(out.states[DECODER][name], 0.25 * a[name] + 0.75 * b[name], atol=1e-6)
-    assert out.sites == ["A", "B"] and out.examples == 4 and not out.rejected
+    assert list(out.replies) == ["A", "B"] and out.loss == 1.0 and not out.rejected
 
 
 def _with(state, name, array):
@@ -57,8 +73,8 @@ def test_bad_payloads_are_rejected_and_the_round_goes_on():
         _reply("other-encoder", good, 2, sha="f" * 64),
         Reply(SiteInfo(0, "dropped", []), None, "Node Unavailable"),
     ]
-    out = fedavg(replies, {DECODER: template}, SHA, 1, 2**30)
-    assert out.sites == ["good"]
+    out = _fedavg(replies, {DECODER: template})
+    assert list(out.replies) == ["good"]
     assert set(out.rejected) == {"nan", "shape", "other-encoder", "dropped"}
     assert "NaN" in out.rejected["nan"] and "shape" in out.rejected["shape"]
     assert "trained on encoder ffffffffffff" in out.rejected["other-encoder"]
@@ -70,4 +86,4 @@ def test_too_few_usable_sites_fail_the_round():
     good = _state(1)
     replies = [_reply("good", good, 2), _reply("bad", good, 0)]
     with pytest.raises(RoundFailed, match="1 usable site"):
-        fedavg(replies, {DECODER: good}, SHA, 2, 2**30)
+        _fedavg(replies, {DECODER: good}, min_sites=2)

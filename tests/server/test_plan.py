@@ -1,5 +1,6 @@
 import pytest
 
+from core.phases import CALIBRATE
 from server.plan import PlanError, load_plan
 
 GOOD = """
@@ -33,10 +34,11 @@ def test_a_good_plan(tmp_path):
     assert plan.task("abdomen").sites == ("hospA", "hospB")
     assert plan.task("chest").sites is None  # any site that labels the heart
     assert plan.patch == (32, 32, 32) and plan.preprocessing.spacing_mm == (2.0, 2.0, 3.0)
-    assert plan.val_fraction == 0.3
+    assert plan.training.val_fraction == 0.3
     abdomen, chest = plan.tasks
-    assert abdomen.calibrate and (abdomen.calibrate_rounds, abdomen.calibrate_steps) == (2, 5)
-    assert chest.calibrate_rounds == 1
+    calibrate = abdomen.of(CALIBRATE)
+    assert abdomen.section.calibrate and (calibrate.rounds, calibrate.steps) == (2, 5)
+    assert chest.of(CALIBRATE).rounds == 1
 
 
 @pytest.mark.parametrize(
@@ -50,6 +52,25 @@ def test_a_good_plan(tmp_path):
         ('name = "chest"', 'name = "abdomen"', "distinct names"),
         ('name = "chest"', 'name = "Chest Task"', r"tasks\[1\]\.name"),
         ("val_fraction = 0.3", "val_fraction = 1.5", "val_fraction"),
+        (
+            "local_steps = 5",
+            "local_step = 5",
+            "unknown key 'local_step'; did you mean 'local_steps'",
+        ),
+        ("local_steps = 5", "local_steps = 0", r"tasks\[0\]\.local_steps: 0 is outside"),
+        ("val_fraction = 0.3", "batch_size = 0", r"training\.batch_size: 0 is outside"),
+        ("val_fraction = 0.3", "batch_size = -2", "batch_size"),
+        ("val_fraction = 0.3", "max_payload_mb = -1", "max_payload_mb"),
+        ("val_fraction = 0.3", "bach_size = 2", "did you mean 'batch_size'"),
+        ("patch = [32, 32, 32]", "patch = [0, 0, 0]", "patch"),
+        ("patch = [32, 32, 32]", "patch = [-32, 32, 32]", "patch"),
+        ("spacing_mm = [2.0, 2.0, 3.0]", "spacing_mm = [0.0, 2.0, 3.0]", "spacing_mm"),
+        ("spacing_mm = [2.0, 2.0, 3.0]", "hu_window = [500.0, -500.0]", "low < high"),
+        ("encoder_widths = [8, 16, 32, 64]", "encoder_widths = [8, 16, 32, 100000]", "widths"),
+        ("local_steps = 5", "lr = nan", r"tasks\[0\]\.lr: expected a finite number"),
+        ("local_steps = 5", "temperature = inf", "temperature"),
+        ("local_steps = 5", "min_sites = 3", r"min_sites: 3 > the 2 sites"),
+        ('sites = ["hospA", "hospB"]', 'sites = ["hospA", "hospA"]', "distinct site names"),
     ],
 )
 def test_bad_plans_name_the_field(tmp_path, old, new, match):

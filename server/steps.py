@@ -1,0 +1,231 @@
+"""Running a task's steps on the server: the template method, the round, the registration.
+
+A step (a phase from ``core.phases``, or :class:`Registration`) is run by
+:meth:`TaskRun.run`: skipped when the journal records it as finished (its output is
+restored from its checkpoint or journal entry), otherwise journalled at its start, executed
+and journalled at its end. Steps pass an immutable ``TaskState`` along; :class:`TaskRun`
+offers them federated rounds (messages, exchange, checks, averaging, byte counting) and
+the catalog's checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol, TypeVar
+
+import torch
+from flwr.app import ArrayRecord
+
+from core.model import Encoder, Genotype
+from core.model.cost import genotype_parameters
+from core.phases import PHASES
+from core.phases.spec import PhaseSpec, RoundResult, TaskState
+from core.protocol import RoundConfig, SiteReply
+from core.records import Record
+from server.aggregate import fedavg
+from server.catalog import Catalog
+from server.federation import Federation, SiteInfo
+from server.messages import Ledger, array_bytes, round_messages
+from server.plan import Plan, TaskPlan
+
+log = logging.getLogger(__name__)
+
+S = TypeVar("S", bound=Record)
+R = TypeVar("R", bound=SiteReply)
+
+
+class Step(Protocol):
+    """What :meth:`TaskRun.run` runs: a phase, or a server-only step."""
+
+    @property
+    def name(self) -> str:
+        """The step's name in the journal."""
+
+    def execute(self, steps: Any, state: TaskState) -> tuple[TaskState, dict[str, Any]]:
+        """Do the step; the new state and a JSON summary."""
+
+    def restore(self, steps: Any, state: TaskState, summary: Mapping[str, Any]) -> TaskState:
+        """The state after the step, from what it kept."""
+
+
+@dataclass
+class TaskRun:
+    """One task's run on the server: its plan, sites, catalog and traffic ledger."""
+
+    plan: Plan
+    task: TaskPlan
+    catalog: Catalog
+    federation: Federation
+    sites: tuple[SiteInfo, ...]
+    ledger: Ledger = field(default_factory=Ledger)
+
+    # -- ServerSteps ---------------------------------------------------------------------
+    def settings(self, phase: PhaseSpec[S, Any]) -> S:
+        """The task's settings of ``phase``."""
+        return self.task.of(phase)
+
+    def round_config(
+        self, phase: str, rnd: int, rounds: int, encoder: Encoder, genotype: Genotype
+    ) -> RoundConfig:
+        """What every site is told for round ``rnd`` of ``rounds`` of ``phase``."""
+        return RoundConfig(
+            task=self.task.name,
+            phase=phase,
+            structures=self.task.structures,
+            genotype=genotype,
+            encoder=encoder.config,
+            preprocessing=self.plan.preprocessing,
+            patch=self.plan.patch,
+            encoder_sha256=encoder.weights_sha256() if encoder.frozen else "",
+            optimiser=self.task.optimiser,
+            batch_size=self.plan.training.batch_size,
+            seed=self.plan.training.seed,
+            val_fraction=self.plan.training.val_fraction,
+            round=rnd,
+            rounds=rounds,
+        )
+
+    def federated_round(
+        self,
+        phase: PhaseSpec[Any, R],
+        state: TaskState,
+        rnd: int,
+        rounds: int,
+        records: Mapping[str, ArrayRecord],
+        templates: Mapping[str, Mapping[str, torch.Tensor]],
+        genotype: Genotype | None = None,
+    ) -> RoundResult[R]:
+        """One round of ``phase`` at every site, checked and averaged.
+
+        The round's encoder is ``state``'s (it travels if trainable or not cached), its
+        genotype ``genotype`` or else ``state``'s decoder's.
+        """
+        cfg = self.round_config(
+            phase.name, rnd, rounds, state.encoder, genotype or state.decoder.genotype
+        )
+        settings = phase.settings_record(self.task.of(phase))
+        contents = round_messages(cfg, settings, records, self.sites, state.encoder)
+        for site in self.sites:
+            self.ledger.sent(site.name, array_bytes(contents[site.node_id]))
+        group = f"{self.task.name}/{phase.name}/{rnd}"
+        replies = self.federation.exchange(phase.message_type, contents, list(self.sites), group)
+        for reply in replies:
+            if reply.content is not None and cfg.encoder_sha256:
+                reply.site.encoders.add(cfg.encoder_sha256)
+        result = fedavg(
+            replies,
+            phase,
+            cfg,
+            templates,
+            self.task.section.min_sites,
+            self.plan.max_payload_bytes,
+        )
+        self.ledger.received(result.bytes_up, result.rejected)
+        log.info(
+            "%s/%s round %d/%d: loss %s from %s, rejected %s",
+            self.task.name,
+            phase.name,
+            rnd,
+            rounds,
+            result.loss,
+            list(result.replies),
+            list(result.rejected),
+        )
+        return result
+
+    def save_checkpoint(
+        self, phase: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
+    ) -> None:
+        """Keep a phase's output in the catalog."""
+        self.catalog.save_checkpoint(self.task.name, phase, dict(state), dict(meta))
+
+    def load_checkpoint(self, phase: str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """A finished phase's output."""
+        return self.catalog.load_checkpoint(self.task.name, phase)
+
+    def store_encoder(self, encoder: Encoder) -> Encoder:
+        """Freeze and keep the shared encoder."""
+        self.catalog.set_encoder(encoder, self.plan.preprocessing, self.plan.patch)
+        return encoder
+
+    def stored_encoder(self) -> Encoder:
+        """The frozen shared encoder from the catalog."""
+        encoder = self.catalog.encoder()
+        if encoder is None:
+            raise RuntimeError("the base phase finished without storing its encoder")
+        return encoder
+
+    # -- the template method -------------------------------------------------------------
+    def run(self, step: Step, state: TaskState) -> TaskState:
+        """Run ``step`` unless the journal records it as finished; returns the new state."""
+        task = self.task.name
+        if self.catalog.phase_done(task, step.name):
+            log.info("%s/%s: finished before, restoring its output", task, step.name)
+            end = self.phase_end(step.name)
+            self.ledger = Ledger.from_json(end)
+            return step.restore(self, state, end)
+        sites = [s.name for s in self.sites]
+        self.catalog.journal("phase-start", task, phase=step.name, sites=sites)
+        start = time.perf_counter()
+        state, summary = step.execute(self, state)
+        seconds = round(time.perf_counter() - start, 2)
+        self.catalog.journal(
+            "phase-end", task, phase=step.name, seconds=seconds, **self.ledger.to_json(), **summary
+        )
+        log.info("%s/%s: done %s", task, step.name, summary)
+        return state
+
+    def phase_end(self, phase: str) -> dict[str, Any]:
+        """The journal's record of a finished phase of this task."""
+        return next(
+            e
+            for e in reversed(self.catalog.events())
+            if e["event"] == "phase-end" and e["task"] == self.task.name and e.get("phase") == phase
+        )
+
+
+def teacher_parameters(plan: Plan, task: TaskPlan) -> int:
+    """Parameters of a task's full (teacher) decoder."""
+    widths = plan.encoder.widths
+    return genotype_parameters(widths, Genotype.teacher(len(widths) - 1), len(task.structures))
+
+
+class Registration:
+    """Store the decoder as the task's next version and export the unified bundle."""
+
+    name = "register"
+
+    def __init__(self, phases: list[str]) -> None:
+        self.phases = phases
+
+    def execute(self, run: TaskRun, state: TaskState) -> tuple[TaskState, dict[str, Any]]:
+        """Register (once) and export."""
+        task = run.task
+        if not run.catalog.has_task(task.name):
+            rounds = {
+                name: getattr(task.of(PHASES[name]), "rounds", 1)
+                for name in self.phases
+                if name in PHASES
+            }
+            provenance = {
+                "sites": [s.name for s in run.sites],
+                "rounds": rounds,
+                "teacher_parameters": teacher_parameters(run.plan, task),
+                **run.ledger.to_json(),
+            }
+            dice = state.metrics.get("dice", {})
+            skill = {s: float(v) for s, v in dice.items() if v is not None}
+            calibration = dataclasses.replace(state.calibration, skill=skill)
+            run.catalog.register(
+                task.name, state.decoder, dict(state.metrics), provenance, calibration
+            )
+        bundle = run.catalog.export_bundle()
+        return state, {"bundle": str(bundle.parent)}
+
+    def restore(self, run: TaskRun, state: TaskState, summary: Mapping[str, Any]) -> TaskState:
+        """Nothing to restore: the catalog holds the registered decoder."""
+        return state

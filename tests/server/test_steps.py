@@ -1,0 +1,263 @@
+"""Each server step with a fake federation: replies crafted in the test, no Flower engine."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from flwr.app import ConfigRecord, RecordDict
+
+from core.evaluation import ScoreSums
+from core.model import Encoder
+from core.payload import record_to_state, state_to_record
+from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER
+from core.phases.calibrate import HEAD_PREFIX, CalibrateReply
+from core.phases.distill import DistillReply
+from core.phases.evaluate import EvaluateReply
+from core.phases.search import SearchReply
+from core.phases.spec import TaskState
+from core.protocol import (
+    ARCH,
+    CONFIG,
+    DECODER,
+    ENCODER,
+    ENCODER_SHA,
+    HEADS,
+    METRICS,
+    SETTINGS,
+    RoundConfig,
+    SiteReply,
+)
+from core.protocol import TEACHER as TEACHER_RECORD
+from server.aggregate import RoundFailed
+from server.catalog import Catalog
+from server.federation import Reply, SiteInfo
+from server.orchestrator import initial_decoder, lifecycle
+from server.plan import parse_plan
+from server.steps import Registration, TaskRun
+from tests.conftest import TINY
+
+PLAN = {
+    "model": {"encoder_widths": list(TINY.widths), "patch": [32, 32, 32], "spacing_mm": [4, 4, 4]},
+    "tasks": [
+        {
+            "name": "abdomen",
+            "structures": ["liver", "spleen"],
+            "sites": ["A", "B", "C"],
+            "rounds": 2,
+            "local_steps": 3,
+        }
+    ],
+}
+
+
+class FakeFederation:
+    """Answers every message through ``respond(site, message_type, content)``."""
+
+    def __init__(self, respond):
+        self.respond = respond
+        self.sent: list[tuple[str, str, RecordDict]] = []
+
+    def exchange(self, message_type, contents, sites, group):
+        out = []
+        for site in sites:
+            content = contents[site.node_id]
+            self.sent.append((site.name, message_type, content))
+            answer = self.respond(site.name, message_type, content)
+            out.append(answer if isinstance(answer, Reply) else Reply(site, answer))
+        return out
+
+
+def _sites(*names):
+    return tuple(SiteInfo(i + 1, n, [("ds", ("liver", "spleen"), 4)]) for i, n in enumerate(names))
+
+
+def _run(tmp_path, respond, sites=("A", "B"), min_sites=1):
+    doc = {**PLAN, "tasks": [{**PLAN["tasks"][0], "min_sites": min_sites}]}
+    plan = parse_plan(doc)
+    task = plan.tasks[0]
+    federation = FakeFederation(respond)
+    run = TaskRun(plan, task, Catalog(tmp_path / "catalog"), federation, _sites(*sites))
+    torch.manual_seed(0)
+    return run, TaskState(Encoder(TINY), initial_decoder(plan, task)), federation
+
+
+def _answer(content, metrics, **arrays):
+    sha = ConfigRecord(content[CONFIG])[ENCODER_SHA]
+    return RecordDict(
+        {**arrays, METRICS: metrics.to_record(), CONFIG: ConfigRecord({ENCODER_SHA: sha})}
+    )
+
+
+def _shifted(content, key, delta):
+    """The record ``key`` of the message with ``delta`` added to every value (fp32)."""
+    state = {k: torch.from_numpy(a.numpy()).float() + delta for k, a in content[key].items()}
+    return state_to_record(state, fp16=False)
+
+
+def test_base_averages_by_examples_keeps_a_checkpoint_and_freezes_the_encoder(tmp_path):
+    weights = {"A": (1, 1.0), "B": (3, -1.0)}
+
+    def respond(site, kind, content):
+        assert kind == "train.base"
+        cfg = RoundConfig.from_record(content[CONFIG])
+        assert BASE.parse_settings(content[SETTINGS]).steps == 3 and cfg.rounds == 2
+        n, delta = weights[site]
+        arrays = {
+            DECODER: _shifted(content, DECODER, delta),
+            ENCODER: _shifted(content, ENCODER, 0),
+        }
+        return _answer(content, SiteReply(n, 0.5), **arrays)
+
+    run, state, federation = _run(tmp_path, respond)
+    before = state.decoder.state_dict()
+    after = run.run(BASE, state)
+    for name, value in after.decoder.state_dict().items():  # (1 * +1 + 3 * -1) / 4 per round
+        assert torch.allclose(value, before[name] - 1.0, atol=1e-3), name
+    assert after is not state and torch.equal(state.decoder.state_dict()[name], before[name])
+    assert after.encoder.frozen and run.catalog.encoder() is not None
+    assert all(ENCODER in content for _, _, content in federation.sent)  # trainable: every round
+    assert set(run.ledger.bytes_up) == {"A", "B"} and run.ledger.bytes_down["A"] > 0
+    again, _ = _run(tmp_path, lambda *_: pytest.fail("a finished phase must not run again"))[:2]
+    restored = again.run(BASE, state)
+    assert all(
+        torch.equal(restored.decoder.state_dict()[k], v)
+        for k, v in after.decoder.state_dict().items()
+    )
+    assert again.ledger.bytes_up == run.ledger.bytes_up
+
+
+def _frozen_state(run, state):
+    encoder = run.store_encoder(state.encoder)
+    return TaskState(encoder, state.decoder)
+
+
+def test_a_rejected_reply_and_a_dropped_site_leave_the_round_to_the_others(tmp_path):
+    def respond(site, kind, content):
+        if site == "C":
+            return Reply(_sites("C")[0], None, "Node Unavailable")
+        delta = math.nan if site == "B" else 0.5
+        return _answer(content, SiteReply(2, 0.1), **{DECODER: _shifted(content, DECODER, delta)})
+
+    run, state, federation = _run(tmp_path, respond, sites=("A", "B", "C"))
+    state = _frozen_state(run, state)
+    after = run.run(TEACHER, state)
+    assert set(run.ledger.rejected) == {"B", "C"}
+    assert "NaN" in run.ledger.rejected["B"] and "Node Unavailable" in run.ledger.rejected["C"]
+    name, value = next(iter(after.decoder.state_dict().items()))
+    assert torch.allclose(value, state.decoder.state_dict()[name] + 1.0, atol=1e-2)
+    sent = [content for site, _, content in federation.sent if site == "A"]
+    assert ENCODER in sent[0] and ENCODER not in sent[1]  # the frozen encoder travels once
+    run2, state2, _ = _run(tmp_path / "x", respond, sites=("A", "B", "C"), min_sites=2)
+    with pytest.raises(RoundFailed, match="1 usable site"):
+        run2.run(TEACHER, _frozen_state(run2, state2))
+
+
+@pytest.mark.parametrize(
+    ("metrics", "reason"),
+    [
+        ({"examples": 10**9}, "examples"),
+        ({"examples": 2, "loss": math.inf}, "finite"),
+        ({"examples": 2.5}, "whole number"),
+        ({}, "missing 'examples'"),
+    ],
+)
+def test_malformed_reply_metrics_are_rejected(tmp_path, metrics, reason):
+    def respond(site, kind, content):
+        if site == "B":
+            reply = _answer(content, SiteReply(2), **{DECODER: _shifted(content, DECODER, 0)})
+            reply[METRICS] = type(reply[METRICS])(metrics)
+            return reply
+        return _answer(content, SiteReply(2), **{DECODER: _shifted(content, DECODER, 0)})
+
+    run, state, _ = _run(tmp_path, respond)
+    run.run(TEACHER, _frozen_state(run, state))
+    assert reason in run.ledger.rejected["B"]
+
+
+def test_search_then_distill_yield_a_student_within_the_budget(tmp_path):
+    def respond(site, kind, content):
+        if kind == "train.search":
+            arch = _shifted(content, ARCH, 0.0)
+            arch["alpha"].numpy()[..., 0] += 3.0  # every site prefers the first operation
+            return _answer(content, SearchReply(2, 0.3, 0.0, 1e5), **{ARCH: arch})
+        assert TEACHER_RECORD in content  # the teacher travels with the student
+        return _answer(
+            content, DistillReply(2, 0.2, 0.0, 0.1), **{DECODER: _shifted(content, DECODER, 0)}
+        )
+
+    run, state, _ = _run(tmp_path, respond)
+    state = _frozen_state(run, state)
+    searched = run.run(SEARCH, state)
+    meta = run.phase_end("search")
+    assert searched.genotype is not None and meta["parameters"] <= meta["budget"]
+    assert len(next(iter(run.federation.sent))[2][ARCH]) == 2  # alpha and beta only
+    student = run.run(DISTILL, searched)
+    assert student.decoder.genotype == searched.genotype != state.decoder.genotype
+
+
+def test_calibration_joins_ranges_and_refuses_absurd_ones(tmp_path):
+    ranges = {"A": (-100.0, 200.0), "B": (150.0, 400.0), "C": (1e300, 1e301)}
+
+    def respond(site, kind, content):
+        decoder = content[DECODER]
+        heads = {
+            k: torch.from_numpy(a.numpy()).float()
+            for k, a in decoder.items()
+            if k.startswith(HEAD_PREFIX)
+        }
+        lo, hi = ranges[site]
+        metrics = CalibrateReply(2, 0.1, 0.0, 0.1, 0.1, 0.0, 0.0)
+        reply = _answer(content, metrics, **{HEADS: state_to_record(heads)})
+        reply[METRICS]["body-lo"], reply[METRICS]["body-hi"] = lo, hi
+        return reply
+
+    run, state, _ = _run(tmp_path, respond, sites=("A", "B", "C"))
+    after = run.run(CALIBRATE, _frozen_state(run, state))
+    assert after.calibration.calibrated
+    assert (after.calibration.body_range.lo, after.calibration.body_range.hi) == (-100.0, 400.0)
+    assert "outside" in run.ledger.rejected["C"]
+
+
+def test_evaluation_pools_bounded_sums_and_registration_exports(tmp_path):
+    sums = {
+        "A": {"liver": (1.6, 2)},
+        "B": {"liver": (0.8, 1), "spleen": (0.5, 1)},
+        "C": {"liver": (1000.0, 1)},  # a Dice sum no case count can give
+    }
+
+    def respond(site, kind, content):
+        assert kind == "evaluate"
+        scores = ScoreSums()
+        for structure, (total, n) in sums[site].items():
+            scores.dice[structure] = [total, float(n)]
+        return _answer(content, EvaluateReply(2, scores=scores))
+
+    run, state, _ = _run(tmp_path, respond, sites=("A", "B", "C"))
+    state = _frozen_state(run, state)
+    after = run.run(EVALUATE, state)
+    assert after.metrics["dice"] == {"liver": pytest.approx(0.8), "spleen": pytest.approx(0.5)}
+    assert after.metrics["validation_cases"] == 4 and "outside" in run.ledger.rejected["C"]
+    steps = [s.name for s in lifecycle(run.task, first_task=False)]
+    assert steps == ["teacher", "search", "distill", "calibrate", "evaluate", "register"]
+    run.run(Registration(steps[:-1]), after)
+    version = run.catalog.tasks()[0]["versions"][0]
+    assert version["provenance"]["rounds"]["teacher"] == 2
+    assert version["metrics"]["dice"]["liver"] == pytest.approx(0.8)
+    assert (run.catalog.root / "bundle" / "manifest.json").is_file()
+
+
+def test_what_a_round_sends_is_bounded_on_arrival(tmp_path):
+    seen = []
+
+    def respond(site, kind, content):
+        seen.append(RoundConfig.from_record(content[CONFIG]))
+        template = {k: torch.zeros(tuple(a.shape)) for k, a in content[DECODER].items()}
+        state = record_to_state(content[DECODER], template, "x")
+        return _answer(content, SiteReply(2), **{DECODER: state_to_record(state)})
+
+    run, state, _ = _run(tmp_path, respond)
+    run.run(TEACHER, _frozen_state(run, state))
+    assert [c.round for c in seen] == [1, 1, 2, 2] and seen[0].task == "abdomen"
+    assert seen[0].encoder_sha256 == run.catalog.index["encoder"]["weights_sha256"]
