@@ -21,7 +21,8 @@ from core.data import TaskDataset, discover
 from core.io import atomic_write_bytes
 from core.model import Encoder, EncoderConfig, state_bytes
 from core.payload import PayloadError, record_to_state
-from core.protocol import SITE
+from core.protocol import SHA256, SITE, DatasetRecord, SiteRecord
+from core.records import flat
 
 log = logging.getLogger(__name__)
 
@@ -73,16 +74,15 @@ class Site:
         caches; no case identifiers, no images.
         """
         record = RecordDict()
-        cached = sorted(
+        stems = (
             p.stem.removeprefix("encoder-") for p in self.cache_dir.glob("encoder-*.safetensors")
         )
-        record[SITE] = ConfigRecord(
-            {"name": self.name, "encoders": cached, "datasets": len(self.datasets)}
-        )
+        cached = sorted(s for s in stems if SHA256.fullmatch(s))
+        about = SiteRecord(self.name, tuple(cached), len(self.datasets))
+        record[SITE] = ConfigRecord(flat(about, wire=True))
         for i, ds in enumerate(self.datasets):
-            record[f"dataset-{i}"] = ConfigRecord(
-                {"name": ds.name, "structures": list(ds.labels.structures), "cases": len(ds.cases)}
-            )
+            dataset = DatasetRecord(ds.name, ds.labels.structures, len(ds.cases))
+            record[DatasetRecord.key(i)] = ConfigRecord(flat(dataset, wire=True))
         return record
 
     def dataset_for(self, structures: tuple[str, ...]) -> TaskDataset:

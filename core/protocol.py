@@ -62,7 +62,11 @@ def check_structures(structures: tuple[str, ...], where: str) -> tuple[str, ...]
     if not 1 <= len(structures) <= MAX_STRUCTURES or len(set(structures)) != len(structures):
         raise ProtocolError(f"{where}: expected 1..{MAX_STRUCTURES} distinct structure names")
     for name in structures:
-        if anatomy.get(name).name != name:
+        try:
+            canonical = anatomy.get(name).name
+        except anatomy.UnknownStructureError as e:
+            raise ProtocolError(f"{where}: {e}") from None
+        if canonical != name:
             raise ProtocolError(f"{where}: {name!r} is not a canonical vocabulary name")
     return structures
 
@@ -163,6 +167,44 @@ class RoundConfig(Record):
             schedule_start=(self.round - 1) * steps,
             schedule_total=self.rounds * steps,
         )
+
+
+SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
+MAX_DATASETS = 64
+
+
+@dataclass(frozen=True)
+class SiteRecord(Record):
+    """What a site says about itself in ``describe`` (record :data:`SITE`)."""
+
+    name: str = setting(lo=1, hi=64)
+    encoders: tuple[str, ...] = setting((), hi=64, doc="hashes of the encoders it caches")
+    datasets: int = setting(0, lo=0, hi=MAX_DATASETS)
+
+    def __post_init__(self) -> None:
+        if not SITE_NAME.fullmatch(self.name):
+            raise ValueError(f"site name {self.name!r}: use letters, digits, '_', '.', '-'")
+        for sha in self.encoders[:MAX_DATASETS]:
+            check_sha256(sha, "encoders")
+        if len(self.encoders) > MAX_DATASETS:
+            raise ValueError(f"{len(self.encoders)} cached encoders; expected <= {MAX_DATASETS}")
+
+
+@dataclass(frozen=True)
+class DatasetRecord(Record):
+    """One dataset a site holds (record ``dataset-<i>``): aggregates only."""
+
+    name: str = setting(lo=1, hi=128)
+    structures: tuple[str, ...] = setting(lo=1, hi=64)
+    cases: int = setting(lo=0, hi=1_000_000)
+
+    def __post_init__(self) -> None:
+        check_structures(self.structures, "structures")
+
+    @staticmethod
+    def key(index: int) -> str:
+        """The record key of the ``index``-th dataset."""
+        return f"dataset-{index}"
 
 
 @dataclass(frozen=True)

@@ -2,7 +2,8 @@
 
 Run config (absolute paths: the ServerApp runs in the SuperLink's working directory):
 ``plan`` (the task plan TOML) and ``catalog`` (the catalog folder); optional
-``round-timeout`` in seconds.
+``round-timeout`` in seconds (0: each round's own, derived from its steps, see
+``server.steps.round_timeout``).
 """
 
 from __future__ import annotations

@@ -9,9 +9,13 @@ from dataclasses import dataclass, field
 from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
-from core.protocol import DESCRIBE, SITE
+from core import anatomy
+from core.protocol import DESCRIBE, SITE, DatasetRecord, SiteRecord
+from core.records import RecordError, parse
 
 log = logging.getLogger(__name__)
+
+DESCRIBE_TIMEOUT = 120.0  # seconds for every node to say what it holds
 
 
 @dataclass
@@ -31,6 +35,35 @@ class SiteInfo:
         return 0
 
 
+def parse_description(node: int, content: RecordDict) -> SiteInfo:
+    """A site's ``describe`` reply, parsed into bounded records.
+
+    Raises:
+        RecordError: for a missing or malformed field.
+    """
+    about = content.config_records.get(SITE)
+    if about is None:
+        raise RecordError(f"no {SITE!r} record")
+    site = parse(SiteRecord, dict(about), SITE, wire=True)
+    datasets = []
+    for i in range(site.datasets):
+        record = content.config_records.get(DatasetRecord.key(i))
+        if record is None:
+            raise RecordError(f"no {DatasetRecord.key(i)!r} record")
+        ds = parse(DatasetRecord, dict(record), DatasetRecord.key(i), wire=True)
+        datasets.append((ds.name, ds.structures, ds.cases))
+    return SiteInfo(node, site.name, datasets, set(site.encoders))
+
+
+def distinct_sites(sites: list[SiteInfo]) -> list[SiteInfo]:
+    """The sites by name, without any name that several nodes claim (all are refused)."""
+    names = [s.name for s in sites]
+    duplicates = sorted({n for n in names if names.count(n) > 1})
+    if duplicates:
+        log.error("several nodes claim the site name(s) %s: all of them refused", duplicates)
+    return sorted((s for s in sites if s.name not in duplicates), key=lambda s: s.name)
+
+
 @dataclass(frozen=True)
 class Reply:
     """A site's answer to one message: its content, or why there is none."""
@@ -44,33 +77,30 @@ class Federation:
     """The sites reachable through a Grid."""
 
     def __init__(self, grid: Grid, timeout: float | None = None) -> None:
+        """Talk through ``grid``; ``timeout`` (seconds) overrides every round's own."""
         self.grid = grid
         self.timeout = timeout
 
     def describe_sites(self) -> list[SiteInfo]:
-        """Ask every node to describe its site; nodes that fail are logged and left out."""
+        """Ask every node to describe its site.
+
+        A node that fails or sends a malformed description is logged and left out; a
+        site name claimed by several nodes is refused for all of them (none can be told
+        from an impostor).
+        """
         nodes = list(self.grid.get_node_ids())
         messages = [Message(RecordDict(), dst_node_id=n, message_type=DESCRIBE) for n in nodes]
         sites = []
-        for reply in self.grid.send_and_receive(messages, timeout=self.timeout):
+        for reply in self.grid.send_and_receive(messages, timeout=self.timeout or DESCRIBE_TIMEOUT):
             node = reply.metadata.src_node_id
             if reply.has_error():
                 log.warning("node %s could not describe itself: %s", node, reply.error.reason)
                 continue
-            content = reply.content
-            about = content.config_records[SITE]
-            datasets = [
-                (str(r["name"]), tuple(str(s) for s in list(r["structures"])), int(str(r["cases"])))  # type: ignore[arg-type]
-                for key, r in content.config_records.items()
-                if key.startswith("dataset-")
-            ]
-            encoders = {str(s) for s in about.get("encoders", [])}  # type: ignore[union-attr]
-            sites.append(SiteInfo(node, str(about["name"]), datasets, encoders))
-        names = [s.name for s in sites]
-        duplicates = {n for n in names if names.count(n) > 1}
-        if duplicates:
-            log.warning("several nodes claim the same site name: %s", sorted(duplicates))
-        return sorted(sites, key=lambda s: s.name)
+            try:
+                sites.append(parse_description(node, reply.content))
+            except (RecordError, anatomy.UnknownStructureError) as e:
+                log.warning("node %s: refused its description: %s", node, e)
+        return distinct_sites(sites)
 
     def exchange(
         self,
@@ -78,11 +108,13 @@ class Federation:
         contents: Mapping[int, RecordDict],
         sites: list[SiteInfo],
         group: str,
+        timeout: float,
     ) -> list[Reply]:
         """Send one message per site and collect the replies.
 
         A site that does not answer (dropped out, timed out, failed) gets a Reply with an
-        error, never an exception.
+        error, never an exception. ``timeout`` is the round's own limit in seconds
+        (the federation's override wins).
         """
         by_node = {s.node_id: s for s in sites}
         messages = [
@@ -95,7 +127,7 @@ class Federation:
             for s in sites
         ]
         replies: dict[int, Reply] = {}
-        for msg in self.grid.send_and_receive(messages, timeout=self.timeout):
+        for msg in self.grid.send_and_receive(messages, timeout=self.timeout or timeout):
             site = by_node.get(msg.metadata.src_node_id)
             if site is None:
                 continue

@@ -34,6 +34,10 @@ from server.plan import Plan, TaskPlan
 
 log = logging.getLogger(__name__)
 
+ROUND_BASE_SECONDS = 120.0  # start-up, data loading and caching at a site
+SECONDS_PER_STEP = 10.0  # ~10x a CPU step of the default network (NOTES: 0.3-1 s)
+EVALUATE_SECONDS = 900.0  # sliding-window validation of a site's cases
+
 S = TypeVar("S", bound=Record)
 R = TypeVar("R", bound=SiteReply)
 
@@ -112,7 +116,10 @@ class TaskRun:
         for site in self.sites:
             self.ledger.sent(site.name, array_bytes(contents[site.node_id]))
         group = f"{self.task.name}/{phase.name}/{rnd}"
-        replies = self.federation.exchange(phase.message_type, contents, list(self.sites), group)
+        timeout = round_timeout(self.task.of(phase))
+        replies = self.federation.exchange(
+            phase.message_type, contents, list(self.sites), group, timeout
+        )
         for reply in replies:
             if reply.content is not None and cfg.encoder_sha256:
                 reply.site.encoders.add(cfg.encoder_sha256)
@@ -186,6 +193,16 @@ class TaskRun:
             for e in reversed(self.catalog.events())
             if e["event"] == "phase-end" and e["task"] == self.task.name and e.get("phase") == phase
         )
+
+
+def round_timeout(settings: Record) -> float:
+    """How long a round waits for its sites: a fixed allowance plus a generous time per step.
+
+    A site that hangs is dropped from the round after this, and the round completes with
+    the rest if the task's minimum remains.
+    """
+    steps = getattr(settings, "steps", 0)
+    return ROUND_BASE_SECONDS + SECONDS_PER_STEP * steps if steps else EVALUATE_SECONDS
 
 
 def teacher_parameters(plan: Plan, task: TaskPlan) -> int:

@@ -59,7 +59,8 @@ class FakeFederation:
         self.respond = respond
         self.sent: list[tuple[str, str, RecordDict]] = []
 
-    def exchange(self, message_type, contents, sites, group):
+    def exchange(self, message_type, contents, sites, group, timeout):
+        assert 0 < timeout < 10_000
         out = []
         for site in sites:
             content = contents[site.node_id]

@@ -1,0 +1,52 @@
+"""Site descriptions are parsed into bounded records; duplicate names are refused."""
+
+import pytest
+from flwr.app import ConfigRecord, RecordDict
+
+from core.records import RecordError
+from server.federation import SiteInfo, distinct_sites, parse_description
+
+SHA = "ab" * 32
+
+
+def _description(**site):
+    about = {"name": "hospA", "encoders": [SHA], "datasets": 1} | site
+    dataset = {"name": "Dataset001_abdomen", "structures": ["liver", "spleen"], "cases": 4}
+    return RecordDict({"site": ConfigRecord(about), "dataset-0": ConfigRecord(dataset)})
+
+
+def test_a_good_description():
+    info = parse_description(7, _description())
+    assert (info.node_id, info.name, info.encoders) == (7, "hospA", {SHA})
+    assert info.cases_for(("liver",)) == 4 and info.cases_for(("heart",)) == 0
+
+
+@pytest.mark.parametrize(
+    ("content", "match"),
+    [
+        (RecordDict(), "no 'site' record"),
+        (_description(name="../etc"), "site name"),
+        (_description(encoders=["../../x"]), "64 hex digits"),
+        (_description(datasets=2), "no 'dataset-1' record"),
+        (_description(datasets=10**6), "datasets"),
+    ],
+)
+def test_malformed_descriptions_are_refused(content, match):
+    with pytest.raises((RecordError, ValueError), match=match):
+        parse_description(1, content)
+
+
+def test_a_non_integer_case_count_or_unknown_structure_is_refused():
+    content = _description()
+    content["dataset-0"]["cases"] = 2.5
+    with pytest.raises(RecordError, match="whole number"):
+        parse_description(1, content)
+    content = _description()
+    content["dataset-0"]["structures"] = ["livr"]
+    with pytest.raises(ValueError, match="livr"):
+        parse_description(1, content)
+
+
+def test_a_site_name_claimed_twice_is_refused_for_both():
+    sites = [SiteInfo(1, "hospA", []), SiteInfo(2, "hospB", []), SiteInfo(3, "hospA", [])]
+    assert [s.node_id for s in distinct_sites(sites)] == [2]
