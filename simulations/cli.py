@@ -1,12 +1,15 @@
-"""The ``csfl`` command line: thin commands over the packages, heavy imports inside each.
+"""The ``csfl`` command line: its one composition root, and the simulations' own commands.
 
-It lives in ``simulations`` because that package sits on top of the dependency graph
-(``core`` <- ``client``, ``server`` <- ``simulations``) and may call all of them.
+Each command lives with its users: a hospital's (``site check``, ``predict``) in
+``client.cli``, the coordinator's (``plan check``, ``catalog``, ``deploy-local``) in
+``server.cli``, and the simulations' and benchmarks' below. This module sits on top of
+the dependency graph (``core`` <- ``client``, ``server`` <- ``simulations``), so it alone
+may gather them all. Every command imports its heavy packages (torch, MONAI, Flower,
+nibabel) inside itself, so that ``csfl --help`` answers at once.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 import time
 from pathlib import Path
@@ -14,8 +17,9 @@ from typing import Annotated
 
 import typer
 
-from simulations.cli_federation import catalog_app, deploy_local, plan_app
-from simulations.cli_support import user_errors
+from client import cli as client_cli
+from core.cli import user_errors
+from server import cli as server_cli
 
 app = typer.Typer(
     help="continual-segment-fl: federated continual segmentation of whole-body CT.",
@@ -23,40 +27,8 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
-
-
-site_app = typer.Typer(
-    help="A hospital site's data: check it before joining.", no_args_is_help=True
-)
-app.add_typer(site_app, name="site")
-app.add_typer(catalog_app, name="catalog")
-app.add_typer(plan_app, name="plan")
-app.command("deploy-local")(deploy_local)
-
-
-@site_app.command("check")
-def site_check(
-    data_dir: Annotated[
-        Path, typer.Argument(help="The site's data folder (one or more datasets).")
-    ],
-    json_out: Annotated[
-        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
-    ] = None,
-) -> None:
-    """Find the datasets in DATA_DIR, read every case and report every problem.
-
-    Reads nnU-Net v2 raw, Medical Segmentation Decathlon and TotalSegmentator layouts,
-    either DATA_DIR itself or each of its sub-folders. Exits 1 if any problem is an error.
-    """
-    from core.data.check import check_site, format_report
-    from core.io import atomic_write_json
-
-    report = check_site(data_dir, progress=sys.stderr.isatty())
-    typer.echo(format_report(report))
-    if json_out is not None:
-        atomic_write_json(json_out, report.to_json())
-        typer.echo(f"Report written to {json_out}")
-    raise typer.Exit(0 if report.ok else 1)
+client_cli.add_commands(app)
+server_cli.add_commands(app)
 
 
 @app.command()
@@ -89,67 +61,6 @@ def phantoms(
             f"{site.site}: {len(site.dataset.cases)} case(s) of task {site.task} "
             f"-> {site.dataset.root} (preview {site.preview})"
         )
-
-
-@app.command()
-def predict(
-    bundle: Annotated[Path, typer.Argument(help="A model bundle folder (manifest.json).")],
-    input_path: Annotated[
-        Path, typer.Argument(metavar="INPUT", help="A CT .nii.gz, or a folder of them.")
-    ],
-    output: Annotated[
-        Path, typer.Option("--output", "-o", help="OUT.nii.gz for one input, a folder for many.")
-    ],
-    device: Annotated[
-        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA if any).")
-    ] = None,
-    overlap: Annotated[
-        float, typer.Option(min=0.0, max=0.9, help="Sliding-window overlap.")
-    ] = 0.25,
-    merge: Annotated[
-        str | None,
-        typer.Option(
-            help="Merge rule: confidence, highest_probability or last_decoder "
-            "(default: the bundle's)."
-        ),
-    ] = None,
-    gating: Annotated[
-        bool, typer.Option(help="Silence decoders outside their body-part range.")
-    ] = True,
-    maps: Annotated[
-        Path | None,
-        typer.Option(help="Also write each decoder's probability, confidence, anomaly here."),
-    ] = None,
-) -> None:
-    """Segment every structure the bundle knows, in one pass per CT.
-
-    Writes the label map on the input's exact grid, plus its label table as JSON
-    (``.labels.json``) and colour tables for 3D Slicer (``.ctbl``) and ITK-SNAP
-    (``.itksnap.txt``). Overlapping decoders are merged by the anomaly-aware confidence
-    rule unless ``--merge`` names another.
-    """
-    from core.bundle import load_bundle
-    from core.device import pick_device
-    from core.inference import plan_outputs, predict_files
-
-    torch_device = pick_device(device)
-    with user_errors():
-        loaded = load_bundle(bundle, torch_device)
-        settings = dataclasses.replace(loaded.merge, rule=merge or loaded.merge.rule, gating=gating)
-        inputs, outputs, prefix = plan_outputs(input_path, output)
-        written = predict_files(
-            loaded,
-            inputs,
-            outputs,
-            prefix,
-            torch_device,
-            sys.stderr.isatty(),
-            overlap,
-            settings,
-            maps,
-        )
-    for path in written:
-        typer.echo(f"wrote {path}")
 
 
 @app.command()

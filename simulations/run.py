@@ -16,16 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import server
 from core.io import atomic_write_bytes, atomic_write_json
 from core.records import check_unknown, keys_of
 from server.catalog import Catalog
+from server.local import APP_DIR, LocalFederation
 from server.plan import ModelSection, TaskSection, TrainingSection, parse_plan, task_keys
 from simulations.evaluate import evaluate_catalog, upload_summary
-from simulations.local import LocalFederation
 from simulations.scenario import Scenario, write_scenario
-
-APP_DIR = Path(server.__file__).resolve().parent.parent
 
 
 class SimulationError(RuntimeError):

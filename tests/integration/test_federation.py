@@ -10,8 +10,8 @@ import torch
 
 from core.model import Genotype
 from server.catalog import Catalog
-from simulations.local import LocalFederation
-from simulations.run import APP_DIR, plan_document, to_toml
+from server.local import APP_DIR, LocalFederation
+from simulations.run import plan_document, to_toml
 from simulations.scenario import load_scenario, write_scenario
 
 pytestmark = pytest.mark.slow

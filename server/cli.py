@@ -1,4 +1,9 @@
-"""``csfl catalog``, ``csfl plan`` and ``csfl deploy-local``: the coordinator's commands."""
+"""The coordinator's commands: ``csfl plan check``, ``csfl catalog`` and ``csfl deploy-local``.
+
+Typed with typer; the catalog, the plan parser and Flower are imported inside the command
+that needs them, so that ``csfl --help`` answers at once. ``simulations.cli`` puts these
+commands into ``csfl`` with :func:`add_commands`.
+"""
 
 from __future__ import annotations
 
@@ -8,15 +13,10 @@ from typing import Annotated
 
 import typer
 
-from simulations.cli_support import user_errors
+from core.cli import fail, user_errors
 
 catalog_app = typer.Typer(help="Inspect and export the decoder catalog.", no_args_is_help=True)
 plan_app = typer.Typer(help="Check a task plan.", no_args_is_help=True)
-
-
-def _fail(message: str) -> None:
-    typer.echo(f"error: {message}", err=True)
-    raise typer.Exit(2)
 
 
 @catalog_app.command("ls")
@@ -50,8 +50,7 @@ def catalog_show(
     cat = Catalog(catalog)
     entry = next((t for t in cat.tasks() if t["name"] == task), None)
     if entry is None:
-        _fail(f"{catalog}: no task {task!r}; tasks: {[t['name'] for t in cat.tasks()]}")
-        return
+        fail(f"{catalog}: no task {task!r}; tasks: {[t['name'] for t in cat.tasks()]}")
     events = [e for e in cat.events() if e.get("task") == task]
     typer.echo(json.dumps({"task": entry, "journal": events}, indent=2))
 
@@ -72,17 +71,25 @@ def catalog_export(
 @plan_app.command("check")
 def plan_check(plan: Annotated[Path, typer.Argument(help="The plan TOML.")]) -> None:
     """Validate a plan and print its tasks in order."""
+    from core.phases import PHASES
+    from server.orchestrator import lifecycle
     from server.plan import load_plan
 
     with user_errors():
         parsed = load_plan(plan)
     spacing = list(parsed.preprocessing.spacing_mm)
     typer.echo(f"encoder {list(parsed.encoder.widths)}, patch {list(parsed.patch)}, {spacing} mm")
-    for t in parsed.tasks:
+    for i, t in enumerate(parsed.tasks):
         sites = "any site that labels them" if t.sites is None else ", ".join(t.sites)
-        budget = f"{t.rounds} rounds x {t.local_steps} steps"
+        phases = [PHASES[s.name] for s in lifecycle(t, i == 0) if s.name in PHASES]
+        budget = ", ".join(
+            f"{p.name} {t.of(p).rounds}x{t.of(p).steps}"
+            for p in phases
+            if hasattr(t.of(p), "steps")
+        )
         typer.echo(
-            f"{t.name}: {len(t.structures)} structures; {budget}; sites: {sites} ({t.min_sites}+)"
+            f"{t.name}: {len(t.structures)} structures; {budget}; lr {t.optimiser.lr}; "
+            f"sites: {sites} ({t.section.min_sites}+)"
         )
 
 
@@ -99,14 +106,13 @@ def deploy_local(
     The same processes a real deployment runs, on one machine and without TLS; every
     process is stopped at the end.
     """
-    from simulations.local import LocalFederation
-    from simulations.run import APP_DIR
+    from server.local import APP_DIR, LocalFederation
 
     nodes = []
     for entry in site:
         name, _, data = entry.partition("=")
         if not name or not data:
-            _fail(f"--site {entry!r}: expected NAME=DATA_DIR")
+            fail(f"--site {entry!r}: expected NAME=DATA_DIR")
         nodes.append({"site": name, "data-dir": str(Path(data).resolve())})
     config = {"plan": str(plan.resolve()), "catalog": str(catalog.resolve())}
     with LocalFederation(home, simulation=False, nodes=nodes) as federation:
@@ -114,4 +120,11 @@ def deploy_local(
         result = federation.run(APP_DIR, config)
     typer.echo(result.stdout[-4000:])
     if result.returncode != 0:
-        _fail(f"flwr run exited {result.returncode}: {result.stderr[-2000:]}")
+        fail(f"flwr run exited {result.returncode}: {result.stderr[-2000:]}")
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add ``plan check``, ``catalog ls|show|export`` and ``deploy-local`` to ``app``."""
+    app.add_typer(catalog_app, name="catalog")
+    app.add_typer(plan_app, name="plan")
+    app.command("deploy-local")(deploy_local)

@@ -1,9 +1,10 @@
 """A Flower federation on 127.0.0.1: one SuperLink, optionally one SuperNode per site.
 
-Used by ``csfl simulate`` (a SuperLink in simulation mode: Flower's Simulation Engine runs
-the sites) and ``csfl deploy-local`` / the integration tests (real SuperNodes, one per
-site, each with its node config). Every process started here is stopped on exit, and
-Flower's home (its ``config.toml`` with the connection) lives in a folder of ours.
+Used by ``csfl deploy-local`` and the integration tests (real SuperNodes, one per site,
+each with its node config) and by ``csfl simulate`` in ``simulations`` (a SuperLink in
+simulation mode: Flower's Simulation Engine runs the sites). Every process started here
+is stopped on exit, and Flower's home (its ``config.toml`` with the connection) lives in
+a folder of ours.
 """
 
 from __future__ import annotations
@@ -22,6 +23,8 @@ from types import TracebackType
 import httpx
 
 CONNECTION = "csfl"
+APP_DIR = Path(__file__).resolve().parent.parent
+"""The Flower app ``flwr run`` starts: the project root, whose pyproject.toml names it."""
 
 
 def free_port() -> int:

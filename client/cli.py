@@ -1,0 +1,112 @@
+"""The hospital's commands: ``csfl site check`` before joining, ``csfl predict`` after.
+
+Typed with typer; every heavy package (torch, MONAI, nibabel) is imported inside the
+command that needs it, so that ``csfl --help`` answers at once. ``simulations.cli``
+puts these commands into ``csfl`` with :func:`add_commands`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from core.cli import user_errors
+
+site_app = typer.Typer(
+    help="A hospital site's data: check it before joining.", no_args_is_help=True
+)
+
+
+@site_app.command("check")
+def site_check(
+    data_dir: Annotated[
+        Path, typer.Argument(help="The site's data folder (one or more datasets).")
+    ],
+    json_out: Annotated[
+        Path | None, typer.Option("--json", help="Also write the report to this JSON file.")
+    ] = None,
+) -> None:
+    """Find the datasets in DATA_DIR, read every case and report every problem.
+
+    Reads nnU-Net v2 raw, Medical Segmentation Decathlon and TotalSegmentator layouts,
+    either DATA_DIR itself or each of its sub-folders. Exits 1 if any problem is an error.
+    """
+    from core.data.check import check_site, format_report
+    from core.io import atomic_write_json
+
+    report = check_site(data_dir, progress=sys.stderr.isatty())
+    typer.echo(format_report(report))
+    if json_out is not None:
+        atomic_write_json(json_out, report.to_json())
+        typer.echo(f"Report written to {json_out}")
+    raise typer.Exit(0 if report.ok else 1)
+
+
+def predict(
+    bundle: Annotated[Path, typer.Argument(help="A model bundle folder (manifest.json).")],
+    input_path: Annotated[
+        Path, typer.Argument(metavar="INPUT", help="A CT .nii.gz, or a folder of them.")
+    ],
+    output: Annotated[
+        Path, typer.Option("--output", "-o", help="OUT.nii.gz for one input, a folder for many.")
+    ],
+    device: Annotated[
+        str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA if any).")
+    ] = None,
+    overlap: Annotated[
+        float, typer.Option(min=0.0, max=0.9, help="Sliding-window overlap.")
+    ] = 0.25,
+    merge: Annotated[
+        str | None,
+        typer.Option(
+            help="Merge rule: confidence, highest_probability or last_decoder "
+            "(default: the bundle's)."
+        ),
+    ] = None,
+    gating: Annotated[
+        bool, typer.Option(help="Silence decoders outside their body-part range.")
+    ] = True,
+    maps: Annotated[
+        Path | None,
+        typer.Option(help="Also write each decoder's probability, confidence, anomaly here."),
+    ] = None,
+) -> None:
+    """Segment every structure the bundle knows, in one pass per CT.
+
+    Writes the label map on the input's exact grid, plus its label table as JSON
+    (``.labels.json``) and colour tables for 3D Slicer (``.ctbl``) and ITK-SNAP
+    (``.itksnap.txt``). Overlapping decoders are merged by the anomaly-aware confidence
+    rule unless ``--merge`` names another.
+    """
+    from core.bundle import load_bundle
+    from core.device import pick_device
+    from core.inference import plan_outputs, predict_files
+
+    torch_device = pick_device(device)
+    with user_errors():
+        loaded = load_bundle(bundle, torch_device)
+        settings = dataclasses.replace(loaded.merge, rule=merge or loaded.merge.rule, gating=gating)
+        inputs, outputs, prefix = plan_outputs(input_path, output)
+        written = predict_files(
+            loaded,
+            inputs,
+            outputs,
+            prefix,
+            torch_device,
+            sys.stderr.isatty(),
+            overlap,
+            settings,
+            maps,
+        )
+    for path in written:
+        typer.echo(f"wrote {path}")
+
+
+def add_commands(app: typer.Typer) -> None:
+    """Add ``site check`` and ``predict`` to ``app``."""
+    app.add_typer(site_app, name="site")
+    app.command()(predict)
