@@ -79,8 +79,13 @@ def capped_weights(cases: Mapping[str, int], cap: int) -> dict[str, float]:
     return weights
 
 
-def _arrays(state: State, names: Sequence[str]) -> list[NDArray[np.float64]]:
-    return [state[name].detach().to("cpu", torch.float64).numpy() for name in names]
+def _arrays(state: State, names: Sequence[str]) -> list[NDArray[np.floating]]:
+    """Views of the tensors (no copy: Flower's helpers never write into their inputs)."""
+    return [state[name].detach().to("cpu").numpy() for name in names]
+
+
+def _norm(arrays: Sequence[NDArray[np.floating]], base: Sequence[NDArray[np.floating]]) -> float:
+    return get_norm([a - b for a, b in zip(arrays, base, strict=True)])
 
 
 def _check(sites: Sequence[SiteState], reference: State) -> list[str]:
@@ -101,8 +106,7 @@ def _check(sites: Sequence[SiteState], reference: State) -> list[str]:
 def update_norm(state: State, reference: State) -> float:
     """The L2 norm of ``state - reference`` over all arrays."""
     names = list(reference)
-    diff = [s - r for s, r in zip(_arrays(state, names), _arrays(reference, names), strict=True)]
-    return get_norm(diff)
+    return _norm(_arrays(state, names), _arrays(reference, names))
 
 
 def clip_updates(
@@ -125,9 +129,9 @@ def clip_updates(
     if not norm_bound >= 1.0:
         raise ValueError(f"norm bound {norm_bound}: expected >= 1")
     names = _check(sites, reference)
-    norms = [update_norm(state, reference) for state, _ in sites]
-    bound = norm_bound * statistics.median_low(norms)
     base = _arrays(reference, names)
+    norms = [_norm(_arrays(state, names), base) for state, _ in sites]
+    bound = norm_bound * statistics.median_low(norms)
     out: list[SiteState] = []
     scales = []
     for (state, weight), norm in zip(sites, norms, strict=True):

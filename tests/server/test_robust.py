@@ -61,7 +61,9 @@ def test_one_hostile_site_moves_the_aggregate_less_than_the_bound(n_honest, atta
     sites = [(s, weights[f"site{i}"]) for i, s in enumerate(honest)] + [(hostile, weights["evil"])]
     honest_only = weighted_mean(sites[:-1])
     bound = DEFAULT_NORM_BOUND * min(update_norm(s, reference) for s in honest)
+    sent = {k: v.clone() for k, v in hostile.items()}
     robust = robust_mean(sites, reference)
+    assert all(torch.equal(hostile[k], sent[k]) for k in sent)  # inputs are left as they were
     assert robust.rule == "trimmed-mean"
     assert robust.scales[:-1] == (1.0,) * n_honest and robust.scales[-1] < 0.1
     assert _distance(robust.state, honest_only) < bound
