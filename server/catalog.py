@@ -13,10 +13,15 @@ CATALOG/
 Every file is written atomically (temporary file, fsync, rename) and its sha256 is
 recorded and checked on reading, so a crash at any moment loses at most the phase in
 flight: a restart finds the finished phases in the journal and their outputs on disk.
+A registration checks its metrics and calibration (``server.catalog_checks``) before
+writing anything and either adds the version or leaves the catalog as it was;
+:meth:`Catalog.verify` re-checks every hash, metric and range of a stored catalog.
 """
 
 from __future__ import annotations
 
+import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -39,13 +44,26 @@ from core.model import (
     Genotype,
     state_bytes,
 )
+from server.catalog_checks import (
+    calibration_problems,
+    encoder_entry_problems,
+    json_problems,
+    metric_problems,
+    task_name_problems,
+    version_problems,
+)
 
 FORMAT = "continual-segment-fl catalog"
 VERSION = 1
+INDEX = "catalog.json"
 
 
 class CatalogError(RuntimeError):
     """A catalog file that is missing, altered or of an unknown version."""
+
+
+class RegistrationError(CatalogError):
+    """An entry that may not be stored (bad metrics or calibration); nothing was written."""
 
 
 def _now() -> str:
@@ -62,10 +80,15 @@ class Catalog:
     def __init__(self, root: str | Path) -> None:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
-        index = self.root / "catalog.json"
+        index = self.root / INDEX
         if index.is_file():
-            self.index = json.loads(index.read_text(encoding="utf-8"))
-            if self.index.get("format") != FORMAT or self.index.get("version") != VERSION:
+            try:
+                self.index = json.loads(index.read_text(encoding="utf-8"))
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise CatalogError(f"{index}: not JSON ({e})") from None
+            if not isinstance(self.index, dict) or not (
+                self.index.get("format") == FORMAT and self.index.get("version") == VERSION
+            ):
                 raise CatalogError(f"{index}: not a version-{VERSION} {FORMAT}")
         else:
             self.index = {"format": FORMAT, "version": VERSION, "encoder": None, "tasks": []}
@@ -122,6 +145,8 @@ class Catalog:
 
     def _read(self, entry: dict[str, str]) -> dict[str, torch.Tensor]:
         path = self.root / entry["file"]
+        if not path.resolve().is_relative_to(self.root.resolve()):
+            raise CatalogError(f"{path}: outside the catalog folder {self.root}")
         if not path.is_file():
             raise CatalogError(f"{path}: missing")
         data = path.read_bytes()
@@ -129,8 +154,9 @@ class Catalog:
             raise CatalogError(f"{path}: sha256 does not match the catalog (altered or corrupt)")
         return load(data)
 
-    def _save_index(self) -> None:
-        atomic_write_json(self.root / "catalog.json", self.index)
+    def _save_index(self, index: dict[str, Any] | None = None) -> None:
+        """Write ``index`` (default: the current one) atomically."""
+        atomic_write_json(self.root / INDEX, self.index if index is None else index)
 
     # -- checkpoints of finished phases --------------------------------------------------
     def save_checkpoint(
@@ -195,30 +221,72 @@ class Catalog:
         provenance: dict[str, Any],
         calibration: Calibration | None = None,
     ) -> int:
-        """Store a task's decoder as its next version; returns the version number."""
-        entry = next((t for t in self.index["tasks"] if t["name"] == task), None)
+        """Store a task's decoder as its next version; returns the version number.
+
+        Everything is checked before anything is written; the weights are written (through
+        a temporary file) before the index that names them, and removed again if the index
+        cannot be written, so the catalog either gains the version or stays as it was.
+
+        Raises:
+            RegistrationError: for metrics outside their ranges (Dice in [0, 1], HD95 finite
+                and >= 0, whole counts >= 0), scores of structures the decoder lacks, a
+                calibration that would not load, a bad task name, or no encoder yet.
+        """
+        encoder = self.index.get("encoder")
+        where = f"{task}: new version"
+        problems = task_name_problems(task, where)
+        if encoder is None:
+            problems.append(f"{where}: the catalog has no encoder yet")
+        structures = list(decoder.structures)
+        calibration_json = (calibration or Calibration()).to_json()
+        problems += metric_problems(metrics, structures, f"{where}: metrics")
+        problems += calibration_problems(calibration_json, structures, f"{where}: calibration")
+        problems += json_problems(provenance, f"{where}: provenance")
+        if problems:
+            raise RegistrationError("; ".join(problems))
+        index = copy.deepcopy(self.index)
+        entry = next((t for t in index["tasks"] if t["name"] == task), None)
         if entry is None:
-            entry = {"name": task, "structures": list(decoder.structures), "versions": []}
-            self.index["tasks"].append(entry)
+            entry = {"name": task, "structures": list(structures), "versions": []}
+            index["tasks"].append(entry)
         version = len(entry["versions"]) + 1
-        stored = self._write(
-            f"decoders/{task}/v{version}.safetensors", state_bytes(decoder.state_dict())
-        )
+        data = state_bytes(decoder.state_dict())
+        rel = f"decoders/{task}/v{version}.safetensors"
         entry["versions"].append(
             {
                 "version": version,
-                **stored,
+                "file": rel,
+                "sha256": _sha256(data),
                 "genotype": decoder.genotype.to_json(),
-                "structures": list(decoder.structures),
-                "metrics": metrics,
-                "provenance": provenance,
-                "calibration": (calibration or Calibration()).to_json(),
-                "encoder_sha256": self.index["encoder"]["weights_sha256"],
+                "structures": structures,
+                "metrics": copy.deepcopy(metrics),
+                "provenance": copy.deepcopy(provenance),
+                "calibration": calibration_json,
+                "encoder_sha256": encoder["weights_sha256"],
                 "created": _now(),
             }
         )
-        self._save_index()
+        folder_existed = (self.root / rel).parent.is_dir()
+        self._write(rel, data)
+        try:
+            self._save_index(index)
+        except BaseException:
+            if self._index_on_disk() == index:  # written; only its fsync failed: keep both
+                self.index = index
+            else:  # the old index stands: drop the weights it does not name
+                (self.root / rel).unlink(missing_ok=True)
+                if not folder_existed:
+                    with contextlib.suppress(OSError):
+                        (self.root / rel).parent.rmdir()
+            raise
+        self.index = index
         return version
+
+    def _index_on_disk(self) -> Any:
+        try:
+            return json.loads((self.root / INDEX).read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
 
     def model(self) -> ContinualSegmenter:
         """The unified model: the encoder and each task's latest decoder, in task order.
@@ -258,3 +326,108 @@ class Catalog:
             },
         )
         return save_bundle(bundle, folder or self.root / "bundle")
+
+    # -- checks --------------------------------------------------------------------------
+    def verify(self) -> list[str]:
+        """Check every hash, metric and range; returns the problems, one line each.
+
+        Checked: the encoder's entry, file hash and weight hash; per task a valid name
+        and versions numbered 1, 2, ...; per version its genotype, structures, metrics
+        (Dice in [0, 1], HD95 finite >= 0, whole counts >= 0), calibration (skills in
+        [0, 1], a finite ordered body range), encoder, and its file (present, hashing as
+        recorded, loading into its decoder); every checkpoint's file and hash.
+        """
+        tasks = self.index.get("tasks")
+        if not isinstance(tasks, list):
+            return [f"{self.root / INDEX}: tasks: expected a list"]
+        encoder_entry = self.index.get("encoder")
+        problems: list[str] = []
+        encoder: Encoder | None = None
+        if encoder_entry is None:
+            if tasks:
+                problems.append(f"{self.root / INDEX}: {len(tasks)} task(s) but no encoder")
+        elif not isinstance(encoder_entry, dict):
+            problems.append(f"{self.root / INDEX}: encoder: expected an object")
+        elif not (entry_problems := encoder_entry_problems(encoder_entry, f"{INDEX}: encoder")):
+            try:
+                encoder = self.encoder()
+            except (CatalogError, KeyError, ValueError, RuntimeError) as e:
+                problems.append(f"{INDEX}: encoder: {e}")
+        else:
+            problems += entry_problems
+        sha = encoder_entry.get("weights_sha256") if isinstance(encoder_entry, dict) else None
+        names: set[str] = set()
+        for task in tasks:
+            name = task.get("name") if isinstance(task, dict) else None
+            where = f"{INDEX}: task {name!r}"
+            problems += task_name_problems(name, where)
+            if name in names:
+                problems.append(f"{where}: registered twice")
+            names.add(str(name))
+            versions = task.get("versions") if isinstance(task, dict) else None
+            if not isinstance(versions, list) or not versions:
+                problems.append(f"{where}: expected a non-empty list of versions")
+                continue
+            for number, version in enumerate(versions, 1):
+                version_where = f"{where} v{number}"
+                found = version_problems(version, number, sha, version_where)
+                problems += found
+                if isinstance(version, dict) and "file" in version and "sha256" in version:
+                    fit = encoder if not found else None  # rebuild only a sound entry
+                    problems += self._decoder_file_problems(version, fit, version_where)
+        return problems + self._checkpoint_problems()
+
+    def _decoder_file_problems(
+        self, version: dict[str, Any], encoder: Encoder | None, where: str
+    ) -> list[str]:
+        """The file's problems; with an encoder, also whether it loads into its decoder."""
+        try:
+            state = self._read(version)
+        except CatalogError as e:
+            return [f"{where}: {e}"]
+        except Exception as e:  # a hashed file that safetensors cannot parse
+            return [f"{where}: {version['file']} does not load ({e})"]
+        if encoder is None:
+            return []
+        genotype = Genotype.from_json(version["genotype"])
+        decoder = Decoder(encoder.config.widths, genotype, version["structures"])
+        try:
+            decoder.load_state_dict(state)
+        except RuntimeError as e:
+            first = str(e).splitlines()[:2]
+            return [f"{where}: {version['file']} does not fit its genotype ({' '.join(first)})"]
+        return []
+
+    def _checkpoint_problems(self) -> list[str]:
+        problems = []
+        for path in sorted(self.root.glob("checkpoints/*/*.json")):
+            where = str(path.relative_to(self.root))
+            try:
+                entry = json.loads(path.read_text(encoding="utf-8"))
+                self._read(entry)
+            except CatalogError as e:
+                problems.append(f"{where}: {e}")
+            except Exception as e:  # whatever makes a checkpoint unreadable is a problem
+                problems.append(f"{where}: unreadable ({type(e).__name__}: {e})")
+        return problems
+
+
+def verify_command(root: str | Path) -> tuple[int, list[str]]:
+    """``csfl catalog verify CATALOG``: the exit status (0 fine, 1 problems) and lines to print.
+
+    Raises:
+        CatalogError: if ``root`` holds no catalog index or one that cannot be read (the
+            CLI shows it as ``error: ...`` and exits 2).
+    """
+    path = Path(root)
+    if not (path / INDEX).is_file():
+        raise CatalogError(f"{path / INDEX}: missing; expected a catalog folder")
+    catalog = Catalog(path)
+    problems = catalog.verify()
+    if problems:
+        return 1, [*problems, f"{path}: {len(problems)} problem(s)"]
+    versions = sum(len(t["versions"]) for t in catalog.tasks())
+    return 0, [
+        f"{path}: ok ({len(catalog.tasks())} task(s), {versions} version(s); "
+        "every file hashes as recorded and every metric is in range)"
+    ]

@@ -1,11 +1,14 @@
+import io
+
 import numpy as np
 import pytest
 import torch
 from flwr.app import Array, ArrayRecord
+from flwr.common.constant import SType
 
 from core.data.transforms import Preprocessing
 from core.model import Decoder, EncoderConfig, Genotype
-from core.payload import PayloadError, record_to_state, state_to_record
+from core.payload import FP16_MAX, PayloadError, record_to_state, state_to_record
 from core.protocol import ProtocolError, RoundConfig
 from tests.conftest import TINY
 
@@ -78,3 +81,76 @@ def test_round_config_round_trip_and_missing_fields():
     del record["patch"]
     with pytest.raises(ProtocolError, match="missing 'patch'"):
         RoundConfig.from_record(record)
+
+
+def _npy(array):
+    buffer = io.BytesIO()
+    np.save(buffer, array, allow_pickle=False)
+    return buffer.getvalue()
+
+
+def _header_only(descr, shape):
+    buffer = io.BytesIO()
+    np.lib.format.write_array_header_1_0(
+        buffer, {"descr": descr, "fortran_order": False, "shape": shape}
+    )
+    return buffer.getvalue()
+
+
+def _zip_bytes():
+    buffer = io.BytesIO()
+    np.savez(buffer, a=np.zeros(3, np.float16))
+    return buffer.getvalue()
+
+
+def _hostile(shape):
+    """Arrays whose declaration says fp16 of the expected shape; their bytes say otherwise."""
+    n = int(np.prod(shape))
+    return {
+        "float64 bytes": ("float16", SType.NUMPY, _npy(np.zeros(shape, np.float64))),
+        "int64 bytes": ("float16", SType.NUMPY, _npy(np.zeros(shape, np.int64))),
+        "one element": ("float16", SType.NUMPY, _npy(np.zeros(1, np.float16))),
+        "big-endian": ("float16", SType.NUMPY, _npy(np.zeros(shape, ">f2"))),
+        "trailing bytes": ("float16", SType.NUMPY, _npy(np.zeros(shape, np.float16)) + b"\0" * 8),
+        "short data": ("float16", SType.NUMPY, _header_only("<f2", shape) + b"\0" * n),
+        "huge header shape": ("float16", SType.NUMPY, _header_only("<f2", (10**12,))),
+        "object dtype": ("float16", SType.NUMPY, _header_only("|O", shape)),
+        "garbage": ("float16", SType.NUMPY, b"\x93NUMPY garbage" * 4),
+        "not npy": ("float16", SType.NUMPY, b"hello"),
+        "npz archive": ("float16", SType.NUMPY, _zip_bytes()),
+        "unknown stype": ("float16", "torch.Tensor", _npy(np.zeros(shape, np.float16))),
+        "declared int64": ("int64", SType.NUMPY, _npy(np.zeros(shape, np.int64))),
+    }
+
+
+@pytest.mark.parametrize("case", list(_hostile((2, 3))))
+def test_hostile_bytes_raise_payload_error_only(case):
+    state = _decoder().state_dict()
+    record = state_to_record(state)
+    name = next(iter(state))
+    shape = tuple(state[name].shape)
+    dtype, stype, data = _hostile(shape)[case]
+    bad = ArrayRecord({**dict(record.items()), name: Array(dtype, shape, stype, data)})
+    with pytest.raises(PayloadError, match=f"x: {name} "):
+        record_to_state(bad, state, "x")
+
+
+def test_values_beyond_fp16_range_are_refused_even_in_fp32():
+    state = _decoder().state_dict()
+    record = state_to_record(state, fp16=False)
+    name = next(iter(state))
+    huge = record[name].numpy().copy()
+    huge.flat[0] = 3e38  # finite in fp32, inf once averaged and sent on in fp16
+    with pytest.raises(PayloadError, match="beyond"):
+        record_to_state(_corrupt(record, name, huge), state, "x")
+    edge = record[name].numpy().copy()
+    edge.flat[0] = FP16_MAX
+    assert record_to_state(_corrupt(record, name, edge), state, "x")[name].flatten()[0] == FP16_MAX
+    with pytest.raises(PayloadError, match="beyond"):
+        record_to_state(_corrupt(record, name, edge), state, "x", max_abs=100.0)
+
+
+def test_fortran_ordered_arrays_keep_their_values():
+    state = {"w": torch.arange(6.0).reshape(2, 3)}
+    record = ArrayRecord({"w": Array(np.asfortranarray(state["w"].numpy()))})
+    assert torch.equal(record_to_state(record, state, "x")["w"], state["w"])
