@@ -21,8 +21,9 @@ from numpy.typing import NDArray
 from pydicom.dataset import FileMetaDataset
 from pydicom.sr.coding import Code
 from pydicom.uid import ExplicitVRLittleEndian, RTStructureSetStorage, generate_uid
+from scipy.ndimage import find_objects
 from skimage.draw import polygon
-from skimage.measure import approximate_polygon, find_contours
+from skimage.measure import find_contours
 
 from core import anatomy
 from core.dicom.codes import structure_code
@@ -79,10 +80,13 @@ def _contours(mask: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
     padded = np.pad(mask, 1).astype(np.float32)  # closes contours at the image border
     traced = []
     for contour in find_contours(padded, 0.5):
-        # Drop the repeated end point (CLOSED_PLANAR implies it) and collinear points.
-        simplified = approximate_polygon(contour[:-1] - 1.0, tolerance=0.01)
-        if len(simplified) >= 3:
-            traced.append(simplified)
+        points = contour[:-1] - 1.0  # CLOSED_PLANAR implies the repeated end point
+        into = points - np.roll(points, 1, axis=0)
+        out_of = np.roll(points, -1, axis=0) - points
+        # Keep the corners only: on a straight run a point adds nothing but size.
+        turning = np.abs(into[:, 0] * out_of[:, 1] - into[:, 1] * out_of[:, 0]) > 1e-9
+        if turning.sum() >= 3:
+            traced.append(points[turning])
     return traced
 
 
@@ -147,13 +151,16 @@ def write_rtstruct(
         for ds in sources
     ]
     planes = [_Plane(ds) for ds in sources]
+    boxes = find_objects(labels)  # each structure's bounding box: trace only inside it
     rois, contour_sets, observations = [], [], []
     for number, value in enumerate(present, 1):
         name = structures[value - 1]
+        box_x, box_y, box_z = boxes[value - 1]
+        corner = np.array([box_y.start, box_x.start], dtype=np.float64)  # (row, column)
         contours = []
-        for k, plane in enumerate(planes):
-            for traced in _contours(np.equal(labels[:, :, k].T, value)):
-                points = np.round(plane.to_patient(traced), 3)
+        for k in range(box_z.start, box_z.stop):
+            for traced in _contours(np.equal(labels[box_x, box_y, k].T, value)):
+                points = np.round(planes[k].to_patient(traced + corner), 3)
                 contours.append(
                     _item(
                         ContourImageSequence=[images[k]],
