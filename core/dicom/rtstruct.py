@@ -202,7 +202,6 @@ def write_rtstruct(
         OperatorsName="",
         Manufacturer=MANUFACTURER,
         ManufacturerModelName=ALGORITHM_NAME,
-        FrameOfReferenceUID=first.FrameOfReferenceUID,
         InstanceNumber=1,
         StructureSetLabel=label[:16],
         StructureSetDate=now.strftime("%Y%m%d"),

@@ -99,7 +99,9 @@ def _choose_series(
         raise DicomSeriesError(folder, "enhanced (multi-frame) CT is not supported")
     series: dict[str, list[_Header]] = {}
     for h in headers:
-        if h.ds.get("SOPClassUID") == CTImageStorage and h.ds.get("Modality") == "CT":
+        is_ct = h.ds.get("SOPClassUID") == CTImageStorage and h.ds.get("Modality") == "CT"
+        # A scout (localizer) image may share the series UID; it is no slice of the volume.
+        if is_ct and "LOCALIZER" not in h.ds.get("ImageType", []):
             series.setdefault(str(h.ds.get("SeriesInstanceUID", "")), []).append(h)
     if not series:
         kinds = Counter(str(h.ds.get("Modality", "?")) for h in headers)
@@ -236,7 +238,7 @@ def read_series(
 
     Args:
         folder: a folder holding the series' files (subfolders are searched too; files
-            that are not DICOM are skipped).
+            that are not DICOM, and localizer images, are skipped).
         series_uid: the SeriesInstanceUID to read when the folder holds several.
 
     Returns:

@@ -3,12 +3,17 @@ from __future__ import annotations
 from pathlib import Path
 
 import highdicom as hd
+import nibabel as nib
 import numpy as np
 import pydicom
 import pytest
 from pydicom.sr.codedict import codes
+from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 
+from core.data.problems import DataError
 from core.dicom.codes import SCT_KEYWORDS, structure_code
+from core.dicom.ct_writer import write_ct_series
+from core.dicom.output import OutputFormat, check_format, is_dicom_folder, write_dicom_labels
 from core.dicom.rtstruct import read_rtstruct, write_rtstruct
 from core.dicom.seg import write_seg
 from core.dicom.series import read_series
@@ -103,3 +108,33 @@ def test_code_table_names_real_concepts_and_falls_back_to_the_category() -> None
     rib = structure_code("rib_left_3")
     assert (rib.type, rib.category, rib.coded) == (codes.SCT.AnatomicalStructure,) * 2 + (False,)
     assert structure_code("body").category == codes.SCT.Tissue
+
+
+def test_dicom_formats_need_a_dicom_series_input(tmp_path: Path) -> None:
+    twin, _ = phantom_ct()
+    (tmp_path / "batch").mkdir()
+    nib.save(twin, tmp_path / "batch" / "ct.nii.gz")
+    write_ct_series(twin, tmp_path / "series")
+    for nifti_input in (tmp_path / "batch" / "ct.nii.gz", tmp_path / "batch"):
+        assert not is_dicom_folder(nifti_input)
+        with pytest.raises(DataError, match=r"--format seg needs a DICOM CT series folder"):
+            check_format(OutputFormat.SEG, nifti_input)
+        check_format(OutputFormat.NIFTI, nifti_input)
+    assert is_dicom_folder(tmp_path / "series")
+    check_format(OutputFormat.RTSTRUCT, tmp_path / "series")
+
+
+def test_write_dicom_labels_writes_the_format_asked(
+    tmp_path: Path, series: tuple[np.ndarray, list[pydicom.Dataset]]
+) -> None:
+    labels, datasets = series
+    for output_format, sop_class in [
+        (OutputFormat.SEG, SegmentationStorage),
+        (OutputFormat.RTSTRUCT, RTStructureSetStorage),
+    ]:
+        path = write_dicom_labels(
+            output_format, tmp_path / f"{output_format}.dcm", labels, STRUCTURES, datasets
+        )
+        assert pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class
+    with pytest.raises(ValueError, match="nifti is not a DICOM output format"):
+        write_dicom_labels(OutputFormat.NIFTI, tmp_path / "x.dcm", labels, STRUCTURES, datasets)

@@ -147,3 +147,17 @@ def test_truncated_file_is_named(tmp_path: Path) -> None:
     paths[5].write_bytes(paths[5].read_bytes()[:-100])  # an interrupted copy
     with pytest.raises(DicomSeriesError, match=r"CT0006\.dcm: cannot decode the pixels"):
         read_series(tmp_path)
+
+
+def test_a_localizer_in_the_series_is_skipped(tmp_path: Path) -> None:
+    twin, _ = phantom_ct()
+    paths = write_ct_series(twin, tmp_path)
+    scout = pydicom.dcmread(paths[0])
+    scout.ImageType = ["ORIGINAL", "PRIMARY", "LOCALIZER"]
+    scout.ImageOrientationPatient = [1, 0, 0, 0, 0, -1]  # a coronal scout
+    scout.SOPInstanceUID = pydicom.uid.generate_uid()
+    scout.save_as(tmp_path / "scout.dcm")
+    image, datasets = read_series(tmp_path)
+    assert image.shape == (64, 64, 24) and scout.SOPInstanceUID not in {
+        ds.SOPInstanceUID for ds in datasets
+    }
