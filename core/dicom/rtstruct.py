@@ -105,14 +105,22 @@ def _code_item(code: Code) -> pydicom.Dataset:
     )
 
 
+def _interpreted_type(name: str) -> str:
+    """EXTERNAL for the body outline, ORGAN for anatomy, none for a lesion.
+
+    A predicted lesion is no clinician's GTV, so it gets no RT role.
+    """
+    if name == "body":
+        return "EXTERNAL"
+    return "" if anatomy.get(name).group is Group.LESION else "ORGAN"
+
+
 def _roi_observation(number: int, name: str) -> pydicom.Dataset:
     code = structure_code(name)
-    group = anatomy.get(name).group
-    kind = {Group.LESION: "", Group.TISSUE: "EXTERNAL" if name == "body" else "ORGAN"}
     observation = _item(
         ObservationNumber=number,
         ReferencedROINumber=number,
-        RTROIInterpretedType=kind.get(group, "ORGAN"),
+        RTROIInterpretedType=_interpreted_type(name),
         ROIInterpreter="",
     )
     if code.coded:
@@ -256,7 +264,7 @@ def read_rtstruct(
         mask = np.zeros((len(sources), *shape), dtype=bool)
         for contour in roi.get("ContourSequence", []):
             points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
-            distance = np.abs(heights - float(points[:, :3].mean(axis=0) @ planes[0].normal))
+            distance = np.abs(heights - float(points.mean(axis=0) @ planes[0].normal))
             k = int(np.argmin(distance))
             if distance[k] > 0.5 * np.median(np.diff(heights)):
                 raise ValueError(f"ROI {name}: a contour lies between the slices of the series")
