@@ -151,7 +151,7 @@ def write_rtstruct(
     Raises:
         ValueError: see :func:`core.dicom.seg.present_labels`.
     """
-    present = present_labels(labels, structures, sources)
+    present = present_labels(path, labels, structures, sources)
     first = sources[0]
     now = datetime.datetime.now()
     images = [

@@ -28,30 +28,36 @@ ALGORITHM_NAME = "continual-segment-fl"
 
 
 def present_labels(
-    labels: NDArray[np.integer], structures: Sequence[str], sources: Sequence[pydicom.Dataset]
+    path: str | Path,
+    labels: NDArray[np.integer],
+    structures: Sequence[str],
+    sources: Sequence[pydicom.Dataset],
 ) -> list[int]:
     """The label ids present in a label map on the sources' grid, checked.
 
     Args:
+        path: the output to be written, named in errors.
         labels: ``[column, row, slice]``, slice ``k`` on ``sources[k]`` (the grid of
             :func:`core.dicom.series.read_series`); 0 is background.
         structures: label ``i + 1`` is ``structures[i]``.
         sources: the CT series' datasets in slice order.
 
     Raises:
-        ValueError: if the shape does not match the sources, a label has no structure,
-            or no structure is present.
+        ValueError: naming ``path``, if the shape does not match the sources, a label has
+            no structure, or no structure is present.
     """
     if not sources:
-        raise ValueError("DICOM output needs the source CT series")
+        raise ValueError(f"{path}: DICOM output needs the source CT series")
     expected = (int(sources[0].Columns), int(sources[0].Rows), len(sources))
     if labels.shape != expected:
-        raise ValueError(f"label map of shape {labels.shape}, the source series is {expected}")
+        raise ValueError(
+            f"{path}: label map of shape {labels.shape}, the source series is {expected}"
+        )
     present = [int(v) for v in np.unique(labels) if v != 0]
     if any(v < 0 or v > len(structures) for v in present):
-        raise ValueError(f"label ids {present} exceed the {len(structures)} structures")
+        raise ValueError(f"{path}: label ids {present} exceed the {len(structures)} structures")
     if not present:
-        raise ValueError("no structure was found in this CT; nothing to write")
+        raise ValueError(f"{path}: no structure was found in this CT; nothing written")
     return present
 
 
@@ -104,7 +110,7 @@ def write_seg(
     Raises:
         ValueError: see :func:`present_labels`.
     """
-    present = present_labels(labels, structures, sources)
+    present = present_labels(path, labels, structures, sources)
     lookup = np.zeros(len(structures) + 1, dtype=np.uint16)
     lookup[present] = np.arange(1, len(present) + 1)
     dtype = np.uint8 if len(present) < 256 else np.uint16

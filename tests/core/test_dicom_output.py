@@ -90,9 +90,9 @@ def test_output_refuses_a_label_map_off_the_series_grid(
     tmp_path: Path, series: tuple[np.ndarray, list[pydicom.Dataset]]
 ) -> None:
     labels, datasets = series
-    with pytest.raises(ValueError, match=r"label map of shape \(64, 64, 23\)"):
+    with pytest.raises(ValueError, match=r"seg\.dcm: label map of shape \(64, 64, 23\)"):
         write_seg(tmp_path / "seg.dcm", labels[:, :, 1:], STRUCTURES, datasets)
-    with pytest.raises(ValueError, match="no structure was found"):
+    with pytest.raises(ValueError, match=r"rt\.dcm: no structure was found"):
         write_rtstruct(tmp_path / "rt.dcm", np.zeros_like(labels), STRUCTURES, datasets)
     with pytest.raises(ValueError, match="exceed the 2 structures"):
         write_seg(tmp_path / "seg.dcm", labels, STRUCTURES[:2], datasets)
