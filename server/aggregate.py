@@ -1,8 +1,10 @@
-"""Decoder-only FedAvg weighted by case counts, after every reply has been checked.
+"""Decoder-only averaging of a round's replies, after every reply has been checked.
 
-A bad reply (an error, malformed metrics, NaN, a wrong shape, the wrong encoder, too
-large) is rejected with a logged reason; the round goes on with the others as long as
-the task's minimum number of sites remains.
+A bad reply (an error, malformed metrics, a case count its description does not imply,
+NaN, a wrong shape or dtype, the wrong encoder, too large) is rejected with a logged
+reason; the round goes on with the others as long as the task's minimum number of sites
+remains. Weights are the sites' described training-split sizes, capped; the plan's
+``aggregation`` picks plain FedAvg or the robust rule (``server.robust``).
 """
 
 from __future__ import annotations
@@ -12,19 +14,17 @@ from collections.abc import Mapping
 from typing import Any
 
 import torch
-from flwr.app import MetricRecord, RecordDict
-from flwr.serverapp.strategy.strategy_utils import aggregate_arrayrecords
 
-from core.payload import PayloadError, record_to_state, state_to_record
+from core.payload import PayloadError, record_to_state
 from core.phases.spec import PhaseSpec, RoundResult
 from core.protocol import CONFIG, ENCODER_SHA, METRICS, RoundConfig, SiteReply
 from core.records import RecordError
 from server.federation import Reply
 from server.messages import array_bytes
+from server.plan import AggregationSettings
+from server.robust import robust_mean, weighted_mean
 
 log = logging.getLogger(__name__)
-
-WEIGHT = "weight"
 
 
 class RoundFailed(RuntimeError):
@@ -67,15 +67,27 @@ def check_reply(
     return states, metrics
 
 
-def fedavg(
+def aggregate(
     replies: list[Reply],
     phase: PhaseSpec[Any, Any],
     cfg: RoundConfig,
     templates: Mapping[str, Mapping[str, torch.Tensor]],
+    described: Mapping[str, int],
+    rule: AggregationSettings,
     min_sites: int,
     max_bytes: int,
 ) -> RoundResult[Any]:
-    """Check every reply, then average the accepted ones weighted by their case counts.
+    """Check every reply, then average the accepted ones.
+
+    Args:
+        replies: the round's replies (or why a site has none).
+        phase: the phase, which parses the reply's metrics.
+        cfg: what the sites were told.
+        templates: per record key, the state the server sent (names, shapes, reference).
+        described: per site, the case count it gave in ``describe``.
+        rule: the plan's aggregation settings.
+        min_sites: the fewest usable replies the round needs.
+        max_bytes: the largest payload accepted.
 
     Raises:
         RoundFailed: if fewer than ``min_sites`` replies pass the checks.
@@ -85,6 +97,12 @@ def fedavg(
     for reply in replies:
         try:
             states, metrics = check_reply(reply, phase, cfg, templates, max_bytes)
+            expected = phase.expected_examples(described.get(reply.site.name, 0), cfg.val_fraction)
+            if metrics.examples != expected:
+                raise PayloadError(
+                    f"{reply.site.name}: reports {metrics.examples} cases; its description "
+                    f"implies {expected}"
+                )
         except PayloadError as e:
             rejected[reply.site.name] = str(e)
             log.warning("rejected %s", e)
@@ -92,18 +110,17 @@ def fedavg(
         accepted.append((reply, states, metrics))
     if len(accepted) < min_sites:
         raise RoundFailed(f"{len(accepted)} usable site(s), the task needs {min_sites}: {rejected}")
+    weights = [float(min(m.examples, rule.max_site_cases)) for _, _, m in accepted]
     averaged = {}
-    for key in templates:
-        records = [
-            RecordDict(
-                {
-                    key: state_to_record(states[key], fp16=False),
-                    METRICS: MetricRecord({WEIGHT: metrics.examples}),
-                }
-            )
-            for _, states, metrics in accepted
-        ]
-        averaged[key] = dict(aggregate_arrayrecords(records, WEIGHT).to_torch_state_dict())
+    for key, reference in templates.items():
+        sites = [(states[key], w) for (_, states, _), w in zip(accepted, weights, strict=True)]
+        if rule.aggregation == "robust":
+            mean = robust_mean(sites, reference, rule.norm_bound, rule.trim_fraction)
+            if any(scale < 1.0 for scale in mean.scales):
+                log.warning("%s: updates clipped to norm %.3g: %s", key, mean.bound, mean.scales)
+            averaged[key] = mean.state
+        else:
+            averaged[key] = weighted_mean(sites)
     return RoundResult(
         averaged,
         {r.site.name: metrics for r, _, metrics in accepted},

@@ -98,6 +98,31 @@ class TaskSection(Record):
     calibrate: bool = setting(True, doc="train confidence/anomaly heads, record the range")
 
 
+AGGREGATION_RULES = ("fedavg", "robust")
+
+
+@dataclass(frozen=True)
+class AggregationSettings(Record):
+    """How a task's rounds are averaged (``server.aggregate``, ``server.robust``).
+
+    A site's weight is the size of its training split as its ``describe`` case count
+    implies, at most ``max_site_cases``; ``robust`` also bounds each site's update by
+    ``norm_bound`` x the median update norm and, with 3 sites or more, takes the
+    coordinate-wise mean trimmed by ``trim_fraction`` (at least one site per side).
+    """
+
+    aggregation: str = setting("fedavg", lo=1, hi=16, doc='"fedavg" or "robust"')
+    norm_bound: float = setting(3.0, lo=1.0, hi=1000.0)
+    trim_fraction: float = setting(0.2, lo=0.0, hi=0.45)
+    max_site_cases: int = setting(10_000, lo=1, hi=1_000_000)
+
+    def __post_init__(self) -> None:
+        if self.aggregation not in AGGREGATION_RULES:
+            raise ValueError(
+                f"aggregation {self.aggregation!r}: expected one of {AGGREGATION_RULES}"
+            )
+
+
 @dataclass(frozen=True)
 class TaskPlan:
     """One task: its keys, its sites (``None``: any that labels them) and its settings."""
@@ -105,6 +130,7 @@ class TaskPlan:
     section: TaskSection
     sites: tuple[str, ...] | None
     optimiser: Optimiser
+    aggregation: AggregationSettings
     phase_settings: Mapping[str, Record]
 
     @property
@@ -157,7 +183,12 @@ class Plan:
 
 def task_keys() -> set[str]:
     """Every key a ``[[tasks]]`` table may hold."""
-    groups = [TaskSection, Optimiser, *(p.settings_type for p in PHASES.values())]
+    groups = [
+        TaskSection,
+        Optimiser,
+        AggregationSettings,
+        *(p.settings_type for p in PHASES.values()),
+    ]
     return {"sites", *(k for g in groups for k in keys_of(g))}
 
 
@@ -189,7 +220,11 @@ def _task(table: Mapping[str, Any], where: str) -> TaskPlan:
         raise PlanError(f"{where}.min_sites: {section.min_sites} > the {len(sites)} sites named")
     settings = {name: parse(p.settings_type, table, where) for name, p in PHASES.items()}
     return TaskPlan(
-        section, None if sites == "any" else tuple(sites), parse(Optimiser, table, where), settings
+        section,
+        None if sites == "any" else tuple(sites),
+        parse(Optimiser, table, where),
+        parse(AggregationSettings, table, where),
+        settings,
     )
 
 

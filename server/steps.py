@@ -26,7 +26,7 @@ from core.phases import PHASES
 from core.phases.spec import PhaseSpec, RoundResult, TaskState
 from core.protocol import RoundConfig, SiteReply
 from core.records import Record
-from server.aggregate import fedavg
+from server.aggregate import aggregate
 from server.catalog import Catalog
 from server.federation import Federation, SiteInfo
 from server.messages import Ledger, array_bytes, round_messages
@@ -123,11 +123,14 @@ class TaskRun:
         for reply in replies:
             if reply.content is not None and cfg.encoder_sha256:
                 reply.site.encoders.add(cfg.encoder_sha256)
-        result = fedavg(
+        described = {s.name: s.cases_for(self.task.structures) for s in self.sites}
+        result = aggregate(
             replies,
             phase,
             cfg,
             templates,
+            described,
+            self.task.aggregation,
             self.task.section.min_sites,
             self.plan.max_payload_bytes,
         )

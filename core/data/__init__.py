@@ -11,6 +11,7 @@ from core.data.dataset import (
     inspect_case,
     load_case,
     split_cases,
+    validation_count,
 )
 from core.data.discover import discover, open_dataset
 from core.data.nnunet import CaseArrays, read_nnunet, write_nnunet
@@ -34,5 +35,6 @@ __all__ = [
     "open_dataset",
     "read_nnunet",
     "split_cases",
+    "validation_count",
     "write_nnunet",
 ]

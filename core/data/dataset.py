@@ -244,6 +244,14 @@ def load_case(case: Case, table: LabelTable) -> LoadedCase:
     return loaded
 
 
+def validation_count(n: int, val_fraction: float) -> int:
+    """How many of ``n`` cases :func:`split_cases` holds out for validation."""
+    n_val = round(n * val_fraction)
+    if val_fraction > 0 and n >= 2:
+        n_val = min(max(n_val, 1), n - 1)
+    return int(n_val)
+
+
 def split_cases(
     cases: Sequence[Case], val_fraction: float = 0.2, seed: int = 0
 ) -> tuple[tuple[Case, ...], tuple[Case, ...]]:
@@ -260,9 +268,7 @@ def split_cases(
         return hashlib.sha256(f"{seed}:{case.case_id}".encode()).hexdigest()
 
     ordered = sorted(cases, key=rank)
-    n_val = round(len(ordered) * val_fraction)
-    if val_fraction > 0 and len(ordered) >= 2:
-        n_val = min(max(n_val, 1), len(ordered) - 1)
+    n_val = validation_count(len(ordered), val_fraction)
     val_ids = {c.case_id for c in ordered[:n_val]}
     train = tuple(c for c in cases if c.case_id not in val_ids)
     return train, tuple(c for c in cases if c.case_id in val_ids)

@@ -15,7 +15,7 @@ from typing import Any
 
 from flwr.app import MetricRecord, RecordDict
 
-from core.data import split_cases
+from core.data import split_cases, validation_count
 from core.evaluation import ScoreSums, evaluate_task
 from core.payload import state_to_record
 from core.phases.spec import (
@@ -85,6 +85,10 @@ class Evaluate(PhaseSpec[NoSettings, EvaluateReply]):
         base = super().parse_reply(record, cfg, where)
         scores = checked_scores(dict(record or {}), cfg.structures, base.examples, where)
         return dataclasses.replace(base, scores=scores)
+
+    def expected_examples(self, cases: int, val_fraction: float) -> int:
+        """A site scores its validation split."""
+        return validation_count(cases, val_fraction)
 
     def at_site(
         self, site: SiteResources, cfg: RoundConfig, settings: NoSettings, content: RecordDict

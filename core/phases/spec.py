@@ -20,7 +20,7 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from core.data import Case, TaskDataset, split_cases
+from core.data import Case, TaskDataset, split_cases, validation_count
 from core.merge import Calibration
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.payload import record_to_state
@@ -170,6 +170,10 @@ class PhaseSpec(ABC, Generic[S, R]):
         """
         values = dict(record) if record is not None else {}
         return parse(self.reply_type, values, where, wire=True)  # type: ignore[return-value]
+
+    def expected_examples(self, cases: int, val_fraction: float) -> int:
+        """How many cases a site that described ``cases`` reports (its training split)."""
+        return cases - validation_count(cases, val_fraction)
 
     @abstractmethod
     def at_site(

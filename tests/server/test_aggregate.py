@@ -8,7 +8,8 @@ from core.model import Decoder, Genotype
 from core.payload import state_to_record
 from core.phases import TEACHER
 from core.protocol import CONFIG, DECODER, ENCODER_SHA, METRICS, RoundConfig
-from server.aggregate import RoundFailed, fedavg
+from server.aggregate import RoundFailed, aggregate
+from server.plan import AggregationSettings
 from server.federation import Reply, SiteInfo
 from tests.conftest import TINY
 
@@ -25,8 +26,12 @@ CFG = RoundConfig(
 )
 
 
+DESCRIBED: dict[str, int] = {}  # each site's case count: its training split + 1 validation case
+
+
 def _fedavg(replies, templates, min_sites=1, max_bytes=2**30):
-    return fedavg(replies, TEACHER, CFG, templates, min_sites, max_bytes)
+    settings = AggregationSettings()
+    return aggregate(replies, TEACHER, CFG, templates, DESCRIBED, settings, min_sites, max_bytes)
 
 
 def _state(seed):
@@ -35,6 +40,7 @@ def _state(seed):
 
 
 def _reply(name, state, examples, sha=SHA, record=None):
+    DESCRIBED[name] = examples + 1
     content = RecordDict(
         {
             DECODER: record or state_to_record(state, fp16=False),

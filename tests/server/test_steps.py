@@ -70,12 +70,18 @@ class FakeFederation:
         return out
 
 
+CASES = {"A": 2, "B": 4, "C": 4, "D": 4}  # described; validation takes 1 case of each
+TRAIN = {site: n - 1 for site, n in CASES.items()}
+
+
 def _sites(*names):
-    return tuple(SiteInfo(i + 1, n, [("ds", ("liver", "spleen"), 4)]) for i, n in enumerate(names))
+    return tuple(
+        SiteInfo(i + 1, n, [("ds", ("liver", "spleen"), CASES[n])]) for i, n in enumerate(names)
+    )
 
 
-def _run(tmp_path, respond, sites=("A", "B"), min_sites=1):
-    doc = {**PLAN, "tasks": [{**PLAN["tasks"][0], "min_sites": min_sites}]}
+def _run(tmp_path, respond, sites=("A", "B"), min_sites=1, **task):
+    doc = {**PLAN, "tasks": [{**PLAN["tasks"][0], "min_sites": min_sites, **task}]}
     plan = parse_plan(doc)
     task = plan.tasks[0]
     federation = FakeFederation(respond)
@@ -98,13 +104,13 @@ def _shifted(content, key, delta):
 
 
 def test_base_averages_by_examples_keeps_a_checkpoint_and_freezes_the_encoder(tmp_path):
-    weights = {"A": (1, 1.0), "B": (3, -1.0)}
+    shifts = {"A": 1.0, "B": -1.0}  # weights 1 and 3: the training splits of 2 and 4 cases
 
     def respond(site, kind, content):
         assert kind == "train.base"
         cfg = RoundConfig.from_record(content[CONFIG])
         assert BASE.parse_settings(content[SETTINGS]).steps == 3 and cfg.rounds == 2
-        n, delta = weights[site]
+        n, delta = TRAIN[site], shifts[site]
         arrays = {
             DECODER: _shifted(content, DECODER, delta),
             ENCODER: _shifted(content, ENCODER, 0),
@@ -139,7 +145,8 @@ def test_a_rejected_reply_and_a_dropped_site_leave_the_round_to_the_others(tmp_p
         if site == "C":
             return Reply(_sites("C")[0], None, "Node Unavailable")
         delta = math.nan if site == "B" else 0.5
-        return _answer(content, SiteReply(2, 0.1), **{DECODER: _shifted(content, DECODER, delta)})
+        reply = SiteReply(TRAIN[site], 0.1)
+        return _answer(content, reply, **{DECODER: _shifted(content, DECODER, delta)})
 
     run, state, federation = _run(tmp_path, respond, sites=("A", "B", "C"))
     state = _frozen_state(run, state)
@@ -162,15 +169,15 @@ def test_a_rejected_reply_and_a_dropped_site_leave_the_round_to_the_others(tmp_p
         ({"examples": 2, "loss": math.inf}, "finite"),
         ({"examples": 2.5}, "whole number"),
         ({}, "missing 'examples'"),
+        ({"examples": 2}, "reports 2 cases; its description implies 3"),
     ],
 )
 def test_malformed_reply_metrics_are_rejected(tmp_path, metrics, reason):
     def respond(site, kind, content):
+        reply = _answer(content, SiteReply(TRAIN[site]), **{DECODER: _shifted(content, DECODER, 0)})
         if site == "B":
-            reply = _answer(content, SiteReply(2), **{DECODER: _shifted(content, DECODER, 0)})
             reply[METRICS] = type(reply[METRICS])(metrics)
-            return reply
-        return _answer(content, SiteReply(2), **{DECODER: _shifted(content, DECODER, 0)})
+        return reply
 
     run, state, _ = _run(tmp_path, respond)
     run.run(TEACHER, _frozen_state(run, state))
@@ -182,10 +189,12 @@ def test_search_then_distill_yield_a_student_within_the_budget(tmp_path):
         if kind == "train.search":
             arch = _shifted(content, ARCH, 0.0)
             arch["alpha"].numpy()[..., 0] += 3.0  # every site prefers the first operation
-            return _answer(content, SearchReply(2, 0.3, 0.0, 1e5), **{ARCH: arch})
+            return _answer(content, SearchReply(TRAIN[site], 0.3, 0.0, 1e5), **{ARCH: arch})
         assert TEACHER_RECORD in content  # the teacher travels with the student
         return _answer(
-            content, DistillReply(2, 0.2, 0.0, 0.1), **{DECODER: _shifted(content, DECODER, 0)}
+            content,
+            DistillReply(TRAIN[site], 0.2, 0.0, 0.1),
+            **{DECODER: _shifted(content, DECODER, 0)},
         )
 
     run, state, _ = _run(tmp_path, respond)
@@ -209,7 +218,7 @@ def test_calibration_joins_ranges_and_refuses_absurd_ones(tmp_path):
             if k.startswith(HEAD_PREFIX)
         }
         lo, hi = ranges[site]
-        metrics = CalibrateReply(2, 0.1, 0.0, 0.1, 0.1, 0.0, 0.0)
+        metrics = CalibrateReply(TRAIN[site], 0.1, 0.0, 0.1, 0.1, 0.0, 0.0)
         reply = _answer(content, metrics, **{HEADS: state_to_record(heads)})
         reply[METRICS]["body-lo"], reply[METRICS]["body-hi"] = lo, hi
         return reply
@@ -223,7 +232,7 @@ def test_calibration_joins_ranges_and_refuses_absurd_ones(tmp_path):
 
 def test_evaluation_pools_bounded_sums_and_registration_exports(tmp_path):
     sums = {
-        "A": {"liver": (1.6, 2)},
+        "A": {"liver": (0.8, 1)},
         "B": {"liver": (0.8, 1), "spleen": (0.5, 1)},
         "C": {"liver": (1000.0, 1)},  # a Dice sum no case count can give
     }
@@ -233,13 +242,13 @@ def test_evaluation_pools_bounded_sums_and_registration_exports(tmp_path):
         scores = ScoreSums()
         for structure, (total, n) in sums[site].items():
             scores.dice[structure] = [total, float(n)]
-        return _answer(content, EvaluateReply(2, scores=scores))
+        return _answer(content, EvaluateReply(1, scores=scores))
 
     run, state, _ = _run(tmp_path, respond, sites=("A", "B", "C"))
     state = _frozen_state(run, state)
     after = run.run(EVALUATE, state)
     assert after.metrics["dice"] == {"liver": pytest.approx(0.8), "spleen": pytest.approx(0.5)}
-    assert after.metrics["validation_cases"] == 4 and "outside" in run.ledger.rejected["C"]
+    assert after.metrics["validation_cases"] == 2 and "outside" in run.ledger.rejected["C"]
     steps = [s.name for s in lifecycle(run.task, first_task=False)]
     assert steps == ["teacher", "search", "distill", "calibrate", "evaluate", "register"]
     run.run(Registration(steps[:-1]), after)
@@ -256,9 +265,27 @@ def test_what_a_round_sends_is_bounded_on_arrival(tmp_path):
         seen.append(RoundConfig.from_record(content[CONFIG]))
         template = {k: torch.zeros(tuple(a.shape)) for k, a in content[DECODER].items()}
         state = record_to_state(content[DECODER], template, "x")
-        return _answer(content, SiteReply(2), **{DECODER: state_to_record(state)})
+        return _answer(content, SiteReply(TRAIN[site]), **{DECODER: state_to_record(state)})
 
     run, state, _ = _run(tmp_path, respond)
     run.run(TEACHER, _frozen_state(run, state))
     assert [c.round for c in seen] == [1, 1, 2, 2] and seen[0].task == "abdomen"
     assert seen[0].encoder_sha256 == run.catalog.index["encoder"]["weights_sha256"]
+
+
+def test_a_robust_plan_keeps_one_hostile_site_from_steering_the_average(tmp_path):
+    def respond(site, kind, content):
+        delta = 1000.0 if site == "D" else 0.01 * (ord(site) - ord("A") - 1)
+        reply = SiteReply(TRAIN[site], 0.1)
+        return _answer(content, reply, **{DECODER: _shifted(content, DECODER, delta)})
+
+    sites = ("A", "B", "C", "D")
+    for rule, near in (("robust", True), ("fedavg", False)):
+        run, state, _ = _run(tmp_path / rule, respond, sites=sites, aggregation=rule, rounds=1)
+        state = _frozen_state(run, state)
+        after = run.run(TEACHER, state)
+        shift = max(
+            float((after.decoder.state_dict()[k] - v).abs().max())
+            for k, v in state.decoder.state_dict().items()
+        )
+        assert (shift < 0.1) is near, (rule, shift)
