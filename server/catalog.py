@@ -410,24 +410,3 @@ class Catalog:
             except Exception as e:  # whatever makes a checkpoint unreadable is a problem
                 problems.append(f"{where}: unreadable ({type(e).__name__}: {e})")
         return problems
-
-
-def verify_command(root: str | Path) -> tuple[int, list[str]]:
-    """``csfl catalog verify CATALOG``: the exit status (0 fine, 1 problems) and lines to print.
-
-    Raises:
-        CatalogError: if ``root`` holds no catalog index or one that cannot be read (the
-            CLI shows it as ``error: ...`` and exits 2).
-    """
-    path = Path(root)
-    if not (path / INDEX).is_file():
-        raise CatalogError(f"{path / INDEX}: missing; expected a catalog folder")
-    catalog = Catalog(path)
-    problems = catalog.verify()
-    if problems:
-        return 1, [*problems, f"{path}: {len(problems)} problem(s)"]
-    versions = sum(len(t["versions"]) for t in catalog.tasks())
-    return 0, [
-        f"{path}: ok ({len(catalog.tasks())} task(s), {versions} version(s); "
-        "every file hashes as recorded and every metric is in range)"
-    ]

@@ -68,6 +68,21 @@ def catalog_export(
     typer.echo(f"wrote {manifest}")
 
 
+@catalog_app.command("verify")
+def catalog_verify(catalog: Annotated[Path, typer.Argument(help="The catalog folder.")]) -> None:
+    """Check every hash, metric, genotype and range; exit 1 listing what is wrong."""
+    from server.catalog import INDEX, Catalog, CatalogError
+
+    with user_errors(CatalogError):
+        if not (catalog / INDEX).is_file():
+            raise CatalogError(f"{catalog / INDEX}: missing; expected a catalog folder")
+        problems = Catalog(catalog).verify()
+    for line in problems:
+        typer.echo(line)
+    typer.echo(f"{catalog}: {len(problems)} problem(s)" if problems else f"{catalog}: ok")
+    raise typer.Exit(1 if problems else 0)
+
+
 @plan_app.command("check")
 def plan_check(plan: Annotated[Path, typer.Argument(help="The plan TOML.")]) -> None:
     """Validate a plan and print its tasks in order."""

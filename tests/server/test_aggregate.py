@@ -9,8 +9,8 @@ from core.payload import state_to_record
 from core.phases import TEACHER
 from core.protocol import CONFIG, DECODER, ENCODER_SHA, METRICS, RoundConfig
 from server.aggregate import RoundFailed, aggregate
-from server.plan import AggregationSettings
 from server.federation import Reply, SiteInfo
+from server.plan import AggregationSettings
 from tests.conftest import TINY
 
 SHA = "e" * 64

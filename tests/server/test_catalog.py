@@ -8,7 +8,7 @@ from core.data.transforms import Preprocessing
 from core.io import atomic_write_json
 from core.merge import Calibration
 from core.model import Decoder, Encoder, Genotype
-from server.catalog import Catalog, CatalogError, RegistrationError, verify_command
+from server.catalog import Catalog, CatalogError, RegistrationError
 from tests.conftest import TINY
 
 PREP = Preprocessing((2.0, 2.0, 2.0))
@@ -187,7 +187,7 @@ def test_verify_lists_every_problem_of_an_altered_catalog(tmp_path):
     catalog, _, decoder = _filled(tmp_path)
     catalog.register("chest", decoder, {}, {})
     catalog.save_checkpoint("chest", "teacher", {"w": torch.zeros(2)}, {})
-    assert catalog.verify() == [] and verify_command(tmp_path)[0] == 0
+    assert catalog.verify() == []
     index = json.loads((tmp_path / "catalog.json").read_text())
     first, second = index["tasks"][0]["versions"][0], index["tasks"][1]["versions"][0]
     first["metrics"] = {"dice": {"liver": 1000.0}, "hd95": {"liver": -3.0}, "cases": -2}
@@ -211,8 +211,6 @@ def test_verify_lists_every_problem_of_an_altered_catalog(tmp_path):
     ):
         assert expected in text, expected
     assert len(problems) == 8
-    status, lines = verify_command(tmp_path)
-    assert status == 1 and lines[:-1] == problems
 
 
 def test_verify_finds_altered_and_misfit_weight_files(tmp_path):
@@ -226,12 +224,3 @@ def test_verify_finds_altered_and_misfit_weight_files(tmp_path):
     problems = Catalog(tmp_path).verify()
     assert len(problems) == 2
     assert "sha256 does not match" in problems[0] and "does not fit its genotype" in problems[1]
-
-
-def test_verify_command_refuses_a_folder_without_a_catalog(tmp_path):
-    with pytest.raises(CatalogError, match="missing"):
-        verify_command(tmp_path / "nothing")
-    assert not (tmp_path / "nothing").exists()
-    (tmp_path / "catalog.json").write_text("{not json")
-    with pytest.raises(CatalogError, match="not JSON"):
-        verify_command(tmp_path)

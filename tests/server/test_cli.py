@@ -38,3 +38,34 @@ def test_deploy_local_rejects_a_site_without_its_data_folder(tmp_path):
     )
     assert result.exit_code == 2
     assert "--site 'hospA': expected NAME=DATA_DIR" in result.output
+
+
+def test_catalog_verify(tmp_path):
+    _filled(tmp_path / "catalog")
+    ok = runner.invoke(app, ["catalog", "verify", str(tmp_path / "catalog")])
+    assert ok.exit_code == 0 and ok.output.strip().endswith(": ok")
+    (tmp_path / "catalog" / "decoders" / "abdomen" / "v1.safetensors").write_bytes(b"altered")
+    bad = runner.invoke(app, ["catalog", "verify", str(tmp_path / "catalog")])
+    assert bad.exit_code == 1 and "sha256 does not match" in bad.output
+    assert "1 problem(s)" in bad.output
+    missing = runner.invoke(app, ["catalog", "verify", str(tmp_path / "nothing")])
+    assert missing.exit_code == 2 and missing.output.startswith("error: ")
+    assert not (tmp_path / "nothing").exists()
+    (tmp_path / "broken").mkdir()
+    (tmp_path / "broken" / "catalog.json").write_text("{not json")
+    broken = runner.invoke(app, ["catalog", "verify", str(tmp_path / "broken")])
+    assert broken.exit_code == 2 and "not JSON" in broken.output
+
+
+def test_plan_check_prints_every_phase_budget(tmp_path):
+    plan = tmp_path / "plan.toml"
+    plan.write_text(
+        '[[tasks]]\nname = "abdomen"\nstructures = ["liver"]\nrounds = 2\nlocal_steps = 7\n'
+        "search_steps = 4\n"
+    )
+    result = runner.invoke(app, ["plan", "check", str(plan)])
+    assert result.exit_code == 0, result.output
+    assert "base 2x7, search 1x4, distill 2x7, calibrate 1x7" in result.output
+    plan.write_text('[[tasks]]\nname = "abdomen"\nstructures = ["liver"]\nlocal_step = 5\n')
+    typo = runner.invoke(app, ["plan", "check", str(plan)])
+    assert typo.exit_code == 2 and "did you mean 'local_steps'" in typo.output
