@@ -84,11 +84,14 @@ class Federation:
     def describe_sites(self) -> list[SiteInfo]:
         """Ask every node to describe its site.
 
-        A node that fails or sends a malformed description is logged and left out; a
-        site name claimed by several nodes is refused for all of them (none can be told
-        from an impostor).
+        A node that fails or sends a malformed description is logged and left out. With
+        SuperNode authentication a node's identity is its registered key: the name it was
+        registered under (``flwr supernode register KEY.pub --name SITE``) must be the
+        site name it declares, or it is refused. A site name claimed by several nodes is
+        refused for all of them (none can be told from an impostor).
         """
-        nodes = list(self.grid.get_node_ids())
+        registered = {info.node_id: info.name for info in self.grid.get_nodes()}
+        nodes = list(registered)
         messages = [Message(RecordDict(), dst_node_id=n, message_type=DESCRIBE) for n in nodes]
         sites = []
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout or DESCRIBE_TIMEOUT):
@@ -97,9 +100,19 @@ class Federation:
                 log.warning("node %s could not describe itself: %s", node, reply.error.reason)
                 continue
             try:
-                sites.append(parse_description(node, reply.content))
+                site = parse_description(node, reply.content)
             except (RecordError, anatomy.UnknownStructureError) as e:
                 log.warning("node %s: refused its description: %s", node, e)
+                continue
+            if registered.get(node) and registered[node] != site.name:
+                log.error(
+                    "node %s is registered as %r but calls itself %r: refused",
+                    node,
+                    registered[node],
+                    site.name,
+                )
+                continue
+            sites.append(site)
         return distinct_sites(sites)
 
     def exchange(
