@@ -115,27 +115,38 @@ def deploy_local(
     home: Annotated[Path, typer.Option(help="Flower home for logs and state.")] = Path(
         ".flwr-local"
     ),
+    tls: Annotated[
+        bool,
+        typer.Option(help="TLS and SuperNode authentication, keys registered per site."),
+    ] = False,
 ) -> None:
     """Run the app on 127.0.0.1: a SuperLink, one SuperNode per site, then ``flwr run``.
 
-    The same processes a real deployment runs, on one machine and without TLS; every
-    process is stopped at the end.
+    The same processes a real deployment runs, on one machine; with ``--tls`` also its
+    security: a CA and SuperLink certificate, one key per site registered under the site's
+    name, SuperNodes that authenticate with it (all under ``HOME``). The run starts once
+    every SuperNode is online; every process is stopped at the end.
     """
+    from core.protocol import SITE_NAME
     from server.local import APP_DIR, LocalFederation
 
     nodes = []
     for entry in site:
         name, _, data = entry.partition("=")
-        if not name or not data:
-            fail(f"--site {entry!r}: expected NAME=DATA_DIR")
+        if not SITE_NAME.fullmatch(name) or not data:
+            fail(f"--site {entry!r}: expected NAME=DATA_DIR (NAME: letters, digits, '_.-')")
         nodes.append({"site": name, "data-dir": str(Path(data).resolve())})
     config = {"plan": str(plan.resolve()), "catalog": str(catalog.resolve())}
-    with LocalFederation(home, simulation=False, nodes=nodes) as federation:
-        typer.echo(f"SuperLink on {federation.address}; {len(nodes)} SuperNode(s); running the app")
+    with user_errors(RuntimeError), LocalFederation(home, False, nodes, tls=tls) as federation:
+        security = "TLS, SuperNode authentication" if tls else "insecure"
+        typer.echo(
+            f"SuperLink on {federation.address} ({security}); "
+            f"{len(nodes)} SuperNode(s) online; running the app"
+        )
         result = federation.run(APP_DIR, config)
     typer.echo(result.stdout[-4000:])
     if result.returncode != 0:
-        fail(f"flwr run exited {result.returncode}: {result.stderr[-2000:]}")
+        fail(f"flwr run: {result.stderr.strip()[-2000:]}")
 
 
 def add_commands(app: typer.Typer) -> None:

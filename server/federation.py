@@ -92,6 +92,9 @@ class Federation:
         """
         registered = {info.node_id: info.name for info in self.grid.get_nodes()}
         nodes = list(registered)
+        if not nodes:  # Flower refuses to send an empty batch of messages
+            log.error("no node is connected")
+            return []
         messages = [Message(RecordDict(), dst_node_id=n, message_type=DESCRIBE) for n in nodes]
         sites = []
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout or DESCRIBE_TIMEOUT):

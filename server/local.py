@@ -1,30 +1,41 @@
 """A Flower federation on 127.0.0.1: one SuperLink, optionally one SuperNode per site.
 
 Used by ``csfl deploy-local`` and the integration tests (real SuperNodes, one per site,
-each with its node config) and by ``csfl simulate`` in ``simulations`` (a SuperLink in
-simulation mode: Flower's Simulation Engine runs the sites). Every process started here
-is stopped on exit, and Flower's home (its ``config.toml`` with the connection) lives in
-a folder of ours.
+each with its node config, optionally with TLS and SuperNode authentication) and by
+``csfl simulate`` in ``simulations`` (a SuperLink in simulation mode: Flower's Simulation
+Engine runs the sites). Every process started here is stopped on exit, and Flower's home
+(its ``config.toml`` with the connection, its state, certificates and keys) lives in a
+folder of ours.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import os
+import re
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
+from typing import Any
 
 import httpx
+
+from core.io import atomic_write_bytes
+from server.credentials import ServerCredentials, write_node_key, write_server_credentials
 
 CONNECTION = "csfl"
 APP_DIR = Path(__file__).resolve().parent.parent
 """The Flower app ``flwr run`` starts: the project root, whose pyproject.toml names it."""
+COMPLETED = "finished:completed"
+"""A run's status in ``flwr ls`` once its ServerApp returned without an error."""
 
 
 def free_port() -> int:
@@ -100,23 +111,51 @@ def _alive(pids: Sequence[int]) -> bool:
     return False
 
 
+@dataclass
+class LocalNode:
+    """A SuperNode started by a :class:`LocalFederation`."""
+
+    config: Mapping[str, object]
+    process: subprocess.Popen[bytes]
+    log: Path
+    node_id: int | None = None
+    """The id its key was registered under (with TLS), else None."""
+
+    def children(self) -> list[int]:
+        """The processes it started (a ClientApp per message it works on)."""
+        return [pid for pid, _ in _descendants([self.process.pid]) if pid != self.process.pid]
+
+
 class LocalFederation:
     """A context manager that owns a SuperLink (and SuperNodes) and stops them all on exit.
 
+    With ``tls``, the whole recipe of a real deployment on loopback: a CA and a SuperLink
+    certificate (:mod:`server.credentials`), SuperNode authentication, one key per site
+    registered under the site's name, and every SuperNode trusting the CA. On entry the
+    SuperNodes of ``nodes`` are started and waited for until they are online.
+
     Args:
-        home: Flower's home for these processes (logs, state, connection config).
+        home: Flower's home for these processes (logs, state, keys, connection config).
         simulation: run the SuperLink's Simulation Engine instead of waiting for nodes.
         nodes: for deployment, each SuperNode's node config (e.g. site and data-dir).
+        tls: TLS and SuperNode authentication instead of ``--insecure``.
     """
 
     def __init__(
-        self, home: Path, simulation: bool, nodes: Sequence[Mapping[str, object]] = ()
+        self,
+        home: Path,
+        simulation: bool,
+        nodes: Sequence[Mapping[str, object]] = (),
+        tls: bool = False,
     ) -> None:
         self.home = home.resolve()
         self.simulation = simulation
-        self.nodes = list(nodes)
+        self.node_configs = list(nodes)
+        self.tls = tls
         self.port = free_port()
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.nodes: list[LocalNode] = []
+        self.credentials: ServerCredentials | None = None
         self.env = flower_env(self.home)
 
     @property
@@ -132,16 +171,37 @@ class LocalFederation:
         self.processes.append(process)
         return process
 
+    def _security(self) -> list[str]:
+        """The SuperLink's transport flags, and the connection's lines in config.toml."""
+        if self.credentials is None:
+            return ["--insecure"]
+        return [
+            "--ssl-ca-certfile",
+            str(self.credentials.ca_certificate),
+            "--ssl-certfile",
+            str(self.credentials.certificate),
+            "--ssl-keyfile",
+            str(self.credentials.private_key),
+            "--enable-supernode-auth",
+        ]
+
     def __enter__(self) -> LocalFederation:
         self.home.mkdir(parents=True, exist_ok=True)
-        (self.home / "config.toml").write_text(
+        if self.tls:
+            self.credentials = write_server_credentials(self.home / "tls")
+        security = (
+            f"root-certificates = {_toml_value(str(self.credentials.ca_certificate))}\n"
+            if self.credentials
+            else "insecure = true\n"
+        )
+        atomic_write_bytes(
+            self.home / "config.toml",
             f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
-            f'address = "{self.address}"\ninsecure = true\n',
-            encoding="utf-8",
+            f'address = "{self.address}"\n{security}'.encode(),
         )
         args = [
             "flower-superlink",
-            "--insecure",
+            *self._security(),
             "--disable-runtime-dependency-installation",
             "--host",
             "127.0.0.1",
@@ -150,34 +210,31 @@ class LocalFederation:
             "--database",
             str(self.home / "state.db"),
         ]
-        link = self._spawn(args + (["--simulation"] if self.simulation else []), "superlink.log")
-        self._wait_ready(link)
-        for i, node in enumerate(self.nodes):
-            self._spawn(
-                [
-                    "flower-supernode",
-                    "--insecure",
-                    "--superlink",
-                    self.address,
-                    "--host",
-                    "127.0.0.1",
-                    "--port",
-                    str(free_port()),
-                    "--node-config",
-                    overrides(node),
-                ],
-                f"supernode-{i}.log",
+        try:
+            link = self._spawn(
+                args + (["--simulation"] if self.simulation else []), "superlink.log"
             )
+            self._wait_ready(link)
+            self.wait_online([self.add_node(config) for config in self.node_configs])
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def _wait_ready(self, link: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+        scheme = "http"
+        verify: ssl.SSLContext | bool = True
+        if self.credentials is not None:
+            scheme = "https"
+            verify = ssl.create_default_context(cafile=self.credentials.ca_certificate)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if link.poll() is not None:
                 log = self.home / "superlink.log"
                 raise RuntimeError(f"flower-superlink exited ({link.returncode}); see {log}")
             try:
-                if httpx.get(f"http://{self.address}/health", timeout=1.0).is_success:
+                url = f"{scheme}://{self.address}/health"
+                if httpx.get(url, timeout=1.0, verify=verify).is_success:
                     return
             except httpx.HTTPError:
                 pass
@@ -186,6 +243,106 @@ class LocalFederation:
             f"flower-superlink not ready after {timeout:.0f} s; see {self.home / 'superlink.log'}"
         )
 
+    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
+        """The ``flwr`` CLI against this federation's home (output captured)."""
+        env = self.env | {"COLUMNS": "500"}  # JSON on one line per value, never wrapped
+        return subprocess.run(
+            ["flwr", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
+        )
+
+    def _flwr_json(self, *args: str) -> dict[str, Any]:
+        """A ``flwr ... --format json`` answer; raises naming the command if it failed."""
+        result = self.flwr(*args, "--format", "json")
+        try:
+            answer = json.loads(result.stdout)
+        except json.JSONDecodeError:
+            answer = {}
+        if result.returncode != 0 or not isinstance(answer, dict) or not answer.get("success"):
+            command = " ".join(["flwr", *args])
+            raise RuntimeError(f"{command}: {result.stdout[-500:]} {result.stderr[-500:]}")
+        return answer
+
+    def register(self, public_key: Path, name: str) -> int:
+        """``flwr supernode register KEY.pub csfl --name NAME``; returns the node's id."""
+        answer = self._flwr_json(
+            "supernode", "register", str(public_key), CONNECTION, "--name", name
+        )
+        return int(answer["node-id"])
+
+    def online_nodes(self) -> set[int]:
+        """The ids of the nodes the SuperLink sees online now."""
+        answer = self._flwr_json("supernode", "ls", CONNECTION)
+        return {int(n["node-id"]) for n in answer["nodes"] if n.get("status") == "online"}
+
+    def add_node(
+        self,
+        config: Mapping[str, object],
+        register_as: str | None = "",
+        extra_args: Sequence[str] = (),
+    ) -> LocalNode:
+        """Start a SuperNode with ``config`` as its node config.
+
+        With TLS it gets a fresh key, registered under ``register_as`` (by default its
+        ``site``; None: not registered, so the SuperLink refuses it).
+        """
+        index = len(self.nodes)
+        args = [
+            "flower-supernode",
+            "--superlink",
+            self.address,
+            "--host",
+            "127.0.0.1",
+            "--port",  # each SuperNode on a host needs a port of its own
+            str(free_port()),
+            "--node-config",
+            overrides(config),
+            *extra_args,
+        ]
+        node_id = None
+        if self.credentials is None:
+            args.append("--insecure")
+        else:
+            key = write_node_key(self.home / "keys", f"node-{index}")
+            if register_as is not None:
+                node_id = self.register(key.public_key, register_as or str(config["site"]))
+            args += [
+                "--root-certificates",
+                str(self.credentials.ca_certificate),
+                "--auth-supernode-private-key",
+                str(key.private_key),
+            ]
+        log = f"supernode-{index}.log"
+        node = LocalNode(config, self._spawn(args, log), self.home / log, node_id)
+        self.nodes.append(node)
+        return node
+
+    def wait_online(self, nodes: Sequence[LocalNode], timeout: float = 90.0) -> None:
+        """Wait until ``nodes`` are online (a run started earlier would not see them).
+
+        Raises:
+            RuntimeError: a node exited, or they are not all online within ``timeout``.
+        """
+        deadline = time.monotonic() + timeout
+        while nodes:
+            for node in nodes:
+                if node.process.poll() is not None:
+                    raise RuntimeError(
+                        f"flower-supernode exited ({node.process.returncode}); see {node.log}"
+                    )
+            online = self.online_nodes()
+            if self.credentials is None:  # unauthenticated nodes get their ids on arrival
+                ready = len(online) >= len(nodes)
+            else:
+                ready = online >= {n.node_id for n in nodes}
+            if ready:
+                return
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"{len(online)} of {len(nodes)} SuperNode(s) online after {timeout:.0f} s;"
+                    f" see {self.home}"
+                )
+            time.sleep(1.0)
+
     def run(
         self,
         app_dir: Path,
@@ -193,35 +350,39 @@ class LocalFederation:
         federation_config: Mapping[str, object] | None = None,
         timeout: float = 3600.0,
     ) -> subprocess.CompletedProcess[str]:
-        """``flwr run APP csfl --stream`` with these settings; returns when the run ends."""
-        cmd = [
-            "flwr",
-            "run",
-            str(app_dir),
-            CONNECTION,
-            "--stream",
-            "--run-config",
-            overrides(run_config),
-        ]
+        """``flwr run APP csfl --stream`` with these settings; returns when the run ends.
+
+        ``flwr run`` exits 0 even when the ServerApp fails, so the run's final status is
+        asked for: a run that did not complete gets return code 1 and its status on stderr.
+        """
+        cmd = ["run", str(app_dir), CONNECTION, "--stream", "--run-config", overrides(run_config)]
         if federation_config:
             cmd += ["--federation-config", overrides(federation_config)]
-        return subprocess.run(
-            cmd, env=self.env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        result = self.flwr(*cmd, timeout=timeout)
+        started = re.search(r"Successfully started run (\d+)", result.stdout)
+        if result.returncode != 0 or started is None:
+            return result
+        (run,) = self._flwr_json("ls", CONNECTION, "--run-id", started[1])["runs"]
+        if run["status"] != COMPLETED:
+            result.returncode = 1
+            result.stderr += f"\nrun {started[1]}: {run['status']} {run['status-details']}\n"
+        return result
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop every process this federation started, and their descendants.
 
         The SuperLink's executor starts the ServerApp and the Simulation Engine (Ray) in
         a process group of its own, so the whole tree is collected first, then each
-        group gets SIGTERM and, after ``grace`` seconds, SIGKILL.
+        group gets SIGTERM (and SIGCONT, for a stopped one) and, after ``grace``
+        seconds, SIGKILL.
         """
         tree = _descendants([p.pid for p in self.processes])
         groups = {pgid for _, pgid in tree}
-        for signum, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 5.0)):
+        for signals, wait in (((signal.SIGTERM, signal.SIGCONT), grace), ((signal.SIGKILL,), 5.0)):
             for pgid in groups:
-                with contextlib.suppress(ProcessLookupError, PermissionError):
-                    os.killpg(pgid, signum)
+                for signum in signals:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(pgid, signum)
             deadline = time.monotonic() + wait
             while time.monotonic() < deadline and _alive([pid for pid, _ in tree]):
                 time.sleep(0.1)

@@ -60,6 +60,10 @@ def match_sites(task: TaskPlan, sites: list[SiteInfo]) -> list[SiteInfo]:
     return serving
 
 
+class NoSiteError(RuntimeError):
+    """No connected site serves any unfinished task: the run can do nothing."""
+
+
 class Orchestrator:
     """Runs every task of the plan that the catalog does not hold yet, in plan order."""
 
@@ -73,13 +77,19 @@ class Orchestrator:
 
         A task whose sites are not connected (fewer than its minimum) waits for a later
         run; tasks after it still run if the shared encoder exists.
+
+        Raises:
+            NoSiteError: tasks are unfinished and no connected site serves any of them
+                (no node connected, or none holds the data): nothing would ever happen.
         """
         sites = self.federation.describe_sites()
         log.info("sites: %s", [(s.name, [d[0] for d in s.datasets]) for s in sites])
         self.catalog.journal("run-start", sites=[s.name for s in sites])
-        finished = []
+        finished: list[str] = []
+        unfinished = [t.name for t in self.plan.tasks if not self.catalog.has_task(t.name)]
+        served = False
         for index, task in enumerate(self.plan.tasks):
-            if self.catalog.has_task(task.name):
+            if task.name not in unfinished:
                 continue
             first = index == 0
             encoder = self.catalog.encoder()
@@ -89,6 +99,7 @@ class Orchestrator:
                 )
                 break
             serving = match_sites(task, sites)
+            served = served or bool(serving)
             if len(serving) < task.section.min_sites:
                 log.warning(
                     "%s: %d site(s) present, needs %d; skipped in this run",
@@ -105,5 +116,10 @@ class Orchestrator:
             for step in lifecycle(task, first):
                 state = run.run(step, state)
             finished.append(task.name)
+        if unfinished and not served:
+            connected = [s.name for s in sites] or "none"
+            error = f"no connected site serves any unfinished task {unfinished}; sites: {connected}"
+            self.catalog.journal("run-end", finished=finished, error=error)
+            raise NoSiteError(error)
         self.catalog.journal("run-end", finished=finished)
         return finished

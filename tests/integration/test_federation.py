@@ -1,9 +1,7 @@
 """End to end through Flower's real engines on 127.0.0.1 (slow: about a minute each)."""
 
 import json
-import subprocess
 import threading
-import time
 
 import pytest
 import torch
@@ -11,16 +9,10 @@ import torch
 from core.model import Genotype
 from server.catalog import Catalog
 from server.local import APP_DIR, LocalFederation
-from simulations.run import plan_document, to_toml
 from simulations.scenario import load_scenario, write_scenario
+from tests.integration.flower import flower_processes, one_task_plan, site_config, wait_for
 
 pytestmark = pytest.mark.slow
-
-
-def _flower_processes():
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    running = [line for line in out.splitlines() if "<defunct>" not in line]  # zombies don't run
-    return [line for line in running if "flower-superlink" in line or "flwr-simulation" in line]
 
 
 def test_tiny_scenario_two_stages_through_the_simulation_engine(tiny_benchmark):
@@ -67,24 +59,12 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tiny_benchmark):
     assert [d["task"] for d in manifest["decoders"]] == ["abdomen", "chest"]
     assert [d["calibration"]["body_range"] for d in manifest["decoders"]] == list(ranges.values())
     assert json.loads((run / "results.json").read_text())["scenario"] == "tiny"
-    assert not _flower_processes()
-
-
-def _one_task_plan(tmp_path, rounds=1, steps=4):
-    doc = plan_document(load_scenario("tiny"))
-    doc["tasks"] = doc["tasks"][:1]
-    doc["tasks"][0].update(rounds=rounds, local_steps=steps, trim=False, calibrate=False)
-    path = tmp_path / "plan.toml"
-    path.write_text(to_toml(doc))
-    return path
+    assert not flower_processes()
 
 
 def test_real_superlink_and_two_supernodes(tmp_path, tiny_sites):
-    plan = _one_task_plan(tmp_path)
-    nodes = [
-        {"site": name, "data-dir": str(tiny_sites[name].dataset.root.parent)}
-        for name in ("hospA", "hospB")
-    ]
+    plan = one_task_plan(tmp_path)
+    nodes = [site_config(tiny_sites[name]) for name in ("hospA", "hospB")]
     with LocalFederation(tmp_path / "flower", simulation=False, nodes=nodes) as federation:
         result = federation.run(APP_DIR, {"plan": str(plan), "catalog": str(tmp_path / "catalog")})
     assert result.returncode == 0, result.stderr[-2000:]
@@ -92,13 +72,13 @@ def test_real_superlink_and_two_supernodes(tmp_path, tiny_sites):
     assert catalog.has_task("abdomen")
     provenance = catalog.tasks()[0]["versions"][0]["provenance"]
     assert sorted(provenance["sites"]) == ["hospA", "hospB"]
-    assert not _flower_processes()
+    assert not flower_processes()
 
 
 def test_a_killed_server_resumes_without_redoing_finished_phases(tmp_path):
     scenario = load_scenario("tiny")
     write_scenario(scenario, tmp_path / "sites", cases=2)
-    plan = _one_task_plan(tmp_path, rounds=1, steps=3)
+    plan = one_task_plan(tmp_path, rounds=1, steps=3)
     catalog_dir = tmp_path / "catalog"
     config = {
         "plan": str(plan),
@@ -111,10 +91,7 @@ def test_a_killed_server_resumes_without_redoing_finished_phases(tmp_path):
     with LocalFederation(tmp_path / "flower", simulation=True) as federation:
         runner = threading.Thread(target=federation.run, args=(APP_DIR, config, sim), daemon=True)
         runner.start()
-        deadline = time.monotonic() + 300
-        while not Catalog(catalog_dir).phase_done("abdomen", "base"):
-            assert time.monotonic() < deadline, "the base phase never finished"
-            time.sleep(0.05)
+        wait_for(lambda: Catalog(catalog_dir).phase_done("abdomen", "base"), 300, "base's end")
         federation.stop(grace=0.0)  # kill the server (SIGKILL) in the middle of the task
         runner.join(timeout=60)
     catalog = Catalog(catalog_dir)
@@ -134,4 +111,4 @@ def test_a_killed_server_resumes_without_redoing_finished_phases(tmp_path):
     assert len(catalog.tasks()[0]["versions"]) == 1
     model = catalog.model()
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert not _flower_processes()
+    assert not flower_processes()
