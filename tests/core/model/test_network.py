@@ -19,7 +19,7 @@ def test_encoder_configs():
     gpu = EncoderConfig.gpu_default()
     assert gpu.widths[-1] == 320 and gpu.divisor == 32
     assert EncoderConfig.from_json(gpu.to_json()) == gpu
-    with pytest.raises(ValueError, match="bad encoder config"):
+    with pytest.raises(ValueError, match="encoder config"):
         EncoderConfig((8,))
 
 
