@@ -22,7 +22,7 @@ from server.catalog import Catalog
 from server.plan import parse_plan
 from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.local import LocalFederation
-from simulations.scenario import Scenario, write_scenario
+from simulations.scenario import TEST_FOLDER, Scenario, write_scenario
 
 APP_DIR = Path(server.__file__).resolve().parent.parent
 
@@ -144,7 +144,7 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
                     f"stage {stage}: exit code {result.returncode}, unfinished {missing}; see {log}"
                 )
             seconds = time.perf_counter() - start
-            dice = evaluate_catalog(catalog, scenario, sites_dir / "test")
+            dice = evaluate_catalog(catalog, scenario, sites_dir / TEST_FOLDER)
             uploads = upload_summary(catalog)
             report.stages.append(
                 {
