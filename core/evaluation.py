@@ -7,7 +7,7 @@ per-case values) and the server can pool them weighted by the number of cases.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,29 +75,33 @@ def score_prediction(
     label: torch.Tensor,
     structures: Sequence[str],
     spacing: Sequence[float],
+    hd95: bool = True,
 ) -> ScoreSums:
     """Dice and HD95 of each structure for one case; label maps are ``(1, 1, ...)`` indices.
 
     A structure absent from both scores NaN (skipped); absent from the ground truth but
-    predicted, Dice 0.
+    predicted, Dice 0. With ``hd95`` off only Dice is computed (HD95 costs a distance
+    transform per structure).
     """
     n = len(structures) + 1
     pred, truth = one_hot(prediction, n), one_hot(label, n)
     dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred, truth)
     assert isinstance(dice, torch.Tensor)
-    with warnings.catch_warnings():  # MONAI warns about empty structures, which we skip
-        warnings.simplefilter("ignore")
-        hd = compute_hausdorff_distance(pred, truth, percentile=95, spacing=list(spacing))
     present = (pred + truth)[:, 1:].flatten(2).amax(2) > 0
     sums = ScoreSums()
     for j, structure in enumerate(structures):
         if bool(present[0, j]):
             sums.add("dice", structure, float(dice[0, j]))
-            sums.add("hd95", structure, float(hd[0, j]))
+    if hd95:
+        with warnings.catch_warnings():  # MONAI warns about empty structures, which we skip
+            warnings.simplefilter("ignore")
+            hd = compute_hausdorff_distance(pred, truth, percentile=95, spacing=list(spacing))
+        for j, structure in enumerate(structures):
+            if bool(present[0, j]):
+                sums.add("hd95", structure, float(hd[0, j]))
     return sums
 
 
-@torch.no_grad()
 def evaluate_task(
     model: ContinualSegmenter,
     task: str,
@@ -112,21 +116,59 @@ def evaluate_task(
     Each case is preprocessed whole, segmented by sliding windows of ``roi_size`` and
     compared with its label map in the preprocessed space.
     """
-    device = device or next(model.parameters()).device
     structures = model.decoder(task).structures
+
+    def organ(x: torch.Tensor) -> torch.Tensor:
+        return model.forward_task(x, task).organ
+
+    return evaluate_segmenter(
+        model, organ, structures, cases, table, structures, prep, roi_size, device
+    )
+
+
+@torch.no_grad()
+def evaluate_segmenter(
+    network: torch.nn.Module,
+    organ: Callable[[torch.Tensor], torch.Tensor],
+    classes: Sequence[str],
+    cases: Sequence[Case],
+    table: LabelTable,
+    structures: Sequence[str],
+    prep: Preprocessing,
+    roi_size: Sequence[int],
+    device: torch.device | None = None,
+) -> ScoreSums:
+    """Dice and HD95 of ``structures`` over ``cases``, segmented by any network's organ logits.
+
+    Args:
+        network: the module ``organ`` runs (put in eval mode meanwhile).
+        organ: patch ``(B, 1, ...)`` -> logits ``(B, 1 + len(classes), ...)``; channel 0
+            is background, channel ``i`` is ``classes[i - 1]``.
+        classes: what the network predicts, in channel order.
+        cases: the cases, with label maps in ``table``'s ids.
+        table: their label table (it must hold every structure scored).
+        structures: the structures scored; a voxel predicted as another class counts as
+            background.
+        prep: preprocessing (the comparison is in the preprocessed space).
+        roi_size: sliding-window size.
+        device: where the network runs (default: where its parameters are).
+    """
+    device = device or next(network.parameters()).device
+    lookup = torch.zeros(len(classes) + 1, dtype=torch.long)
+    for j, structure in enumerate(structures, 1):
+        if structure in classes:
+            lookup[list(classes).index(structure) + 1] = j
     chain = validation_transforms(prep, table, structures)
-    was_training = model.training
-    model.eval()
+    was_training = network.training
+    network.eval()
     sums = ScoreSums()
     for case in cases:
         item = chain({"case": case})
         image = item["image"][None].to(device)
-        logits = sliding_window_inference(
-            image, roi_size, 1, lambda x: model.forward_task(x, task).organ, overlap=0.25
-        )
+        logits = sliding_window_inference(image, roi_size, 1, organ, overlap=0.25)
         assert isinstance(logits, torch.Tensor)
-        prediction = logits.argmax(1, keepdim=True).cpu()
+        prediction = lookup[logits.argmax(1, keepdim=True).cpu()]
         label = item["label"][None].long()
         sums.merge(score_prediction(prediction, label, structures, prep.spacing_mm))
-    model.train(was_training)
+    network.train(was_training)
     return sums

@@ -226,11 +226,8 @@ class Registration:
         """Register (once) and export."""
         task = run.task
         if not run.catalog.has_task(task.name):
-            rounds = {
-                name: getattr(task.of(PHASES[name]), "rounds", 1)
-                for name in self.phases
-                if name in PHASES
-            }
+            settings = {name: task.of(PHASES[name]) for name in self.phases}
+            rounds = {name: s.rounds for name, s in settings.items() if hasattr(s, "rounds")}
             provenance = {
                 "sites": [s.name for s in run.sites],
                 "rounds": rounds,

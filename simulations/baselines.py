@@ -1,9 +1,11 @@
-"""Centrally trained continual-learning baselines: upper bound, fine-tuning, LwF and MiB."""
+"""Centrally trained continual-learning baselines: upper bound, fine-tuning, LwF and MiB.
+
+They are scored like the method, by ``simulations.evaluate.score_model``.
+"""
 
 from __future__ import annotations
 
 import copy
-import dataclasses
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -12,57 +14,19 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from monai.inferers import sliding_window_inference
 from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from core import anatomy
-from core.data import Case, LabelTable
-from core.data.transforms import Preprocessing, validation_transforms
+from core.data.transforms import Preprocessing
 from core.device import pick_device
-from core.evaluation import ScoreSums, score_prediction
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.model.blocks import init_he
 from core.training import TrainSettings, check_patch, optimise, patch_batches, train_phase
+from simulations.task_data import TaskData
 
 Method = Literal["finetune", "lwf", "mib"]
 METHODS: tuple[str, ...] = get_args(Method)
-
-
-@dataclass(frozen=True)
-class TaskData:
-    """A task's pooled training cases and its held-out cases.
-
-    Attributes:
-        name: the task's name (lower-case letters, digits, ``_``, ``-``).
-        structures: canonical vocabulary names the task labels, in its label order.
-        table: label table of ``train_cases`` (it may hold more structures: background).
-        train_cases: the pooled training cases of every site of the task.
-        test_cases: held-out cases.
-        test_table: label table of ``test_cases``.
-        steps: optimiser steps the central methods train this task for (``None``: the
-            settings' ``steps``); a task pooled from several sites gets their sum.
-    """
-
-    name: str
-    structures: tuple[str, ...]
-    table: LabelTable
-    train_cases: list[Case]
-    test_cases: list[Case]
-    test_table: LabelTable
-    steps: int | None = None
-
-    def __post_init__(self) -> None:
-        if not self.structures:
-            raise ValueError(f"{self.name}: a task needs at least one structure")
-        for kind, table in (("training", self.table), ("test", self.test_table)):
-            missing = [s for s in self.structures if s not in table.structures]
-            if missing:
-                raise ValueError(f"{self.name}: the {kind} labels lack {missing}")
-
-    def budget(self, settings: TrainSettings) -> TrainSettings:
-        """``settings`` with this task's step count."""
-        return settings if self.steps is None else dataclasses.replace(settings, steps=self.steps)
 
 
 @dataclass
@@ -337,45 +301,3 @@ def sequential(
         if on_stage is not None:
             on_stage(stage, model)
     return model
-
-
-@torch.no_grad()
-def evaluate_on(
-    model: GrowingSegmenter | ContinualSegmenter,
-    task: TaskData,
-    prep: Preprocessing,
-    roi_size: Sequence[int],
-) -> ScoreSums:
-    """Dice and HD95 of a task's structures only, on its test cases (sliding windows).
-
-    A :class:`GrowingSegmenter` is scored on the task's structures among its classes;
-    voxels predicted as other classes count as background. A :class:`ContinualSegmenter`
-    (an upper bound) is scored through its decoder named ``task.name``.
-    """
-    if isinstance(model, GrowingSegmenter):
-        classes, predict = model.classes, model.forward
-    else:
-        classes = model.decoder(task.name).structures
-
-        def predict(x: torch.Tensor) -> torch.Tensor:
-            return model.forward_task(x, task.name).organ
-
-    lookup = torch.zeros(len(classes) + 1, dtype=torch.long)
-    for j, structure in enumerate(task.structures, 1):
-        if structure in classes:
-            lookup[classes.index(structure) + 1] = j
-    device = next(model.parameters()).device
-    chain = validation_transforms(prep, task.test_table, task.structures)
-    was_training = model.training
-    model.eval()
-    sums = ScoreSums()
-    for case in task.test_cases:
-        item = chain({"case": case})
-        image = item["image"][None].to(device)
-        logits = sliding_window_inference(image, roi_size, 1, predict, overlap=0.25)
-        assert isinstance(logits, torch.Tensor)
-        prediction = lookup[logits.argmax(1, keepdim=True).cpu()]
-        label = item["label"][None].long()
-        sums.merge(score_prediction(prediction, label, task.structures, prep.spacing_mm))
-    model.train(was_training)
-    return sums

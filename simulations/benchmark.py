@@ -31,29 +31,31 @@ from typing import Any
 import torch
 
 from core.bundle import Bundle, load_bundle
-from core.data import Case, open_dataset, split_cases
+from core.data import Case
 from core.data.transforms import Augmentation, validation_transforms
-from core.evaluation import ScoreSums, score_prediction
-from core.inference import combined_structures, merge_volume, volume_outputs
+from core.evaluation import ScoreSums
+from core.inference import VolumeOutputs, combined_structures, merge_volume, volume_outputs
 from core.io import atomic_write_bytes, atomic_write_json
-from core.merge import MergeSettings, output_structures
+from core.merge import MergeSettings
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
 from core.phases import DISTILL, TEACHER
 from core.training import TrainSettings
 from server.catalog import Catalog
 from server.plan import Plan, parse_plan
-from simulations.baselines import (
-    GrowingSegmenter,
-    TaskData,
-    evaluate_on,
-    sequential,
-    upper_bound,
+from simulations.baselines import GrowingSegmenter, sequential, upper_bound
+from simulations.evaluate import (
+    LabelMap,
+    merged_map,
+    score_bundle_maps,
+    score_model,
+    task_labels,
+    upload_summary,
 )
-from simulations.evaluate import upload_summary
 from simulations.report import markdown, overlay_figure, plots
 from simulations.run import plan_document, simulate
 from simulations.scenario import Scenario
+from simulations.task_data import TaskData, load_tasks
 
 ORDER = ("continual", "naive_merge", "no_trim", "upper_bound", "finetune", "lwf", "mib")
 Scores = dict[str, dict[str, dict[str, float | None]]]  # task -> metric -> structure -> mean
@@ -61,36 +63,6 @@ Scores = dict[str, dict[str, dict[str, float | None]]]  # task -> metric -> stru
 
 def _means(sums: ScoreSums) -> dict[str, dict[str, float | None]]:
     return {"dice": sums.means("dice"), "hd95": sums.means("hd95")}
-
-
-def task_data(
-    scenario: Scenario, sites_dir: Path, val_fraction: float, seed: int
-) -> list[TaskData]:
-    """Each task's pooled training splits (as its sites train on them) and its test set."""
-    names = [t.name for t in scenario.tasks]
-    out = []
-    for task in scenario.tasks:
-        folder = f"Dataset{names.index(task.name) + 1:03d}_{task.name}"
-        train: list[Case] = []
-        table = None
-        for site in scenario.sites_of(task.name):
-            dataset = open_dataset(sites_dir / site.name / folder)
-            train += split_cases(dataset.cases, val_fraction, seed)[0]
-            table = dataset.labels
-        test = open_dataset(sites_dir / "test" / folder)
-        assert table is not None, f"{task.name}: no site"
-        out.append(
-            TaskData(task.name, task.structures, table, train, list(test.cases), test.labels)
-        )
-    return out
-
-
-def task_lookup(structures: list[str], task: TaskData) -> torch.Tensor:
-    """Maps the unified model's output labels to the task's (others become background)."""
-    lookup = torch.zeros(len(structures) + 1, dtype=torch.long)
-    for j, s in enumerate(task.structures, 1):
-        lookup[structures.index(s) + 1] = j
-    return lookup
 
 
 @torch.no_grad()
@@ -102,26 +74,24 @@ def merged_stages(
 ) -> dict[str, list[Scores]]:
     """Each merge's scores of the merged label map after each stage, on every task so far.
 
-    The network runs once per test case: stage ``k``'s unified model is the encoder and
-    the first ``k`` tasks' decoders, so its outputs are the first ``k`` decoders' votes.
+    Scored on the network's grid. The network runs once per test case: stage ``k``'s
+    unified model is the encoder and the first ``k`` tasks' decoders, so its outputs are
+    the first ``k`` decoders' votes.
     """
     names = [t.name for t in tasks]
-    spacing = bundle.preprocessing.spacing_mm
     sums: dict[str, list[dict[str, ScoreSums]]] = {m: [{} for _ in tasks] for m in merges}
     for i, task in enumerate(tasks):
-        chain = validation_transforms(bundle.preprocessing, task.test_table, task.structures)
-        for case in task.test_cases:
-            label = chain({"case": case})["label"][None].long()
-            outputs = volume_outputs(bundle, case.image)
-            for k in range(i, len(tasks)):
-                votes = [v for v in outputs.votes if v.task in names[: k + 1]]
-                structures = output_structures([v.structures for v in votes])
-                lookup = task_lookup(structures, task)
-                now = dataclasses.replace(outputs, votes=votes)
-                for method, settings in merges.items():
-                    merged = merge_volume(now, structures, settings, bundle.calibration)
-                    scores = score_prediction(lookup[merged.cpu()], label, task.structures, spacing)
-                    sums[method][k].setdefault(task.name, ScoreSums()).merge(scores)
+
+        def maps(outputs: VolumeOutputs, i: int = i) -> dict[tuple[str, int], LabelMap]:
+            return {
+                (method, k): merged_map(bundle, outputs, settings, names[: k + 1])
+                for k in range(i, len(tasks))
+                for method, settings in merges.items()
+            }
+
+        for _, scores in score_bundle_maps(bundle, task, maps, grid="network", hd95=True):
+            for (method, k), case_scores in scores.items():
+                sums[method][k].setdefault(task.name, ScoreSums()).merge(case_scores)
         say(f"{', '.join(merges)}: evaluated on {task.name} after every stage")
     return {
         m: [{t: _means(s) for t, s in stage.items()} for stage in per] for m, per in sums.items()
@@ -147,7 +117,7 @@ def federated(
     """
     started = time.perf_counter()
     simulate(scenario, run, say)
-    tasks = task_data(scenario, run / "sites", plan.training.val_fraction, plan.training.seed)
+    tasks = load_tasks(scenario, run / "sites", plan.training.val_fraction, plan.training.seed)
     catalog = Catalog(run / "catalog")
     seconds = catalog.phase_seconds()
     bundle = load_bundle(run / "catalog" / "bundle")
@@ -158,7 +128,7 @@ def federated(
     results = []
     prep, roi, image = bundle.preprocessing, bundle.roi_size, tasks[0].test_cases[0].image
     # a decoder alone is the same after every later stage: registration never changes it
-    own = {t.name: _means(evaluate_on(bundle.model, t, prep, roi)) for t in tasks}
+    own = {t.name: _means(score_model(bundle.model, t, prep, roi)) for t in tasks}
     own_stages: list[Scores] = [
         {t.name: own[t.name] for t in tasks[: k + 1]} for k in range(len(tasks))
     ]
@@ -197,7 +167,7 @@ def central(
         for task in tasks:
             say(f"upper_bound: training {task.name}")
             models.append(upper_bound(task, plan.encoder, prep, settings))
-            scores[task.name] = _means(evaluate_on(models[-1], task, prep, roi))
+            scores[task.name] = _means(score_model(models[-1], task, prep, roi))
             stages.append(dict(scores))
         train = time.perf_counter() - start
         predict = sum(_network_seconds(m, image, plan) for m in models)
@@ -206,7 +176,7 @@ def central(
 
         def on_stage(k: int, model: GrowingSegmenter) -> None:
             stages.append(
-                {t.name: _means(evaluate_on(model, t, prep, roi)) for t in tasks[: k + 1]}
+                {t.name: _means(score_model(model, t, prep, roi)) for t in tasks[: k + 1]}
             )
             say(f"{method}: evaluated after stage {k + 1}")
 
@@ -309,7 +279,7 @@ def run_benchmark(
                 atomic_write_json(out / f"{result['method']}.json", result)
             continue
         _share_sites(out)
-        tasks = task_data(
+        tasks = load_tasks(
             scenario, out / "continual" / "sites", plan.training.val_fraction, plan.training.seed
         )
         steps = {
@@ -345,7 +315,7 @@ def run_benchmark(
     plots(document, out)
     if "continual" in results:
         bundle = load_bundle(out / "continual" / "catalog" / "bundle")
-        tasks = task_data(
+        tasks = load_tasks(
             scenario, out / "continual" / "sites", plan.training.val_fraction, plan.training.seed
         )
         overlay_figure(overlay_rows(bundle, tasks), out / "overlays.png")
@@ -367,20 +337,16 @@ def _share_sites(out: Path) -> None:
 @torch.no_grad()
 def overlay_rows(bundle: Bundle, tasks: list[TaskData]) -> list[tuple[str, Any, Any, Any]]:
     """For each task's first test case, the axial slice with the most ground truth."""
-    structures = combined_structures(bundle.model)
     rows = []
     for task in tasks:
         case = task.test_cases[0]
         item = validation_transforms(bundle.preprocessing, task.test_table, task.structures)(
             {"case": case}
         )
-        lookup = task_lookup(structures, task)
-        merged = merge_volume(
-            volume_outputs(bundle, case.image), structures, bundle.merge, bundle.calibration
-        )
+        merged = merged_map(bundle, volume_outputs(bundle, case.image))
         truth = item["label"][0].numpy()
         z = int(truth.reshape(-1, truth.shape[-1]).astype(bool).sum(0).argmax())
-        prediction = lookup[merged[0, 0].cpu()].numpy()
+        prediction = task_labels(merged, task.structures)[0, 0].numpy()
         rows.append(
             (task.name, item["image"][0].numpy()[..., z], truth[..., z], prediction[..., z])
         )

@@ -178,11 +178,11 @@ def merge_report(
     from core.io import atomic_write_json
     from simulations.merge_report import format_merge_report
     from simulations.merge_report import merge_report as measure
-    from simulations.scenario import load_scenario
+    from simulations.scenario import TEST_FOLDER, load_scenario
 
     with user_errors():
         spec = load_scenario(scenario)
-        result = measure(out / "catalog" / "bundle", spec, out / "sites" / "test")
+        result = measure(out / "catalog" / "bundle", spec, out / "sites" / TEST_FOLDER)
     typer.echo(format_merge_report(result))
     if json_out is not None:
         atomic_write_json(json_out, result)

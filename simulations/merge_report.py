@@ -14,24 +14,18 @@ import dataclasses
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from numpy.typing import NDArray
-
 from core import anatomy
 from core.bundle import Bundle, load_bundle
-from core.data import load_case, open_dataset
-from core.inference import (
-    VolumeOutputs,
-    combined_structures,
-    merge_volume,
-    restore,
-    volume_outputs,
-)
+from core.evaluation import ScoreSums
+from core.inference import VolumeOutputs, combined_structures
 from core.merge import MergeSettings
 from core.vocabulary import Group
+from simulations.evaluate import LabelMap, merged_map, score_bundle_maps
 from simulations.scenario import Scenario
+from simulations.task_data import load_test_set
 
 COMPARED = ("confidence", "no_gating", "no_anomaly", "highest_probability", "last_decoder")
+ALONE = "alone:"  # a method that is one decoder by itself: ``alone:<task>``
 
 
 def rules(bundle: Bundle) -> dict[str, MergeSettings]:
@@ -46,31 +40,20 @@ def rules(bundle: Bundle) -> dict[str, MergeSettings]:
     }
 
 
-def _dice(truth: NDArray[np.bool_], pred: NDArray[np.bool_]) -> float | None:
-    total = truth.sum() + pred.sum()
-    return None if total == 0 else float(2 * np.logical_and(truth, pred).sum() / total)
-
-
-def _label_maps(
-    bundle: Bundle, outputs: VolumeOutputs, structures: list[str]
-) -> dict[str, NDArray[np.unsignedinteger]]:
-    """Each rule's and each decoder's label map on the CT's grid."""
-    maps = {}
-    for name, settings in rules(bundle).items():
-        merged = merge_volume(outputs, structures, settings, bundle.calibration)
-        maps[name] = restore(merged[0], outputs.affine, outputs.original, len(structures))
-    alone = MergeSettings(rule="highest_probability")
+def _label_maps(bundle: Bundle, outputs: VolumeOutputs) -> dict[str, LabelMap]:
+    """Each rule's and each decoder's label map."""
+    maps = {name: merged_map(bundle, outputs, settings) for name, settings in rules(bundle).items()}
+    alone = MergeSettings(rule="highest_probability")  # of one decoder: its arg-max
     for vote in outputs.votes:
-        single = dataclasses.replace(outputs, votes=[vote])
-        merged = merge_volume(single, structures, alone, {})
-        maps[f"alone:{vote.task}"] = restore(
-            merged[0], outputs.affine, outputs.original, len(structures)
-        )
+        maps[ALONE + vote.task] = merged_map(bundle, outputs, alone, [vote.task])
     return maps
 
 
 def merge_report(bundle_dir: Path, scenario: Scenario, test_root: Path) -> dict[str, Any]:
     """Dice per method, structure and kind of case (``healthy`` or ``tumour``).
+
+    A case is ``tumour`` when its ground truth holds one of the task's lesions. A decoder
+    alone is scored only on the structures it segments.
 
     Returns:
         ``{"overlap": [...], "cases": {kind: n}, "dice": {kind: {structure: {method:
@@ -80,33 +63,26 @@ def merge_report(bundle_dir: Path, scenario: Scenario, test_root: Path) -> dict[
     model = bundle.model
     structures = combined_structures(model)
     owners = {s: [t for t, d in model.items() if s in d.structures] for s in structures}
-    names = [t.name for t in scenario.tasks]
-    sums: dict[str, dict[str, dict[str, list[float]]]] = {}
+    sums: dict[str, dict[str, ScoreSums]] = {}  # kind -> method -> sums
     cases = {"healthy": 0, "tumour": 0}
-    for task in model.tasks:
-        dataset = open_dataset(test_root / f"Dataset{names.index(task) + 1:03d}_{task}")
-        lesions = [s for s in dataset.labels.structures if anatomy.get(s).group == Group.LESION]
-        for case in dataset.cases:
-            truth = load_case(case, dataset.labels).label
-            assert truth is not None
-            has_lesion = any((truth == dataset.labels.id_of(s)).any() for s in lesions)
-            kind = "tumour" if has_lesion else "healthy"
+    for name in model.tasks:
+        task = load_test_set(scenario, test_root, name)
+        lesions = [
+            i for i, s in enumerate(task.structures, 1) if anatomy.get(s).group == Group.LESION
+        ]
+        for truth, scores in score_bundle_maps(bundle, task, lambda o: _label_maps(bundle, o)):
+            kind = "tumour" if any(bool((truth.labels == i).any()) for i in lesions) else "healthy"
             cases[kind] += 1
-            maps = _label_maps(bundle, volume_outputs(bundle, case.image), structures)
-            for structure in model.decoder(task).structures:
-                gt = truth == dataset.labels.id_of(structure)
-                label = structures.index(structure) + 1
-                for method, labels in maps.items():
-                    if method.startswith("alone:") and method[6:] not in owners[structure]:
-                        continue
-                    value = _dice(gt, labels == label)
-                    if value is not None:
-                        entry = sums.setdefault(kind, {}).setdefault(structure, {})
-                        entry.setdefault(method, []).append(value)
-    dice = {
-        kind: {s: {m: float(np.mean(v)) for m, v in methods.items()} for s, methods in per.items()}
-        for kind, per in sums.items()
-    }
+            for method, case_scores in scores.items():
+                sums.setdefault(kind, {}).setdefault(method, ScoreSums()).merge(case_scores)
+    dice: dict[str, dict[str, dict[str, float]]] = {}
+    for kind, per_method in sums.items():
+        for method, method_sums in per_method.items():
+            for structure, mean in method_sums.means("dice").items():
+                if mean is not None and (
+                    not method.startswith(ALONE) or method[len(ALONE) :] in owners[structure]
+                ):
+                    dice.setdefault(kind, {}).setdefault(structure, {})[method] = mean
     overlap = [s for s in structures if len(owners[s]) > 1]
     return {"overlap": overlap, "cases": cases, "dice": dice, "merge": bundle.merge.to_json()}
 
@@ -124,7 +100,7 @@ def format_merge_report(report: dict[str, Any]) -> str:
         ordered = sorted(per, key=lambda s: (s not in report["overlap"], s))
         for structure in ordered:
             scores = per[structure]
-            alone = [v for m, v in scores.items() if m.startswith("alone:")]
+            alone = [v for m, v in scores.items() if m.startswith(ALONE)]
             row = [scores.get(m) for m in COMPARED] + [max(alone) if alone else None]
             mark = " (overlap)" if structure in report["overlap"] else ""
             cells = ["-" if v is None else f"{v:.3f}" for v in row]

@@ -22,7 +22,7 @@ from server.catalog import Catalog
 from server.local import APP_DIR, LocalFederation
 from server.plan import ModelSection, TaskSection, TrainingSection, parse_plan, task_keys
 from simulations.evaluate import evaluate_catalog, upload_summary
-from simulations.scenario import Scenario, write_scenario
+from simulations.scenario import TEST_FOLDER, Scenario, write_scenario
 
 
 class SimulationError(RuntimeError):
@@ -132,7 +132,7 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
                     f"stage {stage}: exit code {result.returncode}, unfinished {missing}; see {log}"
                 )
             seconds = time.perf_counter() - start
-            dice = evaluate_catalog(catalog, scenario, sites_dir / "test")
+            dice = evaluate_catalog(catalog, scenario, sites_dir / TEST_FOLDER)
             uploads = upload_summary(catalog)
             report.stages.append(
                 {

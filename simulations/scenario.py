@@ -26,6 +26,8 @@ from core.data import CaseArrays, TaskDataset, write_nnunet
 from simulations.phantoms import LESIONS, REGIONS, Scanner, make_case
 from simulations.phantoms.preview import write_preview
 
+TEST_FOLDER = "test"  # where write_scenario puts every task's held-out cases, beside the sites
+
 
 class ScenarioError(ValueError):
     """A scenario that cannot be run; the message names the file and field."""
@@ -69,6 +71,20 @@ class Scenario:
     def task(self, name: str) -> TaskSpec:
         """The task of that name."""
         return next(t for t in self.tasks if t.name == name)
+
+    def dataset_folder(self, task: str) -> str:
+        """The folder of a task's datasets at its sites and in the test set.
+
+        ``Dataset<NNN>_<task>`` (nnU-Net v2's naming), ``NNN`` the task's 1-based position
+        in the scenario.
+
+        Raises:
+            ScenarioError: if the scenario has no such task.
+        """
+        names = [t.name for t in self.tasks]
+        if task not in names:
+            raise ScenarioError(f"scenario {self.name}: no task {task!r} (it has {names})")
+        return f"Dataset{names.index(task) + 1:03d}_{task}"
 
     def sites_of(self, task: str) -> list[SiteSpec]:
         """The sites that serve a task."""
@@ -246,14 +262,13 @@ def write_scenario(
     """
     out = Path(out)
     side = size or scenario.size
-    task_names = [t.name for t in scenario.tasks]
     jobs = [(s, s.name, cases or s.cases, out / s.name, "preview.png") for s in scenario.sites]
     jobs += [
         (
             scenario.sites_of(t.name)[0],
             f"test_{t.name}",
             t.test_cases,
-            out / "test",
+            out / TEST_FOLDER,
             f"preview_{t.name}.png",
         )
         for t in scenario.tasks
@@ -265,7 +280,7 @@ def write_scenario(
         task = scenario.task(site.task)
         first: list[CaseArrays] = []
         dataset = write_nnunet(
-            folder / f"Dataset{task_names.index(task.name) + 1:03d}_{task.name}",
+            folder / scenario.dataset_folder(task.name),
             task.structures,
             _cases(scenario, site, prefix, n, side, first),
             description=f"scenario {scenario.name}, site {site.name}",

@@ -20,17 +20,18 @@ from typing import Any
 
 import numpy as np
 
-from core.data import Case, LabelTable, TaskDataset, open_dataset, split_cases
 from core.data.transforms import Augmentation, Preprocessing
-from core.evaluation import evaluate_task
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters, genotype_parameters
 from core.model.distill import distill_phase, inherit
 from core.model.genotype import WIDTH_CHOICES
+from core.phases import DISTILL
 from core.training import TrainSettings
 from server.catalog import Catalog
 from server.plan import Plan, TaskPlan, load_plan
+from simulations.evaluate import score_model
 from simulations.scenario import Scenario
+from simulations.task_data import TaskData, load_tasks
 
 
 def uniform_3d_like(widths: tuple[int, ...], size: int, n_structures: int) -> Genotype:
@@ -44,16 +45,14 @@ def uniform_3d_like(widths: tuple[int, ...], size: int, n_structures: int) -> Ge
 
 
 @dataclass
-class TaskData:
-    """What the comparison of one task needs."""
+class Students:
+    """What the comparison of one task needs: its plan, decoders and data."""
 
     task: TaskPlan
     teacher: Decoder
     student: Decoder
     searched: Genotype
-    train: list[Case]
-    table: LabelTable
-    test: TaskDataset
+    data: TaskData
 
 
 def _score(
@@ -64,10 +63,8 @@ def _score(
     roi: tuple[int, int, int],
 ) -> dict[str, Any]:
     model = ContinualSegmenter(encoder)
-    model.add_decoder(data.task.name, decoder)
-    dice = evaluate_task(model, data.task.name, data.test.cases, data.test.labels, prep, roi).means(
-        "dice"
-    )
+    model.add_decoder(data.name, decoder)
+    dice = score_model(model, data, prep, roi).means("dice")
     mean = float(np.mean([v or 0.0 for v in dice.values()])) if dice else 0.0
     return {
         "genotype": str(decoder.genotype),
@@ -77,71 +74,62 @@ def _score(
 
 
 def compare_students(
-    encoder: Encoder, data: TaskData, plan: Plan, prep: Preprocessing, roi: tuple[int, int, int]
+    encoder: Encoder, students: Students, plan: Plan, prep: Preprocessing, roi: tuple[int, int, int]
 ) -> dict[str, Any]:
     """The teacher, the federated student and three centrally trained students, scored."""
-    task, widths = data.task, encoder.config.widths
+    task, data, widths = students.task, students.data, encoder.config.widths
     rows = {
-        "teacher": _score(encoder, data, data.teacher, prep, roi),
-        "student (federated)": _score(encoder, data, data.student, prep, roi),
+        "teacher": _score(encoder, data, students.teacher, prep, roi),
+        "student (federated)": _score(encoder, data, students.student, prep, roi),
     }
     teacher_model = ContinualSegmenter(encoder)
-    teacher_model.add_decoder(task.name, data.teacher)  # the KD source of the central students
+    teacher_model.add_decoder(task.name, students.teacher)  # the KD source of the central students
+    distill = task.of(DISTILL)
     settings = TrainSettings(
-        steps=task.distill_rounds * task.distill_steps,
-        lr=task.lr,
+        steps=distill.rounds * distill.steps,
+        lr=task.optimiser.lr,
+        weight_decay=task.optimiser.weight_decay,
         augmentation=Augmentation(patch_size=plan.patch),
-        seed=plan.seed,
+        seed=plan.training.seed,
         progress=False,
     )
-    size = genotype_parameters(widths, data.searched, len(task.structures))
+    size = genotype_parameters(widths, students.searched, len(task.structures))
     alternatives = (
-        ("searched + KD (central)", data.searched, task.kd_weight),
-        ("searched, no KD (central)", data.searched, 0.0),
+        ("searched + KD (central)", students.searched, distill.kd_weight),
+        ("searched, no KD (central)", students.searched, 0.0),
         (
             "uniform narrow 3d + KD (central)",
             uniform_3d_like(widths, size, len(task.structures)),
-            task.kd_weight,
+            distill.kd_weight,
         ),
     )
     for label, genotype, kd in alternatives:
-        student = inherit(Decoder(widths, genotype, task.structures), data.teacher)
+        student = inherit(Decoder(widths, genotype, task.structures), students.teacher)
         distill_phase(
             teacher_model,
             task.name,
             student,
             data.table,
-            data.train,
+            data.train_cases,
             prep,
             settings,
             kd,
-            task.temperature,
+            distill.temperature,
         )
         rows[label] = _score(encoder, data, student, prep, roi)
     return rows
 
 
-def _task_data(
-    run: Path,
-    catalog: Catalog,
-    unified: ContinualSegmenter,
-    plan: Plan,
-    scenario: Scenario,
-    name: str,
-) -> TaskData:
-    task, names = plan.task(name), [t.name for t in scenario.tasks]
-    widths = plan.encoder.widths
-    state, _ = catalog.load_checkpoint(name, "base" if names.index(name) == 0 else "teacher")
+def _students(
+    catalog: Catalog, unified: ContinualSegmenter, plan: Plan, data: TaskData, first: bool
+) -> Students:
+    """A task's teacher (the base model's decoder for the first task), student and genotype."""
+    task, widths = plan.task(data.name), plan.encoder.widths
+    state, _ = catalog.load_checkpoint(data.name, "base" if first else "teacher")
     teacher = Decoder(widths, Genotype.teacher(len(widths) - 1), task.structures)
     teacher.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
-    datasets = [
-        open_dataset(next((run / "sites" / s.name).glob("Dataset*")))
-        for s in scenario.sites_of(name)
-    ]
-    train = [c for ds in datasets for c in split_cases(ds.cases, plan.val_fraction, plan.seed)[0]]
-    test = open_dataset(run / "sites" / "test" / f"Dataset{names.index(name) + 1:03d}_{name}")
-    searched = Genotype.from_json(catalog.load_checkpoint(name, "search")[1]["genotype"])
-    return TaskData(task, teacher, unified.decoder(name), searched, train, datasets[0].labels, test)
+    searched = Genotype.from_json(catalog.load_checkpoint(data.name, "search")[1]["genotype"])
+    return Students(task, teacher, unified.decoder(data.name), searched, data)
 
 
 def trim_report(run: Path, scenario: Scenario) -> dict[str, Any]:
@@ -154,9 +142,15 @@ def trim_report(run: Path, scenario: Scenario) -> dict[str, Any]:
     prep = Preprocessing.from_json(entry["preprocessing"])
     roi = (int(entry["patch"][0]), int(entry["patch"][1]), int(entry["patch"][2]))
     tasks, unified = {}, catalog.model()
+    data = {
+        t.name: t
+        for t in load_tasks(scenario, run / "sites", plan.training.val_fraction, plan.training.seed)
+    }
+    first = scenario.tasks[0].name
     for task_entry in catalog.tasks():
-        data = _task_data(run, catalog, unified, plan, scenario, task_entry["name"])
-        tasks[task_entry["name"]] = compare_students(encoder, data, plan, prep, roi)
+        name = task_entry["name"]
+        students = _students(catalog, unified, plan, data[name], name == first)
+        tasks[name] = compare_students(encoder, students, plan, prep, roi)
     widths = encoder.config.widths
     teacher_size = genotype_parameters(
         widths, Genotype.teacher(len(widths) - 1), len(plan.tasks[0].structures)

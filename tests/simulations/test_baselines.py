@@ -12,14 +12,14 @@ from core.training import TrainSettings, patch_batches
 from simulations.baselines import (
     GrowingSegmenter,
     StageLoss,
-    TaskData,
-    evaluate_on,
     lwf_kd,
     mib_ce,
     mib_kd,
     sequential,
     upper_bound,
 )
+from simulations.evaluate import score_model
+from simulations.task_data import TaskData
 from tests.conftest import abdomen_cases, native_prep
 
 # Smaller than the suite's TINY model: a training step here costs about a second on 2 cores.
@@ -177,6 +177,7 @@ def test_kd_is_zero_at_stage_start_and_grows_after(method, chest_batch):
     assert loss.kd_values[1] > 1e-3
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["finetune", "lwf", "mib"])
 def test_sequential_learns_the_union_of_two_tasks(method, tasks):
     abdomen, chest, prep = tasks
@@ -205,34 +206,18 @@ def test_sequential_learns_the_union_of_two_tasks(method, tasks):
     else:
         assert first_kd == 0.0  # lwf: old channels untouched; finetune: no KD at all
     assert all(x == 0.0 for x in log[0].kd_losses)  # nothing to distil from at stage 0
+
+
+def test_sequential_refuses_an_unknown_method_and_a_task_without_training_cases(tasks):
+    abdomen, _, prep = tasks
     with pytest.raises(ValueError, match="unknown method"):
         sequential("replay", [abdomen], SMALL, prep, _settings(1))  # type: ignore[arg-type]
+    empty = dataclasses.replace(abdomen, train_cases=[])
+    with pytest.raises(ValueError, match="training cases"):
+        sequential("lwf", [abdomen, empty], SMALL, prep, _settings(1))
 
 
-class _Constant(GrowingSegmenter):
-    """Predicts one class everywhere."""
-
-    def __init__(self, structures, winner):
-        super().__init__(SMALL, structures)
-        self.winner = winner
-
-    def forward(self, x):
-        logits = torch.zeros(x.shape[0], len(self.classes) + 1, *x.shape[2:])
-        logits[:, self.classes.index(self.winner) + 1] = 1.0
-        return logits
-
-
-def test_evaluation_scores_only_the_task_structures(tasks):
-    abdomen, _, prep = tasks
-    # Everything predicted as a class of another task counts as background: Dice 0.
-    heart = evaluate_on(_Constant((*ABDOMEN, "heart"), "heart"), abdomen, prep, PATCH)
-    assert set(heart.means("dice")) == set(ABDOMEN)
-    assert all(v == 0.0 for v in heart.means("dice").values())
-    liver = evaluate_on(_Constant(("heart", *ABDOMEN), "liver"), abdomen, prep, PATCH).means()
-    assert 0.0 < liver["liver"] < 1.0  # every voxel called liver: some overlap
-    assert liver["spleen"] == 0.0 and set(liver) == set(ABDOMEN)
-
-
+@pytest.mark.slow
 def test_upper_bound_trains_one_task_and_its_loss_falls(tasks):
     abdomen, _, prep = tasks
     log = []
@@ -242,6 +227,6 @@ def test_upper_bound_trains_one_task_and_its_loss_falls(tasks):
     losses = log[0].losses
     assert len(losses) == 6 and all(math.isfinite(x) for x in losses)
     assert losses[-1] < 0.9 * losses[0]
-    scores = evaluate_on(model, abdomen, prep, (32, 32, 32))  # one window: fast
+    scores = score_model(model, abdomen, prep, (32, 32, 32))  # one window: fast
     assert set(scores.means("dice")) == set(ABDOMEN)
     assert all(0.0 <= v <= 1.0 for v in scores.means("dice").values())

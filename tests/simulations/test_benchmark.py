@@ -6,9 +6,8 @@ from simulations.benchmark import ORDER, budget_steps
 from simulations.report import summarize, upload_ratio
 from simulations.scenario import load_scenario
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow  # the quick benchmark: two Flower simulations and every baseline
 def test_quick_benchmark_reports_every_method_consistently(tiny_benchmark):
     doc = json.loads((tiny_benchmark / "benchmark.json").read_text())
     tasks, methods = doc["tasks"], doc["methods"]
@@ -41,6 +40,7 @@ def test_quick_benchmark_reports_every_method_consistently(tiny_benchmark):
         assert (tiny_benchmark / png).read_bytes()[:4] == b"\x89PNG"
 
 
+@pytest.mark.slow
 def test_a_rerun_reuses_finished_methods(tiny_benchmark):
     from simulations.benchmark import run_benchmark
     from simulations.scenario import load_scenario
