@@ -87,3 +87,13 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("bench")
     run_benchmark(load_scenario("tiny"), out, quick=True, say=lambda _: None)
     return out
+
+
+TRAINING_FIXTURES = {"trained_bundle", "tiny_benchmark"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A test that needs a trained model or the quick benchmark is slow, whatever it says."""
+    for item in items:
+        if TRAINING_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)

@@ -69,6 +69,7 @@ def _in_plane_dataset(root):
     return write_nnunet(root, STRUCTURES, cases)
 
 
+@pytest.mark.slow
 def test_search_moves_the_architecture_and_the_cost_term_shrinks_it(tmp_path):
     dataset = _in_plane_dataset(tmp_path / "D")
     torch.manual_seed(0)
