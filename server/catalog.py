@@ -56,6 +56,7 @@ from server.catalog_checks import (
 FORMAT = "continual-segment-fl catalog"
 VERSION = 1
 INDEX = "catalog.json"
+JOURNAL = "journal.jsonl"
 
 
 class CatalogError(RuntimeError):
@@ -97,7 +98,7 @@ class Catalog:
     @property
     def journal_path(self) -> Path:
         """Where phase events are appended."""
-        return self.root / "journal.jsonl"
+        return self.root / JOURNAL
 
     def journal(self, event: str, task: str | None = None, **data: Any) -> None:
         """Append one event and fsync it (a crash never loses a recorded event)."""

@@ -19,8 +19,9 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -32,6 +33,7 @@ from core.io import atomic_write_bytes
 from server.credentials import ServerCredentials, write_node_key, write_server_credentials
 
 CONNECTION = "csfl"
+WATCH_SECONDS = 2.0  # how often a long flwr command's watcher is called
 APP_DIR = Path(__file__).resolve().parent.parent
 """The Flower app ``flwr run`` starts: the project root, whose pyproject.toml names it."""
 COMPLETED = "finished:completed"
@@ -243,12 +245,38 @@ class LocalFederation:
             f"flower-superlink not ready after {timeout:.0f} s; see {self.home / 'superlink.log'}"
         )
 
-    def flwr(self, *args: str, timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
-        """The ``flwr`` CLI against this federation's home (output captured)."""
+    def flwr(
+        self, *args: str, timeout: float = 60.0, watch: Callable[[], None] | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        """The ``flwr`` CLI against this federation's home (output captured).
+
+        ``watch`` is called every couple of seconds while the command runs (to show
+        progress from elsewhere, e.g. the catalog's journal).
+
+        Raises:
+            subprocess.TimeoutExpired: if the command outlives ``timeout`` (it is killed).
+        """
         env = self.env | {"COLUMNS": "500"}  # JSON on one line per value, never wrapped
-        return subprocess.run(
-            ["flwr", *args], env=env, capture_output=True, text=True, timeout=timeout, check=False
-        )
+        with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+            process = subprocess.Popen(["flwr", *args], env=env, stdout=out, stderr=err)
+            deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    process.wait(timeout=WATCH_SECONDS if watch else timeout)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        process.kill()
+                        process.wait()
+                        raise
+                if watch:
+                    watch()
+            if watch:
+                watch()
+            out.seek(0)
+            err.seek(0)
+            text = [f.read().decode(errors="replace") for f in (out, err)]
+        return subprocess.CompletedProcess(["flwr", *args], process.returncode, *text)
 
     def _flwr_json(self, *args: str) -> dict[str, Any]:
         """A ``flwr ... --format json`` answer; raises naming the command if it failed."""
@@ -349,8 +377,11 @@ class LocalFederation:
         run_config: Mapping[str, object],
         federation_config: Mapping[str, object] | None = None,
         timeout: float = 3600.0,
+        watch: Callable[[], None] | None = None,
     ) -> subprocess.CompletedProcess[str]:
         """``flwr run APP csfl --stream`` with these settings; returns when the run ends.
+
+        ``watch`` is called every couple of seconds while it runs (see :meth:`flwr`).
 
         ``flwr run`` exits 0 even when the ServerApp fails, so the run's final status is
         asked for: a run that did not complete gets return code 1 and its status on stderr.
@@ -358,7 +389,7 @@ class LocalFederation:
         cmd = ["run", str(app_dir), CONNECTION, "--stream", "--run-config", overrides(run_config)]
         if federation_config:
             cmd += ["--federation-config", overrides(federation_config)]
-        result = self.flwr(*cmd, timeout=timeout)
+        result = self.flwr(*cmd, timeout=timeout, watch=watch)
         started = re.search(r"Successfully started run (\d+)", result.stdout)
         if result.returncode != 0 or started is None:
             return result

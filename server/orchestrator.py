@@ -7,7 +7,7 @@ import logging
 import torch
 
 from core.model import Decoder, Encoder, Genotype
-from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER
+from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, PHASES, SEARCH, TEACHER
 from core.phases.spec import TaskState
 from server.catalog import Catalog
 from server.federation import Federation, SiteInfo
@@ -31,6 +31,12 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[Step]:
     calibrating: list[Step] = [CALIBRATE] if task.section.calibrate else []
     phases = [*training, *trimming, *calibrating, EVALUATE]
     return [*phases, Registration([p.name for p in phases])]
+
+
+def planned_rounds(task: TaskPlan, first_task: bool) -> int:
+    """How many federated rounds a task's lifecycle has (evaluation counts one)."""
+    settings = [task.of(PHASES[s.name]) for s in lifecycle(task, first_task) if s.name in PHASES]
+    return sum(int(getattr(s, "rounds", 1)) for s in settings)
 
 
 def initial_decoder(plan: Plan, task: TaskPlan) -> Decoder:

@@ -135,6 +135,16 @@ class TaskRun:
             self.plan.max_payload_bytes,
         )
         self.ledger.received(result.bytes_up, result.rejected)
+        self.catalog.journal(
+            "round-end",
+            self.task.name,
+            phase=phase.name,
+            round=rnd,
+            rounds=rounds,
+            sites=list(result.replies),
+            rejected=list(result.rejected),
+            loss=result.loss,
+        )
         log.info(
             "%s/%s round %d/%d: loss %s from %s, rejected %s",
             self.task.name,

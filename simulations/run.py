@@ -18,10 +18,12 @@ from typing import Any
 
 from core.io import atomic_write_bytes, atomic_write_json
 from core.records import check_unknown, keys_of
-from server.catalog import Catalog
+from server.catalog import JOURNAL, Catalog
 from server.local import APP_DIR, LocalFederation
+from server.orchestrator import planned_rounds
 from server.plan import ModelSection, TaskSection, TrainingSection, parse_plan, task_keys
 from simulations.evaluate import evaluate_catalog, upload_summary
+from simulations.progress import JournalWatcher
 from simulations.scenario import TEST_FOLDER, Scenario, write_scenario
 
 
@@ -104,7 +106,7 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
         write_scenario(scenario, sites_dir)
         atomic_write_bytes(sites_dir / ".complete", b"")
     plan = plan_document(scenario)
-    parse_plan(plan, f"scenario {scenario.name}: federation")
+    parsed = parse_plan(plan, f"scenario {scenario.name}: federation")
     plan_path = atomic_write_bytes(out / "plan.toml", to_toml(plan).encode())
     report = SimulationReport(scenario.name)
     with LocalFederation(out / "flower", simulation=True) as federation:
@@ -122,7 +124,9 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
                 "threads": cpus,
             }
             engine = {"num-supernodes": len(sites), "client-resources-num-cpus": cpus}
-            result = federation.run(APP_DIR, run_config, engine)
+            rounds = sum(planned_rounds(parsed.task(t), t == parsed.tasks[0].name) for t in tasks)
+            watcher = JournalWatcher(catalog_dir / JOURNAL, rounds, say)
+            result = federation.run(APP_DIR, run_config, engine, watch=watcher)
             atomic_write_bytes(out / f"stage-{stage}.log", (result.stdout + result.stderr).encode())
             catalog = Catalog(catalog_dir)
             missing = [t for t in tasks if not catalog.has_task(t)]

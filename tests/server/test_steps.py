@@ -126,6 +126,8 @@ def test_base_averages_by_examples_keeps_a_checkpoint_and_freezes_the_encoder(tm
     assert after.encoder.frozen and run.catalog.encoder() is not None
     assert all(ENCODER in content for _, _, content in federation.sent)  # trainable: every round
     assert set(run.ledger.bytes_up) == {"A", "B"} and run.ledger.bytes_down["A"] > 0
+    rounds = [e for e in run.catalog.events() if e["event"] == "round-end"]
+    assert [(e["round"], e["sites"]) for e in rounds] == [(1, ["A", "B"]), (2, ["A", "B"])]
     again, _ = _run(tmp_path, lambda *_: pytest.fail("a finished phase must not run again"))[:2]
     restored = again.run(BASE, state)
     assert all(
