@@ -103,7 +103,7 @@ def summarize(dataset: TaskDataset, progress: bool = False) -> DatasetSummary:
         summary.spacings.append(loaded.image.header.spacing)
         summary.orientations[loaded.image.header.orientation] += 1
         if loaded.label is not None:
-            present = np.flatnonzero(np.bincount(loaded.label.ravel()))
+            present = np.unique(loaded.label)  # bincount would allocate up to the largest id
             for label in dataset.labels.labels:
                 if label.id in present:
                     summary.cases_with[label.structure] += 1
