@@ -48,6 +48,7 @@ MAX_WIDTH = 1024
 MAX_DECODERS = 256
 ROI_SIDE = (8, 1024)
 SPACING_MM = (0.01, 50.0)
+MAX_GATE_MARGIN_MM = 2000.0  # a body is under 2 m long
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _M = TypeVar("_M", bound=torch.nn.Module)
 
@@ -265,8 +266,17 @@ def _plan(folder: Path, manifest: Mapping[str, Any]) -> _Plan:
         tuple(decoders),
         prep,
         (roi[0], roi[1], roi[2]),
-        MergeSettings.from_json(dict(manifest.get("merge", {}))),
+        _merge_settings(manifest.get("merge", {})),
     )
+
+
+def _merge_settings(obj: Any) -> MergeSettings:
+    if not isinstance(obj, dict):
+        raise ValueError(f"merge: expected an object, found {obj!r}")
+    for key, most in (("anomaly_weight", 1.0), ("gate_margin_mm", MAX_GATE_MARGIN_MM)):
+        if key in obj:
+            _in_range(f"merge.{key}", obj[key], 0.0, most)
+    return MergeSettings.from_json(obj)
 
 
 def _tensors(weights: _WeightFile, data: bytes) -> dict[str, torch.Tensor]:

@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from core.data.dataset import TaskDataset, inspect_case
 from core.data.discover import discover
+from core.data.nifti import max_voxels
 from core.data.problems import Problem, Severity
 
 
@@ -112,6 +113,10 @@ def summarize(dataset: TaskDataset, progress: bool = False) -> DatasetSummary:
 
 def check_site(data_dir: str | Path, progress: bool = False) -> SiteReport:
     """Find every dataset in ``data_dir`` and check each of its cases."""
+    try:
+        max_voxels()
+    except ValueError as e:  # a bad cap would stop every read: say so once
+        return SiteReport(Path(data_dir), [], [Problem(Path(data_dir), str(e))])
     datasets, problems = discover(data_dir)
     return SiteReport(Path(data_dir), [summarize(d, progress) for d in datasets], problems)
 
