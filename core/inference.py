@@ -19,21 +19,21 @@ import numpy as np
 import torch
 from monai.data import MetaTensor
 from monai.inferers import sliding_window_inference
-from monai.transforms import Compose, ResampleToMatch
+from monai.transforms import ResampleToMatch
 from numpy.typing import NDArray
 from tqdm import tqdm
 
 from core.bodypart import BodyRange, Landmark, landmarks, place, slice_heights
 from core.bundle import Bundle
-from core.data import Case
 from core.data.nifti import (
     NIFTI_ENDINGS,
     Header,
+    memory_named,
     read_header,
     strip_nifti_ending,
     write_volume,
 )
-from core.data.transforms import IMAGE, preprocessing
+from core.data.transforms import IMAGE, prepare_image
 from core.label_files import write_label_tables
 from core.merge import Calibration, DecoderVote, MergeSettings, merge, output_structures
 from core.model import ContinualSegmenter
@@ -66,14 +66,13 @@ def volume_outputs(
     """Run the network over a CT by sliding windows: the encoder once, every decoder.
 
     Raises:
-        DataError: if the input is not a readable 3D NIfTI (the file is named).
+        DataError: if the input is not a readable 3D NIfTI of finite values, is too large
+            at the model's spacing, or does not fit in memory (the file is named).
     """
     model = bundle.model.eval()
     device = device or next(model.parameters()).device
     original = read_header(image_path)
-    item = Compose(preprocessing(bundle.preprocessing, None))(
-        {"case": Case("input", Path(image_path))}
-    )
+    item = prepare_image(bundle.preprocessing, original)
     image = item[IMAGE][None].to(device)
 
     def all_heads(x: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -224,10 +223,11 @@ def predict_volume(
     Raises:
         DataError: if the input is not a readable 3D NIfTI (the file is named).
     """
-    outputs = volume_outputs(bundle, image_path, device, sw_batch_size, overlap)
-    structures = combined_structures(bundle.model)
-    merged = merge_volume(outputs, structures, settings or bundle.merge, bundle.calibration)
-    labels = restore(merged[0], outputs.affine, outputs.original, len(structures))
+    with memory_named(Path(image_path), "predict it"):
+        outputs = volume_outputs(bundle, image_path, device, sw_batch_size, overlap)
+        structures = combined_structures(bundle.model)
+        merged = merge_volume(outputs, structures, settings or bundle.merge, bundle.calibration)
+        labels = restore(merged[0], outputs.affine, outputs.original, len(structures))
     return Prediction(labels, outputs.original.affine, structures)
 
 
@@ -265,6 +265,9 @@ def predict_files(
 
     Returns:
         Every file written.
+
+    Raises:
+        DataError: for an input that cannot be predicted (the file is named).
     """
     settings = settings or bundle.merge
     structures = combined_structures(bundle.model)
@@ -275,9 +278,10 @@ def predict_files(
     for src, dst in tqdm(
         list(zip(inputs, outputs, strict=True)), desc="predict", unit="volume", disable=not progress
     ):
-        out = volume_outputs(bundle, src, device, overlap=overlap)
-        merged = merge_volume(out, structures, settings, bundle.calibration)
-        labels = restore(merged[0], out.affine, out.original, len(structures))
+        with memory_named(src, "predict it"):
+            out = volume_outputs(bundle, src, device, overlap=overlap)
+            merged = merge_volume(out, structures, settings, bundle.calibration)
+            labels = restore(merged[0], out.affine, out.original, len(structures))
         written.append(write_volume(dst, labels, out.original.affine))
         if maps is not None:
             written += write_maps(maps, strip_nifti_ending(dst.name), out)

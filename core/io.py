@@ -47,3 +47,21 @@ def atomic_write_json(path: str | os.PathLike[str], obj: Any) -> Path:
     """Write ``obj`` as indented, key-ordered JSON, atomically."""
     text = json.dumps(obj, indent=2, sort_keys=False, ensure_ascii=False) + "\n"
     return atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def resolve_inside(root: Path, relative: str) -> Path:
+    """``root / relative``, provided it stays inside ``root`` once links are followed.
+
+    Raises:
+        ValueError: for an empty or absolute path, a NUL byte, ``..`` that climbs out of
+            ``root``, or a symbolic link that points outside it.
+    """
+    if not relative or "\0" in relative or Path(relative).is_absolute():
+        raise ValueError(f"{relative!r} is not a relative path")
+    try:
+        inside = (root / relative).resolve().is_relative_to(root.resolve())
+    except (OSError, RuntimeError):  # a link loop, an over-long name
+        inside = False
+    if not inside:
+        raise ValueError(f"{relative!r} leads outside {root}")
+    return root / relative

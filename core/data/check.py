@@ -12,6 +12,7 @@ from tqdm import tqdm
 
 from core.data.dataset import TaskDataset, inspect_case
 from core.data.discover import discover
+from core.data.nifti import max_voxels
 from core.data.problems import Problem, Severity
 
 
@@ -103,7 +104,7 @@ def summarize(dataset: TaskDataset, progress: bool = False) -> DatasetSummary:
         summary.spacings.append(loaded.image.header.spacing)
         summary.orientations[loaded.image.header.orientation] += 1
         if loaded.label is not None:
-            present = np.flatnonzero(np.bincount(loaded.label.ravel()))
+            present = np.unique(loaded.label)  # bincount would allocate up to the largest id
             for label in dataset.labels.labels:
                 if label.id in present:
                     summary.cases_with[label.structure] += 1
@@ -112,6 +113,10 @@ def summarize(dataset: TaskDataset, progress: bool = False) -> DatasetSummary:
 
 def check_site(data_dir: str | Path, progress: bool = False) -> SiteReport:
     """Find every dataset in ``data_dir`` and check each of its cases."""
+    try:
+        max_voxels()
+    except ValueError as e:  # a bad cap would stop every read: say so once
+        return SiteReport(Path(data_dir), [], [Problem(Path(data_dir), str(e))])
     datasets, problems = discover(data_dir)
     return SiteReport(Path(data_dir), [summarize(d, progress) for d in datasets], problems)
 

@@ -15,6 +15,16 @@ from core import anatomy
 from core.data.nifti import Volume, read_image, read_volume, same_grid
 from core.data.problems import DataError, Problem
 
+MAX_LABEL_ID = 2**31 - 1  # int32, what NIfTI label maps and nnU-Net hold
+_DENSE_LOOKUP_IDS = 2**16  # up to this id, mapping label maps goes through a lookup table
+
+
+def label_dtype(largest: int) -> type[np.unsignedinteger]:
+    """The smallest unsigned dtype that holds ``0..largest`` exactly."""
+    if largest < 2**8:
+        return np.uint8
+    return np.uint16 if largest < 2**16 else np.uint32
+
 
 class Layout(StrEnum):
     """The on-disk dataset layouts we read."""
@@ -56,9 +66,13 @@ class LabelTable:
         """
         if not names_by_id:
             raise DataError(source, "labels: no foreground label (expected at least one)")
-        bad_ids = [i for i in names_by_id if isinstance(i, bool) or not isinstance(i, int) or i < 1]
+        bad_ids = [
+            i
+            for i in names_by_id
+            if isinstance(i, bool) or not isinstance(i, int) or not 1 <= i <= MAX_LABEL_ID
+        ]
         if bad_ids:
-            raise DataError(source, f"labels: ids {bad_ids} are not integers >= 1")
+            raise DataError(source, f"labels: ids {bad_ids[:5]} are not integers 1..{MAX_LABEL_ID}")
         ids = sorted(names_by_id)
         try:
             structures = anatomy.resolve_table([names_by_id[i] for i in ids], context)
@@ -92,28 +106,40 @@ class LabelTable:
         raise KeyError(f"{structure!r} is not in this label table ({', '.join(self.structures)})")
 
     def dtype(self) -> type[np.unsignedinteger]:
-        """The smallest unsigned dtype that holds every id."""
-        return np.uint8 if max(self.ids) < 256 else np.uint16
+        """The smallest unsigned dtype that holds every id exactly (ids never wrap)."""
+        return label_dtype(max(self.ids))
 
     def to_indices(
         self, label_map: NDArray[np.integer], classes: Sequence[str] | None = None
-    ) -> NDArray[np.uint8 | np.uint16]:
+    ) -> NDArray[np.unsignedinteger]:
         """Map label ids onto class indices: ``classes[i]`` becomes ``i + 1``.
 
         Args:
             label_map: a label map in this table's ids.
             classes: the structures a decoder predicts, in its channel order (default:
-                this table's structures); structures not among them become 0.
+                this table's structures); structures not among them and ids not in this
+                table become 0.
 
         Raises:
             KeyError: if a class is not in this table.
         """
         classes = self.structures if classes is None else classes
-        lookup = np.zeros(max(self.ids) + 1, dtype=self.dtype())
+        ids = np.asarray(self.ids, dtype=np.int64)
+        index_of = np.zeros(len(ids), dtype=label_dtype(len(classes)))
         for i, structure in enumerate(classes, 1):
-            lookup[self.id_of(structure)] = i
-        indices: NDArray[np.uint8 | np.uint16] = lookup[label_map]
-        return indices
+            index_of[self.ids.index(self.id_of(structure))] = i
+        if ids[-1] < _DENSE_LOOKUP_IDS:
+            lookup = np.zeros(int(ids[-1]) + 1, dtype=index_of.dtype)
+            lookup[ids] = index_of
+            dense: NDArray[np.unsignedinteger] = lookup[label_map]
+            return dense
+        # Large ids: a lookup table that long would be gigabytes; search the sorted ids.
+        at = np.minimum(np.searchsorted(ids, label_map), len(ids) - 1)
+        found = ids[at] == label_map
+        sparse: NDArray[np.unsignedinteger] = np.where(found, index_of[at], 0).astype(
+            index_of.dtype
+        )
+        return sparse
 
     def to_nnunet(self) -> dict[str, int]:
         """nnU-Net v2's ``labels`` entry: name -> id, background first."""
@@ -173,22 +199,22 @@ def combine_masks(
     return out
 
 
-def _integral_labels(vol: Volume, table: LabelTable) -> tuple[NDArray[np.unsignedinteger], str]:
-    """The label map cast to the table's dtype, and why it is invalid ("" if it is not)."""
+def _label_map_problem(vol: Volume, table: LabelTable) -> str:
+    """Why a label map does not fit its table ("" if it does)."""
     arr = vol.array
-    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
-        return arr.astype(table.dtype()), "label map holds non-integer values"
     if arr.dtype.kind not in "iuf":
-        return arr.astype(table.dtype()), f"label map has non-numeric dtype {arr.dtype}"
-    values = np.unique(arr)
-    unknown = sorted(set(values.astype(np.int64).tolist()) - {0, *table.ids})
+        return f"label map has non-numeric dtype {arr.dtype}"
+    if arr.dtype.kind == "f" and not np.array_equal(arr, np.round(arr)):
+        return "label map holds non-integer values"
+    # Python numbers compare exactly (1.0 == 1); a cast to int64 could wrap huge values.
+    unknown = sorted(set(np.unique(arr).tolist()) - {0, *table.ids})
     if unknown:
         shown = ", ".join(map(str, unknown[:10])) + (" ..." if len(unknown) > 10 else "")
-        return arr.astype(table.dtype()), (
+        return (
             f"label values {{{shown}}} are not in the label table (expected 0 or one of "
             f"{', '.join(map(str, table.ids))})"
         )
-    return arr.astype(table.dtype()), ""
+    return ""
 
 
 def inspect_case(case: Case, table: LabelTable) -> tuple[LoadedCase | None, list[Problem]]:
@@ -214,9 +240,10 @@ def inspect_case(case: Case, table: LabelTable) -> tuple[LoadedCase | None, list
         if image is not None and vol is not None and (why := same_grid(image.header, vol.header)):
             problems.append(Problem(vol.path, f"label does not match its image: {why}"))
     if case.label and (vol := label_vols[0][1]) is not None:
-        label_map, why = _integral_labels(vol, table)
-        if why:
+        if why := _label_map_problem(vol, table):
             problems.append(Problem(vol.path, why))
+        else:  # every value is 0 or an id of the table, so the cast is exact
+            label_map = vol.array.astype(table.dtype())
     elif case.masks and all(v is not None for _, v in label_vols):
         arrays: list[tuple[int, NDArray[np.generic]]] = []
         for label_id, vol in label_vols:

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from core.data.dataset import Layout, TaskDataset
+from core.data.dataset_json import read_json_file
 from core.data.msd import read_msd
 from core.data.nnunet import read_nnunet
 from core.data.problems import DataError, Problem
@@ -28,8 +28,8 @@ def detect_layout(folder: Path) -> Layout | None:
     meta_path = folder / "dataset.json"
     if meta_path.is_file():
         try:
-            meta = json.loads(meta_path.read_text(encoding="utf-8"))
-        except (json.JSONDecodeError, UnicodeDecodeError):
+            meta = read_json_file(meta_path)
+        except DataError:
             return Layout.NNUNET_V2
         is_msd = isinstance(meta, dict) and "training" in meta and "channel_names" not in meta
         return Layout.MSD if is_msd else Layout.NNUNET_V2

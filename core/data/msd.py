@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from core.data.dataset import Case, LabelTable, Layout, TaskDataset
-from core.data.dataset_json import load_dataset_json, single_ct_channel
+from core.data.dataset_json import load_dataset_json, path_inside, single_ct_channel
 from core.data.nifti import strip_nifti_ending
 from core.data.problems import DataError, Problem, Severity
 
@@ -35,7 +35,7 @@ def _label_table(path: Path, labels: dict[str, Any], context: str) -> LabelTable
 def _entry_path(root: Path, path: Path, index: int, entry: Any, key: str) -> Path:
     if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
         raise DataError(path, f"training[{index}]: expected an object with string {key!r}")
-    return root / str(entry[key])
+    return path_inside(root, entry[key], path, f"training[{index}].{key}")
 
 
 def read_msd(root: str | Path) -> TaskDataset:

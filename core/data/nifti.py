@@ -1,21 +1,88 @@
-"""Validated NIfTI reading and deterministic, atomic NIfTI writing (nibabel)."""
+"""Validated NIfTI reading and deterministic, atomic NIfTI writing (nibabel).
+
+A file's header is never trusted. Before any voxel array is allocated, reading checks
+what the header declares (shape times data type, and where the voxels start) against:
+
+- a cap on voxels, :data:`DEFAULT_MAX_VOXELS` (512 Mi voxels, e.g. 1024 x 1024 x 512),
+  which the environment variable ``CSFL_MAX_VOXELS`` overrides;
+- the file itself: an uncompressed ``.nii`` must hold every declared byte, and a
+  ``.nii.gz`` stream is inflated at most to the declared size (header included), so a
+  small file that inflates to gigabytes is read no further than its header says. A large
+  declared gzip payload is first counted through a bounded stream, so that a truncated
+  stream is found without allocating for it.
+
+Any of these, a corrupt file, or running out of memory while reading is a
+:class:`~core.data.problems.DataError` naming the file.
+"""
 
 from __future__ import annotations
 
 import gzip
+import io
+import math
+import os
+import struct
 import zlib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
+from nibabel.filebasedimages import ImageFileError
+from nibabel.spatialimages import HeaderDataError
 from numpy.typing import NDArray
 
 from core.data.problems import DataError
 from core.io import atomic_write_bytes
 
 NIFTI_ENDINGS = (".nii.gz", ".nii")
+MAX_VOXELS_ENV = "CSFL_MAX_VOXELS"
+DEFAULT_MAX_VOXELS = 2**29
+MAX_HEADER_BYTES = 16 * 2**20  # header plus extensions: the largest voxel offset accepted
+# Below this a gzip payload is simply read (a truncated one costs at most this much memory);
+# above it the stream is counted first, so a short stream is found before allocating.
+_COUNT_GZIP_ABOVE_BYTES = 64 * 2**20
+_CHUNK_BYTES = 2**20
 _AFFINE_ATOL_MM = 1e-3
+# What nibabel, gzip, zlib and numpy raise on a corrupt or hostile file.
+_CORRUPT = (ImageFileError, HeaderDataError, OSError, EOFError, zlib.error, ValueError)
+_CORRUPT_OR_ABSURD = (*_CORRUPT, OverflowError, struct.error)
+
+
+def max_voxels() -> int:
+    """The most voxels one volume may hold: ``CSFL_MAX_VOXELS``, else the default.
+
+    Raises:
+        ValueError: if ``CSFL_MAX_VOXELS`` is set but is not a positive whole number.
+    """
+    raw = os.environ.get(MAX_VOXELS_ENV, "").strip()
+    if not raw:
+        return DEFAULT_MAX_VOXELS
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_VOXELS_ENV}={raw!r}: expected a positive whole number of voxels")
+    return int(raw)
+
+
+def check_voxel_count(path: Path, count: float, what: str) -> None:
+    """Refuse a grid of more voxels than :func:`max_voxels` allows.
+
+    Args:
+        path: the file the grid comes from, for the message.
+        count: the grid's voxels.
+        what: the grid, as the message names it, e.g. ``"shape (512, 512, 300)"``.
+
+    Raises:
+        DataError: naming ``path``, the grid and the cap.
+    """
+    cap = max_voxels()
+    if not count <= cap:
+        raise DataError(
+            path,
+            f"{what} holds {count:,.0f} voxels, more than the {cap:,} allowed "
+            f"(set {MAX_VOXELS_ENV} to raise the cap)",
+        )
 
 
 @dataclass(frozen=True)
@@ -64,18 +131,92 @@ def strip_nifti_ending(name: str) -> str:
     return name
 
 
-def _open(path: Path) -> nib.Nifti1Image:
+def _is_gzip(path: Path) -> bool:
+    return path.name.endswith(".gz")
+
+
+def _stream(path: Path) -> io.BufferedIOBase:
+    return gzip.open(path, "rb") if _is_gzip(path) else path.open("rb")
+
+
+@dataclass(frozen=True)
+class _Declared:
+    """What a header declares about the voxels: their shape, first byte and byte count."""
+
+    shape: tuple[int, ...]
+    offset: int
+    nbytes: int
+
+
+def _declared(path: Path) -> _Declared:
+    """Parse the header (and extensions) from a bounded prefix of the file."""
+    kinds = (nib.Nifti1Header, nib.Nifti2Header)
+    with _stream(path) as f:
+        start = f.read(max(k.sizeof_hdr for k in kinds) + 4)
+        kind = next((k for k in kinds if k.may_contain_header(start)), None)
+        if kind is None:
+            raise DataError(path, "not a readable NIfTI file (no NIfTI-1 or NIfTI-2 header)")
+        unchecked = kind(start[: kind.sizeof_hdr], check=False)  # type: ignore[no-untyped-call]
+        raw_offset = float(unchecked["vox_offset"])
+        if not raw_offset <= MAX_HEADER_BYTES:  # also NaN
+            raise DataError(
+                path,
+                f"header puts the voxels at byte {raw_offset:g}; expected at most "
+                f"{MAX_HEADER_BYTES} (header and extensions)",
+            )
+        prefix = start + f.read(max(int(raw_offset) - len(start), 0))
+    header = kind.from_fileobj(io.BytesIO(prefix))  # extensions cannot read past the prefix
+    shape = tuple(int(n) for n in header.get_data_shape())
+    if any(n < 0 for n in shape):
+        raise DataError(path, f"header declares a negative axis length (shape {shape})")
+    itemsize = int(header.get_data_dtype().itemsize)
+    return _Declared(shape, int(header.get_data_offset()), math.prod(shape) * itemsize)
+
+
+def _inflated_bytes(path: Path, limit: int) -> int:
+    """How many bytes a gzip file inflates to, counting no further than ``limit``."""
+    count = 0
+    with gzip.open(path, "rb") as f:
+        while count < limit and (chunk := f.read(min(_CHUNK_BYTES, limit - count))):
+            count += len(chunk)
+    return count
+
+
+def _check_size(path: Path, declared: _Declared, count_gzip: bool) -> None:
+    """Refuse a file that cannot hold the voxels its header declares."""
+    needed = declared.offset + declared.nbytes
+    if _is_gzip(path):
+        if not count_gzip or declared.nbytes <= _COUNT_GZIP_ABOVE_BYTES:
+            return
+        held = _inflated_bytes(path, needed)
+    else:
+        held = path.stat().st_size
+    if held < needed:
+        raise DataError(
+            path,
+            f"truncated or corrupt voxel data: the header declares {needed:,} bytes "
+            f"(shape {declared.shape}), the file holds {held:,}",
+        )
+
+
+def _open(path: Path, count_gzip: bool) -> tuple[nib.Nifti1Image, _Declared]:
     if not path.is_file():
         raise DataError(path, "file not found")
     if not has_nifti_ending(path):
         raise DataError(path, "expected a NIfTI file ending in .nii.gz or .nii")
     try:
+        declared = _declared(path)
+        _shape3d(path, declared.shape)
+        check_voxel_count(path, math.prod(declared.shape), f"the declared shape {declared.shape}")
+        _check_size(path, declared, count_gzip)
         img = nib.load(path)
-    except (nib.filebasedimages.ImageFileError, OSError, EOFError, zlib.error) as e:
+    except _CORRUPT_OR_ABSURD as e:
+        if isinstance(e, DataError):
+            raise
         raise DataError(path, f"not a readable NIfTI file ({e})") from None
     if not isinstance(img, nib.Nifti1Image):  # Nifti2Image subclasses Nifti1Image
         raise DataError(path, f"expected a NIfTI image, found {type(img).__name__}")
-    return img
+    return img, declared
 
 
 def _shape3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
@@ -91,20 +232,41 @@ def _shape3d(path: Path, shape: tuple[int, ...]) -> tuple[int, int, int]:
     return (int(core_shape[0]), int(core_shape[1]), int(core_shape[2]))
 
 
-def _checked(path: Path) -> tuple[nib.Nifti1Image, Header]:
-    img = _open(path)
-    shape = _shape3d(path, tuple(img.shape))
-    affine = np.asarray(img.affine, dtype=np.float64)
-    if not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9:
+def _checked(path: Path, count_gzip: bool = False) -> tuple[nib.Nifti1Image, Header]:
+    img, declared = _open(path, count_gzip)
+    shape = _shape3d(path, declared.shape)
+    try:
+        affine = np.asarray(img.affine, dtype=np.float64)
+        degenerate = not np.all(np.isfinite(affine)) or abs(np.linalg.det(affine[:3, :3])) < 1e-9
+    except (ValueError, np.linalg.LinAlgError):
+        degenerate = True
+    if degenerate:
         raise DataError(path, "affine is degenerate (zero or non-finite voxel spacing)")
     return img, Header(path, shape, affine)
 
 
+@contextmanager
+def memory_named(path: Path, doing: str) -> Iterator[None]:
+    """Turn running out of memory into a :class:`DataError` naming the file.
+
+    Args:
+        path: the file being worked on.
+        doing: what needed the memory, e.g. ``"read (512, 512, 300) voxels"``.
+    """
+    try:
+        yield
+    except MemoryError:
+        raise DataError(path, f"not enough memory to {doing}") from None
+
+
 def read_header(path: str | Path) -> Header:
-    """Read and check a NIfTI header: 3D, with a usable affine.
+    """Read and check a NIfTI header: 3D, within the voxel cap, with a usable affine.
+
+    An uncompressed file must also be long enough for its declared voxels.
 
     Raises:
-        DataError: naming the file, if it is missing, unreadable, not 3D or degenerate.
+        DataError: naming the file, if it is missing, unreadable, not 3D, too large,
+            truncated or degenerate.
     """
     return _checked(Path(path))[1]
 
@@ -112,18 +274,21 @@ def read_header(path: str | Path) -> Header:
 def read_volume(path: str | Path) -> Volume:
     """Read a whole 3D NIfTI volume, checking the header and every voxel.
 
+    The declared size is checked against the voxel cap and the file before any voxel
+    is read; a gzip stream is never inflated past it.
+
     Raises:
-        DataError: naming the file, for a missing, corrupt, truncated, non-3D or
-            non-finite volume.
+        DataError: naming the file, for a missing, corrupt, truncated, non-3D, too
+            large or non-finite volume, or one that does not fit in memory.
     """
-    img, header = _checked(Path(path))
-    try:
-        data = np.asanyarray(img.dataobj)
-    except (OSError, EOFError, zlib.error, ValueError) as e:
-        raise DataError(header.path, f"truncated or corrupt voxel data ({e})") from None
-    array = np.asarray(data).reshape(header.shape)
-    if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
-        raise DataError(header.path, "voxels contain NaN or infinity")
+    img, header = _checked(Path(path), count_gzip=True)
+    with memory_named(header.path, f"read {header.shape} voxels"):
+        try:
+            array = np.asarray(np.asanyarray(img.dataobj)).reshape(header.shape)
+        except _CORRUPT as e:
+            raise DataError(header.path, f"truncated or corrupt voxel data ({e})") from None
+        if array.dtype.kind == "f" and not np.all(np.isfinite(array)):
+            raise DataError(header.path, "voxels contain NaN or infinity")
     return Volume(header, array)
 
 

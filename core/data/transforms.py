@@ -33,7 +33,8 @@ from monai.transforms import (
 )
 
 from core.data.dataset import Case, LabelTable, load_case
-from core.data.nifti import Volume, read_image
+from core.data.nifti import Header, Volume, check_voxel_count, memory_named, read_image
+from core.data.problems import DataError
 
 IMAGE, LABEL = "image", "label"
 RAS_LABELS = (("L", "R"), ("P", "A"), ("I", "S"))  # nibabel's world frame: +x right, +y anterior
@@ -150,6 +151,33 @@ def preprocessing(
         Spacingd(keys=keys, pixdim=prep.spacing_mm, mode=modes, dtype=np.float32),
         ScaleIntensityRanged(keys=IMAGE, a_min=lo, a_max=hi, b_min=0.0, b_max=1.0, clip=True),
     ]
+
+
+def prepare_image(prep: Preprocessing, header: Header) -> dict[Hashable, Any]:
+    """Load and preprocess one CT for prediction, refusing one too large once resampled.
+
+    Args:
+        prep: the model's preprocessing.
+        header: the CT's checked header (:func:`core.data.nifti.read_header`).
+
+    Raises:
+        DataError: naming the file, if it is unreadable, holds NaN, would exceed the voxel
+            cap at the model's spacing, or does not fit in memory.
+    """
+    # Physical volume over the target voxel's volume: the resampled voxel count in any
+    # orientation, known before anything is resampled.
+    resampled = math.prod(header.shape) * math.prod(header.spacing) / math.prod(prep.spacing_mm)
+    check_voxel_count(header.path, resampled, f"resampled to {prep.spacing_mm} mm, the CT")
+    chain = Compose(preprocessing(prep, None), log_stats=False)
+    with memory_named(header.path, f"preprocess {header.shape} voxels"):
+        try:
+            item: dict[Hashable, Any] = chain({"case": Case("input", header.path)})
+        except RuntimeError as e:  # MONAI wraps what a transform raises
+            cause = e.__cause__
+            if isinstance(cause, DataError | MemoryError):
+                raise cause from None
+            raise
+    return item
 
 
 def validation_transforms(

@@ -1,4 +1,7 @@
 import json
+import math
+import shutil
+import tracemalloc
 
 import pytest
 import torch
@@ -6,7 +9,7 @@ from safetensors.torch import load_file
 
 from core.bundle import Bundle, BundleError, load_bundle, save_bundle
 from core.data.transforms import Preprocessing
-from core.model import Decoder, Genotype
+from core.model import Decoder, Encoder, EncoderConfig, Genotype
 from tests.conftest import TINY, tiny_model
 
 
@@ -94,3 +97,76 @@ def test_not_a_bundle(tmp_path):
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "other"}))
     with pytest.raises(BundleError, match="not a continual-segment-fl bundle"):
         load_bundle(tmp_path)
+
+
+@pytest.mark.parametrize(
+    ("file", "match"),
+    [
+        ("../encoder.safetensors", "leads outside"),
+        ("/etc/passwd", "is not a relative path"),
+        ("linked/encoder.safetensors", "leads outside"),  # a link inside that points outside
+    ],
+)
+def test_weight_files_must_lie_inside_the_bundle(saved, tmp_path_factory, file, match):
+    _, folder = saved
+    elsewhere = tmp_path_factory.mktemp("elsewhere")
+    shutil.copy(folder / "encoder.safetensors", elsewhere / "encoder.safetensors")
+    (folder / "linked").symlink_to(elsewhere, target_is_directory=True)
+    _edit_manifest(folder, lambda m: m["decoders"][0].update(file=file))
+    with pytest.raises(BundleError, match=rf"decoders\[0\]\.file: .*{match}"):
+        load_bundle(folder)
+
+
+@pytest.mark.parametrize(
+    ("change", "match"),
+    [
+        (lambda m: m.update(roi_size=[0, 32, 32]), r"roi_size: 0 is outside 8\.\.1024"),
+        (lambda m: m.update(roi_size=[36, 32, 32]), "multiple of 8"),
+        (lambda m: m.update(roi_size=[32, 32]), "3 sides"),
+        (lambda m: m["preprocessing"].update(spacing_mm=[0, 1, 1]), "spacing_mm: 0 is outside"),
+        (lambda m: m["preprocessing"].update(spacing_mm=[math.nan, 1, 1]), "nan is outside"),
+        (lambda m: m["preprocessing"].update(hu_window=[100, -100]), "window lo < hi"),
+        (lambda m: m["encoder"]["config"].update(widths=[4, 8, 6000]), "6000 is outside 1..1024"),
+        (lambda m: m["encoder"]["config"].update(widths=[4] * 20), "2, 8"),
+        (lambda m: m["encoder"]["config"].update(widths=[4, True]), "expected a number"),
+        (lambda m: m["decoders"][0].update(structures=["liver", "nope"]), "nope"),
+        (lambda m: m["decoders"][0].update(sha256="abc"), "64 hexadecimal digits"),
+        (lambda m: m.update(decoders=[]), "decoders: expected a list of 1..256"),
+        (lambda m: m["decoders"][0].pop("genotype"), "missing key 'genotype'"),
+        (lambda m: m["merge"].update(anomaly_weight="high"), "merge.anomaly_weight: expected a"),
+        (lambda m: m.update(merge=[]), "merge: expected an object"),
+    ],
+)
+def test_manifest_values_are_bounded(saved, change, match):
+    _, folder = saved
+    _edit_manifest(folder, change)
+    with pytest.raises(BundleError, match=rf"manifest\.json: malformed manifest \(.*{match}"):
+        load_bundle(folder)
+
+
+def test_every_hash_is_checked_before_any_model_is_built(saved, monkeypatch):
+    _, folder = saved
+    path = folder / "decoders" / "thorax.safetensors"  # the last file listed
+    path.write_bytes(path.read_bytes()[:-1] + b"\0")
+    built = []
+    monkeypatch.setattr("core.bundle.Encoder", lambda *a: built.append(a))
+    monkeypatch.setattr("core.bundle.Decoder", lambda *a: built.append(a))
+    with pytest.raises(BundleError, match=r"thorax\.safetensors: sha256 does not match"):
+        load_bundle(folder)
+    assert built == []
+
+
+def test_an_oversized_architecture_is_refused_without_allocating_it(saved):
+    _, folder = saved
+    widths = [8, 16, 1024, 1024]  # in bounds, but not what the weight files hold
+    _edit_manifest(folder, lambda m: m["encoder"]["config"].update(widths=widths))
+    tracemalloc.start()
+    try:
+        with pytest.raises(BundleError, match=r"encoder\.safetensors: .* has shape"):
+            load_bundle(folder)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    with torch.device("meta"):  # its size, without allocating it here either
+        full = sum(p.numel() * 4 for p in Encoder(EncoderConfig(tuple(widths))).parameters())
+    assert peak < full / 10, (peak, full)

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from core.data import DataError, inspect_case, load_case, read_nnunet, split_cases
-from core.data.dataset import Case
+from core.data.dataset import Case, LabelTable
 from core.data.nifti import write_volume
 from tests.builders import AFFINE, SHAPE, nnunet_dataset
 
@@ -91,3 +91,40 @@ def test_split_keeps_both_sides_non_empty(tmp_path):
     assert len(train) == 1 and len(val) == 1
     with pytest.raises(ValueError, match="val_fraction"):
         split_cases(ds.cases, 1.0)
+
+
+def _big_id_case(tmp_path, values):
+    """A case whose label map holds ``values`` (int32) in three cubes."""
+    image = np.zeros(SHAPE, np.int16)
+    label = np.zeros(SHAPE, np.int32)
+    for i, value in enumerate(values):
+        label[4 * i : 4 * i + 3, 2:5, 2:5] = value
+    write_volume(tmp_path / "ct.nii.gz", image, AFFINE)
+    write_volume(tmp_path / "label.nii.gz", label, AFFINE)
+    return Case("big", tmp_path / "ct.nii.gz", tmp_path / "label.nii.gz")
+
+
+def test_label_ids_above_uint16_stay_exact(tmp_path):
+    names = {1: "spleen", 65537: "liver", 2**31 - 1: "pancreas"}
+    table = LabelTable.from_names(names, context="", source=tmp_path)
+    case = _big_id_case(tmp_path, [1, 65537, 2**31 - 1])
+    label = load_case(case, table).label
+    assert label.dtype == np.uint32
+    assert sorted(np.unique(label).tolist()) == [0, 1, 65537, 2**31 - 1]  # 65537 % 2**16 == 1
+    indices = table.to_indices(label, ("liver", "pancreas"))
+    assert indices[0, 3, 3] == 0 and indices[4, 3, 3] == 1 and indices[8, 3, 3] == 2
+    assert indices.sum() == 27 * (1 + 2)
+
+
+def test_a_label_value_that_would_wrap_onto_a_known_id_is_reported(tmp_path):
+    table = LabelTable.from_names({1: "spleen"}, context="", source=tmp_path)
+    case = _big_id_case(tmp_path, [65537])
+    _, problems = inspect_case(case, table)
+    assert [p.message for p in problems] == [
+        "label values {65537} are not in the label table (expected 0 or one of 1)"
+    ]
+
+
+def test_label_ids_beyond_int32_are_refused(tmp_path):
+    with pytest.raises(DataError, match=r"ids \[2147483648\] are not integers 1\.\.2147483647"):
+        LabelTable.from_names({2**31: "liver"}, context="", source=tmp_path)

@@ -1,9 +1,11 @@
 import json
 
+import numpy as np
 import pytest
 
 from core.data import DataError, Layout, load_case, open_dataset
-from tests.builders import msd_dataset
+from core.data.nifti import write_volume
+from tests.builders import AFFINE, SHAPE, msd_dataset
 
 
 def test_reads_an_msd_task_and_resolves_cancer_from_the_organ(tmp_path):
@@ -52,3 +54,32 @@ def test_malformed_msd_json(tmp_path, change, match):
     with pytest.raises(DataError, match=match) as info:
         open_dataset(root)
     assert info.value.path == root / "dataset.json"
+
+
+@pytest.mark.parametrize(
+    ("where", "escape"),
+    [
+        ("image", "/etc/passwd.nii.gz"),
+        ("label", "../outside.nii.gz"),
+        ("image", "./imagesTr/../../outside.nii.gz"),
+        ("label", "./linked/outside.nii.gz"),  # a link inside that points outside
+    ],
+)
+def test_listed_paths_may_not_leave_the_dataset_folder(tmp_path, where, escape):
+    root = msd_dataset(tmp_path / "Task09_Spleen", {"0": "background", "1": "spleen"})
+    write_volume(tmp_path / "outside.nii.gz", np.zeros(SHAPE, np.int16), AFFINE)
+    (root / "linked").symlink_to(tmp_path, target_is_directory=True)
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"][1][where] = escape
+    (root / "dataset.json").write_text(json.dumps(meta))
+    with pytest.raises(DataError, match=rf"training\[1\]\.{where}: .* expected a path inside") as e:
+        open_dataset(root)
+    assert e.value.path == root / "dataset.json"
+
+
+def test_paths_that_climb_back_inside_are_fine(tmp_path):
+    root = msd_dataset(tmp_path / "Task09_Spleen", {"0": "background", "1": "spleen"})
+    meta = json.loads((root / "dataset.json").read_text())
+    meta["training"][0]["image"] = "./labelsTr/../imagesTr/x_0.nii.gz"
+    (root / "dataset.json").write_text(json.dumps(meta))
+    assert len(open_dataset(root).cases) == 2

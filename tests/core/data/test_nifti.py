@@ -1,10 +1,21 @@
+import tracemalloc
+
 import nibabel as nib
 import numpy as np
 import pytest
 
 from core.data import DataError
-from core.data.nifti import nifti_bytes, read_header, read_volume, same_grid, write_volume
+from core.data.nifti import (
+    MAX_VOXELS_ENV,
+    max_voxels,
+    nifti_bytes,
+    read_header,
+    read_volume,
+    same_grid,
+    write_volume,
+)
 from tests.builders import AFFINE, SHAPE, gzip_garbage, truncate, write_raw
+from tests.core.data.hostile import gzip_bomb, header_bytes, header_only
 
 
 def test_write_then_read_is_voxel_identical(tmp_path):
@@ -97,3 +108,81 @@ def test_same_grid_explains_differences(tmp_path):
     assert same_grid(a, a) is None
     assert "affine differs" in (same_grid(a, b) or "")
     assert "shape (16, 16, 8)" in (same_grid(a, c) or "")
+
+
+def _peak_bytes(action) -> int:
+    """Peak memory traced (numpy arrays included) while ``action`` runs."""
+    tracemalloc.start()
+    try:
+        action()
+    except DataError:
+        pass
+    finally:
+        peak = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+    return peak
+
+
+def test_a_header_declaring_more_than_the_file_holds_is_refused_before_allocating(tmp_path):
+    path = header_only(tmp_path / "ct.nii", (1024, 1024, 1024))  # 2 GiB declared, 352 bytes
+    with pytest.raises(DataError, match=r"more than the .* allowed"):
+        read_volume(path)
+    path = header_only(tmp_path / "small.nii", (256, 256, 64))  # within the cap
+    with pytest.raises(DataError, match=r"truncated .* declares 8,388,960 bytes .* holds 352"):
+        read_header(path)
+    assert _peak_bytes(lambda: read_volume(path)) < 2**20
+
+
+def test_a_short_gzip_stream_with_a_large_declared_size_is_counted_not_allocated(tmp_path):
+    path = header_only(tmp_path / "ct.nii.gz", (512, 512, 200))  # 100 MiB declared
+    with pytest.raises(DataError, match="truncated or corrupt voxel data") as info:
+        read_volume(path)
+    assert info.value.path == path
+    assert _peak_bytes(lambda: read_volume(path)) < 8 * 2**20
+
+
+def test_a_gzip_bomb_is_inflated_no_further_than_its_declared_size(tmp_path):
+    path = gzip_bomb(tmp_path / "ct.nii.gz", (32, 32, 32), inflated_bytes=64 * 2**20)
+    assert path.stat().st_size < 2**20
+    vol = read_volume(path)
+    assert vol.array.shape == (32, 32, 32) and not vol.array.any()
+    assert _peak_bytes(lambda: read_volume(path)) < 8 * 2**20  # not the 64 MiB inside
+
+
+def test_a_gzip_bomb_declaring_a_huge_volume_is_refused_from_its_header(tmp_path):
+    path = gzip_bomb(tmp_path / "ct.nii.gz", (4096, 4096, 4096), inflated_bytes=2 * 2**20)
+    with pytest.raises(DataError, match=r"declared shape \(4096, 4096, 4096\) .* CSFL_MAX_VOXELS"):
+        read_volume(path)
+
+
+def test_the_voxel_cap_comes_from_the_environment(tmp_path, monkeypatch):
+    path = write_volume(tmp_path / "ct.nii.gz", np.zeros(SHAPE, np.int16), AFFINE)
+    monkeypatch.setenv(MAX_VOXELS_ENV, str(16**3 - 1))
+    with pytest.raises(DataError, match="4,096 voxels, more than the 4,095 allowed"):
+        read_volume(path)
+    monkeypatch.setenv(MAX_VOXELS_ENV, str(16**3))
+    assert read_volume(path).array.shape == SHAPE
+    monkeypatch.setenv(MAX_VOXELS_ENV, "lots")
+    with pytest.raises(ValueError, match="CSFL_MAX_VOXELS='lots': expected a positive whole"):
+        max_voxels()
+
+
+def test_voxels_placed_absurdly_far_into_the_file_are_refused(tmp_path):
+    raw = bytearray(header_bytes(SHAPE))
+    raw[108:112] = np.float32(3e9).tobytes()  # vox_offset
+    path = tmp_path / "ct.nii"
+    path.write_bytes(bytes(raw))
+    with pytest.raises(DataError, match="puts the voxels at byte 3e"):
+        read_header(path)
+
+
+def test_running_out_of_memory_names_the_file(tmp_path, monkeypatch):
+    path = write_volume(tmp_path / "ct.nii.gz", np.zeros(SHAPE, np.int16), AFFINE)
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError
+
+    monkeypatch.setattr(np, "asanyarray", no_memory)
+    with pytest.raises(DataError, match="not enough memory to read") as info:
+        read_volume(path)
+    assert info.value.path == path
