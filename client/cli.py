@@ -14,7 +14,7 @@ from typing import Annotated
 
 import typer
 
-from core.cli import user_errors
+from core.cli import fail, user_errors
 
 site_app = typer.Typer(
     help="A hospital site's data: check it before joining.", no_args_is_help=True
@@ -49,10 +49,20 @@ def site_check(
 def predict(
     bundle: Annotated[Path, typer.Argument(help="A model bundle folder (manifest.json).")],
     input_path: Annotated[
-        Path, typer.Argument(metavar="INPUT", help="A CT .nii.gz, or a folder of them.")
+        Path,
+        typer.Argument(
+            metavar="INPUT",
+            help="A CT .nii.gz, a folder of them, or a DICOM CT series folder.",
+        ),
     ],
     output: Annotated[
-        Path, typer.Option("--output", "-o", help="OUT.nii.gz for one input, a folder for many.")
+        Path,
+        typer.Option(
+            "--output",
+            "-o",
+            help="OUT.nii.gz (or OUT.dcm for --format seg/rtstruct) for one input, "
+            "a folder for many NIfTI inputs.",
+        ),
     ],
     device: Annotated[
         str | None, typer.Option(help="cpu, cuda, cuda:1 (default: CUDA if any).")
@@ -74,22 +84,51 @@ def predict(
         Path | None,
         typer.Option(help="Also write each decoder's probability, confidence, anomaly here."),
     ] = None,
+    output_format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="nifti (label map), seg (DICOM Segmentation) or rtstruct (RT Structure "
+            "Set); seg and rtstruct need a DICOM series input.",
+        ),
+    ] = "nifti",
+    series: Annotated[
+        str | None,
+        typer.Option(help="The SeriesInstanceUID to read when the folder holds several."),
+    ] = None,
 ) -> None:
     """Segment every structure the bundle knows, in one pass per CT.
 
     Writes the label map on the input's exact grid, plus its label table as JSON
     (``.labels.json``) and colour tables for 3D Slicer (``.ctbl``) and ITK-SNAP
     (``.itksnap.txt``). Overlapping decoders are merged by the anomaly-aware confidence
-    rule unless ``--merge`` names another.
+    rule unless ``--merge`` names another. A DICOM CT series folder is read with its
+    orientation, spacing and rescale from the headers; its prediction can also be written
+    as a DICOM SEG or an RT Structure Set referring to the source series.
     """
     from core.bundle import load_bundle
     from core.device import pick_device
+    from core.dicom.output import OutputFormat, check_format, is_dicom_folder
     from core.inference import plan_outputs, predict_files
 
+    formats = [f.value for f in OutputFormat]
+    if output_format not in formats:
+        fail(f"--format {output_format!r}: expected one of {', '.join(formats)}")
+    chosen = OutputFormat(output_format)
     torch_device = pick_device(device)
     with user_errors():
+        check_format(chosen, input_path)
         loaded = load_bundle(bundle, torch_device)
         settings = dataclasses.replace(loaded.merge, rule=merge or loaded.merge.rule, gating=gating)
+        if is_dicom_folder(input_path):
+            from core.dicom.predict import predict_series
+
+            written = predict_series(
+                loaded, input_path, output, chosen, series, torch_device, overlap, settings
+            )
+            for path in written:
+                typer.echo(f"wrote {path}")
+            return
         inputs, outputs, prefix = plan_outputs(input_path, output)
         written = predict_files(
             loaded,
