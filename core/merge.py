@@ -35,6 +35,7 @@ order of the decoders. Two simpler rules serve as baselines: ``highest_probabili
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -309,12 +310,18 @@ def _last_decoder(votes: Sequence[DecoderVote], structures: Sequence[str]) -> to
 
 def _containment(structures: Sequence[str], device: torch.device) -> torch.Tensor:
     """``within[a, b]``: output label ``a`` lies inside output label ``b`` (0: background)."""
+    return _containment_table(tuple(structures)).to(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _containment_table(structures: tuple[str, ...]) -> torch.Tensor:
+    # cached: a volume is merged slab by slab, and 150 structures make 22,500 pairs
     n = len(structures) + 1
     within = torch.zeros(n, n, dtype=torch.bool)
     for a, inner in enumerate(structures, 1):
         for b, outer in enumerate(structures, 1):
             within[a, b] = anatomy.is_within(inner, outer)
-    return within.to(device)
+    return within
 
 
 def _confidence(
