@@ -352,6 +352,19 @@ class Landmark:
     weight: float
 
 
+def slice_counts(label: NDArray[np.integer], n_labels: int) -> NDArray[np.int64]:
+    """``counts[i, z]``: voxels of label ``i`` (0 to ``n_labels - 1``) in slice ``z``.
+
+    One pass over the map, however many labels; labels outside the range are not counted.
+    """
+    z = label.shape[-1]
+    flat = label.reshape(-1, z).astype(np.int64)
+    keep = (flat >= 0) & (flat < n_labels)
+    index = flat + n_labels * np.arange(z, dtype=np.int64)[None, :]
+    counts = np.bincount(index[keep], minlength=n_labels * z)
+    return np.asarray(counts.reshape(z, n_labels).T)
+
+
 def landmarks(
     label: NDArray[np.integer],
     structures: Sequence[str],
@@ -361,10 +374,6 @@ def landmarks(
 ) -> list[Landmark]:
     """The landmarks of a label map that lie wholly inside the volume.
 
-    A landmark weighs the square root of its voxel count (so one big false positive
-    cannot outvote several organs), times ``weights`` of its structure, times how
-    plausible its volume is (``min(v / typical, typical / v)``).
-
     Args:
         label: ``(X, Y, Z)`` label map of an RAS volume; ``i`` marks ``structures[i - 1]``.
         structures: what the labels mean (canonical names).
@@ -372,17 +381,43 @@ def landmarks(
         weights: per structure, how much to believe it (default 1).
         min_voxels: smaller structures do not vote.
     """
-    heights = slice_heights(affine, label.shape)
+    counts = slice_counts(label, len(structures) + 1)
+    return counted_landmarks(counts, structures, affine, label.shape, weights, min_voxels)
+
+
+def counted_landmarks(
+    counts: NDArray[np.integer],
+    structures: Sequence[str],
+    affine: NDArray[np.floating],
+    shape: Sequence[int],
+    weights: Sequence[float] | None = None,
+    min_voxels: int = 2,
+) -> list[Landmark]:
+    """The landmarks of a volume from its per-slice label counts (see :func:`slice_counts`).
+
+    A landmark weighs the square root of its voxel count (so one big false positive
+    cannot outvote several organs), times ``weights`` of its structure, times how
+    plausible its volume is (``min(v / typical, typical / v)``).
+
+    Args:
+        counts: ``(1 + K, Z)`` voxels per label and slice; row ``i`` is ``structures[i - 1]``.
+        structures: what the labels mean (canonical names).
+        affine: the volume's affine (for slice heights and the voxel volume).
+        shape: the volume's shape.
+        weights: per structure, how much to believe it (default 1).
+        min_voxels: smaller structures do not vote.
+    """
+    heights = slice_heights(affine, shape)
     voxel_ml = abs(float(np.linalg.det(np.asarray(affine, dtype=np.float64)[:3, :3]))) / 1000
     found = []
     for i, name in enumerate(structures, 1):
-        counts = (label == i).sum(axis=(0, 1))
-        total = counts.sum()
-        if name not in CENTRES_MM or total < min_voxels or counts[0] or counts[-1]:
+        row = counts[i]
+        total = row.sum()
+        if name not in CENTRES_MM or total < min_voxels or row[0] or row[-1]:
             continue  # not a landmark, too small, or cut by the field of view
         belief = weights[i - 1] if weights else 1.0
         ratio = total * voxel_ml / VOLUMES_ML[name]
-        here = float((counts * heights).sum() / total)
+        here = float((row * heights).sum() / total)
         weight = float(np.sqrt(total)) * belief * min(ratio, 1 / ratio)
         found.append(Landmark(name, here, CENTRES_MM[name], weight))
     return found

@@ -1,10 +1,13 @@
 """Prediction of a CT: preprocess, sliding windows (encoder once, every decoder), merge, restore.
 
-The decoders' outputs over the whole volume are merged by the bundle's rule
-(``core.merge``). With body-part gating, the volume is first placed on the body-part
-scale by the decoders' own landmarks (:func:`place_volume`), then each decoder is
-silenced outside its recorded range. The label map is resampled back (nearest
-neighbour) onto the input's exact grid: same shape, same affine, same orientation.
+Only the patient's box runs through the network, and the windows' outputs stream along
+z (``core.streaming``) into each decoder's compact vote (arg-max, its probability,
+confidence and anomaly), so memory does not grow with the number of structures. The
+votes are merged by the bundle's rule (``core.merge``), slab by slab. With body-part
+gating, the volume is first placed on the body-part scale by the decoders' own landmarks
+(:func:`place_volume`), then each decoder is silenced outside its recorded range. The
+label map is resampled back (nearest neighbour, slab by slab) onto the input's exact
+grid: same shape, same affine, same orientation.
 """
 
 from __future__ import annotations
@@ -18,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from monai.data import MetaTensor
-from monai.inferers import sliding_window_inference
 from monai.transforms import ResampleToMatch
 from numpy.typing import NDArray
 from tqdm import tqdm
@@ -33,12 +35,23 @@ from core.data.nifti import (
     strip_nifti_ending,
     write_volume,
 )
-from core.data.transforms import IMAGE, prepare_image
+from core.data.transforms import IMAGE, Preprocessing, prepare_image
 from core.label_files import write_label_tables
-from core.merge import Calibration, DecoderVote, MergeSettings, merge, output_structures
+from core.merge import (
+    Calibration,
+    DecoderVote,
+    MergeSettings,
+    label_dtype,
+    merge,
+    output_structures,
+)
 from core.model import ContinualSegmenter
+from core.streaming import BODY_HU, Box, body_box, count_windows, stream_windows
 
 log = logging.getLogger(__name__)
+BODY_MARGIN_MM = 15.0  # context kept around the patient's box
+MERGE_SLICES = 16  # slices merged at a time
+RESTORE_VOXELS = 1 << 22  # input voxels resampled at a time
 
 
 def combined_structures(model: ContinualSegmenter) -> list[str]:
@@ -48,7 +61,7 @@ def combined_structures(model: ContinualSegmenter) -> list[str]:
 
 @dataclass(frozen=True)
 class VolumeOutputs:
-    """Every decoder's outputs over one preprocessed volume, and where that volume lies."""
+    """Every decoder's vote over one preprocessed volume, and where that volume lies."""
 
     votes: list[DecoderVote]
     affine: NDArray[np.float64]  # of the preprocessed (RAS) grid
@@ -62,47 +75,108 @@ def volume_outputs(
     device: torch.device | None = None,
     sw_batch_size: int = 1,
     overlap: float = 0.25,
+    progress: bool = False,
+    foreground: bool = False,
 ) -> VolumeOutputs:
     """Run the network over a CT by sliding windows: the encoder once, every decoder.
+
+    Only the patient's box runs through the network (air around it is background), and
+    the windows' blended logits stream along z straight into each decoder's compact
+    vote, so memory does not grow with the number of structures.
+
+    Args:
+        bundle: the unified model.
+        image_path: the CT.
+        device: where the network runs (default: where the bundle is).
+        sw_batch_size: unused by the streamed windows (one window at a time); kept
+            for callers.
+        overlap: sliding-window overlap.
+        progress: show a bar of windows done and time left.
+        foreground: also keep each decoder's foreground probability (for maps).
 
     Raises:
         DataError: if the input is not a readable 3D NIfTI of finite values, is too large
             at the model's spacing, or does not fit in memory (the file is named).
     """
+    del sw_batch_size
     model = bundle.model.eval()
     device = device or next(model.parameters()).device
     original = read_header(image_path)
     item = prepare_image(bundle.preprocessing, original)
-    image = item[IMAGE][None].to(device)
+    image = item[IMAGE]
+    affine = np.asarray(image.affine, dtype=np.float64)
+    plain = image.as_tensor() if isinstance(image, MetaTensor) else image
+    shape = tuple(plain.shape[1:])
+    votes = [_empty_vote(bundle, task, shape, foreground) for task, _ in model.items()]
+    box = _body(plain[0], bundle.preprocessing)
+    if box is None:
+        log.warning("%s: no body found (all air): every voxel is background", image_path)
+        return VolumeOutputs(votes, affine, original)
 
     def all_heads(x: torch.Tensor) -> dict[str, torch.Tensor]:
         out: dict[str, torch.Tensor] = {}
-        for task, o in model(x).items():
+        for task, o in model(x.to(device)).items():
             out |= {f"{task}/organ": o.organ, f"{task}/anomaly": o.anomaly}
             out[f"{task}/confidence"] = o.confidence
-        return out
+        return {k: v.cpu() for k, v in out.items()}
 
-    outs = sliding_window_inference(image, bundle.roi_size, sw_batch_size, all_heads, overlap)
-    assert isinstance(outs, dict)
-
-    def plain(t: torch.Tensor) -> torch.Tensor:
-        return t.as_tensor() if isinstance(t, MetaTensor) else t
-
-    votes = []
-    for task, decoder in model.items():
-        calibration = bundle.calibration.get(task, Calibration())
-        votes.append(
-            DecoderVote(
-                task,
-                decoder.structures,
-                plain(outs[f"{task}/organ"]),
-                plain(outs[f"{task}/anomaly"]),
-                plain(outs[f"{task}/confidence"]),
-                calibration.calibrated,
-                skill=calibration.skills(decoder.structures),
+    def store(z0: int, z1: int, blended: dict[str, torch.Tensor]) -> None:
+        lo, hi = max(z0, box[2].start), min(z1, box[2].stop)
+        if lo >= hi:
+            return
+        at = (slice(None), slice(None), box[0], box[1], slice(lo, hi))
+        inside = (slice(None), slice(None), box[0], box[1], slice(lo - z0, hi - z0))
+        blended = {k: v[inside] for k, v in blended.items()}
+        for vote in votes:
+            part = DecoderVote.from_logits(
+                vote.task,
+                vote.structures,
+                blended[f"{vote.task}/organ"],
+                blended[f"{vote.task}/anomaly"],
+                blended[f"{vote.task}/confidence"],
+                foreground=foreground,
             )
-        )
-    return VolumeOutputs(votes, np.asarray(item[IMAGE].affine, dtype=np.float64), original)
+            for mine, theirs in _maps(vote, part):
+                mine[at] = theirs
+
+    total = count_windows(shape, bundle.roi_size, overlap, box)
+    with tqdm(total=total, desc="windows", unit="window", disable=not progress) as bar:
+        stream_windows(plain[None], bundle.roi_size, overlap, all_heads, store, bar, box)
+    return VolumeOutputs(votes, affine, original)
+
+
+def _empty_vote(bundle: Bundle, task: str, shape: tuple[int, ...], foreground: bool) -> DecoderVote:
+    """A decoder's vote over a volume of air: background, certain, nothing anomalous."""
+    structures = bundle.model.decoder(task).structures
+    calibration = bundle.calibration.get(task, Calibration())
+    full = (1, 1, *shape)
+    return DecoderVote(
+        task,
+        structures,
+        torch.zeros(full, dtype=label_dtype(len(structures))),
+        torch.ones(full),
+        torch.zeros(full),
+        torch.ones(full),
+        calibration.calibrated,
+        skill=calibration.skills(structures),
+        foreground=torch.zeros(full) if foreground else None,
+    )
+
+
+def _maps(a: DecoderVote, b: DecoderVote) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    pairs = [(a.label, b.label), (a.prob, b.prob), (a.anomaly, b.anomaly)]
+    pairs.append((a.confidence, b.confidence))
+    if a.foreground is not None and b.foreground is not None:
+        pairs.append((a.foreground, b.foreground))
+    return pairs
+
+
+def _body(image: torch.Tensor, prep: Preprocessing) -> Box | None:
+    """The patient's box in a preprocessed ``(X, Y, Z)`` volume (HU windowed to [0, 1])."""
+    lo, hi = prep.hu_window
+    level = float(np.clip((BODY_HU - lo) / (hi - lo), 0.0, 1.0))
+    margin = int(np.ceil(BODY_MARGIN_MM / min(prep.spacing_mm)))
+    return body_box(image.numpy() > level, margin)
 
 
 def place_volume(
@@ -121,10 +195,10 @@ def place_volume(
     placement puts them), so one decoder's false positives far outside the anatomy it
     was trained on do not steer the placement.
     """
-    heights = slice_heights(affine, votes[0].organ.shape[2:])
+    heights = slice_heights(affine, votes[0].label.shape[2:])
     heaviest: dict[str, tuple[str, Landmark]] = {}
     for vote in votes:
-        arg = vote.organ[0].argmax(0).cpu().numpy()
+        arg = vote.label[0, 0].cpu().numpy()
         for f in landmarks(arg, vote.structures, affine, vote.skill):
             if f.structure not in heaviest or f.weight > heaviest[f.structure][1].weight:
                 heaviest[f.structure] = (vote.task, f)
@@ -146,7 +220,10 @@ def merge_volume(
     settings: MergeSettings,
     calibration: dict[str, Calibration],
 ) -> torch.Tensor:
-    """The merged label map ``(1, 1, ...)`` of a volume, gated by body part if asked."""
+    """The merged label map ``(1, 1, ...)`` of a volume, gated by body part if asked.
+
+    The merge runs slab by slab along z, so its per-decoder temporaries stay small.
+    """
     votes = outputs.votes
     ranges = {t: c.body_range for t, c in calibration.items() if c.body_range is not None}
     if settings.rule == "confidence" and settings.gating and ranges:
@@ -154,7 +231,7 @@ def merge_volume(
         if placed is None:
             log.warning("no landmark found: the volume is not placed, decoders are not gated")
         else:
-            scale = torch.as_tensor(placed, device=votes[0].organ.device)
+            scale = torch.as_tensor(placed, device=votes[0].label.device)
             m = settings.gate_margin_mm
             votes = [
                 dataclasses.replace(
@@ -164,7 +241,12 @@ def merge_volume(
                 else v
                 for v in votes
             ]
-    return merge(votes, structures, settings)
+    first = votes[0].label
+    merged = torch.zeros(first.shape, dtype=torch.int64, device=first.device)
+    for z in range(0, first.shape[-1], MERGE_SLICES):
+        part = [v.part(z, z + MERGE_SLICES) for v in votes]
+        merged[..., z : z + MERGE_SLICES] = merge(part, structures, settings)
+    return merged
 
 
 @dataclass(frozen=True)
@@ -179,15 +261,28 @@ class Prediction:
 def restore(
     label: torch.Tensor, affine: NDArray[np.float64], original: Header, n_structures: int
 ) -> NDArray[np.unsignedinteger]:
-    """A ``(1, X, Y, Z)`` label map on the preprocessed grid, resampled onto the input's."""
+    """A ``(1, X, Y, Z)`` label map on the preprocessed grid, resampled onto the input's.
+
+    Nearest neighbour, slab by slab of the input's last axis, so no full-resolution float
+    map is ever held.
+    """
     moving = MetaTensor(label.cpu().float(), affine=torch.as_tensor(affine))
-    target = MetaTensor(
-        torch.zeros((1, *original.shape)),
-        affine=torch.as_tensor(original.affine, dtype=torch.float64),
-    )
-    restored = ResampleToMatch(mode="nearest", padding_mode="zeros")(moving, target)
     dtype = np.uint8 if n_structures < 256 else np.uint16
-    out: NDArray[np.unsignedinteger] = np.rint(np.asarray(restored[0].numpy())).astype(dtype)
+    out = np.zeros(original.shape, dtype=dtype)
+    target_affine = np.asarray(original.affine, dtype=np.float64)
+    depth = original.shape[2]
+    step = max(1, RESTORE_VOXELS // (original.shape[0] * original.shape[1]))
+    resample = ResampleToMatch(mode="nearest", padding_mode="zeros")
+    for z in range(0, depth, step):
+        n = min(step, depth - z)
+        shift = np.eye(4)
+        shift[2, 3] = z
+        target = MetaTensor(
+            torch.zeros((1, *original.shape[:2], n)),
+            affine=torch.as_tensor(target_affine @ shift, dtype=torch.float64),
+        )
+        slab = resample(moving, target)
+        out[..., z : z + n] = np.rint(np.asarray(slab[0].numpy())).astype(dtype)
     return out
 
 
@@ -195,17 +290,22 @@ def write_maps(folder: Path, stem: str, outputs: VolumeOutputs) -> list[Path]:
     """Each decoder's foreground probability, confidence and anomaly (float32 NIfTI).
 
     They lie on the preprocessed grid (RAS, the bundle's spacing), with its affine.
+
+    Raises:
+        ValueError: if the outputs kept no foreground probability.
     """
     written = []
     for vote in outputs.votes:
+        if vote.foreground is None:
+            raise ValueError("write_maps: predict with foreground=True to keep probabilities")
         maps = {
-            "probability": 1.0 - torch.softmax(vote.organ.float(), dim=1)[:, 0],
-            "confidence": torch.sigmoid(vote.confidence.float())[:, 0],
-            "anomaly": torch.sigmoid(vote.anomaly.float())[:, 0],
+            "probability": vote.foreground,
+            "confidence": vote.confidence,
+            "anomaly": vote.anomaly,
         }
         for kind, values in maps.items():
             path = folder / f"{stem}_{vote.task}_{kind}.nii.gz"
-            data = values[0].cpu().numpy().astype(np.float32)
+            data = values[0, 0].cpu().numpy().astype(np.float32)
             written.append(write_volume(path, data, outputs.affine))
     return written
 
@@ -217,6 +317,7 @@ def predict_volume(
     sw_batch_size: int = 1,
     overlap: float = 0.25,
     settings: MergeSettings | None = None,
+    progress: bool = False,
 ) -> Prediction:
     """Segment every structure of every decoder in one CT, merged by the bundle's rule.
 
@@ -224,7 +325,7 @@ def predict_volume(
         DataError: if the input is not a readable 3D NIfTI (the file is named).
     """
     with memory_named(Path(image_path), "predict it"):
-        outputs = volume_outputs(bundle, image_path, device, sw_batch_size, overlap)
+        outputs = volume_outputs(bundle, image_path, device, sw_batch_size, overlap, progress)
         structures = combined_structures(bundle.model)
         merged = merge_volume(outputs, structures, settings or bundle.merge, bundle.calibration)
         labels = restore(merged[0], outputs.affine, outputs.original, len(structures))
@@ -279,7 +380,9 @@ def predict_files(
         list(zip(inputs, outputs, strict=True)), desc="predict", unit="volume", disable=not progress
     ):
         with memory_named(src, "predict it"):
-            out = volume_outputs(bundle, src, device, overlap=overlap)
+            out = volume_outputs(
+                bundle, src, device, overlap=overlap, progress=progress, foreground=maps is not None
+            )
             merged = merge_volume(out, structures, settings, bundle.calibration)
             labels = restore(merged[0], out.affine, out.original, len(structures))
         written.append(write_volume(dst, labels, out.original.affine))

@@ -35,8 +35,9 @@ order of the decoders. Two simpler rules serve as baselines: ``highest_probabili
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import torch
@@ -140,35 +141,88 @@ class Calibration:
 
 @dataclass(frozen=True)
 class DecoderVote:
-    """One decoder's outputs over a batch of volumes or patches.
+    """What the merge needs of one decoder's outputs over a batch of volumes or patches.
+
+    Only the arg-max and the trust inputs are kept, never the per-structure logits: one
+    byte or two and three floats per voxel, whatever the number of structures.
 
     Attributes:
         task: the decoder's task name.
-        structures: its structures (label ``i`` of ``organ`` is ``structures[i - 1]``).
-        organ: ``(B, 1 + K, ...)`` logits.
-        anomaly: ``(B, 1, ...)`` logits.
-        confidence: ``(B, 1, ...)`` logits.
+        structures: its structures (label ``i`` is ``structures[i - 1]``).
+        label: ``(B, 1, ...)`` its arg-max channel (0: background), an integer dtype.
+        prob: ``(B, 1, ...)`` the softmax probability of that arg-max (float32).
+        anomaly: ``(B, 1, ...)`` the sigmoid of its anomaly head.
+        confidence: ``(B, 1, ...)`` the sigmoid of its confidence head.
         calibrated: whether its confidence and anomaly heads were trained.
         gate: boolean, broadcastable to ``(B, 1, ...)``: where it may speak; ``None``:
             everywhere.
         skill: ``q_d(k)`` per structure (empty: 1 for all).
+        foreground: ``(B, 1, ...)`` one minus the background probability, where kept
+            (for probability maps; the merge does not use it).
     """
 
     task: str
     structures: tuple[str, ...]
-    organ: torch.Tensor
+    label: torch.Tensor
+    prob: torch.Tensor
     anomaly: torch.Tensor
     confidence: torch.Tensor
     calibrated: bool = False
     gate: torch.Tensor | None = None
     skill: tuple[float, ...] = ()
+    foreground: torch.Tensor | None = None
+
+    @classmethod
+    def from_logits(
+        cls,
+        task: str,
+        structures: tuple[str, ...],
+        organ: torch.Tensor,
+        anomaly: torch.Tensor,
+        confidence: torch.Tensor,
+        calibrated: bool = False,
+        gate: torch.Tensor | None = None,
+        skill: tuple[float, ...] = (),
+        foreground: bool = False,
+    ) -> DecoderVote:
+        """A vote from a decoder's logits (``organ``: ``(B, 1 + K, ...)``)."""
+        probs = torch.softmax(organ.float(), dim=1)
+        prob, arg = probs.max(dim=1, keepdim=True)
+        return cls(
+            task,
+            structures,
+            arg.to(label_dtype(len(structures))),
+            prob,
+            torch.sigmoid(anomaly.float()),
+            torch.sigmoid(confidence.float()),
+            calibrated,
+            gate,
+            skill,
+            1.0 - probs[:, :1] if foreground else None,
+        )
+
+    def part(self, lo: int, hi: int) -> DecoderVote:
+        """The vote over slices ``lo:hi`` of the last axis (a gate along it follows)."""
+        gate = self.gate
+        if gate is not None and gate.shape[-1] > 1:
+            gate = gate[..., lo:hi]
+        fg = None if self.foreground is None else self.foreground[..., lo:hi]
+        maps = (self.label, self.prob, self.anomaly, self.confidence)
+        label, prob, anomaly, confidence = (m[..., lo:hi] for m in maps)
+        return replace(
+            self,
+            label=label,
+            prob=prob,
+            anomaly=anomaly,
+            confidence=confidence,
+            gate=gate,
+            foreground=fg,
+        )
 
     def proposal(self, structures: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Its arg-max as an output label (``structures`` from 1) and that label's probability."""
-        probs = torch.softmax(self.organ.float(), dim=1)
-        prob, arg = probs.max(dim=1, keepdim=True)
         ids = [0] + [structures.index(s) + 1 for s in self.structures]
-        return torch.tensor(ids, device=arg.device)[arg], prob
+        return torch.tensor(ids, device=self.label.device)[self.label.long()], self.prob
 
     def skill_table(self, structures: Sequence[str], device: torch.device) -> torch.Tensor:
         """``q_d(k)`` per output label (index 0, background, and unknown structures: 1)."""
@@ -182,10 +236,15 @@ class DecoderVote:
         """``p_d * c_d * (1 - w_a * a_d) ** h_d`` (see the module docstring); gate, skill apart."""
         if not self.calibrated:
             return prob
-        trust = prob * torch.sigmoid(self.confidence.float())
+        trust = prob * self.confidence
         if anomaly_weight and not knows_lesions(self.structures):
-            trust = trust * (1.0 - anomaly_weight * torch.sigmoid(self.anomaly.float()))
+            trust = trust * (1.0 - anomaly_weight * self.anomaly)
         return trust
+
+
+def label_dtype(n_structures: int) -> torch.dtype:
+    """The smallest integer dtype for labels 0..``n_structures``."""
+    return torch.uint8 if n_structures < 256 else torch.int16
 
 
 def knows_lesions(structures: Sequence[str]) -> bool:
@@ -251,12 +310,18 @@ def _last_decoder(votes: Sequence[DecoderVote], structures: Sequence[str]) -> to
 
 def _containment(structures: Sequence[str], device: torch.device) -> torch.Tensor:
     """``within[a, b]``: output label ``a`` lies inside output label ``b`` (0: background)."""
+    return _containment_table(tuple(structures)).to(device)
+
+
+@functools.lru_cache(maxsize=8)
+def _containment_table(structures: tuple[str, ...]) -> torch.Tensor:
+    # cached: a volume is merged slab by slab, and 150 structures make 22,500 pairs
     n = len(structures) + 1
     within = torch.zeros(n, n, dtype=torch.bool)
     for a, inner in enumerate(structures, 1):
         for b, outer in enumerate(structures, 1):
             within[a, b] = anatomy.is_within(inner, outer)
-    return within.to(device)
+    return within
 
 
 def _confidence(

@@ -1,22 +1,31 @@
+import dataclasses
 import json
 
 import numpy as np
 import pytest
 import torch
+from monai.data import MetaTensor
+from monai.inferers import sliding_window_inference
+from monai.transforms import Compose, ResampleToMatch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
 
-from core.bodypart import CENTRES_MM
-from core.bundle import load_bundle
-from core.data import DataError
-from core.data.nifti import read_volume, write_volume
+from core.bodypart import CENTRES_MM, BodyRange
+from core.bundle import Bundle, load_bundle
+from core.data import Case, DataError
+from core.data.nifti import read_header, read_volume, write_volume
+from core.data.transforms import IMAGE, Preprocessing, preprocessing
 from core.inference import (
+    BODY_MARGIN_MM,
     combined_structures,
     place_volume,
     plan_outputs,
     predict_files,
     predict_volume,
 )
-from core.merge import DecoderVote
+from core.merge import Calibration, DecoderVote, MergeSettings, merge
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
+from core.streaming import count_windows
 from tests.builders import write_raw
 from tests.conftest import TINY
 
@@ -120,7 +129,7 @@ def _blob_vote(task, structure, z, shape=(12, 12, 40)):
     organ[0, 0] = 1.0
     organ[0, 1, 3:9, 3:9, z] = 5.0
     flat = torch.zeros(1, 1, *shape)
-    return DecoderVote(task, (structure,), organ, flat, flat)
+    return DecoderVote.from_logits(task, (structure,), organ, flat, flat)
 
 
 def test_a_structure_found_by_two_decoders_votes_once_in_the_placement():
@@ -133,3 +142,120 @@ def test_a_structure_found_by_two_decoders_votes_once_in_the_placement():
     assert placed[29:31].mean() == pytest.approx(CENTRES_MM["brain"], abs=10)
     alone = place_volume(livers[:1], affine, {}, margin=60.0)  # the liver alone places it
     assert alone is not None and alone[8:10].mean() == pytest.approx(CENTRES_MM["liver"], abs=10)
+
+
+def _bundle(tasks, calibration=None):
+    """Random-weight tiny decoders at the CT's own spacing (2 mm), 16^3 windows."""
+    torch.manual_seed(0)
+    model = _model(*tasks).eval()
+    prep = Preprocessing(spacing_mm=(2.0, 2.0, 2.0))
+    return Bundle(model, prep, (16, 16, 16), {}, calibration or {})
+
+
+def _ct(tmp_path, shape, body=None):
+    """Tissue-like noise at 2 mm; with ``body`` (slices), air everywhere else."""
+    rng = np.random.default_rng(1)
+    image = rng.integers(-200, 300, shape).astype(np.int16)
+    if body is not None:
+        air = np.full(shape, -1000, np.int16)
+        air[body] = image[body]
+        image = air
+    return write_volume(tmp_path / "ct.nii.gz", image, np.diag([2.0, 2.0, 2.0, 1.0]))
+
+
+def _whole_volume_labels(bundle, path, settings):
+    """The reference: MONAI's windows over the whole volume, every channel held, one merge."""
+    item = Compose(preprocessing(bundle.preprocessing, None))({"case": Case("x", path)})
+    model = bundle.model
+
+    def heads(x):
+        return {f"{t}/{k}": v for t, o in model(x).items() for k, v in o._asdict().items()}
+
+    with torch.no_grad():
+        outs = sliding_window_inference(item[IMAGE][None], bundle.roi_size, 1, heads, 0.25)
+    votes = []
+    for t, d in model.items():
+        c = bundle.calibration.get(t, Calibration())
+        o = [outs[f"{t}/{k}"].as_tensor() for k in ("organ", "anomaly", "confidence")]
+        votes.append(
+            DecoderVote.from_logits(t, d.structures, *o, c.calibrated, skill=c.skills(d.structures))
+        )
+    ranges = {t: c.body_range for t, c in bundle.calibration.items()}
+    gates = {}
+    placed = place_volume(votes, np.asarray(item[IMAGE].affine), ranges, settings.gate_margin_mm)
+    if settings.gating and placed is not None:
+        m = torch.as_tensor(placed)
+        margin = settings.gate_margin_mm
+        gates = {
+            t: ((m >= r.lo - margin) & (m <= r.hi + margin)).view(1, 1, 1, 1, -1)
+            for t, r in ranges.items()
+        }
+    votes = [dataclasses.replace(v, gate=gates.get(v.task)) for v in votes]
+    merged = merge(votes, combined_structures(model), settings)
+    moving = MetaTensor(merged[0].float(), affine=item[IMAGE].affine)
+    header = read_header(path)
+    target = MetaTensor(torch.zeros((1, *header.shape)), affine=torch.as_tensor(header.affine))
+    return np.rint(ResampleToMatch(mode="nearest")(moving, target)[0].numpy()).astype(np.uint8)
+
+
+ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "pancreas")
+
+
+@pytest.mark.parametrize("rule", ["confidence", "highest_probability", "last_decoder"])
+def test_streamed_prediction_equals_the_whole_volume_pass(tmp_path, rule):
+    ranges = {"a": BodyRange(-100.0, 200.0), "b": BodyRange(100.0, 400.0)}
+    skill = {"liver": 0.9, "spleen": 0.4}
+    calibration = {t: Calibration(True, r, skill) for t, r in ranges.items()}
+    bundle = _bundle([("a", ORGANS[:4]), ("b", ORGANS[2:])], calibration)
+    path = _ct(tmp_path, (18, 12, 40))  # 2 x 1 (padded) x 3 windows
+    settings = MergeSettings(rule=rule)
+    got = predict_volume(bundle, path, settings=settings).labels
+    assert np.array_equal(got, _whole_volume_labels(bundle, path, settings))
+    assert len(np.unique(got)) > 2  # the decoders disagree: the merge has work to do
+
+
+def test_air_around_the_body_is_background_and_never_runs_through_the_network(tmp_path):
+    bundle = _bundle([("a", ORGANS[:2])])
+    body = (slice(2, 12), slice(3, 13), slice(2, 12))  # windows starting at 24 miss it
+    path = _ct(tmp_path, (40, 40, 40), body)
+    shapes = []
+    bundle.model.register_forward_hook(lambda m, args, out: shapes.append(args[0].shape))
+    labels = predict_volume(bundle, path).labels
+    margin = int(np.ceil(BODY_MARGIN_MM / 2.0))
+    box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in body)
+    outside = np.ones(labels.shape, bool)
+    outside[box] = False
+    assert labels[box].any() and not labels[outside].any()
+    ran = count_windows((40, 40, 40), (16, 16, 16), 0.25, box)
+    assert len(shapes) == ran < count_windows((40, 40, 40), (16, 16, 16), 0.25)
+    # the windows that run are where the whole-volume pass puts them: same labels in the body
+    whole = _whole_volume_labels(bundle, path, bundle.merge)
+    assert np.array_equal(labels[box], whole[box])
+
+
+class _LargestTensor(TorchDispatchMode):
+    """Records the most elements any tensor operation returns."""
+
+    def __init__(self):
+        super().__init__()
+        self.largest = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        sizes = [t.numel() for t in tree_leaves(out) if isinstance(t, torch.Tensor)]
+        self.largest = max([self.largest, *sizes])
+        return out
+
+
+def test_no_tensor_holds_every_channel_of_the_volume(tmp_path):
+    structures = [s for s in CENTRES_MM if s.startswith(("rib_", "vertebra_"))]
+    bundle = _bundle([("a", tuple(structures[:20])), ("b", tuple(structures[20:38]))])
+    shape = (16, 16, 128)
+    path = _ct(tmp_path, shape)
+    channels = sum(len(d.structures) + 3 for _, d in bundle.model.items())
+    with _LargestTensor() as probe:
+        predict_volume(bundle, path)
+    volume = int(np.prod(shape))
+    # compact votes and label maps hold one value per voxel, restoring a 4-vector grid
+    # (window-sized tensors are smaller); every channel of the volume would be 44 a voxel
+    assert probe.largest <= 4 * volume < channels * volume / 10

@@ -27,7 +27,7 @@ def _vote(task, structures, *probs, conf=None, anomaly=None, gate=None, calibrat
         return v.view(1, 1, 1, 1, n)
 
     gate_t = None if gate is None else torch.tensor(gate).view(1, 1, 1, 1, n)
-    return DecoderVote(
+    return DecoderVote.from_logits(
         task, tuple(structures), organ, head(anomaly), head(conf), calibrated, gate_t
     )
 
