@@ -71,20 +71,40 @@ def profile(
         bool, typer.Option("--gpu-widths", help="Profile nnU-Net's widths, not the CPU default.")
     ] = False,
     predict_size: Annotated[int, typer.Option(min=32, help="Side of the volume predicted.")] = 160,
+    scale: Annotated[
+        bool,
+        typer.Option(
+            "--scale",
+            help="Predict a hospital-size CT with the wholebody143 network and 150 "
+            "structures, streamed and plain (MONAI over the whole volume), each in its own "
+            "process: peak memory and wall time.",
+        ),
+    ] = False,
+    scale_shape: Annotated[tuple[int, int, int], typer.Option(help="Voxels of the --scale CT.")] = (
+        512,
+        512,
+        1000,
+    ),
+    scale_limit_gb: Annotated[
+        float, typer.Option(min=1.0, help="Stop a --scale process whose memory passes this.")
+    ] = 6.0,
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
 ) -> None:
     """Measure sizes and speeds on this machine.
 
     Network parameters, training seconds per step and prediction time (random weights),
-    and the time to generate a whole-body phantom with every structure.
+    the time to generate a whole-body phantom with every structure, and with ``--scale``
+    the memory and time of predicting a hospital-size CT.
     """
     from core.io import atomic_write_json
     from core.model import EncoderConfig
     from simulations.network_profile import (
         ProfileSettings,
+        ScaleSettings,
         format_profile,
         profile_network,
         profile_phantoms,
+        profile_prediction,
     )
 
     result: dict[str, object] = {}
@@ -93,6 +113,9 @@ def profile(
         result |= profile_network(ProfileSettings(config=config, predict_size=predict_size))
     if phantoms:
         result["phantoms"] = profile_phantoms()
+    if scale:
+        settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb)
+        result |= profile_prediction(settings, progress=sys.stderr.isatty())
     typer.echo(format_profile(result))
     if json_out is not None:
         atomic_write_json(json_out, result)
