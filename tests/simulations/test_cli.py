@@ -19,6 +19,7 @@ EVERY_COMMAND = (
     "phantoms",
     "simulate",
     "benchmark",
+    "curve",
     "trim-report",
     "merge-report",
     "profile",
