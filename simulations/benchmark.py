@@ -329,7 +329,7 @@ def run_benchmark(
             continue
         if method == "naive_merge":
             continue  # comes with continual
-        clock.start(method)
+        clock.start()
         if method in ("continual", "no_trim"):
             if method == "no_trim":
                 _share_sites(out)
@@ -424,7 +424,7 @@ class _Clock:
     def __init__(self, say: Callable[[str], None]) -> None:
         self.say, self.seconds, self.steps, self.began = say, 0.0, 0, 0.0
 
-    def start(self, method: str) -> None:
+    def start(self) -> None:
         """A method begins."""
         self.began = time.perf_counter()
 

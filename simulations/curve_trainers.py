@@ -15,7 +15,7 @@ import torch
 
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.training import TrainSettings, train_phase
-from server.catalog import Catalog
+from server.catalog import INDEX, Catalog
 from server.plan import Plan, parse_plan
 from simulations.baselines import central_settings, upper_bound
 from simulations.curves import ALL_TASKS, CurveMethod, Dice, Trainer
@@ -58,16 +58,26 @@ def make_trainer(
             return joint(tasks, plan.encoder, plan.preprocessing, budget(steps))
 
         return Trainer(train_joint, score)
-    if catalog is None:
-        raise ValueError("--catalog: the decoder's curve needs a finished simulation's catalog")
-    encoder = Catalog(catalog).encoder()
-    if encoder is None:
-        raise ValueError(f"{catalog}: expected a catalog with a trained encoder")
+    encoder = catalog_encoder(catalog)
 
     def train_decoder(steps: int) -> torch.nn.Module:
         return teacher_decoder(scored[0], encoder, plan, budget(steps))
 
     return Trainer(train_decoder, score)
+
+
+def catalog_encoder(catalog: Path | None) -> Encoder:
+    """The frozen encoder of a finished simulation's catalog (opened, never created).
+
+    Raises:
+        ValueError: if there is no catalog there or it holds no encoder yet.
+    """
+    if catalog is None or not (catalog / INDEX).is_file():
+        raise ValueError(f"{catalog}: expected a catalog with a trained encoder")
+    encoder = Catalog(catalog).encoder()
+    if encoder is None:
+        raise ValueError(f"{catalog}: expected a catalog with a trained encoder")
+    return encoder
 
 
 def teacher_decoder(

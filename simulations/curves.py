@@ -248,7 +248,7 @@ def run_curve(
     Raises:
         ScenarioError, ValueError: for an unknown task, method or a missing catalog.
     """
-    from simulations.curve_trainers import make_trainer
+    from simulations.curve_trainers import catalog_encoder, make_trainer
     from simulations.run import write_sites_once
     from simulations.scenario import load_scenario
 
@@ -261,6 +261,8 @@ def run_curve(
         raise ValueError(f"--task: {task!r} is not one of {allowed}")
     if (method == "decoder") != (catalog is not None):
         raise ValueError("--catalog: a finished simulation's catalog, for --method decoder only")
+    if catalog is not None:
+        catalog_encoder(catalog)  # before the phantoms are written
     sites = write_sites_once(spec, (sites or out / "sites").resolve(), say)
     trainer = make_trainer(spec, method, task, sites, catalog)
     identity = {"method": method, "task": task, "scenario": spec.name, "seed": spec.seed}
