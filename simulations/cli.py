@@ -278,7 +278,9 @@ def curve(
 
     settings = CurveSettings(start_steps, max_doublings, tolerance)
     with user_errors():
-        doc = run_curve(scenario, method, task, out, settings, sites, catalog, typer.echo)
+        doc = run_curve(
+            scenario, method, task, out, settings, sites, catalog, typer.echo, sys.stderr.isatty()
+        )
     typer.echo(f"plateau budget: {doc['plateau_steps']} steps")
 
 

@@ -27,9 +27,16 @@ from simulations.task_data import TaskData, load_tasks
 
 
 def make_trainer(
-    scenario: Scenario, method: CurveMethod, task: str, sites: Path, catalog: Path | None
+    scenario: Scenario,
+    method: CurveMethod,
+    task: str,
+    sites: Path,
+    catalog: Path | None,
+    progress: bool = False,
 ) -> Trainer[torch.nn.Module]:
     """The trainer of ``method`` on ``task`` of a scenario whose phantoms are in ``sites``.
+
+    ``progress`` shows a progress bar while a budget trains.
 
     Raises:
         ValueError: for ``decoder`` without a catalog holding a trained encoder.
@@ -37,7 +44,7 @@ def make_trainer(
     plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
     tasks = load_tasks(scenario, sites, plan.training.val_fraction, plan.training.seed)
     scored = tasks if task == ALL_TASKS else [t for t in tasks if t.name == task]
-    settings = central_settings(plan)
+    settings = central_settings(plan, progress)
 
     def score(model: torch.nn.Module) -> Dice:
         prep, roi = plan.preprocessing, plan.patch

@@ -230,6 +230,7 @@ def run_curve(
     sites: Path | None = None,
     catalog: Path | None = None,
     say: Callable[[str], None] = print,
+    progress: bool = False,
 ) -> dict[str, Any]:
     """``csfl curve``: a method's learning curve on a scenario's task, JSON and PNG.
 
@@ -244,6 +245,7 @@ def run_curve(
         sites: the scenario's phantoms (default ``OUT/sites``, written once if missing).
         catalog: a finished simulation's catalog (``decoder`` only).
         say: progress lines.
+        progress: a progress bar while a budget trains.
 
     Raises:
         ScenarioError, ValueError: for an unknown task, method or a missing catalog.
@@ -264,7 +266,7 @@ def run_curve(
     if catalog is not None:
         catalog_encoder(catalog)  # before the phantoms are written
     sites = write_sites_once(spec, (sites or out / "sites").resolve(), say)
-    trainer = make_trainer(spec, method, task, sites, catalog)
+    trainer = make_trainer(spec, method, task, sites, catalog, progress)
     identity = {"method": method, "task": task, "scenario": spec.name, "seed": spec.seed}
     path = curve_path(out, method, task)
     doc = learning_curve(path, identity, trainer, settings, say)
