@@ -153,8 +153,9 @@ def mib_ce(logits: torch.Tensor, label: torch.Tensor, background: Sequence[int])
 
 
 class StageLoss:
-    """The loss of one stage of a sequential method; records its KD term per call.
+    """The loss of a later stage of a sequential method; records its KD term per call.
 
+    (The first stage is plain DiceCE training for every method: :func:`upper_bound`.)
     ``finetune``: DiceCE over all classes. ``lwf``: the same + ``kd_weight`` * :func:`lwf_kd`.
     ``mib``: :func:`mib_ce` + batch Dice over the current task's classes only (added for
     stability on small budgets; not in the paper) + ``kd_weight`` * :func:`mib_kd` at

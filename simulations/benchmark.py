@@ -359,6 +359,7 @@ def run_benchmark(
         "scenario": scenario.name,
         "quick": quick,
         "budget": budget,
+        "central_steps_per_task": steps,  # plateau: each task's upper-bound plateau
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "tasks": [t.name for t in scenario.tasks],
