@@ -51,7 +51,7 @@ from server.catalog import Catalog
 from server.plan import Plan, parse_plan
 from simulations.baselines import GrowingSegmenter, central_settings, sequential, upper_bound
 from simulations.budget import central_steps, plateau_scenario
-from simulations.curves import Budget, plateau_budgets
+from simulations.curves import Budget, duration, plateau_budgets
 from simulations.evaluate import (
     LabelMap,
     merged_map,
@@ -435,8 +435,8 @@ class _Clock:
         self.seconds, self.steps = self.seconds + took, self.steps + steps
         left = self.seconds / max(self.steps, 1) * sum(rest)
         self.say(
-            f"{method}: done in {took / 60:.1f} min; {len(rest)} method(s) left, "
-            f"about {left / 60:.0f} min at {self.seconds / max(self.steps, 1):.2f} s per step"
+            f"{method}: done in {duration(took)}; {len(rest)} method(s) left, "
+            f"about {duration(left)} at {self.seconds / max(self.steps, 1):.2f} s per step"
         )
 
 

@@ -65,6 +65,13 @@ class Trainer(Generic[Model]):
     score: Callable[[Model], Dice]
 
 
+def duration(seconds: float) -> str:
+    """A time span for a progress line: seconds, minutes or hours."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
 def curve_path(out: Path, method: str, task: str) -> Path:
     """The curve's JSON file; its PNG has the same stem."""
     return out / f"curve-{method}-{task}.json"
@@ -159,8 +166,8 @@ def learning_curve(
         if left:
             each = [point["wall_seconds"] * s / steps for s in left]  # time grows with steps
             say(
-                f"{path.stem}: next {left[0]} steps, about {each[0] / 60:.0f} min; "
-                f"at most {sum(each) / 60:.0f} min to {left[-1]} steps"
+                f"{path.stem}: next {left[0]} steps, about {duration(each[0])}; "
+                f"at most {duration(sum(each))} to {left[-1]} steps"
             )
     doc["plateau_steps"] = plateau
     atomic_write_json(path, doc)
@@ -211,6 +218,9 @@ def plot_curve(doc: dict[str, Any], path: Path) -> Path:
         if min(xs, default=0) > 0:  # (a CPU time too short to measure cannot be log-scaled)
             ax.set_xscale("log")
         ax.grid(alpha=0.3)
+    budgets = [p["steps"] for p in points]
+    axes[0].set_xticks(budgets, [str(s) for s in budgets])  # the budgets themselves, not 10^k
+    axes[0].minorticks_off()
     if doc["plateau_steps"] is not None:
         axes[0].axvline(doc["plateau_steps"], color="grey", linestyle="--", label="plateau")
         axes[0].legend(fontsize=8)

@@ -8,6 +8,7 @@ from simulations.curves import (
     CurveSettings,
     Trainer,
     curve_path,
+    duration,
     learning_curve,
     mean_dice,
     plateau_budgets,
@@ -52,7 +53,7 @@ def test_the_curve_doubles_until_a_doubling_adds_less_than_the_tolerance(tmp_pat
     assert stored["points"][2]["mean_dice"] == pytest.approx(0.741)
     assert stored["points"][2]["dice"]["thorax"]["x"] is None  # unscored: not averaged
     assert all(p["cpu_seconds"] >= 0 and p["wall_seconds"] >= 0 for p in stored["points"])
-    assert any("next 500 steps" in s and "min" in s for s in said)  # time left is estimated
+    assert any("next 500 steps, about 0 s" in s for s in said)  # time left is estimated
     assert plateau_budgets(tmp_path) == {"thorax": 1000}
     png = plot_curve(doc, path.with_suffix(".png"))
     assert png.read_bytes()[:4] == b"\x89PNG"
@@ -91,6 +92,10 @@ def test_a_curve_file_of_another_run_is_refused(tmp_path):
     path.write_text("{not json")
     with pytest.raises(ValueError, match="expected a curve file"):
         plateau_budgets(tmp_path)
+
+
+def test_durations_read_in_the_unit_that_fits():
+    assert [duration(s) for s in (42, 408, 3 * 3600)] == ["42 s", "7 min", "3.0 h"]
 
 
 def test_mean_dice_averages_tasks_over_their_scored_structures():
