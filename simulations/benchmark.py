@@ -27,7 +27,6 @@ after every stage on the held-out cases of every task so far, in the preprocesse
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -50,8 +49,16 @@ from core.training import TrainSettings
 from server.catalog import Catalog
 from server.plan import Plan, parse_plan
 from simulations.baselines import GrowingSegmenter, central_settings, sequential, upper_bound
-from simulations.budget import central_steps, plateau_scenario
-from simulations.curves import Budget, duration, plateau_budgets
+from simulations.budget import (
+    Clock,
+    central_steps,
+    federated_scenario,
+    method_steps,
+    plateau_scenario,
+    reuse_result,
+    stamp,
+)
+from simulations.curves import Budget, plateau_budgets
 from simulations.evaluate import (
     LabelMap,
     merged_map,
@@ -318,13 +325,13 @@ def run_benchmark(
     steps = central_steps(scenario, plan, budget, plateau)
     if quick:
         steps = dict.fromkeys(steps, 5)
-    planned = {m: _steps_of(m, scenario, steps) for m in methods}
+    planned = {m: method_steps(m, scenario, steps) for m in methods}
     results: dict[str, dict[str, Any]] = {}
-    clock = _Clock(say)
+    clock = Clock(say)
     for method in methods:
         path = out / f"{method}.json"
         if path.is_file():
-            results[method] = _reuse(path, planned[method], budget)
+            results[method] = reuse_result(path, planned[method], budget)
             say(f"{method}: reusing {path}")
             continue
         if method == "naive_merge":
@@ -333,9 +340,9 @@ def run_benchmark(
         if method in ("continual", "no_trim"):
             if method == "no_trim":
                 _share_sites(out)
-            spec = _federated_scenario(scenario, method)
+            spec = federated_scenario(scenario, method)
             for result in federated(method, spec, plan, out / method, say):
-                results[result["method"]] = _stamp(result, planned[method], budget)
+                results[result["method"]] = stamp(result, planned[method], budget)
                 atomic_write_json(out / f"{result['method']}.json", result)
         else:
             _share_sites(out)
@@ -349,7 +356,7 @@ def run_benchmark(
             if method == "joint":  # one model for every task: their budgets together
                 settings = dataclasses.replace(settings, steps=sum(steps.values()))
             tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
-            result = _stamp(central(method, plan, tasks, settings, say, out), steps, budget)
+            result = stamp(central(method, plan, tasks, settings, say, out), steps, budget)
             results[method] = result
             atomic_write_json(path, result)
         rest = [m for m in methods if m != "naive_merge" and not (out / f"{m}.json").is_file()]
@@ -377,67 +384,6 @@ def run_benchmark(
         overlay_figure(overlay_rows(bundle, tasks), out / "overlays.png")
     say(f"wrote {out / 'benchmark.json'}, {out / 'report.md'} and the PNG plots")
     return document
-
-
-FEDERATED = ("continual", "naive_merge", "no_trim")  # run through Flower
-
-
-def _federated_scenario(scenario: Scenario, method: str) -> Scenario:
-    """The scenario a federated method runs (``no_trim``: with full decoders)."""
-    if method != "no_trim":
-        return scenario
-    return dataclasses.replace(scenario, federation={**scenario.federation, "trim": False})
-
-
-def _steps_of(method: str, scenario: Scenario, central: dict[str, int]) -> dict[str, int]:
-    """Per task, the optimiser steps a method trains it for, over all its sites."""
-    if method not in FEDERATED:
-        return central
-    spec = _federated_scenario(scenario, method)
-    return central_steps(spec, parse_plan(plan_document(spec), spec.name), "scenario", {})
-
-
-def _stamp(result: dict[str, Any], steps: dict[str, int], budget: str) -> dict[str, Any]:
-    """A method's result with the budget it was trained under."""
-    result.update(budget=budget, steps_per_task=steps)
-    return result
-
-
-def _reuse(path: Path, steps: dict[str, int], budget: str) -> dict[str, Any]:
-    """A kept result, if it was trained under this budget and these step counts.
-
-    Raises:
-        ValueError: if it was not (a result of another budget is never mixed in).
-    """
-    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    kept = result.get("budget", "scenario"), result.get("steps_per_task", steps)
-    if kept != (budget, steps):
-        raise ValueError(
-            f"{path}: trained under the {kept[0]} budget with steps {kept[1]}, not the "
-            f"{budget} budget with steps {steps}; use another --out"
-        )
-    return result
-
-
-class _Clock:
-    """Progress: each method's time, and the time left at the rate measured so far."""
-
-    def __init__(self, say: Callable[[str], None]) -> None:
-        self.say, self.seconds, self.steps, self.began = say, 0.0, 0, 0.0
-
-    def start(self) -> None:
-        """A method begins."""
-        self.began = time.perf_counter()
-
-    def done(self, method: str, steps: int, rest: list[int]) -> None:
-        """A method of ``steps`` ended; ``rest``: the steps of each method still to run."""
-        took = time.perf_counter() - self.began
-        self.seconds, self.steps = self.seconds + took, self.steps + steps
-        left = self.seconds / max(self.steps, 1) * sum(rest)
-        self.say(
-            f"{method}: done in {duration(took)}; {len(rest)} method(s) left, "
-            f"about {duration(left)} at {self.seconds / max(self.steps, 1):.2f} s per step"
-        )
 
 
 def _share_sites(out: Path) -> None:

@@ -4,19 +4,23 @@ Two budgets: ``scenario`` (the scenario's ``[federation]`` rounds, and the centr
 methods as many steps as the method's decoder gets at all the task's sites together)
 and ``plateau`` (each task's plateau budget from the upper bound's learning curve,
 ``simulations.curves``, for every central method, and the federated rounds scaled to
-match it).
+match it); and each method's kept result, checked against the steps it was trained
+for, with the time left at the rate measured so far.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+import json
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
 from typing import Any
 
 from core.phases import DISTILL, TEACHER
 from core.records import fields_of
 from server.plan import Plan, parse_plan
-from simulations.curves import Budget
+from simulations.curves import Budget, duration
 from simulations.run import PER_TASK, plan_document
 from simulations.scenario import Scenario
 
@@ -87,3 +91,64 @@ def central_steps(
     return {
         t.name: budget_steps(plan, t.name, len(scenario.sites_of(t.name))) for t in scenario.tasks
     }
+
+
+FEDERATED = ("continual", "naive_merge", "no_trim")  # run through Flower
+
+
+def federated_scenario(scenario: Scenario, method: str) -> Scenario:
+    """The scenario a federated method runs (``no_trim``: with full decoders)."""
+    if method != "no_trim":
+        return scenario
+    return dataclasses.replace(scenario, federation={**scenario.federation, "trim": False})
+
+
+def method_steps(method: str, scenario: Scenario, central: dict[str, int]) -> dict[str, int]:
+    """Per task, the optimiser steps a method trains it for, over all its sites."""
+    if method not in FEDERATED:
+        return central
+    spec = federated_scenario(scenario, method)
+    return central_steps(spec, parse_plan(plan_document(spec), spec.name), "scenario", {})
+
+
+def stamp(result: dict[str, Any], steps: dict[str, int], budget: str) -> dict[str, Any]:
+    """A method's result with the budget it was trained under."""
+    result.update(budget=budget, steps_per_task=steps)
+    return result
+
+
+def reuse_result(path: Path, steps: dict[str, int], budget: str) -> dict[str, Any]:
+    """A kept result, if it was trained under this budget and these step counts.
+
+    Raises:
+        ValueError: if it was not (a result of another budget is never mixed in).
+    """
+    result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
+    kept = result.get("budget", "scenario"), result.get("steps_per_task", steps)
+    if kept != (budget, steps):
+        raise ValueError(
+            f"{path}: trained under the {kept[0]} budget with steps {kept[1]}, not the "
+            f"{budget} budget with steps {steps}; use another --out"
+        )
+    return result
+
+
+class Clock:
+    """Progress: each method's time, and the time left at the rate measured so far."""
+
+    def __init__(self, say: Callable[[str], None]) -> None:
+        self.say, self.seconds, self.steps, self.began = say, 0.0, 0, 0.0
+
+    def start(self) -> None:
+        """A method begins."""
+        self.began = time.perf_counter()
+
+    def done(self, method: str, steps: int, rest: list[int]) -> None:
+        """A method of ``steps`` ended; ``rest``: the steps of each method still to run."""
+        took = time.perf_counter() - self.began
+        self.seconds, self.steps = self.seconds + took, self.steps + steps
+        left = self.seconds / max(self.steps, 1) * sum(rest)
+        self.say(
+            f"{method}: done in {duration(took)}; {len(rest)} method(s) left, "
+            f"about {duration(left)} at {self.seconds / max(self.steps, 1):.2f} s per step"
+        )

@@ -6,8 +6,7 @@ import pytest
 from core.phases import DISTILL, TEACHER
 from core.records import RecordError
 from server.plan import parse_plan
-from simulations.benchmark import _reuse
-from simulations.budget import budget_steps, central_steps, plateau_scenario
+from simulations.budget import budget_steps, central_steps, plateau_scenario, reuse_result
 from simulations.run import PER_TASK, plan_document
 from simulations.scenario import load_scenario
 
@@ -80,8 +79,8 @@ def test_per_task_federation_tables_override_one_task_and_are_checked():
 def test_a_kept_result_of_other_step_counts_is_refused(tmp_path):
     path = tmp_path / "lwf.json"
     path.write_text(json.dumps({"method": "lwf", "steps_per_task": {"a": 250}}))
-    assert _reuse(path, {"a": 250}, "scenario")["method"] == "lwf"  # kept before budgets
+    assert reuse_result(path, {"a": 250}, "scenario")["method"] == "lwf"  # kept before budgets
     with pytest.raises(ValueError, match="use another --out"):
-        _reuse(path, {"a": 250}, "plateau")
+        reuse_result(path, {"a": 250}, "plateau")
     with pytest.raises(ValueError, match="use another --out"):
-        _reuse(path, {"a": 1000}, "scenario")
+        reuse_result(path, {"a": 1000}, "scenario")
