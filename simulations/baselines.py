@@ -18,11 +18,12 @@ from monai.losses import DiceCELoss, DiceLoss
 from torch import nn
 
 from core import anatomy
-from core.data.transforms import Preprocessing
+from core.data.transforms import Augmentation, Preprocessing
 from core.device import pick_device
-from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
+from core.model import Decoder, Encoder, EncoderConfig, Genotype
 from core.model.blocks import init_he
-from core.training import TrainSettings, check_patch, optimise, patch_batches, train_phase
+from core.training import TrainSettings, check_patch, optimise, patch_batches
+from server.plan import Plan
 from simulations.task_data import TaskData
 
 Method = Literal["finetune", "lwf", "mib"]
@@ -152,8 +153,9 @@ def mib_ce(logits: torch.Tensor, label: torch.Tensor, background: Sequence[int])
 
 
 class StageLoss:
-    """The loss of one stage of a sequential method; records its KD term per call.
+    """The loss of a later stage of a sequential method; records its KD term per call.
 
+    (The first stage is plain DiceCE training for every method: :func:`upper_bound`.)
     ``finetune``: DiceCE over all classes. ``lwf``: the same + ``kd_weight`` * :func:`lwf_kd`.
     ``mib``: :func:`mib_ce` + batch Dice over the current task's classes only (added for
     stability on small budgets; not in the paper) + ``kd_weight`` * :func:`mib_kd` at
@@ -162,7 +164,7 @@ class StageLoss:
     Args:
         method: ``finetune``, ``lwf`` or ``mib``.
         model: the model being trained.
-        old: the previous stage's frozen model (``None`` at the first stage).
+        old: the previous stage's frozen model (``None`` for fine-tuning).
         current: channels of the current task's structures (labels ``1..K`` of a batch).
         kd_weight: weight of the KD term.
         temperature: LwF's KD temperature.
@@ -216,30 +218,54 @@ def upper_bound(
     settings: TrainSettings,
     device: torch.device | str | None = None,
     log: list[StageLog] | None = None,
-) -> ContinualSegmenter:
-    """One full encoder + teacher decoder trained jointly (DiceCE) on one task alone.
+) -> GrowingSegmenter:
+    """One full encoder + teacher decoder trained (DiceCE) on one task alone.
 
-    The decoder is keyed by ``task.name``. ``device`` defaults to CUDA when available;
-    ``log``, if given, gets this run's :class:`StageLog` appended.
+    This is also the first stage of every sequential method: before a second task
+    arrives, fine-tuning, LwF and MiB all train one plain model on the first task (the
+    papers' step 0), so with the same seed and recipe they share this very model.
+    ``device`` defaults to CUDA when available; ``log``, if given, gets this run's
+    :class:`StageLog` appended.
+
+    Raises:
+        ValueError: for a task without training cases or a patch that does not fit.
     """
+    if not task.train_cases:
+        raise ValueError(f"{task.name}: no training cases")
+    check_patch(settings.augmentation.patch_size, encoder_config.divisor)
+    dev = pick_device(None if device is None else str(device))
     torch.manual_seed(settings.seed)
-    model = ContinualSegmenter(Encoder(encoder_config))
-    genotype = Genotype.teacher(len(encoder_config.widths) - 1)
-    model.add_decoder(task.name, Decoder(encoder_config.widths, genotype, task.structures))
-    model.to(pick_device(None if device is None else str(device)))
-    result = train_phase(
-        model,
-        task.name,
-        task.table,
-        task.train_cases,
-        [],
-        prep,
-        task.budget(settings),
-        train_encoder=True,
-    )
+    model = GrowingSegmenter(encoder_config, task.structures).to(dev)
+    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    budget = task.budget(settings)
+    batches = patch_batches(task.train_cases, task.table, task.structures, prep, budget)
+    model.train()
+    start = time.perf_counter()
+
+    def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = loss(model(image), label)
+        return out
+
+    losses = optimise(list(model.parameters()), budget, batches, loss_of, dev, task.name)
     if log is not None:
-        log.append(StageLog(0, task.name, task.structures, result.losses, [], result.seconds))
+        log.append(StageLog(0, task.name, model.classes, losses, [], time.perf_counter() - start))
     return model
+
+
+def central_settings(plan: Plan, progress: bool = False) -> TrainSettings:
+    """The central methods' optimiser, batch, patch and seed: the plan's first task's.
+
+    Each method sets its steps per task (:attr:`TaskData.steps`).
+    """
+    optimiser = plan.tasks[0].optimiser
+    return TrainSettings(
+        batch_size=plan.training.batch_size,
+        lr=optimiser.lr,
+        weight_decay=optimiser.weight_decay,
+        augmentation=Augmentation(patch_size=plan.patch),
+        seed=plan.training.seed,
+        progress=progress,
+    )
 
 
 def sequential(
@@ -253,11 +279,14 @@ def sequential(
     on_stage: Callable[[int, GrowingSegmenter], None] | None = None,
     device: torch.device | str | None = None,
     log: list[StageLog] | None = None,
+    first: GrowingSegmenter | None = None,
 ) -> GrowingSegmenter:
     """Train one growing-head model task after task, each on its own training cases only.
 
     A stage's labels mark only its task's structures; everything else is background.
     The whole network trains at every stage with ``settings`` (a fresh Adam each stage).
+    The first stage is :func:`upper_bound` on the first task for every method: there is
+    nothing to remember yet.
 
     Args:
         method: ``finetune``, ``lwf`` or ``mib`` (see :class:`StageLoss`).
@@ -270,7 +299,9 @@ def sequential(
         temperature: LwF's KD temperature (MiB's KD runs at 1, as in the paper).
         on_stage: called as ``on_stage(stage_index, model)`` after each stage.
         device: where to train (default: CUDA when available).
-        log: if given, gets one :class:`StageLog` per stage appended.
+        log: if given, gets one :class:`StageLog` per stage trained appended.
+        first: the first stage's model, already trained (:func:`upper_bound` on
+            ``tasks[0]`` with the same settings); copied, not trained again.
 
     Raises:
         ValueError: for an unknown method, no task, a task without training cases, or
@@ -282,10 +313,16 @@ def sequential(
         raise ValueError("sequential: every task needs training cases")
     check_patch(settings.augmentation.patch_size, encoder_config.divisor)
     dev = pick_device(None if device is None else str(device))
-    torch.manual_seed(settings.seed)
-    model = GrowingSegmenter(encoder_config, tasks[0].structures).to(dev)
-    for stage, task in enumerate(tasks):
-        keep_old = stage > 0 and method != "finetune"
+    if first is None:
+        model = upper_bound(tasks[0], encoder_config, prep, settings, dev, log)
+    else:
+        if first.classes != tuple(dict.fromkeys(tasks[0].structures)):
+            raise ValueError(f"first stage: classes {first.classes}, expected {tasks[0].name}'s")
+        model = copy.deepcopy(first).to(dev)
+    if on_stage is not None:
+        on_stage(0, model)
+    for stage, task in enumerate(tasks[1:], 1):
+        keep_old = method != "finetune"
         old = copy.deepcopy(model).eval().requires_grad_(False) if keep_old else None
         model.grow(task.structures, mib_init=method == "mib")
         current = [model.classes.index(s) + 1 for s in task.structures]

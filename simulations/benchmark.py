@@ -5,22 +5,28 @@ On one scenario, with the same phantoms, seeds and training budget:
 - ``continual``: this method through Flower (frozen encoder, trimmed and calibrated
   decoders, the confidence merge); ``naive_merge``: the same decoders merged by the
   highest softmax probability; ``no_trim``: the method with full decoders (its own run);
-- ``upper_bound``: one encoder + full decoder per task, trained on that task's pooled
-  sites; ``finetune``, ``lwf`` and ``mib``: one model with a growing head trained task
-  after task (``simulations/baselines.py``).
+- two references: ``upper_bound``, one encoder + full decoder per task, trained on that
+  task's pooled sites; ``joint``, one model over every task's structures trained on all
+  their data at once with a marginal loss (``simulations/joint.py``);
+- ``finetune``, ``lwf`` and ``mib``: one model with a growing head trained task after
+  task (``simulations/baselines.py``). Their first stage and the upper bound's first
+  model are one model, trained once (``simulations/shared_stage.py``).
 
-Central methods train on the pooled training splits of a task's sites for as many steps
-as the method's decoder gets at all those sites together (training rounds x local steps,
-plus distillation, times sites), so they see as many patches. Every
-method is evaluated after every stage on the held-out cases of every task so far, in the
-preprocessed space (the method's merged label map included). Each method's result is
-kept in ``OUT/<method>.json``; a rerun skips methods already done.
+The budget (``simulations/budget.py``) is either the scenario's: central methods train
+on the pooled training splits of a task's sites for as many steps as the method's
+decoder gets at all those sites together (training rounds x local steps, plus
+distillation, times sites), so they see as many patches; or each task's ``plateau``
+budget from the upper bound's learning curve (``csfl curve``), the federated rounds
+scaled to match. ``joint`` gets the tasks' budgets together. Every method is evaluated
+after every stage on the held-out cases of every task so far, in the preprocessed space
+(the method's merged label map included). Each method's result is kept in
+``OUT/<method>.json`` with its budget and steps; a rerun skips methods already done
+(and refuses one kept under other step counts) and says the time left.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -32,18 +38,27 @@ import torch
 
 from core.bundle import Bundle, load_bundle
 from core.data import Case
-from core.data.transforms import Augmentation, validation_transforms
+from core.data.transforms import validation_transforms
 from core.evaluation import ScoreSums
 from core.inference import VolumeOutputs, combined_structures, merge_volume, volume_outputs
 from core.io import atomic_write_bytes, atomic_write_json
 from core.merge import MergeSettings
-from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
+from core.model import Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
-from core.phases import DISTILL, TEACHER
 from core.training import TrainSettings
 from server.catalog import Catalog
 from server.plan import Plan, parse_plan
-from simulations.baselines import GrowingSegmenter, sequential, upper_bound
+from simulations.baselines import GrowingSegmenter, central_settings, sequential, upper_bound
+from simulations.budget import (
+    Clock,
+    central_steps,
+    federated_scenario,
+    method_steps,
+    plateau_scenario,
+    reuse_result,
+    stamp,
+)
+from simulations.curves import Budget, plateau_budgets
 from simulations.evaluate import (
     LabelMap,
     merged_map,
@@ -52,12 +67,23 @@ from simulations.evaluate import (
     task_labels,
     upload_summary,
 )
+from simulations.joint import joint
 from simulations.report import markdown, overlay_figure, plots
-from simulations.run import plan_document, simulate
+from simulations.run import plan_document, simulate, sites_complete
 from simulations.scenario import Scenario
+from simulations.shared_stage import first_stage
 from simulations.task_data import TaskData, load_tasks
 
-ORDER = ("continual", "naive_merge", "no_trim", "upper_bound", "finetune", "lwf", "mib")
+ORDER = (
+    "continual",
+    "naive_merge",
+    "no_trim",
+    "upper_bound",
+    "joint",
+    "finetune",
+    "lwf",
+    "mib",
+)
 Scores = dict[str, dict[str, dict[str, float | None]]]  # task -> metric -> structure -> mean
 
 
@@ -156,17 +182,33 @@ def central(
     tasks: list[TaskData],
     settings: TrainSettings,
     say: Callable[[str], None],
+    folder: Path,
 ) -> dict[str, Any]:
-    """Train and evaluate a central method: the upper bound or a sequential baseline."""
+    """Train and evaluate a central method: a reference or a sequential baseline.
+
+    The first task's model of ``upper_bound``, ``finetune``, ``lwf`` and ``mib`` is one
+    shared model (:mod:`simulations.shared_stage`, kept under ``folder``); its training
+    time counts for each of them.
+    """
     prep, roi, image = plan.preprocessing, plan.patch, tasks[0].test_cases[0].image
     stages: list[Scores] = []
     start = time.perf_counter()
+    if method == "joint":
+        say(f"joint: training one model on all tasks for {settings.steps} steps")
+        model = joint(tasks, plan.encoder, prep, settings)
+        scores: Scores = {t.name: _means(score_model(model, t, prep, roi)) for t in tasks}
+        # one model of every task at once: after stage k, the tasks so far
+        stages = [{t.name: scores[t.name] for t in tasks[: k + 1]} for k in range(len(tasks))]
+        return _central_result(method, stages, model, start, image, plan)
+    first, shared = first_stage(folder, tasks[0], plan.encoder, prep, settings)
+    start = time.perf_counter() - shared  # the shared stage counts for every method using it
     if method == "upper_bound":
-        models: list[ContinualSegmenter] = []
-        scores: Scores = {}  # a task's own model never changes: scored once
+        models: list[GrowingSegmenter] = [first]
+        scores = {}  # a task's own model never changes: scored once
         for task in tasks:
-            say(f"upper_bound: training {task.name}")
-            models.append(upper_bound(task, plan.encoder, prep, settings))
+            if task is not tasks[0]:
+                say(f"upper_bound: training {task.name}")
+                models.append(upper_bound(task, plan.encoder, prep, settings))
             scores[task.name] = _means(score_model(models[-1], task, prep, roi))
             stages.append(dict(scores))
         train = time.perf_counter() - start
@@ -180,16 +222,41 @@ def central(
             )
             say(f"{method}: evaluated after stage {k + 1}")
 
-        grown = sequential(method, tasks, plan.encoder, prep, settings, on_stage=on_stage)  # type: ignore[arg-type]
-        train = time.perf_counter() - start
-        predict = _network_seconds(grown, image, plan)
-        parameters = count_parameters(grown)
+        grown = sequential(
+            method,  # type: ignore[arg-type]
+            tasks,
+            plan.encoder,
+            prep,
+            settings,
+            on_stage=on_stage,
+            first=first,
+        )
+        return _central_result(method, stages, grown, start, image, plan)
     return {
         "method": method,
         "stages": stages,
         "parameters": parameters,
         "train_seconds": round(train, 1),
         "predict_seconds": round(predict, 2),
+    }
+
+
+def _central_result(
+    method: str,
+    stages: list[Scores],
+    model: torch.nn.Module,
+    start: float,
+    image: Path,
+    plan: Plan,
+) -> dict[str, Any]:
+    """A one-model central method's figures (its training began at ``start``)."""
+    train = time.perf_counter() - start
+    return {
+        "method": method,
+        "stages": stages,
+        "parameters": count_parameters(model),
+        "train_seconds": round(train, 1),
+        "predict_seconds": round(_network_seconds(model, image, plan), 2),
     }
 
 
@@ -213,21 +280,6 @@ def _network_seconds(model: torch.nn.Module, image: Path, plan: Plan) -> float:
     return time.perf_counter() - start
 
 
-def budget_steps(plan: Plan, task: str, sites: int) -> int:
-    """Optimiser steps a task gets in the method, summed over its ``sites``.
-
-    Each site trains the task's decoder for the training rounds' and then the
-    distillation rounds' local steps; a central method on the pooled data gets as many
-    steps as all of them together, so it sees as many patches.
-    """
-    plan_task = plan.task(task)
-    training, distill = plan_task.of(TEACHER), plan_task.of(DISTILL)
-    steps = training.rounds * training.steps
-    if plan_task.section.trim:
-        steps += distill.rounds * distill.steps
-    return steps * sites
-
-
 def one_model_parameters(plan: Plan, structures: tuple[str, ...]) -> int:
     """Parameters of one encoder and one full decoder: the size of a single network."""
     widths = plan.encoder.widths
@@ -242,6 +294,8 @@ def run_benchmark(
     methods: tuple[str, ...] = ORDER,
     say: Callable[[str], None] = print,
     progress: bool = False,
+    budget: Budget = "scenario",
+    curves: Path | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every method on a scenario and gather the figures.
 
@@ -252,58 +306,67 @@ def run_benchmark(
         methods: which of :data:`ORDER` to run.
         say: progress messages.
         progress: progress bars for central training.
+        budget: ``scenario`` (the scenario's rounds) or ``plateau`` (each task's plateau
+            budget from the upper-bound curves in ``curves``; :mod:`simulations.budget`).
+        curves: ``csfl curve``'s folder (``plateau`` only).
 
     Returns:
         The benchmark document (also written to ``OUT/benchmark.json``).
+
+    Raises:
+        ValueError: for ``plateau`` without a plateau for every task, or a kept result
+            that was made with other step counts.
     """
     out = out.resolve()
+    plateau = plateau_budgets(curves) if budget == "plateau" and curves is not None else {}
+    if budget == "plateau":
+        scenario = plateau_scenario(scenario, plateau)  # the federated methods' rounds
     plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
+    steps = central_steps(scenario, plan, budget, plateau)
+    if quick:
+        steps = dict.fromkeys(steps, 5)
+    planned = {m: method_steps(m, scenario, steps) for m in methods}
     results: dict[str, dict[str, Any]] = {}
+    clock = Clock(say)
     for method in methods:
         path = out / f"{method}.json"
         if path.is_file():
-            results[method] = json.loads(path.read_text(encoding="utf-8"))
+            results[method] = reuse_result(path, planned[method], budget)
             say(f"{method}: reusing {path}")
             continue
         if method == "naive_merge":
             continue  # comes with continual
+        clock.start()
         if method in ("continual", "no_trim"):
-            spec = scenario
             if method == "no_trim":
-                spec = dataclasses.replace(
-                    scenario, federation={**scenario.federation, "trim": False}
-                )
                 _share_sites(out)
+            spec = federated_scenario(scenario, method)
             for result in federated(method, spec, plan, out / method, say):
-                results[result["method"]] = result
+                results[result["method"]] = stamp(result, planned[method], budget)
                 atomic_write_json(out / f"{result['method']}.json", result)
-            continue
-        _share_sites(out)
-        tasks = load_tasks(
-            scenario, out / "continual" / "sites", plan.training.val_fraction, plan.training.seed
-        )
-        steps = {
-            t.name: 5 if quick else budget_steps(plan, t.name, len(scenario.sites_of(t.name)))
-            for t in tasks
-        }
-        tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
-        optimiser = plan.tasks[0].optimiser
-        settings = TrainSettings(
-            batch_size=plan.training.batch_size,
-            lr=optimiser.lr,
-            weight_decay=optimiser.weight_decay,
-            augmentation=Augmentation(patch_size=plan.patch),
-            seed=plan.training.seed,
-            progress=progress,
-        )
-        result = central(method, plan, tasks, settings, say)
-        result["steps_per_task"] = steps
-        results[method] = result
-        atomic_write_json(path, result)
+        else:
+            _share_sites(out)
+            tasks = load_tasks(
+                scenario,
+                out / "continual" / "sites",
+                plan.training.val_fraction,
+                plan.training.seed,
+            )
+            settings = central_settings(plan, progress)
+            if method == "joint":  # one model for every task: their budgets together
+                settings = dataclasses.replace(settings, steps=sum(steps.values()))
+            tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
+            result = stamp(central(method, plan, tasks, settings, say, out), steps, budget)
+            results[method] = result
+            atomic_write_json(path, result)
+        rest = [m for m in methods if m != "naive_merge" and not (out / f"{m}.json").is_file()]
+        clock.done(method, sum(planned[method].values()), [sum(planned[m].values()) for m in rest])
     first = scenario.tasks[0].structures
     document = {
         "scenario": scenario.name,
         "quick": quick,
+        "budget": budget,
+        "central_steps_per_task": steps,  # plateau: each task's upper-bound plateau
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, torch {torch.__version__}",
         "device": "cuda" if torch.cuda.is_available() else "cpu",
         "tasks": [t.name for t in scenario.tasks],
@@ -326,7 +389,7 @@ def run_benchmark(
 def _share_sites(out: Path) -> None:
     """Every method uses the phantoms the method's run wrote (written first if need be)."""
     sites = out / "continual" / "sites"
-    if not (sites / ".complete").is_file():
+    if not sites_complete(sites):
         raise RuntimeError(f"{sites}: run the continual method first (it writes the phantoms)")
     target = out / "no_trim" / "sites"
     if not target.exists():

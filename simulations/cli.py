@@ -20,6 +20,7 @@ import typer
 from client import cli as client_cli
 from core.cli import user_errors
 from server import cli as server_cli
+from simulations.curves import Budget, CurveMethod
 
 app = typer.Typer(
     help="continual-segment-fl: federated continual segmentation of whole-body CT.",
@@ -225,11 +226,20 @@ def benchmark(
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated subset, e.g. continual,upper_bound.")
     ] = None,
+    budget: Annotated[
+        Budget,
+        typer.Option(help="scenario: the scenario's rounds; plateau: the curves' plateaus."),
+    ] = "scenario",
+    curves: Annotated[
+        Path | None, typer.Option(help="csfl curve's folder (upper-bound curves), for plateau.")
+    ] = None,
 ) -> None:
-    """Compare this method, its ablations, the upper bound, fine-tuning, LwF and MiB.
+    """Compare this method, its ablations, the references, fine-tuning, LwF and MiB.
 
     Writes OUT/benchmark.json (every figure), OUT/report.md and PNG plots; each method's
-    result is kept as OUT/<method>.json, and a rerun reuses them.
+    result is kept as OUT/<method>.json, and a rerun reuses them. With --budget plateau,
+    every central method trains each task for its upper-bound curve's plateau budget
+    and the federated rounds are scaled to match.
     """
     from simulations.benchmark import ORDER, run_benchmark
     from simulations.scenario import load_scenario
@@ -240,11 +250,61 @@ def benchmark(
         unknown = [m for m in chosen if m not in ORDER]
         if unknown:
             raise ValueError(f"--methods: unknown {unknown}; expected some of {', '.join(ORDER)}")
+        if (budget == "plateau") != (curves is not None):
+            raise ValueError("--curves: give the curves' folder with --budget plateau (only)")
+        if curves is not None and not curves.is_dir():
+            raise ValueError(f"{curves}: expected csfl curve's folder")
     folder = out or Path("runs") / f"bench-{spec.name}"
     start = time.perf_counter()
-    run_benchmark(spec, folder, quick, chosen, progress=sys.stderr.isatty())
+    with user_errors():
+        run_benchmark(
+            spec,
+            folder,
+            quick,
+            chosen,
+            progress=sys.stderr.isatty(),
+            budget=budget,
+            curves=curves,
+        )
     typer.echo((folder / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"benchmark done in {time.perf_counter() - start:.0f} s")
+
+
+@app.command()
+def curve(
+    task: Annotated[str, typer.Option(help="The task (joint: also 'all').")],
+    scenario: Annotated[str, typer.Option(help="A built-in scenario or a TOML path.")] = "default",
+    method: Annotated[CurveMethod, typer.Option(help="What learns.")] = "upper_bound",
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the curves.")] = Path(
+        "runs/curves"
+    ),
+    start_steps: Annotated[int, typer.Option(min=1, max=1_000_000, help="First budget.")] = 250,
+    max_doublings: Annotated[int, typer.Option(min=0, max=12, help="Doublings at most.")] = 4,
+    tolerance: Annotated[
+        float, typer.Option(min=0.0, max=1.0, help="A doubling adding less mean Dice ends it.")
+    ] = 0.01,
+    catalog: Annotated[
+        Path | None, typer.Option(help="A finished simulation's catalog (decoder only).")
+    ] = None,
+    sites: Annotated[
+        Path | None, typer.Option(help="The scenario's phantoms (default OUT/sites, written once).")
+    ] = None,
+) -> None:
+    """Train a method at budgets N, 2N, 4N, ... until doubling stops paying; find its plateau.
+
+    Each budget is its own run from the same seed (its own learning-rate schedule),
+    scored by mean Dice on the task's held-out cases. Writes
+    OUT/curve-<method>-<task>.json (per budget: steps, CPU and wall seconds of the
+    training, Dice) and a PNG; a rerun trains only the budgets still missing.
+    """
+    from simulations.curves import CurveSettings, run_curve
+
+    settings = CurveSettings(start_steps, max_doublings, tolerance)
+    with user_errors():
+        doc = run_curve(
+            scenario, method, task, out, settings, sites, catalog, typer.echo, sys.stderr.isatty()
+        )
+    typer.echo(f"plateau budget: {doc['plateau_steps']} steps")
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ LABELS = {
     "naive_merge": "this method, naive merge",
     "no_trim": "this method, no trimming",
     "upper_bound": "upper bound (a model per task)",
+    "joint": "joint (one model, all data)",
     "finetune": "sequential fine-tuning",
     "lwf": "LwF",
     "mib": "MiB",
@@ -70,29 +71,33 @@ def markdown(doc: dict[str, Any]) -> str:
     sums = {m: summarize(r, tasks) for m, r in methods.items()}
     upper = sums.get("upper_bound", {}).get("mean_dice")
     lines = [
-        f"# Benchmark: scenario `{doc['scenario']}`" + (" (quick)" if doc["quick"] else ""),
+        f"# Benchmark: scenario `{doc['scenario']}`"
+        + (" (quick)" if doc["quick"] else "")
+        + f", {doc.get('budget', 'scenario')} budget",
         "",
         f"Machine: {doc['machine']} ({doc['device']}). Dice on held-out cases after the last "
         "stage (this method: its merged label map); forgetting: mean drop of old tasks' "
         "Dice at the end (max over stages in brackets; for this method also of each "
         "decoder alone, which continual learning never changes); parameters against one "
         "encoder + one full decoder "
-        f"({one:,}); upload: bytes per site / full-model FedAvg for the same rounds.",
+        f"({one:,}); upload: bytes per site / full-model FedAvg for the same rounds; "
+        "steps: optimiser steps over all tasks and sites.",
         "",
         "| method | mean Dice | x upper bound | forgetting | forgetting, own decoders "
-        "| parameters | x one model | upload | training s | prediction s |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| parameters | x one model | upload | steps | training s | prediction s |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for m, r in methods.items():
         s = sums[m]
         rel = s["mean_dice"] / upper if upper and s["mean_dice"] is not None else None
         own = summarize(r, tasks, "own_stages")["forgetting"] if "own_stages" in r else None
+        steps = sum(r["steps_per_task"].values()) if "steps_per_task" in r else None
         lines.append(
             f"| {LABELS.get(m, m)} | {_show(s['mean_dice'])} | {_show(rel, '{:.2f}')} "
             f"| {s['forgetting']:.3f} ({s['max_forgetting']:.3f}) | {_show(own)} "
             f"| {r['parameters']:,} "
             f"| {r['parameters'] / one:.2f} | {_show(upload_ratio(r), '{:.1%}')} "
-            f"| {r['train_seconds']:.0f} | {r['predict_seconds']:.2f} |"
+            f"| {_show(steps, '{:,}')} | {r['train_seconds']:.0f} | {r['predict_seconds']:.2f} |"
         )
     lines += ["", "## Mean Dice per task after each stage", ""]
     lines += ["| method | task | " + " | ".join(f"stage {i + 1}" for i in range(len(tasks))) + " |"]

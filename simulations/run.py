@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.io import atomic_write_bytes, atomic_write_json
-from core.records import check_unknown, keys_of
+from core.records import RecordError, check_unknown, keys_of
 from server.catalog import JOURNAL, Catalog
 from server.local import APP_DIR, LocalFederation
 from server.orchestrator import planned_rounds
@@ -25,6 +25,9 @@ from server.plan import ModelSection, TaskSection, TrainingSection, parse_plan, 
 from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.progress import JournalWatcher
 from simulations.scenario import TEST_FOLDER, Scenario, write_scenario
+
+PER_TASK = "per_task"  # [federation.per_task.<task>]: one task's budget keys
+COMPLETE = ".complete"  # marks a sites folder whose phantoms are all written
 
 
 class SimulationError(RuntimeError):
@@ -36,20 +39,29 @@ def plan_document(scenario: Scenario) -> dict[str, Any]:
 
     The scenario's ``[federation]`` table holds ``[model]`` and ``[training]`` keys and
     every task's budget keys, all as the plan declares them (``server.plan``); an unknown
-    key is an error naming the nearest one.
+    key is an error naming the nearest one. Its optional ``[federation.per_task.<task>]``
+    tables override budget keys for one task (``csfl benchmark --budget plateau`` writes
+    them).
     """
-    fed = scenario.federation
+    fed = dict(scenario.federation)
+    per_task = fed.pop(PER_TASK, {})
+    where = f"scenario {scenario.name}: federation"
     model_keys, training_keys = set(keys_of(ModelSection)), set(keys_of(TrainingSection)) - {"seed"}
     budget_keys = task_keys() - set(keys_of(TaskSection)) - {"sites"}
-    check_unknown(
-        fed, model_keys | training_keys | budget_keys, f"scenario {scenario.name}: federation"
-    )
+    check_unknown(fed, model_keys | training_keys | budget_keys, where)
+    names = [t.name for t in scenario.tasks]
+    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
+        raise RecordError(f"{where}.{PER_TASK}: expected a table of tables, one per task")
+    check_unknown(per_task, set(names), f"{where}.{PER_TASK}")
+    for name, table in per_task.items():
+        check_unknown(table, budget_keys, f"{where}.{PER_TASK}.{name}")
     tasks = [
         {
             "name": t.name,
             "structures": list(t.structures),
             "sites": [s.name for s in scenario.sites_of(t.name)],
             **{k: v for k, v in fed.items() if k in budget_keys},
+            **per_task.get(t.name, {}),
         }
         for t in scenario.tasks
     ]
@@ -93,6 +105,20 @@ class SimulationReport:
         return {"scenario": self.scenario, "stages": self.stages}
 
 
+def sites_complete(sites_dir: Path) -> bool:
+    """Whether :func:`write_sites_once` finished writing this folder."""
+    return (sites_dir / COMPLETE).is_file()
+
+
+def write_sites_once(scenario: Scenario, sites_dir: Path, say: Callable[[str], None]) -> Path:
+    """The scenario's phantoms in ``sites_dir``, written unless a finished copy is there."""
+    if not sites_complete(sites_dir):
+        say(f"writing the {scenario.name} scenario's site data to {sites_dir}")
+        write_scenario(scenario, sites_dir)
+        atomic_write_bytes(sites_dir / COMPLETE, b"")
+    return sites_dir
+
+
 def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) -> SimulationReport:
     """Run every stage of a scenario; results go to ``OUT/results.json``.
 
@@ -100,11 +126,7 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
         SimulationError: if a stage's run fails or leaves one of its tasks unfinished.
     """
     out = out.resolve()
-    sites_dir, catalog_dir = out / "sites", out / "catalog"
-    if not (sites_dir / ".complete").is_file():
-        say(f"writing the {scenario.name} scenario's site data to {sites_dir}")
-        write_scenario(scenario, sites_dir)
-        atomic_write_bytes(sites_dir / ".complete", b"")
+    sites_dir, catalog_dir = write_sites_once(scenario, out / "sites", say), out / "catalog"
     plan = plan_document(scenario)
     parsed = parse_plan(plan, f"scenario {scenario.name}: federation")
     plan_path = atomic_write_bytes(out / "plan.toml", to_toml(plan).encode())

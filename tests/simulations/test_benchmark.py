@@ -1,8 +1,9 @@
+import dataclasses
 import json
 
 import pytest
 
-from simulations.benchmark import ORDER, budget_steps
+from simulations.benchmark import ORDER
 from simulations.report import summarize, upload_ratio
 from simulations.scenario import load_scenario
 
@@ -43,7 +44,6 @@ def test_quick_benchmark_reports_every_method_consistently(tiny_benchmark):
 @pytest.mark.slow
 def test_a_rerun_reuses_finished_methods(tiny_benchmark):
     from simulations.benchmark import run_benchmark
-    from simulations.scenario import load_scenario
 
     said = []
     before = (tiny_benchmark / "mib.json").read_text()
@@ -52,8 +52,34 @@ def test_a_rerun_reuses_finished_methods(tiny_benchmark):
     assert (tiny_benchmark / "mib.json").read_text() == before
 
 
-def test_central_methods_get_the_steps_of_all_a_task_s_sites():
-    default = load_scenario("default")
-    # 3 rounds x 50 training steps + 2 x 50 distillation steps, at each of the task's sites
-    assert budget_steps(default, "wholebody") == 3 * 250  # hosp_a, hosp_b, hosp_c
-    assert budget_steps(default, "thorax") == 250
+@pytest.mark.slow  # the central methods on tiny for 2-5 steps a task (no Flower)
+def test_plateau_budgets_reach_the_central_methods_which_share_the_first_stage(tmp_path):
+    from simulations.benchmark import run_benchmark
+    from simulations.curves import curve_path
+    from simulations.run import write_sites_once
+    from simulations.shared_stage import FOLDER
+
+    tiny = load_scenario("tiny")
+    small = {"encoder_widths": [4, 8, 16]}  # a smaller network than the scenario's
+    tiny = dataclasses.replace(tiny, federation={**tiny.federation, **small})
+    out, curves = tmp_path / "bench", tmp_path / "curves"
+    write_sites_once(tiny, out / "continual" / "sites", print)  # what continual would write
+    plateau = {"abdomen": 2, "chest": 1}
+    for task, steps in plateau.items():
+        doc = {"method": "upper_bound", "task": task, "scenario": "tiny", "seed": 0}
+        doc |= {"points": [], "plateau_steps": steps}
+        curves.mkdir(exist_ok=True)
+        curve_path(curves, "upper_bound", task).write_text(json.dumps(doc))
+    said = []
+    methods = ("upper_bound", "lwf")
+    doc = run_benchmark(
+        tiny, out, methods=methods, say=said.append, budget="plateau", curves=curves
+    )
+    assert doc["budget"] == "plateau" and list(doc["methods"]) == list(methods)
+    for name, result in doc["methods"].items():
+        assert result["steps_per_task"] == plateau, name
+        assert len(result["stages"]) == 2 and result["train_seconds"] > 0
+    assert len(list((out / FOLDER).iterdir())) == 1  # one first stage for both methods
+    assert sum("method(s) left, about" in s for s in said) == len(methods)
+    with pytest.raises(ValueError, match="use another --out"):
+        run_benchmark(tiny, out, methods=("lwf",), say=said.append)  # the scenario's budget

@@ -19,6 +19,7 @@ EVERY_COMMAND = (
     "phantoms",
     "simulate",
     "benchmark",
+    "curve",
     "trim-report",
     "merge-report",
     "profile",
@@ -52,7 +53,7 @@ def test_csfl_gathers_every_command_from_client_server_and_simulations():
     assert subcommands == {
         "site": {"check"},
         "plan": {"check"},
-        "catalog": {"ls", "show", "export"},
+        "catalog": {"ls", "show", "export", "verify"},
     }
 
 

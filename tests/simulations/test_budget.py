@@ -1,0 +1,86 @@
+import dataclasses
+import json
+
+import pytest
+
+from core.phases import DISTILL, TEACHER
+from core.records import RecordError
+from server.plan import parse_plan
+from simulations.budget import budget_steps, central_steps, plateau_scenario, reuse_result
+from simulations.run import PER_TASK, plan_document
+from simulations.scenario import load_scenario
+
+PLATEAU = {"wholebody": 2000, "head_neck": 1000, "thorax": 1000, "abdomen_tumor": 500}
+
+
+def _plan(scenario):
+    return parse_plan(plan_document(scenario), scenario.name)
+
+
+def test_central_methods_get_the_steps_of_all_a_task_s_sites():
+    default = load_scenario("default")
+    plan = _plan(default)
+    # 3 rounds x 50 training steps + 2 x 50 distillation steps, at each of the task's sites
+    assert budget_steps(plan, "wholebody", 3) == 3 * 250  # hosp_a, hosp_b, hosp_c
+    assert budget_steps(plan, "thorax", 1) == 250
+    steps = central_steps(default, plan, "scenario", {})
+    assert steps == {"wholebody": 750, "head_neck": 250, "thorax": 250, "abdomen_tumor": 250}
+
+
+def test_plateau_budgets_scale_each_task_s_federated_rounds():
+    default = load_scenario("default")
+    scaled = plateau_scenario(default, PLATEAU)
+    plan = _plan(scaled)
+    for task in default.tasks:
+        sites = len(default.sites_of(task.name))
+        training = plan.task(task.name).of(TEACHER)
+        assert training.steps == 50  # local steps kept; rounds scaled
+        federated = training.rounds * training.steps * sites
+        assert abs(federated - PLATEAU[task.name]) <= training.steps * sites / 2
+        # the student keeps its share: 2 distillation rounds per 3 training rounds
+        distill = plan.task(task.name).of(DISTILL)
+        assert distill.rounds == max(1, round(2 * training.rounds / 3))
+    assert plan.task("wholebody").of(TEACHER).rounds == 13  # 2000 / (50 x 3 sites)
+    assert plan.task("thorax").of(TEACHER).rounds == 20
+    assert plan.task("abdomen_tumor").of(DISTILL).rounds == 7
+    # every other setting is the scenario's own
+    before, after = _plan(default), plan
+    assert before.model == after.model and before.training == after.training
+    assert plan.task("thorax").of(DISTILL).steps == 50
+    assert central_steps(scaled, plan, "plateau", PLATEAU) == PLATEAU
+    assert default.federation.get(PER_TASK) is None  # the scenario itself is untouched
+
+
+def test_a_task_without_a_plateau_is_refused():
+    default = load_scenario("default")
+    partial = {k: v for k, v in PLATEAU.items() if k != "thorax"}
+    with pytest.raises(ValueError, match="thorax"):
+        plateau_scenario(default, partial)
+    with pytest.raises(ValueError, match="thorax"):
+        central_steps(default, _plan(default), "plateau", partial)
+
+
+def test_per_task_federation_tables_override_one_task_and_are_checked():
+    tiny = load_scenario("tiny")
+    chest = {**tiny.federation, PER_TASK: {"chest": {"rounds": 7, "lr": 0.02}}}
+    plan = _plan(dataclasses.replace(tiny, federation=chest))
+    assert plan.task("chest").of(TEACHER).rounds == 7 and plan.task("chest").optimiser.lr == 0.02
+    assert plan.task("abdomen").of(TEACHER).rounds == 2  # the scenario's
+    for bad, message in [
+        ({"lungs": {"rounds": 2}}, "unknown key 'lungs'"),
+        ({"chest": {"round": 2}}, "did you mean 'rounds'"),
+        ({"chest": 3}, "table of tables"),
+    ]:
+        spec = dataclasses.replace(tiny, federation={**tiny.federation, PER_TASK: bad})
+        with pytest.raises(RecordError, match=message):
+            plan_document(spec)
+
+
+def test_a_kept_result_of_other_step_counts_is_refused(tmp_path):
+    path = tmp_path / "lwf.json"
+    path.write_text(json.dumps({"method": "lwf", "steps_per_task": {"a": 250}}))
+    assert reuse_result(path, {"a": 250}, "scenario")["method"] == "lwf"  # kept before budgets
+    with pytest.raises(ValueError, match="use another --out"):
+        reuse_result(path, {"a": 250}, "plateau")
+    with pytest.raises(ValueError, match="use another --out"):
+        reuse_result(path, {"a": 1000}, "scenario")

@@ -1,0 +1,58 @@
+import json
+
+import pytest
+
+from core.data.transforms import Preprocessing
+from core.model import Encoder, EncoderConfig
+from server.catalog import Catalog
+from simulations.curves import CurveSettings, run_curve
+from simulations.scenario import scenario_path
+
+SMALL = (4, 8, 16)  # a smaller network than the tiny scenario's (same 32^3 patch)
+
+
+@pytest.fixture(scope="module")
+def small_tiny(tmp_path_factory):
+    """The tiny scenario with a smaller network, and its phantoms written once."""
+    folder = tmp_path_factory.mktemp("curve")
+    text = scenario_path("tiny").read_text()
+    text = text.replace("encoder_widths = [8, 16, 32, 64]", f"encoder_widths = {list(SMALL)}")
+    assert str(list(SMALL)) in text
+    (folder / "tiny.toml").write_text(text)
+    return folder
+
+
+@pytest.mark.slow  # three methods, 1 and 2 steps each, scored on the held-out cases
+def test_every_curve_method_trains_budgets_and_scores_them(small_tiny):
+    scenario, out = str(small_tiny / "tiny.toml"), small_tiny / "curves"
+    settings = CurveSettings(start_steps=1, max_doublings=1, tolerance=1.0)  # stops at 2
+    catalog = Catalog(small_tiny / "catalog")
+    catalog.set_encoder(Encoder(EncoderConfig(SMALL)), Preprocessing(), (32, 32, 32))
+    for method, task, scored, extra in [
+        ("upper_bound", "chest", ["chest"], {}),
+        ("joint", "all", ["abdomen", "chest"], {}),
+        ("decoder", "chest", ["chest"], {"catalog": small_tiny / "catalog"}),
+    ]:
+        said = []
+        doc = run_curve(scenario, method, task, out, settings, say=said.append, **extra)
+        assert doc["plateau_steps"] == 1, method  # the doubling added less than 1.0
+        stored = json.loads((out / f"curve-{method}-{task}.json").read_text())
+        assert [p["steps"] for p in stored["points"]] == [1, 2]
+        for point in stored["points"]:
+            assert list(point["dice"]) == scored
+            assert 0.0 <= point["mean_dice"] <= 1.0 and point["cpu_seconds"] > 0
+        assert (out / f"curve-{method}-{task}.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "sites" / "test").is_dir()  # the phantoms, written once for all three
+
+
+def test_the_decoder_curve_needs_a_catalog_with_an_encoder(small_tiny, tmp_path):
+    with pytest.raises(ValueError, match="expected a catalog with a trained encoder"):
+        run_curve(
+            str(small_tiny / "tiny.toml"),
+            "decoder",
+            "chest",
+            small_tiny / "curves",
+            CurveSettings(1, 0),
+            catalog=tmp_path / "nowhere",
+        )
+    assert not (tmp_path / "nowhere").exists()  # nothing is created where nothing was
