@@ -123,6 +123,10 @@ class TaskRun:
         for reply in replies:
             if reply.content is not None and cfg.encoder_sha256:
                 reply.site.encoders.add(cfg.encoder_sha256)
+        gone = {r.site.name for r in replies if r.content is None}
+        if gone:  # dropped out, hung past the timeout or failed: not waited for again
+            log.warning("%s: %s left the task: %s", self.task.name, sorted(gone), group)
+            self.sites = tuple(s for s in self.sites if s.name not in gone)
         described = {s.name: s.cases_for(self.task.structures) for s in self.sites}
         result = aggregate(
             replies,

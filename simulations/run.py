@@ -21,7 +21,7 @@ from core.records import RecordError, check_unknown, keys_of
 from server.catalog import JOURNAL, Catalog
 from server.local import APP_DIR, LocalFederation
 from server.orchestrator import planned_rounds
-from server.plan import ModelSection, TaskSection, TrainingSection, parse_plan, task_keys
+from server.plan import ModelSection, TrainingSection, parse_plan, task_keys
 from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.progress import JournalWatcher
 from simulations.scenario import TEST_FOLDER, Scenario, write_scenario
@@ -47,7 +47,7 @@ def plan_document(scenario: Scenario) -> dict[str, Any]:
     per_task = fed.pop(PER_TASK, {})
     where = f"scenario {scenario.name}: federation"
     model_keys, training_keys = set(keys_of(ModelSection)), set(keys_of(TrainingSection)) - {"seed"}
-    budget_keys = task_keys() - set(keys_of(TaskSection)) - {"sites"}
+    budget_keys = task_keys() - {"name", "structures", "sites"}
     check_unknown(fed, model_keys | training_keys | budget_keys, where)
     names = [t.name for t in scenario.tasks]
     if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):

@@ -79,13 +79,18 @@ def trained_bundle(
     return folder
 
 
+BENCHMARKED = ("continual", "naive_merge", "upper_bound", "joint", "finetune", "lwf", "mib")
+"""The quick benchmark's methods: every one but ``no_trim``, a second Flower run of the same
+code with ``trim = false`` (its lifecycle is tested without an engine)."""
+
+
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quick benchmark of the tiny scenario; its ``continual/`` run is a full simulation."""
     from simulations.benchmark import run_benchmark
 
     out = tmp_path_factory.mktemp("bench")
-    run_benchmark(load_scenario("tiny"), out, quick=True, say=lambda _: None)
+    run_benchmark(load_scenario("tiny"), out, quick=True, methods=BENCHMARKED, say=lambda _: None)
     return out
 
 

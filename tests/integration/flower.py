@@ -8,18 +8,17 @@ from simulations.run import plan_document, to_toml
 from simulations.scenario import WrittenSite, load_scenario
 
 
-def flower_processes(federation=None):
-    """Command lines of Flower servers still running (zombies excluded).
+def flower_processes(federation=None, under=None):
+    """Command lines of this test's Flower servers still running (zombies excluded).
 
-    With ``federation``, only its SuperLink and SuperNodes (other Flower processes on a
-    shared machine are none of the test's business).
+    Only the SuperLink and SuperNodes of ``federation``, or those whose Flower home lies
+    ``under`` a folder: other Flower processes (another test running in parallel) are none
+    of the test's business.
     """
     out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
     running = [line for line in out.splitlines() if "<defunct>" not in line]
-    if federation is not None:
-        ours = (str(federation.home), federation.address)
-        return [line for line in running if "flower-super" in line and any(s in line for s in ours)]
-    return [line for line in running if "flower-superlink" in line or "flwr-simulation" in line]
+    ours = (str(federation.home), federation.address) if federation is not None else (str(under),)
+    return [line for line in running if "flower-super" in line and any(s in line for s in ours)]
 
 
 def one_task_plan(folder: Path, rounds=1, steps=4, **task):

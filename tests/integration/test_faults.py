@@ -23,11 +23,14 @@ ROUND_TIMEOUT = 60  # seconds a round waits for a frozen site
 
 def _clientapps(node):
     """The node's ClientApp processes (started below it for each message it works on)."""
-    return [
-        pid
-        for pid in node.children()
-        if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes()
-    ]
+    found = []
+    for pid in node.children():
+        try:
+            if b"flwr-clientapp" in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(pid)
+        except OSError:  # the process ended since it was listed
+            continue
+    return found
 
 
 def _phase_started(catalog_dir, phase):
@@ -65,6 +68,8 @@ def test_a_killed_and_a_frozen_node_do_not_stop_the_task(tmp_path, tiny_sites):
     )
     assert list(base_end["bytes_up"]) == ["hospB"] and base_end["bytes_up"]["hospB"] > 0
     assert set(base_end["rejected"]) == {"hospA", "hospD"}
+    provenance = catalog.tasks()[0]["versions"][0]["provenance"]
+    assert provenance["sites"] == ["hospB"]  # the silent sites were not waited for again
     assert not flower_processes(fed)
 
 

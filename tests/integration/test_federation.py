@@ -10,7 +10,7 @@ from core.model import Genotype
 from server.catalog import Catalog
 from server.local import APP_DIR, LocalFederation
 from simulations.scenario import load_scenario, write_scenario
-from tests.integration.flower import flower_processes, one_task_plan, site_config, wait_for
+from tests.integration.flower import flower_processes, one_task_plan, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -59,20 +59,7 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tiny_benchmark):
     assert [d["task"] for d in manifest["decoders"]] == ["abdomen", "chest"]
     assert [d["calibration"]["body_range"] for d in manifest["decoders"]] == list(ranges.values())
     assert json.loads((run / "results.json").read_text())["scenario"] == "tiny"
-    assert not flower_processes()
-
-
-def test_real_superlink_and_two_supernodes(tmp_path, tiny_sites):
-    plan = one_task_plan(tmp_path)
-    nodes = [site_config(tiny_sites[name]) for name in ("hospA", "hospB")]
-    with LocalFederation(tmp_path / "flower", simulation=False, nodes=nodes) as federation:
-        result = federation.run(APP_DIR, {"plan": str(plan), "catalog": str(tmp_path / "catalog")})
-    assert result.returncode == 0, result.stderr[-2000:]
-    catalog = Catalog(tmp_path / "catalog")
-    assert catalog.has_task("abdomen")
-    provenance = catalog.tasks()[0]["versions"][0]["provenance"]
-    assert sorted(provenance["sites"]) == ["hospA", "hospB"]
-    assert not flower_processes()
+    assert not flower_processes(under=run)
 
 
 def test_a_killed_server_resumes_without_redoing_finished_phases(tmp_path):
@@ -111,4 +98,4 @@ def test_a_killed_server_resumes_without_redoing_finished_phases(tmp_path):
     assert len(catalog.tasks()[0]["versions"]) == 1
     model = catalog.model()
     assert all(torch.isfinite(p).all() for p in model.parameters())
-    assert not flower_processes()
+    assert not flower_processes(under=tmp_path)
