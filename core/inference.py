@@ -332,7 +332,8 @@ def predict_volume(
     return Prediction(labels, outputs.original.affine, structures)
 
 
-def _sources(model: ContinualSegmenter) -> dict[str, list[str]]:
+def structure_sources(model: ContinualSegmenter) -> dict[str, list[str]]:
+    """Per structure, the tasks (decoders) that predict it."""
     out: dict[str, list[str]] = {}
     for task, decoder in model.items():
         for s in decoder.structures:
@@ -373,7 +374,7 @@ def predict_files(
     settings = settings or bundle.merge
     structures = combined_structures(bundle.model)
     tables = write_label_tables(
-        table_prefix, structures, _sources(bundle.model), {"merge": settings.to_json()}
+        table_prefix, structures, structure_sources(bundle.model), {"merge": settings.to_json()}
     )
     written = []
     for src, dst in tqdm(

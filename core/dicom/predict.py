@@ -18,7 +18,7 @@ from core.data.nifti import has_nifti_ending, strip_nifti_ending, write_volume
 from core.data.problems import DataError
 from core.dicom.output import OutputFormat, write_dicom_labels
 from core.dicom.series import read_series
-from core.inference import predict_volume
+from core.inference import predict_volume, structure_sources
 from core.label_files import write_label_tables
 from core.merge import MergeSettings
 
@@ -70,10 +70,7 @@ def predict_series(
             output_format, output, prediction.labels, prediction.structures, sources, version
         )
         prefix = output.with_suffix("")
-    decoders = {
-        s: [task for task, decoder in bundle.model.items() if s in decoder.structures]
-        for s in prediction.structures
-    }
+    decoders = structure_sources(bundle.model)
     tables = write_label_tables(
         prefix, prediction.structures, decoders, {"merge": settings.to_json()}
     )

@@ -28,6 +28,7 @@ from core.phases.spec import (
     TaskState,
     load_model,
     reply,
+    tail_mean,
     training_cases,
 )
 from core.protocol import DECODER, HEADS, RoundConfig, SiteReply
@@ -67,10 +68,6 @@ class CalibrateReply(SiteReply):
             return None
 
 
-def _mean(values: list[float]) -> float:
-    return sum(values[-5:]) / len(values[-5:]) if values else 0.0
-
-
 class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
     """Train the calibration heads over rounds; record the body-part range."""
 
@@ -101,10 +98,10 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
         covered = result.body_range
         metrics = CalibrateReply(
             len(train),
-            _mean(result.losses),
+            tail_mean(result.losses, last=5),
             result.seconds,
-            _mean(result.confidence_losses),
-            _mean(result.anomaly_losses),
+            tail_mean(result.confidence_losses, last=5),
+            tail_mean(result.anomaly_losses, last=5),
             covered.lo if covered else None,
             covered.hi if covered else None,
         )

@@ -25,6 +25,7 @@ from core.phases.spec import (
     SiteResources,
     TaskState,
     reply,
+    tail_mean,
     training_cases,
 )
 from core.protocol import DECODER, ENCODER, TEACHER, RoundConfig, SiteReply
@@ -88,10 +89,8 @@ class Distill(PhaseSpec[DistillSettings, DistillReply]):
             settings.kd_weight,
             settings.temperature,
         )
-        losses, kd = result.losses[-5:], result.kd_losses[-5:]
-        metrics = DistillReply(
-            len(train), sum(losses) / len(losses), result.seconds, sum(kd) / len(kd)
-        )
+        loss, kd = tail_mean(result.losses, last=5), tail_mean(result.kd_losses, last=5)
+        metrics = DistillReply(len(train), loss, result.seconds, kd)
         return reply(cfg, metrics, {DECODER: state_to_record(student.state_dict())})
 
     def _student(self, state: TaskState) -> Decoder:

@@ -28,6 +28,7 @@ from core.phases.spec import (
     SiteResources,
     TaskState,
     reply,
+    tail_mean,
     training_cases,
 )
 from core.protocol import ARCH, RoundConfig, SiteReply
@@ -93,8 +94,8 @@ class Search(PhaseSpec[SearchSettings, SearchReply]):
         result = search_phase(encoder, supernet, dataset.labels, train, cfg.preprocessing, local)
         site.save_local(f"supernet-{cfg.task}", supernet)
         expected = result.expected_parameters[-1] if result.expected_parameters else 0.0
-        losses = result.weight_losses[-5:]
-        metrics = SearchReply(len(train), sum(losses) / len(losses), result.seconds, expected)
+        loss = tail_mean(result.weight_losses, last=5)
+        metrics = SearchReply(len(train), loss, result.seconds, expected)
         return reply(cfg, metrics, {ARCH: state_to_record(arch_state(supernet), fp16=False)})
 
     def execute(self, steps: ServerSteps, state: TaskState) -> tuple[TaskState, dict[str, Any]]:

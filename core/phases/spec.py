@@ -242,9 +242,9 @@ def reply(
     )
 
 
-def tail_mean(values: Sequence[float], share: float = 0.25) -> float:
-    """Mean of the last ``share`` of a loss curve (a less noisy final loss)."""
+def tail_mean(values: Sequence[float], share: float = 0.25, last: int | None = None) -> float:
+    """Mean of the last ``share`` (or the ``last`` few) of a loss curve: a steadier final loss."""
     if not values:
         return 0.0
-    tail = values[-max(1, int(len(values) * share)) :]
+    tail = values[-(last or max(1, int(len(values) * share))) :]
     return float(sum(tail) / len(tail))
