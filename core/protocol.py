@@ -75,8 +75,11 @@ def check_structures(structures: tuple[str, ...], where: str) -> tuple[str, ...]
 class Optimiser(Record):
     """How every phase of a task optimises (plan keys ``lr``, ``weight_decay``)."""
 
-    lr: float = setting(1e-2, lo=1e-6, hi=1.0, doc="Adam's initial learning rate")
-    weight_decay: float = setting(3e-5, lo=0.0, hi=0.1, doc="Adam's L2 penalty")
+    # the defaults are local training's own (one place)
+    lr: float = setting(TrainSettings.lr, lo=1e-6, hi=1.0, doc="Adam's initial learning rate")
+    weight_decay: float = setting(
+        TrainSettings.weight_decay, lo=0.0, hi=0.1, doc="Adam's L2 penalty"
+    )
 
 
 @dataclass(frozen=True)

@@ -369,7 +369,7 @@ class LocalFederation:
                     f"{len(online)} of {len(nodes)} SuperNode(s) online after {timeout:.0f} s;"
                     f" see {self.home}"
                 )
-            time.sleep(1.0)
+            time.sleep(2.0)  # each check is a `flwr` CLI process
 
     def run(
         self,

@@ -287,6 +287,12 @@ def one_model_parameters(plan: Plan, structures: tuple[str, ...]) -> int:
     return count_parameters(Encoder(plan.encoder)) + count_parameters(decoder)
 
 
+QUICK_STEPS = 5
+"""``--quick``: each central method's optimiser steps per task."""
+QUICK_FEDERATION = {"rounds": 1, "local_steps": 3, "search_steps": 2, "distill_steps": 3}
+"""``--quick``: the federated methods' budget, one short round per phase."""
+
+
 def run_benchmark(
     scenario: Scenario,
     out: Path,
@@ -302,7 +308,8 @@ def run_benchmark(
     Args:
         scenario: the scenario; its ``[federation]`` table is the method's budget.
         out: the benchmark folder (``<method>/`` runs, ``<method>.json`` results).
-        quick: central methods train 5 steps per task (a smoke test of the whole pipeline).
+        quick: a smoke test of the whole pipeline: central methods train
+            :data:`QUICK_STEPS` steps per task, federated ones :data:`QUICK_FEDERATION`.
         methods: which of :data:`ORDER` to run.
         say: progress messages.
         progress: progress bars for central training.
@@ -321,10 +328,14 @@ def run_benchmark(
     plateau = plateau_budgets(curves) if budget == "plateau" and curves is not None else {}
     if budget == "plateau":
         scenario = plateau_scenario(scenario, plateau)  # the federated methods' rounds
+    if quick:
+        scenario = dataclasses.replace(
+            scenario, federation={**scenario.federation, **QUICK_FEDERATION}
+        )
     plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
     steps = central_steps(scenario, plan, budget, plateau)
     if quick:
-        steps = dict.fromkeys(steps, 5)
+        steps = dict.fromkeys(steps, QUICK_STEPS)
     planned = {m: method_steps(m, scenario, steps) for m in methods}
     results: dict[str, dict[str, Any]] = {}
     clock = Clock(say)

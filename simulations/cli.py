@@ -221,7 +221,7 @@ def benchmark(
         None
     ),
     quick: Annotated[
-        bool, typer.Option(help="Central methods train 5 steps per task (a smoke test).")
+        bool, typer.Option(help="A few steps per task for every method (a smoke test).")
     ] = False,
     methods: Annotated[
         str | None, typer.Option(help="Comma-separated subset, e.g. continual,upper_bound.")

@@ -24,15 +24,19 @@ def test_quick_benchmark_reports_every_method_consistently(tiny_benchmark):
     # continual learning: each decoder alone scores exactly the same after later stages
     assert summarize(methods["continual"], tasks, "own_stages")["forgetting"] == 0.0
     assert summarize(methods["continual"], tasks, "own_stages")["max_forgetting"] == 0.0
-    # the naive merge of one decoder is its arg-max: the decoder alone, exactly
-    assert methods["naive_merge"]["stages"][0] == methods["continual"]["own_stages"][0]
+    # the naive merge of one decoder is its arg-max: the decoder alone, but for windows that
+    # miss the body (not run when merging), where a 3-step decoder still says foreground
+    naive, alone = methods["naive_merge"]["stages"][0], methods["continual"]["own_stages"][0]
+    for structure, dice in alone["abdomen"]["dice"].items():
+        merged = naive["abdomen"]["dice"][structure]
+        assert merged == (None if dice is None else pytest.approx(dice, abs=0.02)), structure
     per_task = methods["continual"]["train_seconds_per_task"]  # the server's, from the journal
     assert set(per_task) == set(tasks) and all(v > 0 for v in per_task.values())
     assert methods["continual"]["train_seconds"] == pytest.approx(sum(per_task.values()), abs=0.1)
     one = doc["one_model_parameters"]
     assert methods["upper_bound"]["parameters"] > 1.9 * one  # a model per task
     assert methods["continual"]["parameters"] < 1.05 * one  # trimmed students: about one model
-    assert methods["finetune"]["parameters"] < 1.05 * one  # one model, a few head channels
+    assert methods["mib"]["parameters"] < 1.05 * one  # one model, a few head channels
     assert 0 < upload_ratio(methods["continual"]) < 1
     report = (tiny_benchmark / "report.md").read_text()
     assert "| this method |" in report and "| MiB |" in report and "## Per structure" in report
