@@ -23,7 +23,7 @@ pick_python() {
 
 [ -x "$venv/bin/python" ] || "$(pick_python)" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
-install=("${pip[@]}" install --no-compile)  # bytecode is written on first import instead
+install=("${pip[@]}" install --no-compile)  # compiled below, on every core at once
 stamp="$venv/.csfl-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
@@ -46,4 +46,10 @@ if "${install[@]}" uv 2>/dev/null; then
 else
   "${install[@]}" -e ".[test]"
 fi
+# Bytecode for everything installed and for the project, once: where PYTHONDONTWRITEBYTECODE
+# is set (as on our CI machines) nothing is cached at import, and every Flower process (a
+# ClientApp per message) would compile torch from source again. A few files that packages
+# ship and never import do not compile; that is not an error.
+site=$("$venv/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+"$venv/bin/python" -m compileall -q -j 0 "$site" core server client simulations >/dev/null || true
 echo "$want" > "$stamp"
