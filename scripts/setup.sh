@@ -31,13 +31,13 @@ want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   torch_version=${CSFL_TORCH:-2.13.0}
   echo "setup: installing torch into $venv ..."
-  # the local wheel alone: its dependencies come with the project's below
-  if "${install[@]}" --no-index --no-deps "torch==$torch_version" 2>/dev/null; then
-    :
-  elif command -v nvidia-smi >/dev/null 2>&1; then
-    "${install[@]}" "torch>=2.4,<3"
-  else
-    "${install[@]}" "torch>=2.4,<3" --index-url https://download.pytorch.org/whl/cpu
+  # the local wheel alone (its dependencies come with the project's below), else an index
+  if ! "${install[@]}" --no-index --no-deps "torch==$torch_version" 2>/dev/null; then
+    if command -v nvidia-smi >/dev/null 2>&1; then
+      "${install[@]}" "torch>=2.4,<3"
+    else
+      "${install[@]}" "torch>=2.4,<3" --index-url https://download.pytorch.org/whl/cpu
+    fi
   fi
 fi
 echo "setup: installing continual-segment-fl and its dependencies into $venv ..."

@@ -14,7 +14,7 @@ from core.data import Case, TaskDataset, open_dataset
 from core.data.transforms import Augmentation, Preprocessing
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.training import TrainSettings, train_phase
-from simulations.scenario import WrittenSite, load_scenario, write_scenario
+from simulations.scenario import TEST_FOLDER, WrittenSite, load_scenario, write_scenario
 
 TINY = EncoderConfig((8, 16, 32, 64))
 PATCH = (32, 32, 32)
@@ -59,6 +59,11 @@ def abdomen_cases(tiny_sites: dict[str, WrittenSite]) -> list[Case]:
 TRAINED_STEPS = 200
 
 
+def held_out_set(dataset: TaskDataset) -> TaskDataset:
+    """The held-out test set that ``write_scenario`` put beside a site's dataset."""
+    return open_dataset(dataset.root.parent.parent / TEST_FOLDER / dataset.root.name)
+
+
 @pytest.fixture(scope="session")
 def trained_run(
     tmp_path_factory: pytest.TempPathFactory, tiny_sites: dict[str, WrittenSite]
@@ -69,7 +74,7 @@ def trained_run(
     folder of the trained model with its encoder frozen.
     """
     dataset = tiny_sites["hospA"].dataset
-    held_out = open_dataset(dataset.root.parent.parent / "test" / dataset.root.name).cases
+    held_out = held_out_set(dataset).cases
     # from some initial weights (seed 0 since the calibration head changed the draws) the
     # liver is still unlearnt after 200 steps; seed 1 shows what learning reaches
     model = tiny_model(dataset.labels.structures, seed=1)
@@ -117,7 +122,7 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
-TRAINING_FIXTURES = {"trained_run", "trained_bundle", "tiny_benchmark"}
+TRAINING_FIXTURES = {"trained_run", "tiny_benchmark"}  # fixturenames lists dependencies too
 
 
 def pytest_configure(config: pytest.Config) -> None:

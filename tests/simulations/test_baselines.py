@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from core.anatomy import UnknownStructureError
-from core.data import open_dataset
 from core.data.transforms import Augmentation
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
 from core.training import TrainSettings, patch_batches
@@ -20,7 +19,7 @@ from simulations.baselines import (
 )
 from simulations.evaluate import score_model
 from simulations.task_data import TaskData
-from tests.conftest import abdomen_cases, native_prep
+from tests.conftest import abdomen_cases, held_out_set, native_prep
 
 # Smaller than the suite's TINY model: a training step here costs about a second on 2 cores.
 SMALL = EncoderConfig((4, 8, 16))
@@ -35,14 +34,10 @@ def _settings(steps, **kw):
     )
 
 
-def _test_set(dataset):
-    return open_dataset(dataset.root.parent.parent / "test" / dataset.root.name)
-
-
 @pytest.fixture(scope="module")
 def tasks(tiny_sites):
     a, c = tiny_sites["hospA"].dataset, tiny_sites["hospC"].dataset
-    ta, tc = _test_set(a), _test_set(c)
+    ta, tc = held_out_set(a), held_out_set(c)
     abdomen = TaskData(
         "abdomen", ABDOMEN, a.labels, abdomen_cases(tiny_sites), list(ta.cases), ta.labels
     )

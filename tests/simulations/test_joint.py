@@ -3,7 +3,6 @@ import math
 import pytest
 import torch
 
-from core.data import open_dataset
 from core.data.transforms import Augmentation
 from core.model import EncoderConfig
 from core.training import TrainSettings
@@ -11,7 +10,7 @@ from simulations.baselines import StageLog
 from simulations.evaluate import score_model
 from simulations.joint import MarginalLoss, MixedBatches, joint, merged_logits
 from simulations.task_data import TaskData
-from tests.conftest import abdomen_cases, native_prep
+from tests.conftest import abdomen_cases, held_out_set, native_prep
 
 SMALL = EncoderConfig((4, 8, 16))  # as in test_baselines: about a second a step
 PATCH = (16, 16, 16)
@@ -71,10 +70,7 @@ def test_a_task_that_labels_every_class_gets_the_plain_dice_ce():
 @pytest.fixture(scope="module")
 def tasks(tiny_sites):
     a, c = tiny_sites["hospA"].dataset, tiny_sites["hospC"].dataset
-    test = {
-        k: open_dataset(d.root.parent.parent / "test" / d.root.name)
-        for k, d in (("a", a), ("c", c))
-    }
+    test = {k: held_out_set(d) for k, d in (("a", a), ("c", c))}
     abdomen = TaskData(
         "abdomen",
         ABDOMEN,

@@ -4,7 +4,6 @@ import dataclasses
 import pytest
 import torch
 
-from core.data import open_dataset
 from core.data.transforms import Augmentation
 from core.model import EncoderConfig
 from core.training import TrainSettings
@@ -12,7 +11,7 @@ from simulations import shared_stage
 from simulations.baselines import sequential
 from simulations.shared_stage import FOLDER, first_stage, settings_key
 from simulations.task_data import TaskData
-from tests.conftest import abdomen_cases, native_prep
+from tests.conftest import abdomen_cases, held_out_set, native_prep
 
 SMALL = EncoderConfig((4, 8, 16))
 PATCH = (16, 16, 16)
@@ -29,8 +28,7 @@ def _settings(steps, seed=0):
 @pytest.fixture(scope="module")
 def tasks(tiny_sites):
     a, c = tiny_sites["hospA"].dataset, tiny_sites["hospC"].dataset
-    ta = open_dataset(a.root.parent.parent / "test" / a.root.name)
-    tc = open_dataset(c.root.parent.parent / "test" / c.root.name)
+    ta, tc = held_out_set(a), held_out_set(c)
     abdomen = TaskData(
         "abdomen", ABDOMEN, a.labels, abdomen_cases(tiny_sites), list(ta.cases), ta.labels
     )

@@ -37,19 +37,18 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     tiny_sites, trained_bundle
 ):
     from core.bundle import load_bundle
-    from core.data import open_dataset
     from core.data.transforms import Augmentation
     from core.evaluation import evaluate_task
     from core.model.cost import count_parameters
     from core.model.distill import distill_phase
     from core.training import TrainSettings
-    from tests.conftest import PATCH, abdomen_cases
+    from tests.conftest import PATCH, abdomen_cases, held_out_set
 
     bundle = load_bundle(trained_bundle)
     model, prep = bundle.model, bundle.preprocessing
     teacher = model.decoder("abdomen")
     dataset = tiny_sites["hospA"].dataset
-    held_out = open_dataset(dataset.root.parent.parent / "test" / dataset.root.name)
+    held_out = held_out_set(dataset)
     # The shape a search under a 25% budget takes: narrow deep stages, a full-width last one.
     stages = [("p3d", 0.25), ("p3d", 0.5), ("3d", 1.0)]
     genotype = Genotype.from_json({"stages": [{"op": o, "width": w} for o, w in stages]})
