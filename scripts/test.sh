@@ -5,6 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+# Flower starts a process per message: let each cache the bytecode of what it imports
+# (setup compiled the bulk), even where the machine sets PYTHONDONTWRITEBYTECODE.
+unset PYTHONDONTWRITEBYTECODE
 .venv/bin/ruff check .
 .venv/bin/ruff format --check --quiet .
 mypy_log=$(mktemp)

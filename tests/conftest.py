@@ -17,7 +17,7 @@ from core.training import TrainSettings, train_phase
 from simulations.scenario import TEST_FOLDER, WrittenSite, load_scenario, write_scenario
 
 TINY = EncoderConfig((8, 16, 32, 64))
-PATCH = (32, 32, 32)
+PATCH = (24, 24, 24)
 
 
 def tiny_model(

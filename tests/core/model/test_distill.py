@@ -55,13 +55,13 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     widths, cases = model.encoder.config.widths, abdomen_cases(tiny_sites)
     torch.manual_seed(1)
     scratch = Decoder(widths, genotype, teacher.structures)
-    short = TrainSettings(steps=60, augmentation=Augmentation(patch_size=PATCH), progress=False)
+    short = TrainSettings(steps=30, augmentation=Augmentation(patch_size=PATCH), progress=False)
     result = distill_phase(model, "abdomen", scratch, dataset.labels, cases, prep, short)
-    assert sum(result.kd_losses[-10:]) < 0.5 * sum(result.kd_losses[:10])  # KD is learnt
+    assert sum(result.kd_losses[-10:]) < 0.7 * sum(result.kd_losses[:10])  # KD is learnt
 
     student = inherit(Decoder(widths, genotype, teacher.structures), teacher)
     assert count_parameters(student) < 0.25 * count_parameters(teacher)
-    settings = TrainSettings(steps=120, augmentation=Augmentation(patch_size=PATCH), progress=False)
+    settings = TrainSettings(steps=50, augmentation=Augmentation(patch_size=PATCH), progress=False)
     distill_phase(model, "abdomen", student, dataset.labels, cases, prep, settings)
     scores = {}
     for name, decoder in (("teacher", teacher), ("student", student)):
