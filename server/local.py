@@ -39,6 +39,8 @@ CONNECTION = "csfl"
 WATCH_SECONDS = 2.0  # how often a long flwr command's watcher is called
 APP_DIR = Path(__file__).resolve().parent.parent
 """The Flower app ``flwr run`` starts: the project root, whose pyproject.toml names it."""
+NODE_CONNECTED = "SuperNode ID:"
+"""What a SuperNode logs once the SuperLink has accepted it (Flower 1.42)."""
 COMPLETED = "finished:completed"
 """A run's status in ``flwr ls`` once its ServerApp returned without an error."""
 
@@ -147,6 +149,13 @@ class LocalNode:
     log: Path
     node_id: int | None = None
     """The id its key was registered under (with TLS), else None."""
+
+    def connected(self) -> bool:
+        """Whether its log says that the SuperLink gave it an id (it may still be refused)."""
+        try:
+            return NODE_CONNECTED in self.log.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            return False
 
     def children(self) -> list[int]:
         """The processes it started (a ClientApp per message it works on)."""
@@ -382,6 +391,9 @@ class LocalFederation:
                     raise RuntimeError(
                         f"flower-supernode exited ({node.process.returncode}); see {node.log}"
                     )
+            if not all(node.connected() for node in nodes) and time.monotonic() < deadline:
+                time.sleep(0.2)  # each `flwr supernode ls` below is a process and 2 s of CPU
+                continue
             online = self.online_nodes()
             if self.credentials is None:  # unauthenticated nodes get their ids on arrival
                 ready = len(online) >= len(nodes)

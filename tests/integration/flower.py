@@ -40,8 +40,8 @@ def site_config(data: WrittenSite, name=None, cache=None):
 
 
 def wait_for(condition, timeout, what):
-    """Poll ``condition`` every 0.05 s; fail the test naming ``what`` after ``timeout`` s."""
+    """Poll ``condition`` every 0.25 s; fail the test naming ``what`` after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert time.monotonic() < deadline, f"{what} did not happen within {timeout} s"
-        time.sleep(0.05)
+        time.sleep(0.25)

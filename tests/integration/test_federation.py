@@ -65,16 +65,16 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tiny_benchmark):
 def test_a_killed_server_resumes_without_redoing_finished_phases(tmp_path):
     scenario = load_scenario("tiny")
     write_scenario(scenario, tmp_path / "sites", cases=2)
-    plan = one_task_plan(tmp_path, rounds=1, steps=3)
+    plan = one_task_plan(tmp_path, rounds=1, steps=3, sites=["hospA"], min_sites=1)
     catalog_dir = tmp_path / "catalog"
     config = {
         "plan": str(plan),
         "catalog": str(catalog_dir),
-        "sim-sites": "hospA,hospB",
+        "sim-sites": "hospA",
         "sim-data-root": str(tmp_path / "sites"),
         "threads": 1,
     }
-    sim = {"num-supernodes": 2, "client-resources-num-cpus": 1}
+    sim = {"num-supernodes": 1, "client-resources-num-cpus": 1}
     with LocalFederation(tmp_path / "flower", simulation=True) as federation:
         runner = threading.Thread(target=federation.run, args=(APP_DIR, config, sim), daemon=True)
         runner.start()
