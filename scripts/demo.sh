@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
+unset PYTHONDONTWRITEBYTECODE  # Flower's processes cache what setup did not compile
 out=${1:-demo}
 .venv/bin/csfl simulate --scenario default --out "$out"
 .venv/bin/csfl catalog ls "$out/catalog"

@@ -138,7 +138,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A test that needs a trained model or the quick benchmark is slow, whatever it says.
 
     Under ``--dist loadgroup`` the tests that share such a session fixture run in one
-    worker, so it is made once. Slow tests are handed out first.
+    worker, so it is made once.
     """
     for item in items:
         shared = TRAINING_FIXTURES & set(getattr(item, "fixturenames", ()))
@@ -146,5 +146,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
             item.add_marker(pytest.mark.slow)
             group = "tiny_benchmark" if "tiny_benchmark" in shared else "trained_run"
             item.add_marker(pytest.mark.xdist_group(group))
-    # Longest first: a worker that starts a slow test late finishes alone.
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
