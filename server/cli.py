@@ -1,4 +1,4 @@
-"""The coordinator's commands: ``csfl plan check``, ``csfl catalog`` and ``csfl deploy-local``.
+"""The coordinator's commands: ``plan check``, ``catalog``, ``app-folder``, ``deploy-local``.
 
 Typed with typer; the catalog, the plan parser and Flower are imported inside the command
 that needs them, so that ``csfl --help`` answers at once. ``simulations.cli`` puts these
@@ -149,8 +149,25 @@ def deploy_local(
         fail(f"flwr run: {result.stderr.strip()[-2000:]}")
 
 
+def app_folder(
+    out: Annotated[Path, typer.Argument(help="A new (or empty) folder for the app.")],
+) -> None:
+    """Write the Flower app alone (pyproject.toml and its packages) for ``flwr run OUT``.
+
+    ``flwr run`` reads every file under the folder it is given before it keeps the app's,
+    a virtual environment inside the project included (about 10 s per run).
+    """
+    from server.local import APP_DIR, stage_app
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        fail(f"{out}: expected a new or empty folder")
+    stage_app(APP_DIR, out)
+    typer.echo(f"wrote the app to {out}; run it with: flwr run {out} <connection> --stream")
+
+
 def add_commands(app: typer.Typer) -> None:
-    """Add ``plan check``, ``catalog ls|show|export`` and ``deploy-local`` to ``app``."""
+    """Add ``plan check``, ``catalog ...``, ``app-folder`` and ``deploy-local`` to ``app``."""
     app.add_typer(catalog_app, name="catalog")
     app.add_typer(plan_app, name="plan")
+    app.command("app-folder")(app_folder)
     app.command("deploy-local")(deploy_local)

@@ -69,3 +69,12 @@ def test_plan_check_prints_every_phase_budget(tmp_path):
     plan.write_text('[[tasks]]\nname = "abdomen"\nstructures = ["liver"]\nlocal_step = 5\n')
     typo = runner.invoke(app, ["plan", "check", str(plan)])
     assert typo.exit_code == 2 and "did you mean 'local_steps'" in typo.output
+
+
+def test_app_folder_holds_the_app_and_refuses_a_folder_in_use(tmp_path):
+    written = runner.invoke(app, ["app-folder", str(tmp_path / "app")])
+    assert written.exit_code == 0, written.output
+    assert (tmp_path / "app" / "pyproject.toml").is_file()
+    assert (tmp_path / "app" / "server" / "app.py").is_file()
+    again = runner.invoke(app, ["app-folder", str(tmp_path / "app")])
+    assert again.exit_code == 2 and "expected a new or empty folder" in again.output

@@ -15,6 +15,7 @@ EVERY_COMMAND = (
     "predict",
     "plan",
     "catalog",
+    "app-folder",
     "deploy-local",
     "phantoms",
     "simulate",
