@@ -161,7 +161,8 @@ def app_folder(
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         fail(f"{out}: expected a new or empty folder")
-    stage_app(APP_DIR, out)
+    with user_errors(RuntimeError):
+        stage_app(APP_DIR, out)
     typer.echo(f"wrote the app to {out}; run it with: flwr run {out} <connection> --stream")
 
 

@@ -52,7 +52,15 @@ def stage_app(project: Path, folder: Path) -> Path:
     (Flower 1.42), and the project root holds the virtual environment: about 45,000 files
     and 10 s of CPU a run. The app is ``pyproject.toml``, ``.gitignore`` (Flower's filter)
     and the packages that pyproject.toml gives setuptools.
+
+    Raises:
+        RuntimeError: if ``project`` has no pyproject.toml (an install that is not editable).
     """
+    if not (project / "pyproject.toml").is_file():
+        raise RuntimeError(
+            f"{project}: no pyproject.toml; the Flower app runs from the project folder"
+            " (install it with `pip install -e`)"
+        )
     meta = tomllib.loads((project / "pyproject.toml").read_text(encoding="utf-8"))
     packages = meta["tool"]["setuptools"]["packages"]["find"]["include"]
     folder.mkdir(parents=True, exist_ok=True)
