@@ -23,7 +23,7 @@ pick_python() {
 
 [ -x "$venv/bin/python" ] || "$(pick_python)" -m venv "$venv"
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
-install=("${pip[@]}" install --no-compile)  # compiled below, on every core at once
+install=("${pip[@]}" install --no-compile)  # only what is imported is compiled, below
 stamp="$venv/.csfl-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0

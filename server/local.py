@@ -38,7 +38,7 @@ from server.credentials import ServerCredentials, write_node_key, write_server_c
 CONNECTION = "csfl"
 WATCH_SECONDS = 2.0  # how often a long flwr command's watcher is called
 APP_DIR = Path(__file__).resolve().parent.parent
-"""The Flower app ``flwr run`` starts: the project root, whose pyproject.toml names it."""
+"""The project root, whose pyproject.toml names the Flower app (staged by :func:`stage_app`)."""
 NODE_CONNECTED = "SuperNode ID:"
 """What a SuperNode logs once the SuperLink has accepted it (Flower 1.42)."""
 COMPLETED = "finished:completed"
