@@ -110,7 +110,7 @@ def overrides(config: Mapping[str, object]) -> str:
     return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
 
 
-def _descendants(roots: Sequence[int]) -> list[tuple[int, int]]:
+def process_tree(roots: Sequence[int]) -> list[tuple[int, int]]:
     """(pid, process group) of ``roots`` and every process below them (POSIX ``ps``)."""
     listing = subprocess.run(
         ["ps", "-A", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True, check=False
@@ -167,7 +167,7 @@ class LocalNode:
 
     def children(self) -> list[int]:
         """The processes it started (a ClientApp per message it works on)."""
-        return [pid for pid, _ in _descendants([self.process.pid]) if pid != self.process.pid]
+        return [pid for pid, _ in process_tree([self.process.pid]) if pid != self.process.pid]
 
 
 class LocalFederation:
@@ -457,7 +457,7 @@ class LocalFederation:
         group gets SIGTERM (and SIGCONT, for a stopped one) and, after ``grace``
         seconds, SIGKILL.
         """
-        tree = _descendants([p.pid for p in self.processes])
+        tree = process_tree([p.pid for p in self.processes])
         groups = {pgid for _, pgid in tree}
         for signals, wait in (((signal.SIGTERM, signal.SIGCONT), grace), ((signal.SIGKILL,), 5.0)):
             for pgid in groups:

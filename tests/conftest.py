@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -14,6 +15,7 @@ from core.data import Case, TaskDataset, open_dataset
 from core.data.transforms import Augmentation, Preprocessing
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.training import TrainSettings, train_phase
+from server.catalog import Catalog
 from simulations.scenario import TEST_FOLDER, WrittenSite, load_scenario, write_scenario
 
 TINY = EncoderConfig((8, 16, 32, 64))
@@ -114,11 +116,25 @@ and one sequential baseline. The report's pipeline is the same for every method;
 
 @pytest.fixture(scope="session")
 def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The quick benchmark of the tiny scenario; its ``continual/`` run is a full simulation."""
-    from simulations.benchmark import run_benchmark
+    """The quick benchmark of the tiny scenario; its ``continual/`` run is a full simulation.
 
-    out = tmp_path_factory.mktemp("bench")
-    run_benchmark(load_scenario("tiny"), out, quick=True, methods=BENCHMARKED, say=lambda _: None)
+    That simulation's servers (SuperLink, Simulation Engine) are killed once, right after
+    the first task's base phase, and the benchmark is started again, as its user would:
+    the second start resumes from the catalog (a stage of the first start was lost).
+    """
+    from simulations.benchmark import run_benchmark
+    from simulations.run import SimulationError
+    from tests.integration.flower import kill_servers, wait_for
+
+    out, tiny, quiet = tmp_path_factory.mktemp("bench"), load_scenario("tiny"), lambda _: None
+    catalog = out / "continual" / "catalog"
+    with ThreadPoolExecutor(1) as pool:
+        first = pool.submit(run_benchmark, tiny, out, True, ("continual",), quiet)
+        wait_for(lambda: Catalog(catalog).phase_done("abdomen", "base"), 300, "base's end")
+        kill_servers(under=out / "continual")
+        with pytest.raises(SimulationError):
+            first.result(timeout=120)
+    run_benchmark(tiny, out, quick=True, methods=BENCHMARKED, say=quiet)
     return out
 
 

@@ -159,6 +159,7 @@ def test_every_hash_is_checked_before_any_model_is_built(saved, monkeypatch):
 def test_an_oversized_architecture_is_refused_without_allocating_it(saved):
     _, folder = saved
     widths = [8, 16, 1024, 1024]  # in bounds, but not what the weight files hold
+    load_bundle(folder)  # what loading imports is not traced below (tens of MB of modules)
     _edit_manifest(folder, lambda m: m["encoder"]["config"].update(widths=widths))
     tracemalloc.start()
     try:

@@ -1,11 +1,29 @@
 """Helpers shared by the integration tests that start Flower processes."""
 
+import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
+from server.local import process_tree
 from simulations.run import plan_document, to_toml
 from simulations.scenario import WrittenSite, load_scenario
+
+
+def _servers(*marks: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the running Flower servers whose command line holds a mark.
+
+    ``ps -ww``: without it ``ps`` cuts lines at ``$COLUMNS`` (80 under pytest), before the
+    home folder, and no server would ever be found.
+    """
+    out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
+    rows = (line.strip().split(" ", 1) for line in out.stdout.splitlines())
+    return [
+        (int(pid), args)
+        for pid, args in rows
+        if "flower-super" in args and "<defunct>" not in args and any(m in args for m in marks)
+    ]
 
 
 def flower_processes(federation=None, under=None):
@@ -15,10 +33,20 @@ def flower_processes(federation=None, under=None):
     ``under`` a folder: other Flower processes (another test running in parallel) are none
     of the test's business.
     """
-    out = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
-    running = [line for line in out.splitlines() if "<defunct>" not in line]
     ours = (str(federation.home), federation.address) if federation is not None else (str(under),)
-    return [line for line in running if "flower-super" in line and any(s in line for s in ours)]
+    return [args for _, args in _servers(*ours)]
+
+
+def kill_servers(under: Path) -> None:
+    """SIGKILL the Flower servers whose home lies ``under`` a folder, and every process
+    below them (the Simulation Engine, Ray): the coordinator's machine losing power."""
+    roots = [pid for pid, _ in _servers(str(under))]
+    assert roots, f"no Flower server runs under {under}"
+    for pgid in {pgid for _, pgid in process_tree(roots)}:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:  # the group ended since it was listed
+            continue
 
 
 def one_task_plan(folder: Path, rounds=1, steps=4, **task):
