@@ -50,10 +50,11 @@ fi
 # set (as on our CI machines) nothing would be cached, and every Flower process (a ClientApp
 # per message) would compile torch from source again. Importing compiles only the modules in
 # use (about a quarter of site-packages), in two processes, one per core; scripts/test.sh
-# lets the test processes cache whatever else they import.
+# lets the test processes cache whatever else they import. The project's own modules are
+# compiled without being run.
 warm() { PYTHONDONTWRITEBYTECODE='' "$venv/bin/python" -c "$1" >/dev/null 2>&1 || true; }
-warm 'import torch._dynamo, monai.transforms, monai.losses, monai.networks.nets, scipy.ndimage' &
+warm 'import torch._dynamo, monai.transforms, monai.losses, monai.networks.nets, scipy.ndimage, safetensors.torch' &
 warm 'import flwr.cli.app, flwr.simulation, flwr.supernode, ray, nibabel, pydicom, highdicom, skimage, matplotlib.pyplot' &
+"$venv/bin/python" -m compileall -q core server client simulations tests >/dev/null
 wait
-warm 'import core.cli, server.app, client.app, simulations.cli, simulations.benchmark'
 echo "$want" > "$stamp"

@@ -22,11 +22,12 @@ from typing import Any
 from tqdm import tqdm
 
 from core import anatomy
-from core.data import CaseArrays, TaskDataset, write_nnunet
+from core.data import CaseArrays, TaskDataset, open_dataset, write_nnunet
 from simulations.phantoms import LESIONS, REGIONS, Scanner, make_case
 from simulations.phantoms.preview import write_preview
 
 TEST_FOLDER = "test"  # where write_scenario puts every task's held-out cases, beside the sites
+PREVIEW = "preview.png"  # a site's preview, beside its dataset
 
 
 class ScenarioError(ValueError):
@@ -262,7 +263,7 @@ def write_scenario(
     """
     out = Path(out)
     side = size or scenario.size
-    jobs = [(s, s.name, cases or s.cases, out / s.name, "preview.png") for s in scenario.sites]
+    jobs = [(s, s.name, cases or s.cases, out / s.name, PREVIEW) for s in scenario.sites]
     jobs += [
         (
             scenario.sites_of(t.name)[0],
@@ -297,3 +298,16 @@ def write_scenario(
         if not prefix.startswith("test_"):
             written.append(WrittenSite(site.name, task.name, dataset, preview))
     return written
+
+
+def open_written(scenario: Scenario, out: Path) -> list[WrittenSite]:
+    """The sites that :func:`write_scenario` wrote into ``out``, read back (not drawn again)."""
+    return [
+        WrittenSite(
+            s.name,
+            s.task,
+            open_dataset(out / s.name / scenario.dataset_folder(s.task)),
+            out / s.name / PREVIEW,
+        )
+        for s in scenario.sites
+    ]

@@ -1,4 +1,8 @@
-"""Shared fixtures: the tiny scenario's phantoms, and a small model trained on them once."""
+"""Shared fixtures: the tiny scenario's phantoms, and a small model trained on them once.
+
+Their imports happen inside the fixtures: pytest-xdist's controller loads this file too,
+and never needs torch or MONAI (about 8 CPU-s).
+"""
 
 from __future__ import annotations
 
@@ -6,64 +10,39 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
+from typing import TYPE_CHECKING
 
 import pytest
-import torch
 
-from core.bundle import Bundle, save_bundle
-from core.data import Case, TaskDataset, open_dataset
-from core.data.transforms import Augmentation, Preprocessing
-from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
-from core.training import TrainSettings, train_phase
-from server.catalog import Catalog
-from simulations.scenario import TEST_FOLDER, WrittenSite, load_scenario, write_scenario
-
-TINY = EncoderConfig((8, 16, 32, 64))
-PATCH = (24, 24, 24)
-
-
-def tiny_model(
-    structures: tuple[str, ...], seed: int = 0, task: str = "abdomen"
-) -> ContinualSegmenter:
-    """A 4-level model with one teacher decoder, initialised from ``seed``."""
-    torch.manual_seed(seed)
-    model = ContinualSegmenter(Encoder(TINY))
-    model.add_decoder(task, Decoder(TINY.widths, Genotype.teacher(3), structures))
-    return model
-
-
-def native_prep(dataset: TaskDataset) -> Preprocessing:
-    """Preprocessing at the phantoms' own spacing (no resampling)."""
-    from core.data.nifti import read_header
-
-    spacing = read_header(dataset.cases[0].image).spacing
-    return Preprocessing(spacing_mm=spacing)
+if TYPE_CHECKING:
+    from core.data import TaskDataset
+    from simulations.scenario import WrittenSite
 
 
 @pytest.fixture(scope="session")
 def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WrittenSite]:
-    """The tiny scenario written once: hospA and hospB (abdomen), hospC (chest), test sets."""
-    written = write_scenario(load_scenario("tiny"), tmp_path_factory.mktemp("tiny"))
-    return {site.site: site for site in written}
+    """The tiny scenario: hospA and hospB (abdomen), hospC (chest), test sets.
+
+    Written once for the whole run: the pytest-xdist workers share it (under a file lock),
+    and no test writes into it.
+    """
+    from filelock import FileLock
+
+    from simulations.run import write_sites_once
+    from simulations.scenario import load_scenario, open_written
+
+    base = tmp_path_factory.getbasetemp()
+    root = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "tiny-sites"
+    tiny = load_scenario("tiny")
+    with FileLock(f"{root}.lock"):
+        write_sites_once(tiny, root, lambda _: None)
+    return {site.site: site for site in open_written(tiny, root)}
 
 
 @pytest.fixture(scope="session")
 def phantom_dataset(tiny_sites: dict[str, WrittenSite]) -> TaskDataset:
     """hospA's abdominal dataset: 32^3 phantoms with liver, spleen and kidneys labelled."""
     return tiny_sites["hospA"].dataset
-
-
-def abdomen_cases(tiny_sites: dict[str, WrittenSite]) -> list[Case]:
-    """The training cases of both abdominal sites (same task, same label table)."""
-    return [*tiny_sites["hospA"].dataset.cases, *tiny_sites["hospB"].dataset.cases]
-
-
-TRAINED_STEPS = 200
-
-
-def held_out_set(dataset: TaskDataset) -> TaskDataset:
-    """The held-out test set that ``write_scenario`` put beside a site's dataset."""
-    return open_dataset(dataset.root.parent.parent / TEST_FOLDER / dataset.root.name)
 
 
 @pytest.fixture(scope="session")
@@ -75,6 +54,18 @@ def trained_run(
     ``result`` is the training's ``TrainResult`` (losses, held-out Dice); ``bundle`` the
     folder of the trained model with its encoder frozen.
     """
+    from core.bundle import Bundle, save_bundle
+    from core.data.transforms import Augmentation
+    from core.training import TrainSettings, train_phase
+    from tests.models import (
+        PATCH,
+        TRAINED_STEPS,
+        abdomen_cases,
+        held_out_set,
+        native_prep,
+        tiny_model,
+    )
+
     dataset = tiny_sites["hospA"].dataset
     held_out = held_out_set(dataset).cases
     # from some initial weights (seed 0 since the calibration head changed the draws) the
@@ -122,8 +113,10 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the first task's base phase, and the benchmark is started again, as its user would:
     the second start resumes from the catalog (a stage of the first start was lost).
     """
+    from server.catalog import Catalog
     from simulations.benchmark import run_benchmark
     from simulations.run import SimulationError
+    from simulations.scenario import load_scenario
     from tests.integration.flower import kill_servers, wait_for
 
     out, tiny, quiet = tmp_path_factory.mktemp("bench"), load_scenario("tiny"), lambda _: None
@@ -145,7 +138,9 @@ def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist the workers share the cores (one torch thread each on 2 cores:
     more threads per worker oversubscribe the machine and run slower)."""
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
-    if workers > 0:
+    if workers > 0 and "PYTEST_XDIST_WORKER" in os.environ:  # a worker, not the controller
+        import torch
+
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 

@@ -16,7 +16,7 @@ from core.data.transforms import Preprocessing
 from core.dicom.rtstruct import read_rtstruct
 from core.dicom.series import read_series
 from tests.builders_dicom import phantom_ct, write_shuffled_series
-from tests.conftest import tiny_model
+from tests.models import tiny_model
 
 runner = CliRunner()
 app = typer.Typer()

@@ -9,7 +9,7 @@ from core.phases import EVALUATE, TEACHER
 from core.phases.spec import NoSettings
 from core.phases.training import TrainingSettings
 from core.protocol import CONFIG, DECODER, ENCODER, METRICS, RoundConfig
-from tests.conftest import PATCH, TINY, native_prep
+from tests.models import PATCH, TINY, native_prep
 
 
 def _context(node=None, run=None):

@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 from core.bundle import Bundle, BundleError, load_bundle, save_bundle
 from core.data.transforms import Preprocessing
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
-from tests.conftest import TINY, tiny_model
+from tests.models import TINY, tiny_model
 
 
 @pytest.fixture

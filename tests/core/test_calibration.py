@@ -5,7 +5,7 @@ from core.bundle import load_bundle
 from core.calibration import calibrate_phase, paste_anomalies
 from core.data.transforms import Augmentation
 from core.training import TrainSettings
-from tests.conftest import PATCH, abdomen_cases, native_prep
+from tests.models import PATCH, abdomen_cases, native_prep
 
 
 def test_pasted_anomalies_stay_inside_one_structure():

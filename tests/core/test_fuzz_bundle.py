@@ -13,8 +13,8 @@ from hypothesis import strategies as st
 
 from core.bundle import MANIFEST, Bundle, BundleError, load_bundle, save_bundle
 from core.data.transforms import Preprocessing
-from tests.conftest import tiny_model
 from tests.core.test_fuzz_dataset_json import JSON, _mutated
+from tests.models import tiny_model
 
 FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 NUMBERS = st.one_of(

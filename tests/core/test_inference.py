@@ -27,7 +27,7 @@ from core.merge import Calibration, DecoderVote, MergeSettings, merge
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.streaming import count_windows
 from tests.builders import write_raw
-from tests.conftest import TINY
+from tests.models import TINY
 
 
 def _model(*tasks):

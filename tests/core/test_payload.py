@@ -10,7 +10,7 @@ from core.data.transforms import Preprocessing
 from core.model import Decoder, EncoderConfig, Genotype
 from core.payload import FP16_MAX, PayloadError, record_to_state, state_to_record
 from core.protocol import ProtocolError, RoundConfig
-from tests.conftest import TINY
+from tests.models import TINY
 
 
 def _decoder():

@@ -6,7 +6,7 @@ from core.data.transforms import Augmentation
 from core.model import Decoder, Genotype
 from core.training import TrainSettings, train_phase
 from tests.builders import nnunet_dataset
-from tests.conftest import PATCH, TINY, TRAINED_STEPS, native_prep, tiny_model
+from tests.models import PATCH, TINY, TRAINED_STEPS, native_prep, tiny_model
 
 
 def _settings(steps, patch=PATCH, **kw):

@@ -11,7 +11,7 @@ from core.protocol import CONFIG, DECODER, ENCODER_SHA, METRICS, RoundConfig
 from server.aggregate import RoundFailed, aggregate
 from server.federation import Reply, SiteInfo
 from server.plan import AggregationSettings
-from tests.conftest import TINY
+from tests.models import TINY
 
 SHA = "e" * 64
 CFG = RoundConfig(

@@ -9,7 +9,7 @@ from core.io import atomic_write_json
 from core.merge import Calibration
 from core.model import Decoder, Encoder, Genotype
 from server.catalog import Catalog, CatalogError, RegistrationError
-from tests.conftest import TINY
+from tests.models import TINY
 
 PREP = Preprocessing((2.0, 2.0, 2.0))
 

@@ -36,7 +36,7 @@ from server.federation import Reply, SiteInfo
 from server.orchestrator import initial_decoder, lifecycle
 from server.plan import parse_plan
 from server.steps import Registration, TaskRun
-from tests.conftest import TINY
+from tests.models import TINY
 
 PLAN = {
     "model": {"encoder_widths": list(TINY.widths), "patch": [32, 32, 32], "spacing_mm": [4, 4, 4]},

@@ -19,7 +19,7 @@ from simulations.baselines import (
 )
 from simulations.evaluate import score_model
 from simulations.task_data import TaskData
-from tests.conftest import abdomen_cases, held_out_set, native_prep
+from tests.models import abdomen_cases, held_out_set, native_prep
 
 # Smaller than the suite's TINY model: a training step here costs about a second on 2 cores.
 SMALL = EncoderConfig((4, 8, 16))

@@ -10,7 +10,7 @@ from simulations.baselines import StageLog
 from simulations.evaluate import score_model
 from simulations.joint import MarginalLoss, MixedBatches, joint, merged_logits
 from simulations.task_data import TaskData
-from tests.conftest import abdomen_cases, held_out_set, native_prep
+from tests.models import abdomen_cases, held_out_set, native_prep
 
 SMALL = EncoderConfig((4, 8, 16))  # as in test_baselines: about a second a step
 PATCH = (16, 16, 16)

@@ -28,14 +28,13 @@ def test_same_seed_same_bytes_other_seed_other_patient():
     assert not np.array_equal(a.image, c.image)
 
 
-def test_scenario_files_are_reproducible(tmp_path):
-    scenario = load_scenario("tiny")
-    write_scenario(scenario, tmp_path / "one", cases=1)
-    write_scenario(scenario, tmp_path / "two", cases=1)
-    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.nii.gz"))
-    assert files
+def test_scenario_files_are_reproducible(tmp_path, tiny_sites):
+    earlier = tiny_sites["hospA"].dataset.root.parent.parent  # the same scenario, all cases
+    write_scenario(load_scenario("tiny"), tmp_path, cases=1)  # each site's first case again
+    files = sorted(p.relative_to(tmp_path) for p in tmp_path.rglob("*.nii.gz"))
+    assert len(files) >= 2 * len(tiny_sites)  # an image and a label per site at least
     for rel in files:
-        assert (tmp_path / "one" / rel).read_bytes() == (tmp_path / "two" / rel).read_bytes()
+        assert (tmp_path / rel).read_bytes() == (earlier / rel).read_bytes()
 
 
 def _check_case(structures, region, size, seed, lesions=(), rate=0.0):

@@ -11,7 +11,7 @@ from simulations import shared_stage
 from simulations.baselines import sequential
 from simulations.shared_stage import FOLDER, first_stage, settings_key
 from simulations.task_data import TaskData
-from tests.conftest import abdomen_cases, held_out_set, native_prep
+from tests.models import abdomen_cases, held_out_set, native_prep
 
 SMALL = EncoderConfig((4, 8, 16))
 PATCH = (16, 16, 16)

@@ -11,8 +11,8 @@ from core.data.nifti import write_volume
 from core.data.transforms import Preprocessing
 from simulations.cli import app
 from tests.builders import AFFINE, SHAPE, nnunet_dataset, truncate, write_raw
-from tests.conftest import tiny_model
 from tests.core.data.hostile import gzip_bomb, header_only
+from tests.models import tiny_model
 
 
 def _truncated(path: Path) -> Path:

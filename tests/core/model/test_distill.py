@@ -3,7 +3,7 @@ import torch
 
 from core.model import Decoder, Encoder, Genotype
 from core.model.distill import inherit, kd_loss
-from tests.conftest import TINY
+from tests.models import TINY
 
 
 def test_kd_loss_is_zero_for_the_teacher_itself_and_grows_with_disagreement():
@@ -42,7 +42,7 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     from core.model.cost import count_parameters
     from core.model.distill import distill_phase
     from core.training import TrainSettings
-    from tests.conftest import PATCH, abdomen_cases, held_out_set
+    from tests.models import PATCH, abdomen_cases, held_out_set
 
     bundle = load_bundle(trained_bundle)
     model, prep = bundle.model, bundle.preprocessing

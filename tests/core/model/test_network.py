@@ -3,7 +3,7 @@ import torch
 
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, Stage
 from core.model.cost import count_parameters, genotype_cost
-from tests.conftest import TINY
+from tests.models import TINY
 
 STRUCTURES = ("liver", "spleen", "kidney_left")
 

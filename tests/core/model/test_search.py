@@ -11,7 +11,7 @@ from core.model.cost import genotype_parameters
 from core.model.genotype import WIDTH_CHOICES
 from core.model.search import SearchSettings, SuperNet, search_phase
 from core.training import TrainSettings
-from tests.conftest import TINY
+from tests.models import TINY
 
 STRUCTURES = ("liver", "spleen")
 
