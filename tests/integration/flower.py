@@ -11,19 +11,27 @@ from simulations.run import plan_document, to_toml
 from simulations.scenario import WrittenSite, load_scenario
 
 
-def _servers(*marks: str) -> list[tuple[int, str]]:
-    """(pid, command line) of the running Flower servers whose command line holds a mark.
+def _home(pid: int) -> str:
+    """The FLWR_HOME a process runs with ('' if none, or if it ended meanwhile)."""
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except OSError:
+        return ""
+    return next((v[10:].decode() for v in environ if v.startswith(b"FLWR_HOME=")), "")
 
-    ``ps -ww``: without it ``ps`` cuts lines at ``$COLUMNS`` (80 under pytest), before the
-    home folder, and no server would ever be found.
+
+def _servers(*marks: str) -> list[tuple[int, str]]:
+    """(pid, command line) of the running Flower servers whose command line, or whose
+    Flower home, holds a mark.
+
+    ``ps -ww``: without it ``ps`` cuts lines at ``$COLUMNS`` (80 under pytest).
     """
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
     rows = (line.strip().split(" ", 1) for line in out.stdout.splitlines())
-    return [
-        (int(pid), args)
-        for pid, args in rows
-        if "flower-super" in args and "<defunct>" not in args and any(m in args for m in marks)
+    servers = [
+        (int(pid), args) for pid, args in rows if "flower-super" in args and "<defunct>" not in args
     ]
+    return [(pid, args) for pid, args in servers if any(m in args + _home(pid) for m in marks)]
 
 
 def flower_processes(federation=None, under=None):
