@@ -129,6 +129,25 @@ def process_tree(roots: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
+def home_processes(under: Path) -> list[int]:
+    """Processes whose Flower home (``FLWR_HOME``) lies under a folder, orphans included.
+
+    Every process a :class:`LocalFederation` starts, and everything they start, inherits
+    its home; a SuperExec whose SuperNode died leaves the process tree but not its
+    environment. Linux ``/proc``; elsewhere none are found.
+    """
+    prefix = f"FLWR_HOME={under}".encode()
+    found = []
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            environ = (entry / "environ").read_bytes().split(b"\0")
+        except OSError:  # ended meanwhile, or not ours to read
+            continue
+        if any(v == prefix or v.startswith(prefix + b"/") for v in environ):
+            found.append(int(entry.name))
+    return found
+
+
 def _alive(pids: Sequence[int]) -> bool:
     """Whether any of these processes still runs (zombies count as gone)."""
     for pid in pids:
@@ -455,11 +474,11 @@ class LocalFederation:
         """Stop every process this federation started, and their descendants.
 
         The SuperLink's executor starts the ServerApp and the Simulation Engine (Ray) in
-        a process group of its own, so the whole tree is collected first, then each
-        group gets SIGTERM (and SIGCONT, for a stopped one) and, after ``grace``
-        seconds, SIGKILL.
+        a process group of its own, so the whole tree is collected first (with the
+        orphans that carry this home: :func:`home_processes`), then each group gets
+        SIGTERM (and SIGCONT, for a stopped one) and, after ``grace`` seconds, SIGKILL.
         """
-        tree = process_tree([p.pid for p in self.processes])
+        tree = process_tree([p.pid for p in self.processes] + home_processes(self.home))
         groups = {pgid for _, pgid in tree}
         for signals, wait in (((signal.SIGTERM, signal.SIGCONT), grace), ((signal.SIGKILL,), 5.0)):
             for pgid in groups:

@@ -6,49 +6,38 @@ import subprocess
 import time
 from pathlib import Path
 
-from server.local import process_tree
+from server.local import home_processes, process_tree
 from simulations.run import plan_document, to_toml
 from simulations.scenario import WrittenSite, load_scenario
 
 
-def _home(pid: int) -> str:
-    """The FLWR_HOME a process runs with ('' if none, or if it ended meanwhile)."""
-    try:
-        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-    except OSError:
-        return ""
-    return next((v[10:].decode() for v in environ if v.startswith(b"FLWR_HOME=")), "")
-
-
-def _servers(*marks: str) -> list[tuple[int, str]]:
-    """(pid, command line) of the running Flower servers whose command line, or whose
-    Flower home, holds a mark.
-
-    ``ps -ww``: without it ``ps`` cuts lines at ``$COLUMNS`` (80 under pytest).
-    """
+def _servers(under: Path) -> list[tuple[int, str]]:
+    """(pid, command line) of the running Flower servers whose Flower home lies ``under``
+    a folder (``ps -ww``: without it ``ps`` cuts lines at ``$COLUMNS``, 80 under pytest)."""
+    ours = set(home_processes(under))
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True)
     rows = (line.strip().split(" ", 1) for line in out.stdout.splitlines())
-    servers = [
-        (int(pid), args) for pid, args in rows if "flower-super" in args and "<defunct>" not in args
+    return [
+        (int(pid), args)
+        for pid, args in rows
+        if int(pid) in ours and "flower-super" in args and "<defunct>" not in args
     ]
-    return [(pid, args) for pid, args in servers if any(m in args + _home(pid) for m in marks)]
 
 
 def flower_processes(federation=None, under=None):
     """Command lines of this test's Flower servers still running (zombies excluded).
 
-    Only the SuperLink and SuperNodes of ``federation``, or those whose Flower home lies
-    ``under`` a folder: other Flower processes (another test running in parallel) are none
-    of the test's business.
+    Only the SuperLink and SuperNodes (and their SuperExecs) of ``federation``, or those
+    whose Flower home lies ``under`` a folder: other Flower processes (another test running
+    in parallel) are none of the test's business.
     """
-    ours = (str(federation.home), federation.address) if federation is not None else (str(under),)
-    return [args for _, args in _servers(*ours)]
+    return [args for _, args in _servers(federation.home if federation is not None else under)]
 
 
 def kill_servers(under: Path) -> None:
     """SIGKILL the Flower servers whose home lies ``under`` a folder, and every process
     below them (the Simulation Engine, Ray): the coordinator's machine losing power."""
-    roots = [pid for pid, _ in _servers(str(under))]
+    roots = [pid for pid, _ in _servers(under)]
     assert roots, f"no Flower server runs under {under}"
     for pgid in {pgid for _, pgid in process_tree(roots)}:
         try:
