@@ -129,16 +129,33 @@ def process_tree(roots: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
+def _lineage() -> set[int]:
+    """The calling process and its ancestors (Linux ``/proc``)."""
+    found, pid = set(), os.getpid()
+    while pid > 0 and pid not in found:
+        found.add(pid)
+        try:
+            stat = Path(f"/proc/{pid}/stat").read_text()
+        except OSError:
+            break
+        pid = int(stat[stat.rfind(")") + 2 :].split()[1])  # the field after the state
+    return found
+
+
 def home_processes(under: Path) -> list[int]:
     """Processes whose Flower home (``FLWR_HOME``) lies under a folder, orphans included.
 
     Every process a :class:`LocalFederation` starts, and everything they start, inherits
     its home; a SuperExec whose SuperNode died leaves the process tree but not its
-    environment. Linux ``/proc``; elsewhere none are found.
+    environment. Linux ``/proc``; elsewhere none are found. This process and its
+    ancestors never count, whatever home they were given (a shell with ``FLWR_HOME`` set).
     """
     prefix = f"FLWR_HOME={under}".encode()
     found = []
+    lineage = _lineage()
     for entry in Path("/proc").glob("[0-9]*"):
+        if int(entry.name) in lineage:
+            continue
         try:
             environ = (entry / "environ").read_bytes().split(b"\0")
         except OSError:  # ended meanwhile, or not ours to read
@@ -479,7 +496,7 @@ class LocalFederation:
         SIGTERM (and SIGCONT, for a stopped one) and, after ``grace`` seconds, SIGKILL.
         """
         tree = process_tree([p.pid for p in self.processes] + home_processes(self.home))
-        groups = {pgid for _, pgid in tree}
+        groups = {pgid for _, pgid in tree} - {os.getpgrp()}  # never the caller's own group
         for signals, wait in (((signal.SIGTERM, signal.SIGCONT), grace), ((signal.SIGKILL,), 5.0)):
             for pgid in groups:
                 for signum in signals:

@@ -1,12 +1,17 @@
-"""The app folder that ``flwr run`` is given holds the app and nothing else."""
+"""The local federation's helpers: the staged app folder, and the processes of a Flower home."""
 
 import io
+import json
+import os
+import signal
+import subprocess
+import sys
 import zipfile
 
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from server.local import APP_DIR, stage_app
+from server.local import APP_DIR, home_processes, stage_app
 
 
 def test_the_staged_app_is_the_fab_of_the_project_without_its_environment(tmp_path):
@@ -23,3 +28,26 @@ def test_the_staged_app_is_the_fab_of_the_project_without_its_environment(tmp_pa
 def test_an_install_without_its_project_folder_is_named(tmp_path):
     with pytest.raises(RuntimeError, match=r"no pyproject\.toml"):
         stage_app(tmp_path, tmp_path / "app")
+
+
+def test_a_home_s_processes_include_orphans_and_never_the_caller(tmp_path):
+    home = tmp_path / "flower"
+    env = {**os.environ, "FLWR_HOME": str(home)}
+    # a SuperExec whose SuperNode died: a process of the home that left the process tree
+    spawned = subprocess.run(
+        ["sh", "-c", "sleep 60 >/dev/null 2>&1 & echo $!"], env=env, capture_output=True
+    )
+    orphan = int(spawned.stdout)
+    try:
+        assert orphan in home_processes(home) and orphan in home_processes(tmp_path)
+        assert orphan not in home_processes(tmp_path / "other")
+        # a caller that carries the home itself (a shell with FLWR_HOME set) is not listed
+        code = (
+            "import json, os, pathlib, server.local as local; "
+            f"print(json.dumps([os.getpid(), local.home_processes(pathlib.Path({str(home)!r}))]))"
+        )
+        out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
+        caller, found = json.loads(out.stdout)
+        assert orphan in found and caller not in found
+    finally:
+        os.kill(orphan, signal.SIGKILL)
