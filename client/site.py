@@ -1,5 +1,8 @@
 """A hospital site: where its data is, what it holds, and its cache of the frozen encoder.
 
+Only what ``describe`` needs is imported with this module; torch and the model come in
+with the first method that needs them (see ``core.describe``).
+
 In deployment a SuperNode names its site and data in its node config
 (``--node-config "site='hospA' data-dir='/data/hospA'"``, optionally ``cache-dir``). In
 simulation a node only knows its ``partition-id``; the run config maps partitions to
@@ -12,17 +15,19 @@ import logging
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
-from safetensors.torch import load_file
 
 from core.data import TaskDataset, discover
+from core.describe import SHA256, SITE, DatasetRecord, SiteRecord
 from core.io import atomic_write_bytes
-from core.model import Encoder, EncoderConfig, state_bytes
-from core.payload import PayloadError, record_to_state
-from core.protocol import SHA256, SITE, DatasetRecord, SiteRecord
 from core.records import flat
+
+if TYPE_CHECKING:
+    import torch
+
+    from core.model import Encoder, EncoderConfig
 
 log = logging.getLogger(__name__)
 
@@ -105,6 +110,11 @@ class Site:
         Raises:
             SiteError: if it is neither sent nor cached, or does not hash as announced.
         """
+        from safetensors.torch import load_file
+
+        from core.model import Encoder, state_bytes
+        from core.payload import PayloadError, record_to_state
+
         encoder = Encoder(config)
         if sent is not None:
             try:
@@ -127,10 +137,14 @@ class Site:
 
     def save_local(self, name: str, module: torch.nn.Module) -> None:
         """Keep a module's weights in the site's cache (they never leave the site)."""
+        from core.model import state_bytes
+
         atomic_write_bytes(self.cache_dir / f"{name}.safetensors", state_bytes(module.state_dict()))
 
     def load_local(self, name: str, module: torch.nn.Module) -> bool:
         """Restore weights kept by :meth:`save_local`; False if none fit ``module``."""
+        from safetensors.torch import load_file
+
         path = self.cache_dir / f"{name}.safetensors"
         if not path.is_file():
             return False
@@ -145,6 +159,8 @@ class Site:
     @staticmethod
     def threads(context: Context) -> None:
         """Limit torch's threads where the run config asks (one CPU per simulated client)."""
+        import torch
+
         n = int(context.run_config.get("threads", 0))
         if n > 0:
             torch.set_num_threads(n)

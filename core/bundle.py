@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -32,6 +31,7 @@ from safetensors.torch import load
 
 from core import anatomy
 from core.data.transforms import Preprocessing
+from core.describe import SHA256
 from core.io import atomic_write_bytes, atomic_write_json, resolve_inside
 from core.merge import Calibration, MergeSettings
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, state_bytes
@@ -49,7 +49,7 @@ MAX_DECODERS = 256
 ROI_SIDE = (8, 1024)
 SPACING_MM = (0.01, 50.0)
 MAX_GATE_MARGIN_MM = 2000.0  # a body is under 2 m long
-_SHA256 = re.compile(r"[0-9a-f]{64}")
+
 _M = TypeVar("_M", bound=torch.nn.Module)
 
 
@@ -159,7 +159,7 @@ class _WeightFile:
             path = resolve_inside(folder, file)
         except ValueError as e:
             raise ValueError(f"{where}.file: {e}; expected a file inside the bundle") from None
-        if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        if not isinstance(sha, str) or not SHA256.fullmatch(sha):
             raise ValueError(f"{where}.sha256: expected 64 hexadecimal digits")
         return cls(path, sha)
 

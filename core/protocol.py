@@ -8,19 +8,16 @@ and reply are declared in its module (``core.phases``).
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from flwr.app import ConfigRecord, MetricRecord
 
 from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
+from core.describe import ProtocolError, check_sha256, check_structures
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.records import Record, RecordError, flat, parse, setting
 from core.training import TrainSettings
-
-# Message types (Flower's "<category>.<action>").
-DESCRIBE = "query.describe"
 
 # Record keys inside a message's RecordDict.
 CONFIG = "config"  # the RoundConfig
@@ -31,44 +28,7 @@ TEACHER = "teacher"  # the full decoder a student distils from
 ARCH = "arch"  # architecture parameters of the search: alpha and beta
 HEADS = "heads"  # a decoder's calibration head (confidence and anomaly)
 METRICS = "metrics"
-SITE = "site"
 ENCODER_SHA = "encoder-sha256"
-
-SHA256 = re.compile(r"[0-9a-f]{64}")
-MAX_STRUCTURES = 256
-
-
-class ProtocolError(RecordError):
-    """A message that lacks a field or carries a bad value."""
-
-
-def check_sha256(value: str, where: str, allow_empty: bool = False) -> str:
-    """A weight hash is 64 lower-case hex digits (it becomes part of a file name).
-
-    Raises:
-        ProtocolError: for anything else.
-    """
-    if (allow_empty and value == "") or SHA256.fullmatch(value):
-        return value
-    raise ProtocolError(f"{where}: expected 64 hex digits, found {value[:80]!r}")
-
-
-def check_structures(structures: tuple[str, ...], where: str) -> tuple[str, ...]:
-    """Distinct vocabulary names, at most :data:`MAX_STRUCTURES`.
-
-    Raises:
-        ProtocolError: for an unknown, repeated or excess name.
-    """
-    if not 1 <= len(structures) <= MAX_STRUCTURES or len(set(structures)) != len(structures):
-        raise ProtocolError(f"{where}: expected 1..{MAX_STRUCTURES} distinct structure names")
-    for name in structures:
-        try:
-            canonical = anatomy.get(name).name
-        except anatomy.UnknownStructureError as e:
-            raise ProtocolError(f"{where}: {e}") from None
-        if canonical != name:
-            raise ProtocolError(f"{where}: {name!r} is not a canonical vocabulary name")
-    return structures
 
 
 @dataclass(frozen=True)
@@ -170,44 +130,6 @@ class RoundConfig(Record):
             schedule_start=(self.round - 1) * steps,
             schedule_total=self.rounds * steps,
         )
-
-
-SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
-MAX_DATASETS = 64
-
-
-@dataclass(frozen=True)
-class SiteRecord(Record):
-    """What a site says about itself in ``describe`` (record :data:`SITE`)."""
-
-    name: str = setting(lo=1, hi=64)
-    encoders: tuple[str, ...] = setting((), hi=64, doc="hashes of the encoders it caches")
-    datasets: int = setting(0, lo=0, hi=MAX_DATASETS)
-
-    def __post_init__(self) -> None:
-        if not SITE_NAME.fullmatch(self.name):
-            raise ValueError(f"site name {self.name!r}: use letters, digits, '_', '.', '-'")
-        for sha in self.encoders[:MAX_DATASETS]:
-            check_sha256(sha, "encoders")
-        if len(self.encoders) > MAX_DATASETS:
-            raise ValueError(f"{len(self.encoders)} cached encoders; expected <= {MAX_DATASETS}")
-
-
-@dataclass(frozen=True)
-class DatasetRecord(Record):
-    """One dataset a site holds (record ``dataset-<i>``): aggregates only."""
-
-    name: str = setting(lo=1, hi=128)
-    structures: tuple[str, ...] = setting(lo=1, hi=64)
-    cases: int = setting(lo=0, hi=1_000_000)
-
-    def __post_init__(self) -> None:
-        check_structures(self.structures, "structures")
-
-    @staticmethod
-    def key(index: int) -> str:
-        """The record key of the ``index``-th dataset."""
-        return f"dataset-{index}"
 
 
 @dataclass(frozen=True)

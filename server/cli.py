@@ -127,7 +127,7 @@ def deploy_local(
     name, SuperNodes that authenticate with it (all under ``HOME``). The run starts once
     every SuperNode is online; every process is stopped at the end.
     """
-    from core.protocol import SITE_NAME
+    from core.describe import SITE_NAME
     from server.local import APP_DIR, LocalFederation
 
     nodes = []

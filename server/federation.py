@@ -10,7 +10,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from core import anatomy
-from core.protocol import DESCRIBE, SITE, DatasetRecord, SiteRecord
+from core.describe import DESCRIBE, SITE, DatasetRecord, SiteRecord
 from core.records import RecordError, parse
 
 log = logging.getLogger(__name__)

@@ -46,9 +46,10 @@ from typing import Any, TypeVar
 
 from core import anatomy
 from core.data.transforms import Preprocessing
+from core.describe import check_structures
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, PhaseSpec
-from core.protocol import Optimiser, check_structures
+from core.protocol import Optimiser
 from core.records import Record, RecordError, check_unknown, keys_of, parse, setting
 
 S = TypeVar("S", bound=Record)

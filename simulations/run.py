@@ -119,8 +119,33 @@ def write_sites_once(scenario: Scenario, sites_dir: Path, say: Callable[[str], N
     return sites_dir
 
 
+def finished_stages(out: Path, scenario: Scenario) -> dict[int, dict[str, Any]]:
+    """The stages an earlier start of this simulation finished, from its ``results.json``.
+
+    A stage counts when its entry names this scenario's tasks and sites for it and the
+    catalog holds all those tasks; an unreadable file counts for nothing (the stages run
+    again, resuming from the catalog).
+    """
+    try:
+        doc = json.loads((out / "results.json").read_text())
+        entries = {int(e["stage"]): e for e in doc["stages"] if doc["scenario"] == scenario.name}
+    except (OSError, ValueError, TypeError, KeyError):
+        return {}
+    catalog = Catalog(out / "catalog")
+    kept = {}
+    for stage, entry in entries.items():
+        tasks, sites = scenario.stage_members(stage)
+        same = [entry.get("tasks"), entry.get("sites")] == [tasks, sites]
+        if same and all(catalog.has_task(t) for t in tasks):
+            kept[stage] = entry
+    return kept
+
+
 def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) -> SimulationReport:
     """Run every stage of a scenario; results go to ``OUT/results.json``.
+
+    Started again after an interruption, it keeps the stages an earlier start finished
+    (:func:`finished_stages`) and resumes the first unfinished one from the catalog.
 
     Raises:
         SimulationError: if a stage's run fails or leaves one of its tasks unfinished.
@@ -131,10 +156,14 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
     parsed = parse_plan(plan, f"scenario {scenario.name}: federation")
     plan_path = atomic_write_bytes(out / "plan.toml", to_toml(plan).encode())
     report = SimulationReport(scenario.name)
+    finished = finished_stages(out, scenario)
     with LocalFederation(out / "flower", simulation=True) as federation:
         for stage in scenario.stages:
-            tasks = [t.name for t in scenario.tasks if t.stage == stage]
-            sites = [s.name for s in scenario.sites if s.task in tasks]
+            if stage in finished:
+                say(f"stage {stage}: finished by an earlier start; kept")
+                report.stages.append(finished[stage])
+                continue
+            tasks, sites = scenario.stage_members(stage)
             say(f"stage {stage}: tasks {tasks} at sites {sites}")
             start = time.perf_counter()
             cpus = max(1, (os.cpu_count() or 1) // len(sites))  # share the cores among the sites

@@ -96,6 +96,11 @@ class Scenario:
         """Stage numbers in order."""
         return sorted({t.stage for t in self.tasks})
 
+    def stage_members(self, stage: int) -> tuple[list[str], list[str]]:
+        """The names of a stage's tasks and of the sites that serve them, in order."""
+        tasks = [t.name for t in self.tasks if t.stage == stage]
+        return tasks, [s.name for s in self.sites if s.task in tasks]
+
     def case_seed(self, group: str, index: int) -> int:
         """A stable seed for case ``index`` of a site (or of a task's test set)."""
         return zlib.crc32(f"{self.seed}:{group}:{index}".encode())

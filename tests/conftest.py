@@ -110,8 +110,8 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The quick benchmark of the tiny scenario; its ``continual/`` run is a full simulation.
 
     That simulation's servers (SuperLink, Simulation Engine) are killed once, right after
-    the first task's base phase, and the benchmark is started again, as its user would:
-    the second start resumes from the catalog (a stage of the first start was lost).
+    the second stage's teacher phase, and the benchmark is started again, as its user would:
+    the second start keeps the first stage and resumes the second from the catalog.
     """
     from server.catalog import Catalog
     from simulations.benchmark import run_benchmark
@@ -123,7 +123,9 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     catalog = out / "continual" / "catalog"
     with ThreadPoolExecutor(1) as pool:
         first = pool.submit(run_benchmark, tiny, out, True, ("continual",), quiet)
-        wait_for(lambda: Catalog(catalog).phase_done("abdomen", "base"), 300, "base's end")
+        wait_for(
+            lambda: Catalog(catalog).phase_done("chest", "teacher"), 600, "chest teacher's end"
+        )
         kill_servers(under=out / "continual")
         with pytest.raises(SimulationError):
             first.result(timeout=120)

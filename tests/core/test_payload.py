@@ -7,9 +7,10 @@ from flwr.app import Array, ArrayRecord
 from flwr.common.constant import SType
 
 from core.data.transforms import Preprocessing
+from core.describe import ProtocolError
 from core.model import Decoder, EncoderConfig, Genotype
 from core.payload import FP16_MAX, PayloadError, record_to_state, state_to_record
-from core.protocol import ProtocolError, RoundConfig
+from core.protocol import RoundConfig
 from tests.models import TINY
 
 

@@ -8,9 +8,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from core.data.transforms import Preprocessing
+from core.describe import ProtocolError
 from core.model import EncoderConfig, Genotype
 from core.phases import PHASES
-from core.protocol import ProtocolError, RoundConfig
+from core.protocol import RoundConfig
 from core.records import RecordError, keys_of
 from server.plan import PlanError, parse_plan, task_keys
 

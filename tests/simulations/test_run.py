@@ -1,7 +1,9 @@
+import json
 import tomllib
 
+from server.catalog import Catalog
 from server.plan import parse_plan
-from simulations.run import plan_document, to_toml
+from simulations.run import finished_stages, plan_document, to_toml
 from simulations.scenario import load_scenario
 
 
@@ -15,3 +17,17 @@ def test_every_scenario_becomes_a_valid_plan():
             assert set(task.sites or ()) == {s.name for s in scenario.sites_of(task.name)}
             assert task.structures == scenario.task(task.name).structures
         assert plan.patch[0] % plan.encoder.divisor == 0
+
+
+def test_a_restart_keeps_only_the_stages_that_finished(tmp_path, monkeypatch):
+    tiny = load_scenario("tiny")
+    assert finished_stages(tmp_path, tiny) == {}  # nothing written yet
+    (tmp_path / "results.json").write_text("{not json")
+    assert finished_stages(tmp_path, tiny) == {}
+    first = {"stage": 1, "tasks": ["abdomen"], "sites": ["hospA", "hospB"], "dice": {}}
+    doc = {"scenario": "tiny", "stages": [first, {**first, "stage": 2, "tasks": ["abdomen"]}]}
+    (tmp_path / "results.json").write_text(json.dumps(doc))
+    assert finished_stages(tmp_path, tiny) == {}  # the catalog holds no task yet
+    monkeypatch.setattr(Catalog, "has_task", lambda self, name: name in ("abdomen", "chest"))
+    assert finished_stages(tmp_path, tiny) == {1: first}  # stage 2 lists other tasks
+    assert finished_stages(tmp_path, load_scenario("default")) == {}  # another scenario's
