@@ -133,16 +133,21 @@ def _merged_seconds(bundle: Bundle, image: Path, settings: MergeSettings) -> flo
 
 
 def federated(
-    name: str, scenario: Scenario, plan: Plan, run: Path, say: Callable[[str], None]
+    name: str,
+    scenario: Scenario,
+    plan: Plan,
+    run: Path,
+    say: Callable[[str], None],
+    cpus: int | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the method through Flower into ``run``.
+    """Run the method through Flower into ``run`` (its sites share ``cpus`` cores).
 
     Returns:
         The results of ``name`` and, for the full method, of its naive-merge ablation
         (the same decoders, merged by the highest probability).
     """
     started = time.perf_counter()
-    simulate(scenario, run, say)
+    simulate(scenario, run, say, cpus)
     tasks = load_tasks(scenario, run / "sites", plan.training.val_fraction, plan.training.seed)
     catalog = Catalog(run / "catalog")
     seconds = catalog.phase_seconds()
@@ -302,6 +307,7 @@ def run_benchmark(
     progress: bool = False,
     budget: Budget = "scenario",
     curves: Path | None = None,
+    cpus: int | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every method on a scenario and gather the figures.
 
@@ -316,6 +322,7 @@ def run_benchmark(
         budget: ``scenario`` (the scenario's rounds) or ``plateau`` (each task's plateau
             budget from the upper-bound curves in ``curves``; :mod:`simulations.budget`).
         curves: ``csfl curve``'s folder (``plateau`` only).
+        cpus: cores the federated methods' simulated sites share (default: all).
 
     Returns:
         The benchmark document (also written to ``OUT/benchmark.json``).
@@ -352,7 +359,7 @@ def run_benchmark(
             if method == "no_trim":
                 _share_sites(out)
             spec = federated_scenario(scenario, method)
-            for result in federated(method, spec, plan, out / method, say):
+            for result in federated(method, spec, plan, out / method, say, cpus):
                 results[result["method"]] = stamp(result, planned[method], budget)
                 atomic_write_json(out / f"{result['method']}.json", result)
         else:

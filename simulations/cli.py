@@ -122,12 +122,19 @@ def profile(
         atomic_write_json(json_out, result)
 
 
+Cpus = Annotated[
+    int | None,
+    typer.Option(min=1, help="Cores the simulated sites share (default: all the machine's)."),
+]
+
+
 @app.command()
 def simulate(
     scenario: Annotated[str, typer.Option(help="A built-in scenario or a TOML path.")] = "default",
     out: Annotated[
         Path, typer.Option("--out", "-o", help="Folder for data, catalog, results.")
     ] = Path("runs/default"),
+    cpus: Cpus = None,
 ) -> None:
     """Simulate hospitals joining stage by stage, through Flower's Simulation Engine.
 
@@ -141,7 +148,7 @@ def simulate(
     with user_errors():
         spec = load_scenario(scenario)
     start = time.perf_counter()
-    report = run_simulation(spec, out, say=typer.echo)
+    report = run_simulation(spec, out, say=typer.echo, cpus=cpus)
     last = report.stages[-1]
     typer.echo(f"\nDice after stage {last['stage']} (held-out cases):\n")
     typer.echo(format_table(last["dice"]))
@@ -233,6 +240,7 @@ def benchmark(
     curves: Annotated[
         Path | None, typer.Option(help="csfl curve's folder (upper-bound curves), for plateau.")
     ] = None,
+    cpus: Cpus = None,
 ) -> None:
     """Compare this method, its ablations, the references, fine-tuning, LwF and MiB.
 
@@ -265,6 +273,7 @@ def benchmark(
             progress=sys.stderr.isatty(),
             budget=budget,
             curves=curves,
+            cpus=cpus,
         )
     typer.echo((folder / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"benchmark done in {time.perf_counter() - start:.0f} s")

@@ -141,11 +141,18 @@ def finished_stages(out: Path, scenario: Scenario) -> dict[int, dict[str, Any]]:
     return kept
 
 
-def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) -> SimulationReport:
+def simulate(
+    scenario: Scenario,
+    out: Path,
+    say: Callable[[str], None] = print,
+    cpus: int | None = None,
+) -> SimulationReport:
     """Run every stage of a scenario; results go to ``OUT/results.json``.
 
     Started again after an interruption, it keeps the stages an earlier start finished
     (:func:`finished_stages`) and resumes the first unfinished one from the catalog.
+    The simulated sites share ``cpus`` cores (default: all the machine's): a stage runs
+    as many sites at once as it has cores, each on its share of them.
 
     Raises:
         SimulationError: if a stage's run fails or leaves one of its tasks unfinished.
@@ -157,6 +164,7 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
     plan_path = atomic_write_bytes(out / "plan.toml", to_toml(plan).encode())
     report = SimulationReport(scenario.name)
     finished = finished_stages(out, scenario)
+    cores = cpus or os.cpu_count() or 1
     with LocalFederation(out / "flower", simulation=True) as federation:
         for stage in scenario.stages:
             if stage in finished:
@@ -166,15 +174,19 @@ def simulate(scenario: Scenario, out: Path, say: Callable[[str], None] = print) 
             tasks, sites = scenario.stage_members(stage)
             say(f"stage {stage}: tasks {tasks} at sites {sites}")
             start = time.perf_counter()
-            cpus = max(1, (os.cpu_count() or 1) // len(sites))  # share the cores among the sites
+            share = max(1, cores // len(sites))
             run_config = {
                 "plan": str(plan_path),
                 "catalog": str(catalog_dir),
                 "sim-sites": ",".join(sites),
                 "sim-data-root": str(sites_dir),
-                "threads": cpus,
+                "threads": share,
             }
-            engine = {"num-supernodes": len(sites), "client-resources-num-cpus": cpus}
+            engine = {
+                "num-supernodes": len(sites),
+                "client-resources-num-cpus": share,
+                "init-args-num-cpus": max(cores, share),  # Ray's cores: sites at once
+            }
             rounds = sum(planned_rounds(parsed.task(t), t == parsed.tasks[0].name) for t in tasks)
             watcher = JournalWatcher(catalog_dir / JOURNAL, rounds, say)
             result = federation.run(APP_DIR, run_config, engine, watch=watcher)

@@ -122,14 +122,16 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out, tiny, quiet = tmp_path_factory.mktemp("bench"), load_scenario("tiny"), lambda _: None
     catalog = out / "continual" / "catalog"
     with ThreadPoolExecutor(1) as pool:
-        first = pool.submit(run_benchmark, tiny, out, True, ("continual",), quiet)
+        # one core: the suite's other workers use the rest (and one Ray actor serves both
+        # abdominal sites in turn: one process less that imports torch and MONAI)
+        first = pool.submit(run_benchmark, tiny, out, True, ("continual",), quiet, cpus=1)
         wait_for(
             lambda: Catalog(catalog).phase_done("chest", "teacher"), 600, "chest teacher's end"
         )
         kill_servers(under=out / "continual")
         with pytest.raises(SimulationError):
             first.result(timeout=120)
-    run_benchmark(tiny, out, quick=True, methods=BENCHMARKED, say=quiet)
+    run_benchmark(tiny, out, quick=True, methods=BENCHMARKED, say=quiet, cpus=1)
     return out
 
 
