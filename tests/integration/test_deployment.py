@@ -6,8 +6,9 @@ frozen (SIGSTOP) in the middle of the first round, and the task still finishes a
 registers from hospB alone; an impostor registered as hospE calls itself hospB; a node
 whose key was never registered is refused; a node that only runs apps signed by an entity
 it trusts refuses ours. Certificates and keys are made fresh by
-``LocalFederation(tls=True)``. A run with no SuperNode at all ends at once with a clear
-error and a failed status, instead of waiting.
+``LocalFederation(tls=True)``. Before any node starts, a first run on the same SuperLink
+finds no SuperNode at all: it ends at once with a clear error and a failed status,
+instead of waiting.
 """
 
 import os
@@ -72,11 +73,16 @@ def deployment(tmp_path_factory, tiny_sites):
         site_config(tiny_sites["hospB"]),
         site_config(tiny_sites["hospA"], "hospD", tmp / "cache-hospD"),
     ]
+    alone = tmp / "alone"
+    alone.mkdir()
+    alone_plan = one_task_plan(alone, rounds=1, steps=2)
+    alone_config = {"plan": str(alone_plan), "catalog": str(alone / "catalog")}
     with (
-        LocalFederation(tmp / "flower", simulation=False, nodes=nodes, tls=True) as fed,
+        LocalFederation(tmp / "flower", simulation=False, tls=True) as fed,
         ThreadPoolExecutor(1) as pool,
     ):
-        killed, _, frozen = fed.nodes
+        without_nodes = fed.run(APP_DIR, alone_config, timeout=300)
+        killed, honest, frozen = (fed.add_node(config) for config in nodes)
         impostor = fed.add_node(
             site_config(tiny_sites["hospB"], cache=tmp / "cache-impostor"), register_as="hospE"
         )
@@ -85,7 +91,7 @@ def deployment(tmp_path_factory, tiny_sites):
             site_config(tiny_sites["hospC"]),
             extra_args=["--trusted-entities", str(_trusted_entities(tmp / "trusted.yaml"))],
         )
-        fed.wait_online([impostor, verifier])
+        fed.wait_online([killed, honest, frozen, impostor, verifier])
         running = pool.submit(fed.run, APP_DIR, config, None, 600)
         wait_for(lambda: _phase_started(catalog_dir, "base"), 300, "the base phase's start")
         wait_for(lambda: _clientapps(killed) and _clientapps(frozen), 60, "training at the sites")
@@ -96,6 +102,8 @@ def deployment(tmp_path_factory, tiny_sites):
         unregistered.process.wait(timeout=60)
     return SimpleNamespace(
         result=result,
+        without_nodes=without_nodes,
+        alone=Catalog(alone / "catalog"),
         catalog=Catalog(catalog_dir),
         impostor=impostor,
         unregistered=unregistered,
@@ -143,14 +151,11 @@ def test_an_unsigned_app_is_refused_by_a_node_that_verifies_apps(deployment):
     )
 
 
-def test_a_run_without_nodes_ends_with_a_clear_error(tmp_path):
-    plan = one_task_plan(tmp_path, rounds=1, steps=2)
-    config = {"plan": str(plan), "catalog": str(tmp_path / "catalog")}
-    with LocalFederation(tmp_path / "flower", simulation=False) as fed:
-        result = fed.run(APP_DIR, config, timeout=300)
+@shared
+def test_a_run_without_nodes_ends_with_a_clear_error(deployment):
+    result = deployment.without_nodes
     assert result.returncode == 1
     assert "no connected site serves any unfinished task ['abdomen']; sites: none" in result.stdout
     assert "finished:failed" in result.stderr
-    (end,) = [e for e in Catalog(tmp_path / "catalog").events() if e["event"] == "run-end"]
+    (end,) = [e for e in deployment.alone.events() if e["event"] == "run-end"]
     assert end["finished"] == [] and "no connected site" in end["error"]
-    assert not flower_processes(fed)
