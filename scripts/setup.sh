@@ -21,18 +21,40 @@ pick_python() {
   exit 1
 }
 
-[ -x "$venv/bin/python" ] || "$(pick_python)" -m venv "$venv"
+# The venv starts without pip (ensurepip costs seconds); uv goes in first, through the base
+# interpreter's pip where that can target another environment (pip >= 22.3), else through
+# the venv's own pip, bootstrapped; uv then adds pip itself, for whoever uses the venv later.
+[ -x "$venv/bin/python" ] || "$(pick_python)" -m venv --without-pip "$venv"
 pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 install=("${pip[@]}" install --no-compile)  # only what is imported is compiled, below
+uv=("$venv/bin/uv" pip install --quiet --python "$venv/bin/python")
 stamp="$venv/.csfl-installed"
 want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
 [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
 
+if [ ! -x "$venv/bin/uv" ]; then
+  base=$("$venv/bin/python" -c 'import sys; print(sys._base_executable)')
+  "$base" -m pip --python "$venv/bin/python" --quiet --disable-pip-version-check \
+    install --no-compile uv 2>/dev/null ||
+    { "$venv/bin/python" -m ensurepip --default-pip >/dev/null && "${install[@]}" uv 2>/dev/null; } ||
+    true
+fi
+if ! "$venv/bin/python" -m pip --version >/dev/null 2>&1; then
+  { [ -x "$venv/bin/uv" ] && "${uv[@]}" pip 2>/dev/null; } ||
+    "$venv/bin/python" -m ensurepip --default-pip >/dev/null
+fi
+
 if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   torch_version=${CSFL_TORCH:-2.13.0}
   echo "setup: installing torch into $venv ..."
-  # the local wheel alone (its dependencies come with the project's below), else an index
-  if ! "${install[@]}" --no-index --no-deps "torch==$torch_version" 2>/dev/null; then
+  # the local wheel alone (its dependencies come with the project's below; uv unpacks it in
+  # seconds where pip takes 15), else an index
+  links=()
+  for folder in ${PIP_FIND_LINKS:-}; do links+=(--find-links "$folder"); done
+  if [ -x "$venv/bin/uv" ] && [ ${#links[@]} -gt 0 ] &&
+    "${uv[@]}" --no-index "${links[@]}" --no-deps "torch==$torch_version" 2>/dev/null; then
+    :
+  elif ! "${install[@]}" --no-index --no-deps "torch==$torch_version" 2>/dev/null; then
     if command -v nvidia-smi >/dev/null 2>&1; then
       "${install[@]}" "torch>=2.4,<3"
     else
@@ -41,8 +63,8 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   fi
 fi
 echo "setup: installing continual-segment-fl and its dependencies into $venv ..."
-if "${install[@]}" uv 2>/dev/null; then
-  "$venv/bin/uv" pip install --quiet --python "$venv/bin/python" -e ".[test]"
+if [ -x "$venv/bin/uv" ]; then
+  "${uv[@]}" -e ".[test]"
 else
   "${install[@]}" -e ".[test]"
 fi
