@@ -81,6 +81,13 @@ def profile(
             "process: peak memory and wall time.",
         ),
     ] = False,
+    scale_scenario: Annotated[
+        str | None,
+        typer.Option(
+            help="Whose plan's network and structures the --scale bundle has "
+            "(default: the full-scale wholebody143)."
+        ),
+    ] = None,
     scale_shape: Annotated[tuple[int, int, int], typer.Option(help="Voxels of the --scale CT.")] = (
         512,
         512,
@@ -97,6 +104,8 @@ def profile(
     the time to generate a whole-body phantom with every structure, and with ``--scale``
     the memory and time of predicting a hospital-size CT.
     """
+    from dataclasses import replace
+
     from core.io import atomic_write_json
     from core.model import EncoderConfig
     from simulations.network_profile import (
@@ -107,6 +116,7 @@ def profile(
         profile_phantoms,
         profile_prediction,
     )
+    from simulations.scenario import load_scenario
 
     result: dict[str, object] = {}
     if network:
@@ -116,6 +126,10 @@ def profile(
         result["phantoms"] = profile_phantoms()
     if scale:
         settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb)
+        if scale_scenario is not None:
+            with user_errors():
+                load_scenario(scale_scenario)
+            settings = replace(settings, scenario=scale_scenario)
         result |= profile_prediction(settings, progress=sys.stderr.isatty())
     typer.echo(format_profile(result))
     if json_out is not None:

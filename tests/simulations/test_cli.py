@@ -72,3 +72,10 @@ def test_phantoms_command_writes_a_scenario(tmp_path):
 def test_phantoms_command_reports_an_unknown_scenario(tmp_path):
     result = runner.invoke(app, ["phantoms", "--scenario", "nope", "--out", str(tmp_path)])
     assert result.exit_code == 2 and "built-in ones are" in result.output
+
+
+def test_profile_scale_names_an_unknown_scenario():
+    args = ["profile", "--no-network", "--no-phantoms", "--scale", "--scale-scenario", "nonsense"]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2
+    assert "no scenario 'nonsense'" in result.output and "Traceback" not in result.output
