@@ -94,10 +94,13 @@ class Augmentation:
     scale: float = 0.1
 
 
-def _tensor(volume: Volume, dtype: torch.dtype) -> MetaTensor:
-    array = np.ascontiguousarray(volume.array[None])
+def _tensor(volume: Volume) -> MetaTensor:
+    """A channel-first float32 tensor of the volume, with its affine."""
+    # one pass from the file's (Fortran-ordered) array to a C-ordered float32 copy: no
+    # C-ordered copy in the file's type first (0.5 GB for a 512 x 512 x 1000 int16 CT)
+    array = np.ascontiguousarray(volume.array[None], dtype=np.float32)
     return MetaTensor(
-        torch.as_tensor(array, dtype=dtype),
+        torch.from_numpy(array),
         affine=torch.as_tensor(volume.header.affine, dtype=torch.float64),
         meta={"filename_or_obj": str(volume.path)},
     )
@@ -124,14 +127,14 @@ class LoadCased(MapTransform):
         out: dict[Hashable, Any] = {k: v for k, v in data.items() if k != "case"}
         out["case_id"] = case.case_id
         if self.table is None:
-            out[IMAGE] = _tensor(read_image(case.image), torch.float32)
+            out[IMAGE] = _tensor(read_image(case.image))
             return out
         loaded = load_case(case, self.table)
-        out[IMAGE] = _tensor(loaded.image, torch.float32)
+        out[IMAGE] = _tensor(loaded.image)
         if loaded.label is not None:
             indices = self.table.to_indices(loaded.label, self.classes)
             label = Volume(loaded.image.header, indices)
-            out[LABEL] = _tensor(label, torch.float32)
+            out[LABEL] = _tensor(label)
         return out
 
 
