@@ -129,6 +129,11 @@ def process_tree(roots: Sequence[int]) -> list[tuple[int, int]]:
     return out
 
 
+def process_groups(tree: Sequence[tuple[int, int]]) -> set[int]:
+    """The process groups of a :func:`process_tree`, never the caller's own."""
+    return {pgid for _, pgid in tree} - {os.getpgrp()}
+
+
 def _lineage() -> set[int]:
     """The calling process and its ancestors (Linux ``/proc``)."""
     found, pid = set(), os.getpid()
@@ -496,7 +501,7 @@ class LocalFederation:
         SIGTERM (and SIGCONT, for a stopped one) and, after ``grace`` seconds, SIGKILL.
         """
         tree = process_tree([p.pid for p in self.processes] + home_processes(self.home))
-        groups = {pgid for _, pgid in tree} - {os.getpgrp()}  # never the caller's own group
+        groups = process_groups(tree)
         for signals, wait in (((signal.SIGTERM, signal.SIGCONT), grace), ((signal.SIGKILL,), 5.0)):
             for pgid in groups:
                 for signum in signals:

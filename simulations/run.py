@@ -185,7 +185,7 @@ def simulate(
             engine = {
                 "num-supernodes": len(sites),
                 "client-resources-num-cpus": share,
-                "init-args-num-cpus": max(cores, share),  # Ray's cores: sites at once
+                "init-args-num-cpus": cores,  # Ray's cores: as many sites at once
             }
             rounds = sum(planned_rounds(parsed.task(t), t == parsed.tasks[0].name) for t in tasks)
             watcher = JournalWatcher(catalog_dir / JOURNAL, rounds, say)

@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from server.local import home_processes, process_tree
+from server.local import home_processes, process_groups, process_tree
 from simulations.run import plan_document, to_toml
 from simulations.scenario import WrittenSite, load_scenario
 
@@ -39,7 +39,7 @@ def kill_servers(under: Path) -> None:
     below them (the Simulation Engine, Ray): the coordinator's machine losing power."""
     roots = [pid for pid, _ in _servers(under)]
     assert roots, f"no Flower server runs under {under}"
-    for pgid in {pgid for _, pgid in process_tree(roots)}:
+    for pgid in process_groups(process_tree(roots)):
         try:
             os.killpg(pgid, signal.SIGKILL)
         except ProcessLookupError:  # the group ended since it was listed
