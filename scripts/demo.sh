@@ -4,8 +4,8 @@
 # with the unified model. Usage: bash scripts/demo.sh [OUT_DIR] (default demo/)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+unset PYTHONDONTWRITEBYTECODE  # every process caches the bytecode of what it imports
 bash scripts/setup.sh
-unset PYTHONDONTWRITEBYTECODE  # Flower's processes cache what setup did not compile
 out=${1:-demo}
 .venv/bin/csfl simulate --scenario default --out "$out"
 .venv/bin/csfl catalog ls "$out/catalog"

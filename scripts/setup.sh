@@ -68,15 +68,18 @@ if [ -x "$venv/bin/uv" ]; then
 else
   "${install[@]}" -e ".[test]"
 fi
-# Bytecode, once, for what the project's processes import: where PYTHONDONTWRITEBYTECODE is
-# set (as on our CI machines) nothing would be cached, and every Flower process (a ClientApp
+# Bytecode, once, for what the project's processes import, where PYTHONDONTWRITEBYTECODE is
+# set (as on our CI machines): nothing would be cached, and every Flower process (a ClientApp
 # per message) would compile torch from source again. Importing compiles only the modules in
-# use (about a quarter of site-packages), in two processes, one per core; scripts/test.sh
-# lets the test processes cache whatever else they import. The project's own modules are
-# compiled without being run.
+# use (about a quarter of site-packages), in two processes, one per core. The project's own
+# modules are compiled without being run. Where the variable is unset (scripts/test.sh and
+# scripts/demo.sh unset it) the processes cache what they import themselves, and importing
+# here would only run the same modules once more.
 warm() { PYTHONDONTWRITEBYTECODE='' "$venv/bin/python" -c "$1" >/dev/null 2>&1 || true; }
-warm 'import torch._dynamo, monai.transforms, monai.losses, monai.networks.nets, scipy.ndimage, safetensors.torch' &
-warm 'import flwr.cli.app, flwr.simulation, flwr.supernode, ray, nibabel, pydicom, highdicom, skimage, matplotlib.pyplot' &
-"$venv/bin/python" -m compileall -q core server client simulations tests >/dev/null
-wait
+if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+  warm 'import torch._dynamo, monai.transforms, monai.losses, monai.networks.nets, scipy.ndimage, safetensors.torch' &
+  warm 'import flwr.cli.app, flwr.simulation, flwr.supernode, ray, nibabel, pydicom, highdicom, skimage, matplotlib.pyplot' &
+  "$venv/bin/python" -m compileall -q core server client simulations tests >/dev/null
+  wait
+fi
 echo "$want" > "$stamp"

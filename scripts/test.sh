@@ -4,10 +4,12 @@
 # spend most of their time waiting for processes and polls); mypy runs beside them.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
-# Flower starts a process per message: let each cache the bytecode of what it imports
-# (setup compiled the bulk), even where the machine sets PYTHONDONTWRITEBYTECODE.
+# Every process caches the bytecode of what it imports, even where the machine sets
+# PYTHONDONTWRITEBYTECODE, so set-up compiles nothing: the first pytest worker compiles
+# torch and MONAI while the others wait (tests/conftest.py), and Flower's processes (one per
+# message) share what the first of them wrote.
 unset PYTHONDONTWRITEBYTECODE
+bash scripts/setup.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check --quiet .
 mypy_log=$(mktemp)

@@ -140,11 +140,24 @@ TRAINING_FIXTURES = {"trained_run", "tiny_benchmark"}  # fixturenames lists depe
 
 def pytest_configure(config: pytest.Config) -> None:
     """Under pytest-xdist the workers share the cores (one torch thread each on 2 cores:
-    more threads per worker oversubscribe the machine and run slower)."""
+    more threads per worker oversubscribe the machine and run slower).
+
+    They import torch and MONAI one after another: in a fresh environment the first
+    compiles their bytecode while the others wait, instead of all compiling the same
+    modules at once (``scripts/test.sh`` lets them write it; set-up compiles nothing then).
+    """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 0 and "PYTEST_XDIST_WORKER" in os.environ:  # a worker, not the controller
-        import torch
+        import sys
 
+        from filelock import FileLock
+
+        with FileLock(Path(sys.prefix) / ".csfl-imports.lock"):
+            import monai
+            import torch
+            import torch._dynamo  # every process that builds an optimiser imports it
+
+            del monai, torch._dynamo
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
