@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -113,20 +113,24 @@ def volume_outputs(
         log.warning("%s: no body found (all air): every voxel is background", image_path)
         return VolumeOutputs(votes, affine, original)
 
-    def all_heads(x: torch.Tensor) -> dict[str, torch.Tensor]:
-        out: dict[str, torch.Tensor] = {}
-        for task, o in model(x.to(device)).items():
-            out |= {f"{task}/organ": o.organ, f"{task}/anomaly": o.anomaly}
-            out[f"{task}/confidence"] = o.confidence
-        return {k: v.cpu() for k, v in out.items()}
+    def all_heads(x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
+        # the encoder once, then one decoder at a time: only its outputs are alive
+        features = model.encoder(x.to(device))
+        for task, decoder in model.items():
+            out = decoder(features)
+            heads = {"organ": out.organ, "anomaly": out.anomaly, "confidence": out.confidence}
+            del out
+            while heads:
+                name, value = heads.popitem()
+                yield f"{task}/{name}", value.cpu()
+                del value
 
     def store(z0: int, z1: int, blended: dict[str, torch.Tensor]) -> None:
         lo, hi = max(z0, box[2].start), min(z1, box[2].stop)
         if lo >= hi:
             return
         at = (slice(None), slice(None), box[0], box[1], slice(lo, hi))
-        inside = (slice(None), slice(None), box[0], box[1], slice(lo - z0, hi - z0))
-        blended = {k: v[inside] for k, v in blended.items()}
+        blended = {k: v[..., lo - z0 : hi - z0] for k, v in blended.items()}
         for vote in votes:
             part = DecoderVote.from_logits(
                 vote.task,

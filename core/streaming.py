@@ -5,17 +5,19 @@ until the last window; with 150 structures over a whole-body CT that is tens of 
 :func:`stream_windows` places the windows exactly as MONAI does (its own grid helpers)
 and blends them the same way (the mean of the overlapping windows), but visits them
 layer by layer along z and hands each range of slices on as soon as no later window
-covers it: only about one window's depth of blended outputs is held at a time.
+covers it: one window's depth of blended outputs is held, in buffers made once and
+shifted in place, and a predictor may hand its outputs over one at a time.
 
 :func:`body_box` finds the patient (HU threshold, largest connected component); windows
 that do not reach it are skipped, so the air around it never runs through the network,
 while every window that does runs where the whole-volume pass puts it (the body's voxels
-get exactly the whole-volume values).
+get exactly the whole-volume values); only the box's columns are blended and held.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
+from types import EllipsisType
 
 import numpy as np
 import torch
@@ -27,7 +29,8 @@ from scipy import ndimage
 from tqdm import tqdm
 
 Box = tuple[slice, slice, slice]
-Predictor = Callable[[torch.Tensor], dict[str, torch.Tensor]]
+Index = tuple[slice | EllipsisType, ...]  # into (1, channels, x, y, z) tensors
+Predictor = Callable[[torch.Tensor], Iterable[tuple[str, torch.Tensor]]]
 Sink = Callable[[int, int, dict[str, torch.Tensor]], None]
 BODY_HU = -500.0  # tissue is denser; air (and the lungs' inside) lies below
 SINK_SLICES = 8  # blended slices divided at a time (bounds the temporaries)
@@ -77,12 +80,17 @@ def stream_windows(
         image: ``(1, C, X, Y, Z)``.
         roi: the window size.
         overlap: the windows' overlap (as MONAI's, in [0, 1)).
-        predictor: a window's outputs, each ``(1, channels, *roi)``.
-        sink: called with ``(z0, z1, blended)`` for consecutive ranges that cover
-            ``0..Z``: each output, ``(1, channels, X, Y, z1 - z0)``.
+        predictor: a window's outputs as ``(name, (1, channels, *roi))`` pairs; each is
+            blended before the next is asked for, so a predictor that computes them one
+            after another (a generator) holds only one at a time.
+        sink: called with ``(z0, z1, blended)`` for consecutive ranges that cover the
+            slices the windows run over (``0..Z`` without ``keep``): each output
+            ``(1, channels, x, y, z1 - z0)``, where ``x, y`` are ``keep``'s ranges (the
+            whole ``X, Y`` without it).
         progress: a bar advanced by one per window.
-        keep: run only the windows that reach this box (unpadded coordinates); outside
-            it the values handed on are meaningless (callers keep only the box).
+        keep: run only the windows that reach this box (unpadded coordinates) and blend
+            only inside its ``x, y`` ranges; values handed on for slices outside its ``z``
+            range are meaningless (callers keep only the box).
     """
     shape = tuple(image.shape[2:])
     pad = [max(r - s, 0) for s, r in zip(shape, roi, strict=True)]
@@ -95,30 +103,56 @@ def stream_windows(
     if keep is not None:
         windows = [w for w in windows if _reaches(w, keep, lows)]
     starts = sorted({w[2].start for w in windows})
-    inner = (slice(lows[0], lows[0] + shape[0]), slice(lows[1], lows[1] + shape[1]))
+    if not starts:
+        return
+    # what is blended: the box's x, y ranges (the volume's without one), padded coordinates
+    xy = keep[:2] if keep is not None else (slice(0, shape[0]), slice(0, shape[1]))
+    region = [slice(low + r.start, low + r.stop) for low, r in zip(lows[:2], xy, strict=True)]
+    held = (*(r.stop - r.start for r in region), roi[2])  # one window's depth of slices
     sums: dict[str, torch.Tensor] = {}
-    count = torch.zeros((1, 1, *size[:2], 0))
-    base = 0  # the z of the first slice still held
-    for j, z0 in enumerate(starts):
-        grow = z0 + roi[2] - base - count.shape[-1]
-        if grow > 0:
-            count = _extend(count, grow)
-            sums = {k: _extend(v, grow) for k, v in sums.items()}
+    count = torch.zeros((1, 1, *held))
+    for j, z0 in enumerate(starts):  # z0: the first slice held
         for w in (w for w in windows if w[2].start == z0):
-            held = (slice(None), slice(None), w[0], w[1], slice(z0 - base, z0 + roi[2] - base))
-            for key, out in predictor(padded[(slice(None), slice(None), *w)]).items():
+            into, out_of = _meet(w, region)
+            for key, out in predictor(padded[(slice(None), slice(None), *w)]):
                 if key not in sums:
-                    sums[key] = torch.zeros((1, out.shape[1], *count.shape[2:]))
-                sums[key][held] += out.float()
-            count[held] += 1.0
+                    sums[key] = torch.zeros((1, out.shape[1], *held))
+                sums[key][into] += out[out_of].float()
+                del out  # before the predictor makes the next output
+            count[into] += 1.0
             if progress is not None:
                 progress.update()
-        done = starts[j + 1] if j + 1 < len(starts) else size[2]
-        _hand_on(sums, count, base, done, (inner[0], inner[1], lows[2], shape[2]), sink)
-        n = done - base
-        sums = {k: v[..., n:].clone() for k, v in sums.items()}
-        count = count[..., n:].clone()
-        base = done
+        done = starts[j + 1] if j + 1 < len(starts) else z0 + roi[2]
+        _hand_on(sums, count, z0, done, (lows[2], shape[2]), sink)
+        for t in (*sums.values(), count):
+            _shift(t, done - z0)
+
+
+def _meet(window: Sequence[slice], region: Sequence[slice]) -> tuple[Index, Index]:
+    """Where a window's ``x, y`` ranges meet the blended region: in it, and in the window."""
+    both = [
+        slice(max(w.start, r.start), min(w.stop, r.stop))
+        for w, r in zip(window[:2], region, strict=True)
+    ]
+    into = tuple(
+        slice(b.start - r.start, b.stop - r.start) for b, r in zip(both, region, strict=True)
+    )
+    out_of = tuple(
+        slice(b.start - w.start, b.stop - w.start) for b, w in zip(both, window[:2], strict=True)
+    )
+    return (..., *into, slice(None)), (..., *out_of, slice(None))
+
+
+def _shift(t: torch.Tensor, n: int) -> None:
+    """Move ``t``'s slices ``n`` places down its last axis in place, zeros coming in.
+
+    Slice by slice, lowest first (each source is read before it is overwritten): no copy
+    of the whole buffer is ever made.
+    """
+    depth = t.shape[-1]
+    for z in range(depth - n):
+        t[..., z].copy_(t[..., z + n])
+    t[..., max(depth - n, 0) :].zero_()
 
 
 def _reaches(window: Sequence[slice], box: Box, lows: Sequence[int]) -> bool:
@@ -129,23 +163,19 @@ def _reaches(window: Sequence[slice], box: Box, lows: Sequence[int]) -> bool:
     )
 
 
-def _extend(t: torch.Tensor, n: int) -> torch.Tensor:
-    return torch.cat([t, t.new_zeros((*t.shape[:-1], n))], dim=-1)
-
-
 def _hand_on(
     sums: dict[str, torch.Tensor],
     count: torch.Tensor,
     base: int,
     done: int,
-    crop: tuple[slice, slice, int, int],
+    crop: tuple[int, int],
     sink: Sink,
 ) -> None:
     """Hand slices ``base..done`` (padded z) on as means, without the padding."""
-    xs, ys, low, depth = crop
+    low, depth = crop
     lo, hi = max(base, low), min(done, low + depth)
     for z in range(lo, hi, SINK_SLICES):
         z1 = min(z + SINK_SLICES, hi)
-        part = (slice(None), slice(None), xs, ys, slice(z - base, z1 - base))
+        part = (..., slice(z - base, z1 - base))
         seen = count[part].clamp(min=1.0)  # 0 only where no window ran (outside ``keep``)
         sink(z - low, z1 - low, {k: v[part] / seen for k, v in sums.items()})

@@ -219,7 +219,7 @@ def test_air_around_the_body_is_background_and_never_runs_through_the_network(tm
     body = (slice(2, 12), slice(3, 13), slice(2, 12))  # windows starting at 24 miss it
     path = _ct(tmp_path, (40, 40, 40), body)
     shapes = []
-    bundle.model.register_forward_hook(lambda m, args, out: shapes.append(args[0].shape))
+    bundle.model.encoder.register_forward_hook(lambda m, args, out: shapes.append(args[0].shape))
     labels = predict_volume(bundle, path).labels
     margin = int(np.ceil(BODY_MARGIN_MM / 2.0))
     box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in body)

@@ -9,9 +9,14 @@ from core.streaming import body_box, count_windows, stream_windows
 
 
 def _heads(x):
-    """A predictor with position-dependent outputs (so misplaced windows show)."""
+    """Position-dependent outputs (so misplaced windows show)."""
     conv = torch.nn.functional.avg_pool3d(x, 3, 1, 1)
     return {"organ": torch.cat([x, conv, x * conv], dim=1), "head": x.mean(1, keepdim=True) + conv}
+
+
+def _predictor(x):
+    """The outputs as the streamed windows take them: one pair after another."""
+    yield from _heads(x).items()
 
 
 @pytest.mark.parametrize(
@@ -33,7 +38,7 @@ def test_streamed_windows_blend_as_monai_does(shape, roi, overlap):
 
     def counted(x):
         calls.append(x.shape)
-        return _heads(x)
+        return _predictor(x)
 
     stream_windows(image, roi, overlap, counted, sink)
     assert ranges[0][0] == 0 and ranges[-1][1] == shape[2]
@@ -44,6 +49,21 @@ def test_streamed_windows_blend_as_monai_does(shape, roi, overlap):
     assert all(tuple(c[2:]) == roi for c in calls)
 
 
+def test_windows_outside_the_box_are_skipped_and_the_box_is_blended_as_monai_does():
+    shape, roi, box = (20, 17, 41), (8, 8, 8), (slice(3, 12), slice(5, 14), slice(10, 30))
+    image = torch.rand(1, 1, *shape, generator=torch.Generator().manual_seed(1))
+    expected = sliding_window_inference(image, roi, 1, _heads, 0.25)["organ"]
+    got = torch.full((1, 3, 9, 9, shape[2]), torch.nan)
+
+    def sink(z0, z1, blended):
+        got[..., z0:z1] = blended["organ"]
+
+    calls = []
+    stream_windows(image, roi, 0.25, lambda x: calls.append(x) or _predictor(x), sink, keep=box)
+    torch.testing.assert_close(got[..., box[2]], expected[..., box[0], box[1], box[2]])
+    assert len(calls) == count_windows(shape, roi, 0.25, box) < count_windows(shape, roi, 0.25)
+
+
 def test_streaming_holds_about_one_window_of_slices():
     image = torch.rand(1, 1, 8, 8, 200)
     held = []
@@ -51,7 +71,7 @@ def test_streaming_holds_about_one_window_of_slices():
     def sink(z0, z1, blended):
         held.append(blended["organ"].shape[-1])
 
-    stream_windows(image, (8, 8, 8), 0.25, _heads, sink)
+    stream_windows(image, (8, 8, 8), 0.25, _predictor, sink)
     assert sum(held) == 200 and max(held) <= 8
 
 
