@@ -118,12 +118,9 @@ def volume_outputs(
         features = model.encoder(x.to(device))
         for task, decoder in model.items():
             out = decoder(features)
-            heads = {"organ": out.organ, "anomaly": out.anomaly, "confidence": out.confidence}
-            del out
-            while heads:
-                name, value = heads.popitem()
-                yield f"{task}/{name}", value.cpu()
-                del value
+            yield f"{task}/organ", out.organ.cpu()
+            yield f"{task}/anomaly", out.anomaly.cpu()
+            yield f"{task}/confidence", out.confidence.cpu()
 
     def store(z0: int, z1: int, blended: dict[str, torch.Tensor]) -> None:
         lo, hi = max(z0, box[2].start), min(z1, box[2].stop)

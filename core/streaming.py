@@ -146,13 +146,15 @@ def _meet(window: Sequence[slice], region: Sequence[slice]) -> tuple[Index, Inde
 def _shift(t: torch.Tensor, n: int) -> None:
     """Move ``t``'s slices ``n`` places down its last axis in place, zeros coming in.
 
-    Slice by slice, lowest first (each source is read before it is overwritten): no copy
-    of the whole buffer is ever made.
+    In blocks of at most ``n`` slices, lowest first, so that no block overlaps its source
+    and each source is read before it is overwritten: no copy of the whole buffer is made
+    (one block when the windows overlap by at most half).
     """
-    depth = t.shape[-1]
-    for z in range(depth - n):
-        t[..., z].copy_(t[..., z + n])
-    t[..., max(depth - n, 0) :].zero_()
+    kept = t.shape[-1] - n
+    for z in range(0, kept, n):
+        k = min(n, kept - z)
+        t[..., z : z + k].copy_(t[..., z + n : z + n + k])
+    t[..., max(kept, 0) :].zero_()
 
 
 def _reaches(window: Sequence[slice], box: Box, lows: Sequence[int]) -> bool:

@@ -75,8 +75,8 @@ fi
 # modules are compiled without being run. Where the variable is unset (scripts/test.sh and
 # scripts/demo.sh unset it) the processes cache what they import themselves, and importing
 # here would only run the same modules once more.
-warm() { PYTHONDONTWRITEBYTECODE='' "$venv/bin/python" -c "$1" >/dev/null 2>&1 || true; }
 if [ -n "${PYTHONDONTWRITEBYTECODE:-}" ]; then
+  warm() { PYTHONDONTWRITEBYTECODE='' "$venv/bin/python" -c "$1" >/dev/null 2>&1 || true; }
   warm 'import torch._dynamo, monai.transforms, monai.losses, monai.networks.nets, scipy.ndimage, safetensors.torch' &
   warm 'import flwr.cli.app, flwr.simulation, flwr.supernode, ray, nibabel, pydicom, highdicom, skimage, matplotlib.pyplot' &
   "$venv/bin/python" -m compileall -q core server client simulations tests >/dev/null

@@ -148,16 +148,17 @@ def pytest_configure(config: pytest.Config) -> None:
     """
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "0"))
     if workers > 0 and "PYTEST_XDIST_WORKER" in os.environ:  # a worker, not the controller
+        import importlib
         import sys
 
         from filelock import FileLock
 
         with FileLock(Path(sys.prefix) / ".csfl-imports.lock"):
-            import monai
-            import torch
-            import torch._dynamo  # every process that builds an optimiser imports it
+            # torch._dynamo: every process that builds an optimiser imports it
+            for name in ("torch", "torch._dynamo", "monai"):
+                importlib.import_module(name)
+        import torch
 
-            del monai, torch._dynamo
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
 
 
