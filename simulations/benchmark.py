@@ -69,7 +69,7 @@ from simulations.evaluate import (
 )
 from simulations.joint import joint
 from simulations.report import markdown, overlay_figure, plots
-from simulations.run import plan_document, simulate, sites_complete
+from simulations.run import plan_document, simulate, write_sites_once
 from simulations.scenario import Scenario
 from simulations.shared_stage import first_stage
 from simulations.task_data import TaskData, load_tasks
@@ -357,13 +357,13 @@ def run_benchmark(
         clock.start()
         if method in ("continual", "no_trim"):
             if method == "no_trim":
-                _share_sites(out)
+                _share_sites(scenario, out, say)
             spec = federated_scenario(scenario, method)
             for result in federated(method, spec, plan, out / method, say, cpus):
                 results[result["method"]] = stamp(result, planned[method], budget)
                 atomic_write_json(out / f"{result['method']}.json", result)
         else:
-            _share_sites(out)
+            _share_sites(scenario, out, say)
             tasks = load_tasks(
                 scenario,
                 out / "continual" / "sites",
@@ -404,15 +404,13 @@ def run_benchmark(
     return document
 
 
-def _share_sites(out: Path) -> None:
-    """Every method uses the phantoms the method's run wrote (written first if need be)."""
-    sites = out / "continual" / "sites"
-    if not sites_complete(sites):
-        raise RuntimeError(f"{sites}: run the continual method first (it writes the phantoms)")
+def _share_sites(scenario: Scenario, out: Path, say: Callable[[str], None]) -> None:
+    """Every method uses the same phantoms: ``continual``'s, written by whoever needs them first."""
+    write_sites_once(scenario, out / "continual" / "sites", say)
     target = out / "no_trim" / "sites"
     if not target.exists():
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(sites)
+        target.symlink_to(out / "continual" / "sites")
 
 
 @torch.no_grad()
