@@ -158,11 +158,14 @@ def train_phase(
     prep: Preprocessing,
     settings: TrainSettings,
     train_encoder: bool = False,
+    proximal_mu: float = 0.0,
 ) -> PhaseResult:
     """Train a task's decoder (and, in ``base``, the encoder) on a site's cases.
 
     The dataset's label table may hold more structures than the decoder predicts; those
-    count as background.
+    count as background. ``proximal_mu`` > 0 adds FedProx's term ``mu / 2 * ||w - w0||^2``
+    (``w0``: the weights this training started from, the round's global model), which
+    keeps a site's many local steps from drifting towards its own data.
 
     Raises:
         ValueError: if ``train_encoder`` does not fit the model's state (a frozen encoder
@@ -190,8 +193,13 @@ def train_phase(
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
     batches = patch_batches(train_cases, table, decoder.structures, prep, settings)
 
+    anchor = [p.detach().clone() for p in params] if proximal_mu else []
+
     def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         out: torch.Tensor = loss_fn(decoder(model.encoder(image)).organ, label)
+        if anchor:
+            drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, anchor, strict=True))
+            out = out + proximal_mu / 2 * drift
         return out
 
     model.train()

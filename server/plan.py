@@ -100,6 +100,7 @@ class TaskSection(Record):
 
 
 AGGREGATION_RULES = ("fedavg", "robust")
+SERVER_OPTIMIZERS = ("sgd", "adam")
 
 
 @dataclass(frozen=True)
@@ -109,19 +110,31 @@ class AggregationSettings(Record):
     A site's weight is the size of its training split as its ``describe`` case count
     implies, at most ``max_site_cases``; ``robust`` also bounds each site's update by
     ``norm_bound`` x the median update norm and, with 3 sites or more, takes the
-    coordinate-wise mean trimmed by ``trim_fraction`` (at least one site per side).
+    coordinate-wise mean trimmed by ``trim_fraction`` (at least one site per side). The
+    server then steps the global model towards that average (``server.server_optimizer``):
+    ``sgd`` at ``server_lr`` 1 without momentum is plain FedAvg, with momentum FedAvgM,
+    ``adam`` FedAdam.
     """
 
     aggregation: str = setting("fedavg", lo=1, hi=16, doc='"fedavg" or "robust"')
     norm_bound: float = setting(3.0, lo=1.0, hi=1000.0)
     trim_fraction: float = setting(0.2, lo=0.0, hi=0.45)
     max_site_cases: int = setting(10_000, lo=1, hi=1_000_000)
+    server_optimizer: str = setting("sgd", lo=1, hi=16, doc='"sgd" or "adam"')
+    server_lr: float = setting(1.0, lo=1e-4, hi=10.0, doc="the server's step on the average")
+    server_momentum: float = setting(0.0, lo=0.0, hi=0.99, doc="sgd's momentum (FedAvgM)")
 
     def __post_init__(self) -> None:
         if self.aggregation not in AGGREGATION_RULES:
             raise ValueError(
                 f"aggregation {self.aggregation!r}: expected one of {AGGREGATION_RULES}"
             )
+        if self.server_optimizer not in SERVER_OPTIMIZERS:
+            raise ValueError(
+                f"server_optimizer {self.server_optimizer!r}: expected one of {SERVER_OPTIMIZERS}"
+            )
+        if self.server_optimizer == "adam" and self.server_momentum:
+            raise ValueError("server_momentum: sgd's setting; adam keeps its own moments")
 
 
 @dataclass(frozen=True)

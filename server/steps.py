@@ -31,6 +31,7 @@ from server.catalog import Catalog
 from server.federation import Federation, SiteInfo
 from server.messages import Ledger, array_bytes, round_messages
 from server.plan import Plan, TaskPlan
+from server.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class TaskRun:
     federation: Federation
     sites: tuple[SiteInfo, ...]
     ledger: Ledger = field(default_factory=Ledger)
+    optimizers: dict[str, ServerOptimizer] = field(default_factory=dict)  # phase -> its own
 
     # -- ServerSteps ---------------------------------------------------------------------
     def settings(self, phase: PhaseSpec[S, Any]) -> S:
@@ -138,6 +140,11 @@ class TaskRun:
             self.task.section.min_sites,
             self.plan.max_payload_bytes,
         )
+        if rnd == 1:  # the server's momentum belongs to one phase's rounds
+            self.optimizers[phase.name] = ServerOptimizer(self.task.aggregation)
+        optimizer = self.optimizers[phase.name]
+        states = {k: optimizer.step(k, templates[k], v) for k, v in result.states.items()}
+        result = dataclasses.replace(result, states=states)
         self.ledger.received(result.bytes_up, result.rejected)
         self.catalog.journal(
             "round-end",

@@ -103,9 +103,9 @@ class Search(PhaseSpec[SearchSettings, SearchReply]):
         settings = steps.settings(self)
         widths, structures = state.encoder.config.widths, state.decoder.structures
         supernet = SuperNet(widths, structures)
-        template = {k: v.clone() for k, v in arch_state(supernet).items()}
         for rnd in range(1, settings.rounds + 1):
-            records = {ARCH: state_to_record(arch_state(supernet), fp16=False)}
+            template = {k: v.clone() for k, v in arch_state(supernet).items()}  # this round's
+            records = {ARCH: state_to_record(template, fp16=False)}
             result = steps.federated_round(
                 self, state, rnd, settings.rounds, records, {ARCH: template}
             )

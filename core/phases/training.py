@@ -33,10 +33,11 @@ from core.training import train_phase
 
 @dataclass(frozen=True)
 class TrainingSettings(Record):
-    """Rounds and local steps of a task's training (plan keys ``rounds``, ``local_steps``)."""
+    """A task's training rounds (plan keys ``rounds``, ``local_steps``, ``proximal_mu``)."""
 
     rounds: int = setting(3, lo=1, hi=1000, doc="FedAvg rounds")
     steps: int = setting(50, lo=1, hi=100_000, key="local_steps", doc="local steps per round")
+    proximal_mu: float = setting(0.0, lo=0.0, hi=10.0, doc="FedProx: pull to the round's model")
 
 
 class Training(PhaseSpec[TrainingSettings, SiteReply]):
@@ -61,6 +62,7 @@ class Training(PhaseSpec[TrainingSettings, SiteReply]):
             cfg.preprocessing,
             cfg.train_settings(settings.steps),
             train_encoder=self.with_encoder,
+            proximal_mu=settings.proximal_mu,
         )
         arrays = {DECODER: state_to_record(model.decoder(cfg.task).state_dict())}
         if self.with_encoder:
@@ -71,12 +73,12 @@ class Training(PhaseSpec[TrainingSettings, SiteReply]):
     def execute(self, steps: ServerSteps, state: TaskState) -> tuple[TaskState, dict[str, Any]]:
         """Run the rounds; keep the averaged decoder (and encoder, in ``base``)."""
         settings = steps.settings(self)
-        templates = {DECODER: state.decoder.state_dict()}
-        if self.with_encoder:
-            templates[ENCODER] = state.encoder.state_dict()
         losses = []
         for rnd in range(1, settings.rounds + 1):
-            records = {DECODER: state_to_record(state.decoder.state_dict())}
+            templates = {DECODER: state.decoder.state_dict()}  # what this round sends
+            if self.with_encoder:
+                templates[ENCODER] = state.encoder.state_dict()
+            records = {DECODER: state_to_record(templates[DECODER])}
             result = steps.federated_round(self, state, rnd, settings.rounds, records, templates)
             state = state.with_decoder_state(result.states[DECODER])
             if self.with_encoder:

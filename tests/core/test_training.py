@@ -98,3 +98,18 @@ def test_phases_refuse_what_does_not_fit(tmp_path):
         train_phase(
             model, "abdomen", ds.labels, ds.cases, [], prep, _settings(1), train_encoder=True
         )
+
+
+def test_fedprox_keeps_local_training_near_the_round_model(tmp_path):
+    data = nnunet_dataset(tmp_path / "A", n_cases=2, structures=("liver", "spleen"))
+    prep = native_prep(data)
+    drift = {}
+    for mu in (0.0, 10.0):
+        torch.manual_seed(0)
+        model = tiny_model(data.labels.structures)
+        start = [p.detach().clone() for p in model.parameters()]
+        settings = _settings(6, (16, 16, 16))
+        train_phase(model, "abdomen", data.labels, data.cases, [], prep, settings, True, mu)
+        pairs = zip(model.parameters(), start, strict=True)
+        drift[mu] = float(sum((p.detach() - p0).square().sum() for p, p0 in pairs))
+    assert 0 < drift[10.0] < 0.9 * drift[0.0], drift

@@ -71,6 +71,10 @@ def test_a_good_plan(tmp_path):
         ("local_steps = 5", "temperature = inf", "temperature"),
         ("local_steps = 5", "min_sites = 3", r"min_sites: 3 > the 2 sites"),
         ('sites = ["hospA", "hospB"]', 'sites = ["hospA", "hospA"]', "distinct site names"),
+        ("local_steps = 5", 'server_optimizer = "yogi"', "server_optimizer 'yogi': expected"),
+        ("local_steps = 5", "server_lr = 100.0", r"tasks\[0\]\.server_lr: 100.0 is outside"),
+        ("local_steps = 5", "server_momentum = 1.0", "server_momentum"),
+        ("local_steps = 5", "proximal_mu = -1.0", r"tasks\[0\]\.proximal_mu"),
     ],
 )
 def test_bad_plans_name_the_field(tmp_path, old, new, match):
@@ -85,4 +89,12 @@ def test_unreadable_plan(tmp_path):
     path = tmp_path / "plan.toml"
     path.write_text("[model\n")
     with pytest.raises(PlanError, match="cannot read plan"):
+        load_plan(path)
+
+
+def test_adam_on_the_server_takes_no_momentum(tmp_path):
+    path = tmp_path / "plan.toml"
+    text = GOOD.replace("local_steps = 5", 'server_optimizer = "adam"\nserver_momentum = 0.9', 1)
+    path.write_text(text)
+    with pytest.raises(PlanError, match="server_momentum: sgd's setting"):
         load_plan(path)

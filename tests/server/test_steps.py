@@ -291,3 +291,20 @@ def test_a_robust_plan_keeps_one_hostile_site_from_steering_the_average(tmp_path
             for k, v in state.decoder.state_dict().items()
         )
         assert (shift < 0.1) is near, (rule, shift)
+
+
+def test_a_server_optimizer_steps_from_what_each_round_sent(tmp_path):
+    def respond(site, kind, content):  # every site moves every weight by +1, each round
+        reply = SiteReply(TRAIN[site], 0.1)
+        return _answer(content, reply, **{DECODER: _shifted(content, DECODER, 1.0)})
+
+    settings = {"server_lr": 2.0, "server_momentum": 0.5}
+    run, state, federation = _run(tmp_path, respond, rounds=2, **settings)
+    state = _frozen_state(run, state)
+    after = run.run(TEACHER, state)
+    template = state.decoder.state_dict()
+    sent = [record_to_state(c[DECODER], template, "sent") for *_, c in federation.sent]
+    for name, value in state.decoder.state_dict().items():
+        if value.is_floating_point():  # round 1: +2 x 1; round 2: +2 x (0.5 x 1 + 1)
+            assert torch.allclose(sent[-1][name], value + 2.0, atol=1e-2), name
+            assert torch.allclose(after.decoder.state_dict()[name], value + 5.0, atol=1e-2), name
