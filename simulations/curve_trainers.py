@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
 
+from core.bundle import load_bundle
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
+from core.phases import BASE
 from core.training import TrainSettings, train_phase
 from server.catalog import INDEX, Catalog
 from server.plan import Plan, parse_plan
@@ -21,7 +24,7 @@ from simulations.baselines import central_settings, upper_bound
 from simulations.curves import ALL_TASKS, CurveMethod, Dice, Trainer
 from simulations.evaluate import score_model
 from simulations.joint import joint
-from simulations.run import plan_document
+from simulations.run import plan_document, simulate
 from simulations.scenario import Scenario
 from simulations.task_data import TaskData, load_tasks
 
@@ -33,15 +36,21 @@ def make_trainer(
     sites: Path,
     catalog: Path | None,
     progress: bool = False,
+    work: Path | None = None,
+    say: Callable[[str], None] = print,
 ) -> Trainer[torch.nn.Module]:
     """The trainer of ``method`` on ``task`` of a scenario whose phantoms are in ``sites``.
 
-    ``progress`` shows a progress bar while a budget trains.
+    ``progress`` shows a progress bar while a budget trains; ``work`` holds the federated
+    method's runs (default: beside ``sites``), ``say`` their progress lines.
 
     Raises:
-        ValueError: for ``decoder`` without a catalog holding a trained encoder.
+        ValueError: for ``decoder`` without a catalog holding a trained encoder, or
+            ``federated`` on a task other than the first.
     """
     plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
+    if method == "federated":
+        return federated_trainer(scenario, plan, task, sites, work or sites.parent, say)
     tasks = load_tasks(scenario, sites, plan.training.val_fraction, plan.training.seed)
     scored = tasks if task == ALL_TASKS else [t for t in tasks if t.name == task]
     settings = central_settings(plan, progress)
@@ -98,3 +107,58 @@ def teacher_decoder(
     model.add_decoder(task.name, decoder)
     train_phase(model, task.name, task.table, task.train_cases, [], plan.preprocessing, settings)
     return model
+
+
+def federated_trainer(
+    scenario: Scenario,
+    plan: Plan,
+    task: str,
+    sites: Path,
+    work: Path,
+    say: Callable[[str], None],
+) -> Trainer[torch.nn.Module]:
+    """The first task's encoder and full decoder by FedAvg, through Flower's engine.
+
+    The scenario's federation trains the first task alone (its sites, local steps and
+    aggregation settings) in the Simulation Engine.
+
+    A budget of ``steps`` is the optimiser steps of all sites together, as the pooled
+    reference counts them: ``steps / (sites x local_steps)`` rounds, no trimming and no
+    calibration. Each budget's run is ``work/federated-<task>-<steps>/`` and resumes.
+
+    Raises:
+        ValueError: for a task other than the first (later tasks train decoders on a
+            frozen encoder: ``decoder``), or a budget that is not a whole number of rounds.
+    """
+    first = scenario.tasks[0]
+    if task != first.name:
+        raise ValueError(
+            f"--task: federated trains the encoder, so only the first task ({first.name!r});"
+            " later tasks' decoders: --method decoder"
+        )
+    members = scenario.sites_of(task)
+    per_round = len(members) * plan.tasks[0].of(BASE).steps
+    test = load_tasks(scenario, sites, plan.training.val_fraction, plan.training.seed)[0]
+
+    def train(steps: int) -> torch.nn.Module:
+        if steps % per_round:
+            raise ValueError(
+                f"{steps} steps: a federated budget is whole rounds of {per_round} steps"
+                f" ({len(members)} sites x {per_round // len(members)} local steps)"
+            )
+        federation = {**scenario.federation, "rounds": steps // per_round}
+        federation.update(trim=False, calibrate=False)
+        alone = dataclasses.replace(
+            scenario, tasks=(first,), sites=tuple(members), federation=federation
+        )
+        run = work / f"federated-{task}-{steps}"
+        if not (run / "sites").exists():  # the curve's phantoms, not a new drawing
+            run.mkdir(parents=True, exist_ok=True)
+            (run / "sites").symlink_to(sites, target_is_directory=True)
+        simulate(alone, run, say)
+        return load_bundle(run / "catalog" / "bundle").model
+
+    def score(model: torch.nn.Module) -> Dice:
+        return {task: score_model(model, test, plan.preprocessing, plan.patch).means("dice")}
+
+    return Trainer(train, score)

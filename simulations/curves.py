@@ -14,6 +14,7 @@ trains only the budgets still missing.
 from __future__ import annotations
 
 import json
+import resource
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ from typing import Any, Generic, Literal, TypeVar, get_args
 
 from core.io import atomic_write_json
 
-CurveMethod = Literal["upper_bound", "joint", "decoder"]
+CurveMethod = Literal["upper_bound", "joint", "decoder", "federated"]
 CURVE_METHODS: tuple[str, ...] = get_args(CurveMethod)
 # the benchmark's budgets: the scenario's rounds, or each task's plateau from its curve
 Budget = Literal["scenario", "plateau"]
@@ -70,6 +71,16 @@ def duration(seconds: float) -> str:
     if seconds < 120:
         return f"{seconds:.0f} s"
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
+
+
+def cpu_seconds() -> float:
+    """CPU seconds of this process and of its finished child processes.
+
+    A federated method's sites run in Flower's processes; their time counts once the
+    processes that ran them have been waited for.
+    """
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return time.process_time() + children.ru_utime + children.ru_stime
 
 
 def curve_path(out: Path, method: str, task: str) -> Path:
@@ -128,7 +139,7 @@ def learning_curve(
 
     Returns:
         The curve document (also written to ``path``): ``points`` (per budget: steps,
-        CPU seconds of the training from ``time.process_time``, wall seconds, mean Dice,
+        CPU seconds of the training (:func:`cpu_seconds`), wall seconds, mean Dice,
         Dice per task and structure) and ``plateau_steps`` (``None`` if no doubling
         tried added less than the tolerance).
     """
@@ -140,9 +151,9 @@ def learning_curve(
         point = done.get(steps)
         if point is None:
             say(f"{path.stem}: training {steps} steps")
-            cpu, wall = time.process_time(), time.perf_counter()
+            cpu, wall = cpu_seconds(), time.perf_counter()
             model = trainer.train(steps)
-            cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+            cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
             dice = trainer.score(model)
             point = {
                 "steps": steps,
@@ -247,8 +258,10 @@ def run_curve(
     Args:
         scenario_name: a built-in scenario or a TOML path.
         method: ``upper_bound`` (a model for the task alone), ``joint`` (one model on
-            every task; ``task`` may be ``all``) or ``decoder`` (a teacher decoder on
-            the frozen encoder of ``catalog``).
+            every task; ``task`` may be ``all``), ``decoder`` (a teacher decoder on
+            the frozen encoder of ``catalog``) or ``federated`` (the first task's encoder
+            and decoder by FedAvg over its sites, through Flower, runs kept in
+            ``OUT/federated-<task>-<steps>/``).
         task: the task scored.
         out: the curves' folder.
         settings: budgets and stopping rule.
@@ -276,7 +289,7 @@ def run_curve(
     if catalog is not None:
         catalog_encoder(catalog)  # before the phantoms are written
     sites = write_sites_once(spec, (sites or out / "sites").resolve(), say)
-    trainer = make_trainer(spec, method, task, sites, catalog, progress)
+    trainer = make_trainer(spec, method, task, sites, catalog, progress, out.resolve(), say)
     identity = {"method": method, "task": task, "scenario": spec.name, "seed": spec.seed}
     path = curve_path(out, method, task)
     doc = learning_curve(path, identity, trainer, settings, say)

@@ -56,3 +56,34 @@ def test_the_decoder_curve_needs_a_catalog_with_an_encoder(small_tiny, tmp_path)
             catalog=tmp_path / "nowhere",
         )
     assert not (tmp_path / "nowhere").exists()  # nothing is created where nothing was
+
+
+@pytest.mark.parametrize(
+    ("task", "steps", "message"),
+    [
+        ("chest", 20, "only the first task .'abdomen'.; later tasks' decoders: --method decoder"),
+        ("abdomen", 30, "30 steps: a federated budget is whole rounds of 20 steps .2 sites x 10"),
+    ],
+)
+def test_the_federated_curve_refuses_what_it_cannot_train(small_tiny, task, steps, message):
+    scenario = str(small_tiny / "tiny.toml")
+    with pytest.raises(ValueError, match=message):
+        run_curve(scenario, "federated", task, small_tiny / "fed", CurveSettings(steps, 0))
+    assert not list((small_tiny / "fed").glob("federated-*"))  # nothing started
+
+
+@pytest.mark.slow  # one Flower simulation of one round (2 sites x 1 local step)
+def test_the_federated_curve_trains_the_first_task_through_flower(small_tiny):
+    text = (small_tiny / "tiny.toml").read_text().replace("local_steps = 10", "local_steps = 1")
+    (small_tiny / "fed.toml").write_text(text)
+    out = small_tiny / "fed-curve"
+    doc = run_curve(str(small_tiny / "fed.toml"), "federated", "abdomen", out, CurveSettings(2, 0))
+    (point,) = doc["points"]
+    assert point["steps"] == 2 and list(point["dice"]) == ["abdomen"]
+    assert point["cpu_seconds"] > point["wall_seconds"] * 0.2  # the sites' processes count
+    run = out / "federated-abdomen-2"
+    events = [json.loads(line) for line in (run / "catalog" / "journal.jsonl").open()]
+    rounds = [e for e in events if e["event"] == "round-end" and e["phase"] == "base"]
+    assert [(e["round"], sorted(e["sites"])) for e in rounds] == [(1, ["hospA", "hospB"])]
+    assert not any(e.get("phase") in ("search", "distill", "calibrate") for e in events)
+    assert (run / "sites").resolve() == (out / "sites").resolve()  # the curve's phantoms
