@@ -119,7 +119,7 @@ def evaluate_task(
     structures = model.decoder(task).structures
 
     def organ(x: torch.Tensor) -> torch.Tensor:
-        return model.forward_task(x, task).organ
+        return model.organ_logits(x, task)
 
     return evaluate_segmenter(
         model, organ, structures, cases, table, structures, prep, roi_size, device

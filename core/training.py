@@ -196,7 +196,7 @@ def train_phase(
     anchor = [p.detach().clone() for p in params] if proximal_mu else []
 
     def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = loss_fn(decoder(model.encoder(image)).organ, label)
+        out: torch.Tensor = loss_fn(decoder.organ_logits(model.encoder(image)), label)
         if anchor:
             drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, anchor, strict=True))
             out = out + proximal_mu / 2 * drift

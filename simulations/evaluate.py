@@ -65,7 +65,7 @@ def score_model(
         classes = model.decoder(task.name).structures
 
         def organ(x: torch.Tensor) -> torch.Tensor:
-            return model.forward_task(x, task.name).organ
+            return model.organ_logits(x, task.name)
 
     else:
         grown = getattr(model, "classes", None)

@@ -74,7 +74,7 @@ def _train_step_seconds(config: EncoderConfig, patch: int, steps: int, frozen: b
     model.train()
     for _ in range(steps + 1):  # the first step warms up allocators and is dropped
         start = time.perf_counter()
-        loss = loss_fn(model.forward_task(x, "task1").organ, y[:, 0])
+        loss = loss_fn(model.organ_logits(x, "task1"), y[:, 0])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()

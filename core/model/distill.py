@@ -142,8 +142,8 @@ def distill_phase(
     def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             features = model.encoder(image)
-            target = teacher(features).organ
-        logits = student(features).organ
+            target = teacher.organ_logits(features)
+        logits = student.organ_logits(features)
         kd = kd_loss(logits, target, temperature)
         kd_values.append(float(kd.detach()))
         out: torch.Tensor = supervised(logits, label) + kd_weight * kd

@@ -77,6 +77,10 @@ class ContinualSegmenter(nn.Module):
         features = self.encoder(x)
         return {task: decoder(features) for task, decoder in self.items()}
 
+    def organ_logits(self, x: torch.Tensor, task: str) -> torch.Tensor:
+        """One task's organ logits alone (:meth:`Decoder.organ_logits`)."""
+        return self.decoder(task).organ_logits(self.encoder(x))
+
     def forward_task(self, x: torch.Tensor, task: str) -> DecoderOutput:
         """One task's outputs (the encoder still runs once)."""
         output: DecoderOutput = self.decoder(task)(self.encoder(x))

@@ -63,6 +63,22 @@ def test_decoder_heads_and_shapes():
     assert out.anomaly.shape == out.confidence.shape == (2, 1, 32, 32, 32)
 
 
+def test_the_organ_head_alone_gives_the_full_forward_s_organ_logits_and_gradients():
+    torch.manual_seed(0)
+    model = ContinualSegmenter(Encoder(TINY))
+    model.add_decoder("t", Decoder(TINY.widths, Genotype.teacher(3), ("liver", "spleen")))
+    x = torch.randn(1, 1, 16, 16, 16)
+    grads = []
+    for organ in (lambda: model.forward_task(x, "t").organ, lambda: model.organ_logits(x, "t")):
+        model.zero_grad()
+        logits = organ()
+        logits.square().mean().backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert torch.equal(logits, model.forward_task(x, "t").organ)
+    assert grads[0].keys() == grads[1].keys()  # the calibration head gets no gradient either way
+    assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
+
+
 def test_decoder_refuses_unknown_or_repeated_structures():
     with pytest.raises(KeyError, match="closest: liver"):
         Decoder(TINY.widths, Genotype.teacher(3), ("livr",))
