@@ -15,6 +15,7 @@ from flwr.app import ConfigRecord, MetricRecord
 from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import ProtocolError, check_sha256, check_structures
+from core.device import PRECISIONS
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.records import Record, RecordError, flat, parse, setting
 from core.training import TrainSettings
@@ -60,6 +61,7 @@ class RoundConfig(Record):
     val_fraction: float = setting(0.2, lo=0.01, hi=0.99)
     round: int = setting(1, lo=1, hi=10_000)
     rounds: int = setting(1, lo=1, hi=10_000)
+    precision: str = setting("fp32", lo=1, hi=8)
 
     def __post_init__(self) -> None:
         check_task_name(self.task)
@@ -76,6 +78,8 @@ class RoundConfig(Record):
             )
         if self.round > self.rounds:
             raise ValueError(f"round {self.round} of {self.rounds}")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
 
     def to_record(self) -> ConfigRecord:
         """As a Flower ConfigRecord (nested values as JSON strings)."""
@@ -129,6 +133,7 @@ class RoundConfig(Record):
             progress=False,
             schedule_start=(self.round - 1) * steps,
             schedule_total=self.rounds * steps,
+            precision=self.precision,
         )
 
 

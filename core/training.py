@@ -21,6 +21,7 @@ from tqdm import tqdm
 
 from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
+from core.device import autocast
 from core.evaluation import ScoreSums, evaluate_task
 from core.model import ContinualSegmenter
 
@@ -40,6 +41,7 @@ class TrainSettings:
         schedule_start: steps already taken in a longer schedule (federated rounds
             continue one polynomial decay across rounds).
         schedule_total: length of that schedule (default: ``steps``).
+        precision: ``fp32``, ``bf16`` (mixed, :func:`core.device.autocast`) or ``auto``.
     """
 
     steps: int = 250
@@ -51,6 +53,7 @@ class TrainSettings:
     progress: bool = True
     schedule_start: int = 0
     schedule_total: int | None = None
+    precision: str = "fp32"
 
     def lr_factor(self, step: int) -> float:
         """nnU-Net's polynomial decay, ``(1 - t / T) ** 0.9``, at local step ``step``."""
@@ -129,7 +132,8 @@ def optimise(
     bar = tqdm(range(settings.steps), desc=desc, disable=not settings.progress)
     for _ in bar:
         batch = next(batches)
-        loss = loss_of(batch["image"].to(device), batch["label"].to(device))
+        with autocast(device, settings.precision):
+            loss = loss_of(batch["image"].to(device), batch["label"].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
         optimizer.step()

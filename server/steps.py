@@ -93,6 +93,7 @@ class TaskRun:
             val_fraction=self.plan.training.val_fraction,
             round=rnd,
             rounds=rounds,
+            precision=self.plan.training.precision,
         )
 
     def federated_round(

@@ -265,6 +265,7 @@ def central_settings(plan: Plan, progress: bool = False) -> TrainSettings:
         augmentation=Augmentation(patch_size=plan.patch),
         seed=plan.training.seed,
         progress=progress,
+        precision=plan.training.precision,
     )
 
 

@@ -92,6 +92,7 @@ def compare_students(
         augmentation=Augmentation(patch_size=plan.patch),
         seed=plan.training.seed,
         progress=False,
+        precision=plan.training.precision,
     )
     size = genotype_parameters(widths, students.searched, len(task.structures))
     alternatives = (

@@ -113,3 +113,15 @@ def test_fedprox_keeps_local_training_near_the_round_model(tmp_path):
         pairs = zip(model.parameters(), start, strict=True)
         drift[mu] = float(sum((p.detach() - p0).square().sum() for p, p0 in pairs))
     assert 0 < drift[10.0] < 0.9 * drift[0.0], drift
+
+
+@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+def test_every_precision_trains_and_the_weights_stay_fp32(tmp_path, precision):
+    data = nnunet_dataset(tmp_path / "A", n_cases=1, structures=("liver", "spleen"))
+    model = tiny_model(data.labels.structures)
+    settings = _settings(2, (16, 16, 16), precision=precision)
+    result = train_phase(
+        model, "abdomen", data.labels, data.cases, [], native_prep(data), settings, True
+    )
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    assert all(p.dtype == torch.float32 for p in model.parameters())

@@ -75,6 +75,7 @@ def test_a_good_plan(tmp_path):
         ("local_steps = 5", "server_lr = 100.0", r"tasks\[0\]\.server_lr: 100.0 is outside"),
         ("local_steps = 5", "server_momentum = 1.0", "server_momentum"),
         ("local_steps = 5", "proximal_mu = -1.0", r"tasks\[0\]\.proximal_mu"),
+        ("val_fraction = 0.3", 'precision = "fp8"', "precision 'fp8': expected one of"),
     ],
 )
 def test_bad_plans_name_the_field(tmp_path, old, new, match):
