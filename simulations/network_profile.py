@@ -26,6 +26,7 @@ import torch
 from core.bundle import Bundle, save_bundle
 from core.data.nifti import read_header, write_volume
 from core.data.transforms import Preprocessing
+from core.device import autocast
 from core.inference import predict_volume
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.model.cost import count_parameters
@@ -61,7 +62,9 @@ def _model(
     return model
 
 
-def _train_step_seconds(config: EncoderConfig, patch: int, steps: int, frozen: bool) -> float:
+def _train_step_seconds(
+    config: EncoderConfig, patch: int, steps: int, frozen: bool, precision: str = "fp32"
+) -> float:
     model = _model(config, 1)
     if frozen:
         model.encoder.freeze()
@@ -74,7 +77,8 @@ def _train_step_seconds(config: EncoderConfig, patch: int, steps: int, frozen: b
     model.train()
     for _ in range(steps + 1):  # the first step warms up allocators and is dropped
         start = time.perf_counter()
-        loss = loss_fn(model.organ_logits(x, "task1"), y[:, 0])
+        with autocast(torch.device("cpu"), precision):
+            loss = loss_fn(model.organ_logits(x, "task1"), y[:, 0])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
@@ -113,6 +117,9 @@ def profile_network(settings: ProfileSettings) -> dict[str, Any]:
             ),
             f"teacher_{settings.train_patch}^3_batch2": _train_step_seconds(
                 cfg, settings.train_patch, settings.train_steps, frozen=True
+            ),
+            f"base_{settings.train_patch}^3_batch2_bf16": _train_step_seconds(
+                cfg, settings.train_patch, settings.train_steps, frozen=False, precision="bf16"
             ),
         },
     }
