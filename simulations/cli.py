@@ -312,6 +312,14 @@ def curve(
     sites: Annotated[
         Path | None, typer.Option(help="The scenario's phantoms (default OUT/sites, written once).")
     ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="KEY=VALUE: a [federation] setting for this curve (repeatable), "
+            "e.g. precision=bf16, server_lr=3.",
+        ),
+    ] = None,
 ) -> None:
     """Train a method at budgets N, 2N, 4N, ... until doubling stops paying; find its plateau.
 
@@ -325,7 +333,16 @@ def curve(
     settings = CurveSettings(start_steps, max_doublings, tolerance)
     with user_errors():
         doc = run_curve(
-            scenario, method, task, out, settings, sites, catalog, typer.echo, sys.stderr.isatty()
+            scenario,
+            method,
+            task,
+            out,
+            settings,
+            sites,
+            catalog,
+            typer.echo,
+            sys.stderr.isatty(),
+            overrides or (),
         )
     typer.echo(f"plateau budget: {doc['plateau_steps']} steps")
 

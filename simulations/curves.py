@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -31,7 +31,7 @@ Budget = Literal["scenario", "plateau"]
 ALL_TASKS = "all"  # the joint model's curve scored on every task
 Dice = dict[str, dict[str, float | None]]  # task -> structure -> mean Dice
 Model = TypeVar("Model")
-IDENTITY = ("method", "task", "scenario", "seed")  # a curve file holds one such run only
+IDENTITY = ("method", "task", "scenario", "seed", "settings")  # one such run per curve file
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,7 @@ def _load(path: Path, identity: dict[str, Any]) -> dict[str, Any]:
         return {**identity, "points": [], "plateau_steps": None}
     try:
         doc = json.loads(path.read_text(encoding="utf-8"))
+        doc.setdefault("settings", {})  # (curves made before --set)
         stored = {k: doc[k] for k in IDENTITY}
         doc["points"] = [
             {**p, "steps": int(p["steps"]), "mean_dice": float(p["mean_dice"])}
@@ -252,6 +253,7 @@ def run_curve(
     catalog: Path | None = None,
     say: Callable[[str], None] = print,
     progress: bool = False,
+    overrides: Sequence[str] = (),
 ) -> dict[str, Any]:
     """``csfl curve``: a method's learning curve on a scenario's task, JSON and PNG.
 
@@ -269,15 +271,20 @@ def run_curve(
         catalog: a finished simulation's catalog (``decoder`` only).
         say: progress lines.
         progress: a progress bar while a budget trains.
+        overrides: ``KEY=VALUE`` settings of the scenario's federation table
+            (:func:`simulations.scenario.with_federation`), part of the curve's identity.
 
     Raises:
-        ScenarioError, ValueError: for an unknown task, method or a missing catalog.
+        ScenarioError, ValueError: for an unknown task, method, setting or a missing
+            catalog.
     """
+    from server.plan import parse_plan
     from simulations.curve_trainers import catalog_encoder, make_trainer
-    from simulations.run import write_sites_once
-    from simulations.scenario import load_scenario
+    from simulations.run import plan_document, write_sites_once
+    from simulations.scenario import load_scenario, with_federation
 
-    spec = load_scenario(scenario_name)
+    spec = with_federation(load_scenario(scenario_name), overrides)
+    parse_plan(plan_document(spec), f"scenario {spec.name}")  # a bad --set, before any work
     if method not in CURVE_METHODS:
         raise ValueError(f"--method: {method!r}; expected one of {', '.join(CURVE_METHODS)}")
     names = [t.name for t in spec.tasks]
@@ -290,7 +297,14 @@ def run_curve(
         catalog_encoder(catalog)  # before the phantoms are written
     sites = write_sites_once(spec, (sites or out / "sites").resolve(), say)
     trainer = make_trainer(spec, method, task, sites, catalog, progress, out.resolve(), say)
-    identity = {"method": method, "task": task, "scenario": spec.name, "seed": spec.seed}
+    changed = sorted({o.partition("=")[0].strip() for o in overrides})
+    identity = {
+        "method": method,
+        "task": task,
+        "scenario": spec.name,
+        "seed": spec.seed,
+        "settings": {k: spec.federation[k] for k in changed},
+    }
     path = curve_path(out, method, task)
     doc = learning_curve(path, identity, trainer, settings, say)
     plot_curve(doc, path.with_suffix(".png"))

@@ -11,9 +11,10 @@ partially labelled datasets.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 import zlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -134,6 +135,28 @@ def _get(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     if not isinstance(value, kind) or (isinstance(value, bool) and kind is not bool):
         raise ScenarioError(f"{where}.{key}: expected {kind.__name__}, found {value!r}")
     return value
+
+
+def with_federation(scenario: Scenario, settings: Sequence[str]) -> Scenario:
+    """The scenario with ``KEY=VALUE`` settings replacing keys of its ``[federation]`` table.
+
+    A value is read as TOML (``3``, ``0.5``, ``true``, ``[1, 2]``, ``"bf16"``); a bare
+    word is a string. The keys are checked where the plan is made
+    (:func:`simulations.run.plan_document`), which names an unknown one.
+
+    Raises:
+        ScenarioError: for a setting without ``=`` or a key.
+    """
+    updates: dict[str, Any] = {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        if not sep or not key.strip():
+            raise ScenarioError(f"--set {item!r}: expected KEY=VALUE, e.g. precision=bf16")
+        try:
+            updates[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
+        except tomllib.TOMLDecodeError:
+            updates[key.strip()] = text.strip()
+    return dataclasses.replace(scenario, federation={**scenario.federation, **updates})
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:

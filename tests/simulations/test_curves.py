@@ -15,7 +15,13 @@ from simulations.curves import (
     plot_curve,
 )
 
-IDENTITY = {"method": "upper_bound", "task": "thorax", "scenario": "default", "seed": 0}
+IDENTITY = {
+    "method": "upper_bound",
+    "task": "thorax",
+    "scenario": "default",
+    "seed": 0,
+    "settings": {},
+}
 # what a reference reaches at each budget (the thorax figures of the issue, then flat)
 SCRIPT = {250: 0.086, 500: 0.40, 1000: 0.741, 2000: 0.762, 4000: 0.765, 8000: 0.766}
 
@@ -86,9 +92,9 @@ def test_a_rerun_trains_only_the_missing_budgets(tmp_path):
 def test_a_curve_file_of_another_run_is_refused(tmp_path):
     path = curve_path(tmp_path, "upper_bound", "thorax")
     learning_curve(path, IDENTITY, Scripted().trainer(), CurveSettings(250, 1, 0.5), print)
-    other = {**IDENTITY, "seed": 1}
-    with pytest.raises(ValueError, match="use another --out"):
-        learning_curve(path, other, Scripted().trainer(), CurveSettings(250, 1, 0.5), print)
+    for other in ({**IDENTITY, "seed": 1}, {**IDENTITY, "settings": {"precision": "bf16"}}):
+        with pytest.raises(ValueError, match="use another --out"):
+            learning_curve(path, other, Scripted().trainer(), CurveSettings(250, 1, 0.5), print)
     path.write_text("{not json")
     with pytest.raises(ValueError, match="expected a curve file"):
         plateau_budgets(tmp_path)
@@ -121,6 +127,9 @@ def test_plateau_budgets_reads_only_the_method_asked(tmp_path):
         (["--task", "nowhere"], "--task"),
         (["--task", "all"], "--task"),  # only the joint model has an 'all' curve
         (["--task", "abdomen", "--method", "decoder"], "--catalog"),
+        (["--task", "abdomen", "--set", "precision"], "--set 'precision': expected KEY=VALUE"),
+        (["--task", "abdomen", "--set", "precison=bf16"], "did you mean 'precision'"),
+        (["--task", "abdomen", "--set", "precision=fp8"], "precision 'fp8': expected one of"),
     ],
 )
 def test_curve_refuses_bad_arguments_in_one_line(tmp_path, args, message):

@@ -4,7 +4,7 @@ import tomllib
 from server.catalog import Catalog
 from server.plan import parse_plan
 from simulations.run import finished_stages, plan_document, to_toml
-from simulations.scenario import load_scenario
+from simulations.scenario import load_scenario, with_federation
 
 
 def test_every_scenario_becomes_a_valid_plan():
@@ -31,3 +31,13 @@ def test_a_restart_keeps_only_the_stages_that_finished(tmp_path, monkeypatch):
     monkeypatch.setattr(Catalog, "has_task", lambda self, name: name in ("abdomen", "chest"))
     assert finished_stages(tmp_path, tiny) == {1: first}  # stage 2 lists other tasks
     assert finished_stages(tmp_path, load_scenario("default")) == {}  # another scenario's
+
+
+def test_set_replaces_federation_keys_with_toml_values():
+    settings = ["server_lr=3", "precision=bf16", 'aggregation="robust"', "trim=false"]
+    spec = with_federation(load_scenario("tiny"), settings)
+    assert spec.federation["server_lr"] == 3 and spec.federation["trim"] is False
+    assert spec.federation["precision"] == "bf16" and spec.federation["aggregation"] == "robust"
+    plan = parse_plan(plan_document(spec))
+    assert plan.training.precision == "bf16" and plan.tasks[0].aggregation.server_lr == 3.0
+    assert load_scenario("tiny").federation.get("server_lr") is None  # the scenario is kept
