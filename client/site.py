@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING
 from flwr.app import ArrayRecord, ConfigRecord, Context, RecordDict
 
 from core.data import TaskDataset, discover
-from core.describe import SHA256, SITE, DatasetRecord, SiteRecord
+from core.describe import SHA256, SITE, DatasetRecord, SiteRecord, serves
 from core.io import atomic_write_bytes
 from core.records import flat
 
@@ -90,16 +90,17 @@ class Site:
             record[DatasetRecord.key(i)] = ConfigRecord(flat(dataset, wire=True))
         return record
 
-    def dataset_for(self, structures: tuple[str, ...]) -> TaskDataset:
-        """The first dataset that labels all of ``structures``.
+    def dataset_for(self, structures: tuple[str, ...], partial: bool = False) -> TaskDataset:
+        """The first dataset that labels all of ``structures`` (``partial``: any of them).
 
         Raises:
             SiteError: if none does.
         """
         for ds in self.datasets:
-            if set(structures) <= set(ds.labels.structures):
+            if serves(ds.labels.structures, structures, partial):
                 return ds
-        raise SiteError(f"site {self.name}: no dataset labels all of {list(structures)}")
+        which = "any" if partial else "all"
+        raise SiteError(f"site {self.name}: no dataset labels {which} of {list(structures)}")
 
     def _cache_path(self, sha: str) -> Path:
         return self.cache_dir / f"encoder-{sha}.safetensors"

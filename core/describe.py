@@ -9,6 +9,7 @@ record keys of the training messages are in :mod:`core.protocol`.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core import anatomy
@@ -56,6 +57,16 @@ def check_structures(structures: tuple[str, ...], where: str) -> tuple[str, ...]
 
 SITE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.-]{0,63}")
 MAX_DATASETS = 64
+
+
+def serves(labelled: Iterable[str], wanted: Iterable[str], partial: bool = False) -> bool:
+    """Whether a dataset that labels ``labelled`` can train a task of ``wanted`` structures.
+
+    It must label all of them, or with ``partial`` (a task trained with the marginal loss)
+    at least one.
+    """
+    have, need = set(labelled), set(wanted)
+    return bool(have & need) if partial else need <= have
 
 
 @dataclass(frozen=True)

@@ -110,11 +110,13 @@ def evaluate_task(
     prep: Preprocessing,
     roi_size: Sequence[int],
     device: torch.device | None = None,
+    scored: Sequence[str] | None = None,
 ) -> ScoreSums:
     """Dice and HD95 per structure of a task's decoder over ``cases``.
 
     Each case is preprocessed whole, segmented by sliding windows of ``roi_size`` and
-    compared with its label map in the preprocessed space.
+    compared with its label map in the preprocessed space. ``scored``: the structures
+    scored (default: all the decoder's; the table must label them).
     """
     structures = model.decoder(task).structures
 
@@ -122,7 +124,7 @@ def evaluate_task(
         return model.organ_logits(x, task)
 
     return evaluate_segmenter(
-        model, organ, structures, cases, table, structures, prep, roi_size, device
+        model, organ, structures, cases, table, scored or structures, prep, roi_size, device
     )
 
 

@@ -62,6 +62,7 @@ class RoundConfig(Record):
     round: int = setting(1, lo=1, hi=10_000)
     rounds: int = setting(1, lo=1, hi=10_000)
     precision: str = setting("fp32", lo=1, hi=8)
+    partial_labels: bool = setting(False)
 
     def __post_init__(self) -> None:
         check_task_name(self.task)

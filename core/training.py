@@ -143,6 +143,23 @@ def optimise(
     return losses
 
 
+def merged_logits(logits: torch.Tensor, labelled: Sequence[int]) -> torch.Tensor:
+    """Logits whose softmax is the marginal distribution of a partially labelled task.
+
+    Channel 0 becomes the log-sum-exp of the background and every channel not in
+    ``labelled``; the ``labelled`` channels follow in that order. So the softmax of the
+    result is ``[p_0 + sum of unlabelled p, p_labelled...]``.
+
+    Args:
+        logits: ``(B, C, ...)`` over background and ``C - 1`` classes.
+        labelled: the channels (1..C-1) the task labels.
+    """
+    chosen = list(labelled)
+    rest = [c for c in range(logits.shape[1]) if c not in chosen]
+    background = torch.logsumexp(logits[:, rest], dim=1, keepdim=True)
+    return torch.cat([background, logits[:, chosen]], dim=1)
+
+
 def check_patch(patch: Sequence[int], divisor: int) -> None:
     """Patch sides must be multiples of the encoder's total downsampling.
 
@@ -163,13 +180,17 @@ def train_phase(
     settings: TrainSettings,
     train_encoder: bool = False,
     proximal_mu: float = 0.0,
+    partial: bool = False,
 ) -> PhaseResult:
     """Train a task's decoder (and, in ``base``, the encoder) on a site's cases.
 
     The dataset's label table may hold more structures than the decoder predicts; those
     count as background. ``proximal_mu`` > 0 adds FedProx's term ``mu / 2 * ||w - w0||^2``
     (``w0``: the weights this training started from, the round's global model), which
-    keeps a site's many local steps from drifting towards its own data.
+    keeps a site's many local steps from drifting towards its own data. With ``partial``
+    the table may label only some of the decoder's structures (at least one): the loss is
+    marginal (:func:`merged_logits`: the others count with the background), and only
+    those are validated.
 
     Raises:
         ValueError: if ``train_encoder`` does not fit the model's state (a frozen encoder
@@ -177,8 +198,9 @@ def train_phase(
             of the decoder's structures, or the patch does not fit the encoder depth.
     """
     decoder = model.decoder(task)
+    labelled = [s for s in decoder.structures if s in table.structures]
     missing = [s for s in decoder.structures if s not in table.structures]
-    if missing:
+    if missing and not (partial and labelled):
         raise ValueError(f"{task}: the dataset does not label {missing} ({table.structures})")
     if train_encoder and model.encoder.frozen:
         raise ValueError("base phase: the encoder is already frozen")
@@ -195,12 +217,15 @@ def train_phase(
     if train_encoder:
         params += list(model.encoder.parameters())
     loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
-    batches = patch_batches(train_cases, table, decoder.structures, prep, settings)
-
+    batches = patch_batches(train_cases, table, labelled, prep, settings)
+    channels = [decoder.structures.index(s) + 1 for s in labelled]
     anchor = [p.detach().clone() for p in params] if proximal_mu else []
 
     def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        out: torch.Tensor = loss_fn(decoder.organ_logits(model.encoder(image)), label)
+        logits = decoder.organ_logits(model.encoder(image))
+        if missing:
+            logits = merged_logits(logits, channels)
+        out: torch.Tensor = loss_fn(logits, label)
         if anchor:
             drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, anchor, strict=True))
             out = out + proximal_mu / 2 * drift
@@ -218,7 +243,7 @@ def train_phase(
     )
     seconds = time.perf_counter() - start
     scores = (
-        evaluate_task(model, task, val_cases, table, prep, patch, device)
+        evaluate_task(model, task, val_cases, table, prep, patch, device, labelled)
         if val_cases
         else ScoreSums()
     )

@@ -10,7 +10,7 @@ from flwr.app import Message, RecordDict
 from flwr.serverapp import Grid
 
 from core import anatomy
-from core.describe import DESCRIBE, SITE, DatasetRecord, SiteRecord
+from core.describe import DESCRIBE, SITE, DatasetRecord, SiteRecord, serves
 from core.records import RecordError, parse
 
 log = logging.getLogger(__name__)
@@ -27,10 +27,14 @@ class SiteInfo:
     datasets: list[tuple[str, tuple[str, ...], int]]
     encoders: set[str] = field(default_factory=set)
 
-    def cases_for(self, structures: tuple[str, ...]) -> int:
-        """Cases of the first dataset that labels all ``structures`` (0 if none)."""
+    def cases_for(self, structures: tuple[str, ...], partial: bool = False) -> int:
+        """Cases of the dataset a site trains ``structures`` on (0 if none).
+
+        The first dataset that labels all of them; with ``partial``, the first that labels
+        any (:func:`core.describe.serves`).
+        """
         for _, labelled, cases in self.datasets:
-            if set(structures) <= set(labelled):
+            if serves(labelled, structures, partial):
                 return cases
         return 0
 

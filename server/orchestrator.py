@@ -51,10 +51,11 @@ def match_sites(task: TaskPlan, sites: list[SiteInfo]) -> list[SiteInfo]:
     """The sites that serve a task.
 
     A site serves if the plan names it (or says any) and it holds a dataset that labels
-    all of the task's structures.
+    all of the task's structures (with ``partial_labels``: at least one of them).
     """
     wanted = [s for s in sites if task.sites is None or s.name in task.sites]
-    serving = [s for s in wanted if s.cases_for(task.structures) > 0]
+    partial = task.section.partial_labels
+    serving = [s for s in wanted if s.cases_for(task.structures, partial) > 0]
     for site in wanted:
         if site not in serving:
             log.warning(

@@ -103,6 +103,14 @@ class TaskSection(Record):
     min_sites: int = setting(1, lo=1, hi=1000)
     trim: bool = setting(True, doc="search and distil a compact student")
     calibrate: bool = setting(True, doc="train confidence/anomaly heads, record the range")
+    partial_labels: bool = setting(False, doc="sites may label only some structures")
+
+    def __post_init__(self) -> None:
+        if self.partial_labels and (self.trim or self.calibrate):
+            raise ValueError(
+                "partial_labels: trimming and calibration need every structure labelled at "
+                "every site; set trim = false and calibrate = false"
+            )
 
 
 AGGREGATION_RULES = ("fedavg", "robust")

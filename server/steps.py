@@ -94,6 +94,7 @@ class TaskRun:
             round=rnd,
             rounds=rounds,
             precision=self.plan.training.precision,
+            partial_labels=self.task.section.partial_labels,
         )
 
     def federated_round(
@@ -130,7 +131,8 @@ class TaskRun:
         if gone:  # dropped out, hung past the timeout or failed: not waited for again
             log.warning("%s: %s left the task: %s", self.task.name, sorted(gone), group)
             self.sites = tuple(s for s in self.sites if s.name not in gone)
-        described = {s.name: s.cases_for(self.task.structures) for s in self.sites}
+        partial = self.task.section.partial_labels
+        described = {s.name: s.cases_for(self.task.structures, partial) for s in self.sites}
         result = aggregate(
             replies,
             phase,

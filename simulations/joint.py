@@ -22,26 +22,9 @@ from monai.losses import DiceCELoss
 from core.data.transforms import Preprocessing
 from core.device import pick_device
 from core.model import EncoderConfig
-from core.training import TrainSettings, check_patch, optimise, patch_batches
+from core.training import TrainSettings, check_patch, merged_logits, optimise, patch_batches
 from simulations.baselines import GrowingSegmenter, StageLog
 from simulations.task_data import TaskData
-
-
-def merged_logits(logits: torch.Tensor, labelled: Sequence[int]) -> torch.Tensor:
-    """Logits whose softmax is the marginal distribution of a partially labelled task.
-
-    Channel 0 becomes the log-sum-exp of the background and every channel not in
-    ``labelled``; the ``labelled`` channels follow in that order. So the softmax of the
-    result is ``[p_0 + sum of unlabelled p, p_labelled...]``.
-
-    Args:
-        logits: ``(B, C, ...)`` over background and ``C - 1`` classes.
-        labelled: the channels (1..C-1) the task labels.
-    """
-    chosen = list(labelled)
-    rest = [c for c in range(logits.shape[1]) if c not in chosen]
-    background = torch.logsumexp(logits[:, rest], dim=1, keepdim=True)
-    return torch.cat([background, logits[:, chosen]], dim=1)
 
 
 class MarginalLoss:

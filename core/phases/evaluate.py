@@ -94,10 +94,13 @@ class Evaluate(PhaseSpec[NoSettings, EvaluateReply]):
         self, site: SiteResources, cfg: RoundConfig, settings: NoSettings, content: RecordDict
     ) -> RecordDict:
         """Dice and HD95 per structure on the site's validation split, as sums only."""
-        dataset = site.dataset_for(cfg.structures)
+        dataset = site.dataset_for(cfg.structures, cfg.partial_labels)
         _, val = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
         model = load_model(site, cfg, content)
-        scores = evaluate_task(model, cfg.task, val, dataset.labels, cfg.preprocessing, cfg.patch)
+        labelled = [s for s in cfg.structures if s in dataset.labels.structures]
+        scores = evaluate_task(
+            model, cfg.task, val, dataset.labels, cfg.preprocessing, cfg.patch, scored=labelled
+        )
         return reply(cfg, EvaluateReply(len(val), scores=scores))
 
     def execute(self, steps: ServerSteps, state: TaskState) -> tuple[TaskState, dict[str, Any]]:

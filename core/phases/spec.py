@@ -88,8 +88,8 @@ class SiteResources(Protocol):
     def name(self) -> str:
         """The site's name."""
 
-    def dataset_for(self, structures: tuple[str, ...]) -> TaskDataset:
-        """The dataset that labels all of ``structures``."""
+    def dataset_for(self, structures: tuple[str, ...], partial: bool = False) -> TaskDataset:
+        """The dataset that labels all of ``structures`` (``partial``: any of them)."""
 
     def encoder(self, sha: str, config: EncoderConfig, sent: ArrayRecord | None) -> Encoder:
         """The frozen encoder with this hash (from the message or the cache)."""
@@ -194,7 +194,7 @@ class PhaseSpec(ABC, Generic[S, R]):
 
 def training_cases(site: SiteResources, cfg: RoundConfig) -> tuple[TaskDataset, list[Case]]:
     """The dataset a round is about and its training split."""
-    dataset = site.dataset_for(cfg.structures)
+    dataset = site.dataset_for(cfg.structures, cfg.partial_labels)
     train, _ = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
     return dataset, list(train)
 

@@ -63,6 +63,7 @@ class Training(PhaseSpec[TrainingSettings, SiteReply]):
             cfg.train_settings(settings.steps),
             train_encoder=self.with_encoder,
             proximal_mu=settings.proximal_mu,
+            partial=cfg.partial_labels,
         )
         arrays = {DECODER: state_to_record(model.decoder(cfg.task).state_dict())}
         if self.with_encoder:

@@ -125,3 +125,21 @@ def test_every_precision_trains_and_the_weights_stay_fp32(tmp_path, precision):
     )
     assert len(result.losses) == 2 and all(np.isfinite(result.losses))
     assert all(p.dtype == torch.float32 for p in model.parameters())
+
+
+def test_a_partially_labelled_dataset_trains_its_structures_marginally(tmp_path):
+    liver_only = nnunet_dataset(tmp_path / "A", n_cases=2, structures=("liver",))
+    prep = native_prep(liver_only)
+    model = tiny_model(("liver", "spleen"))
+    settings = _settings(2, (16, 16, 16))
+    args = ("abdomen", liver_only.labels, liver_only.cases[:1], liver_only.cases[1:], prep)
+    with pytest.raises(ValueError, match=r"does not label \['spleen'\]"):
+        train_phase(model, *args, settings, True)
+    result = train_phase(model, *args, settings, True, partial=True)
+    assert len(result.losses) == 2 and all(np.isfinite(result.losses))
+    assert set(result.scores.dice) == {"liver"}  # only what the site labels is validated
+    nothing = nnunet_dataset(tmp_path / "B", n_cases=1, structures=("heart",))
+    with pytest.raises(ValueError, match="does not label"):
+        train_phase(
+            model, "abdomen", nothing.labels, nothing.cases, [], prep, settings, True, partial=True
+        )

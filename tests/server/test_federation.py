@@ -19,6 +19,24 @@ def test_a_good_description():
     info = parse_description(7, _description())
     assert (info.node_id, info.name, info.encoders) == (7, "hospA", {SHA})
     assert info.cases_for(("liver",)) == 4 and info.cases_for(("heart",)) == 0
+    assert info.cases_for(("liver", "heart")) == 0  # a task it labels only in part
+    assert info.cases_for(("liver", "heart"), partial=True) == 4  # ... trained marginally
+
+
+def test_a_partial_labels_task_is_served_by_sites_that_label_some_of_it():
+    from server.orchestrator import match_sites
+    from server.plan import parse_plan
+
+    task = {"name": "joint", "structures": ["liver", "heart"], "trim": False, "calibrate": False}
+    doc = {"model": {"encoder_widths": [8, 16, 32]}, "tasks": [task]}
+    sites = [
+        parse_description(1, _description()),
+        parse_description(2, _description(name="hospB")),
+    ]
+    sites[1].datasets = [("Dataset002_chest", ("lung_left",), 5)]
+    assert match_sites(parse_plan(doc).tasks[0], sites) == []
+    partial = parse_plan({**doc, "tasks": [{**task, "partial_labels": True}]}).tasks[0]
+    assert [s.name for s in match_sites(partial, sites)] == ["hospA"]
 
 
 @pytest.mark.parametrize(

@@ -93,6 +93,16 @@ def test_unreadable_plan(tmp_path):
         load_plan(path)
 
 
+def test_partial_labels_need_trimming_and_calibration_off(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(GOOD.replace("local_steps = 5", "partial_labels = true", 1))
+    with pytest.raises(PlanError, match="partial_labels: trimming and calibration need"):
+        load_plan(path)
+    path.write_text(GOOD.replace("local_steps = 5", "partial_labels = true\ntrim = false", 1))
+    path.write_text(path.read_text().replace("calibrate_rounds = 2", "calibrate = false", 1))
+    assert load_plan(path).tasks[0].section.partial_labels
+
+
 def test_adam_on_the_server_takes_no_momentum(tmp_path):
     path = tmp_path / "plan.toml"
     text = GOOD.replace("local_steps = 5", 'server_optimizer = "adam"\nserver_momentum = 0.9', 1)

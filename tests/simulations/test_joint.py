@@ -5,10 +5,10 @@ import torch
 
 from core.data.transforms import Augmentation
 from core.model import EncoderConfig
-from core.training import TrainSettings
+from core.training import TrainSettings, merged_logits
 from simulations.baselines import StageLog
 from simulations.evaluate import score_model
-from simulations.joint import MarginalLoss, MixedBatches, joint, merged_logits
+from simulations.joint import MarginalLoss, MixedBatches, joint
 from simulations.task_data import TaskData
 from tests.models import abdomen_cases, held_out_set, native_prep
 
