@@ -7,7 +7,9 @@ On one scenario, with the same phantoms, seeds and training budget:
   highest softmax probability; ``no_trim``: the method with full decoders (its own run);
 - two references: ``upper_bound``, one encoder + full decoder per task, trained on that
   task's pooled sites; ``joint``, one model over every task's structures trained on all
-  their data at once with a marginal loss (``simulations/joint.py``);
+  their data at once with a marginal loss (``simulations/joint.py``); and its federated
+  peer ``federated_joint``, the same model by FedAvg over every site at once, each with
+  the marginal loss over what it labels (``simulations/federated_joint.py``, Flower);
 - ``finetune``, ``lwf`` and ``mib``: one model with a growing head trained task after
   task (``simulations/baselines.py``). Their first stage and the upper bound's first
   model are one model, trained once (``simulations/shared_stage.py``).
@@ -17,9 +19,9 @@ on the pooled training splits of a task's sites for as many steps as the method'
 decoder gets at all those sites together (training rounds x local steps, plus
 distillation, times sites), so they see as many patches; or each task's ``plateau``
 budget from the upper bound's learning curve (``csfl curve``), the federated rounds
-scaled to match. ``joint`` gets the tasks' budgets together. Every method is evaluated
-after every stage on the held-out cases of every task so far, in the preprocessed space
-(the method's merged label map included). Each method's result is kept in
+scaled to match. ``joint`` and ``federated_joint`` get the tasks' budgets together.
+Every method is evaluated after every stage on the held-out cases of every task so far,
+in the preprocessed space (the method's merged label map included). Each method's result is kept in
 ``OUT/<method>.json`` with its budget and steps; a rerun skips methods already done
 (and refuses one kept under other step counts) and says the time left.
 """
@@ -39,14 +41,11 @@ import torch
 from core.bundle import Bundle, load_bundle
 from core.data import Case
 from core.data.transforms import validation_transforms
-from core.evaluation import ScoreSums
-from core.inference import VolumeOutputs, combined_structures, merge_volume, volume_outputs
+from core.inference import volume_outputs
 from core.io import atomic_write_bytes, atomic_write_json
-from core.merge import MergeSettings
 from core.model import Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
 from core.training import TrainSettings
-from server.catalog import Catalog
 from server.plan import Plan, parse_plan
 from simulations.baselines import GrowingSegmenter, central_settings, sequential, upper_bound
 from simulations.budget import (
@@ -60,16 +59,16 @@ from simulations.budget import (
 )
 from simulations.curves import Budget, plateau_budgets
 from simulations.evaluate import (
-    LabelMap,
     merged_map,
-    score_bundle_maps,
+    score_means,
     score_model,
     task_labels,
-    upload_summary,
 )
+from simulations.federated_joint import federated_joint
+from simulations.federated_methods import Scores, federated
 from simulations.joint import joint
 from simulations.report import markdown, overlay_figure, plots
-from simulations.run import plan_document, simulate, write_sites_once
+from simulations.run import plan_document, write_sites_once
 from simulations.scenario import Scenario
 from simulations.shared_stage import first_stage
 from simulations.task_data import TaskData, load_tasks
@@ -80,105 +79,11 @@ ORDER = (
     "no_trim",
     "upper_bound",
     "joint",
+    "federated_joint",
     "finetune",
     "lwf",
     "mib",
 )
-Scores = dict[str, dict[str, dict[str, float | None]]]  # task -> metric -> structure -> mean
-
-
-def _means(sums: ScoreSums) -> dict[str, dict[str, float | None]]:
-    return {"dice": sums.means("dice"), "hd95": sums.means("hd95")}
-
-
-@torch.no_grad()
-def merged_stages(
-    bundle: Bundle,
-    tasks: list[TaskData],
-    merges: dict[str, MergeSettings],
-    say: Callable[[str], None],
-) -> dict[str, list[Scores]]:
-    """Each merge's scores of the merged label map after each stage, on every task so far.
-
-    Scored on the network's grid. The network runs once per test case: stage ``k``'s
-    unified model is the encoder and the first ``k`` tasks' decoders, so its outputs are
-    the first ``k`` decoders' votes.
-    """
-    names = [t.name for t in tasks]
-    sums: dict[str, list[dict[str, ScoreSums]]] = {m: [{} for _ in tasks] for m in merges}
-    for i, task in enumerate(tasks):
-
-        def maps(outputs: VolumeOutputs, i: int = i) -> dict[tuple[str, int], LabelMap]:
-            return {
-                (method, k): merged_map(bundle, outputs, settings, names[: k + 1])
-                for k in range(i, len(tasks))
-                for method, settings in merges.items()
-            }
-
-        for _, scores in score_bundle_maps(bundle, task, maps, grid="network", hd95=True):
-            for (method, k), case_scores in scores.items():
-                sums[method][k].setdefault(task.name, ScoreSums()).merge(case_scores)
-        say(f"{', '.join(merges)}: evaluated on {task.name} after every stage")
-    return {
-        m: [{t: _means(s) for t, s in stage.items()} for stage in per] for m, per in sums.items()
-    }
-
-
-def _merged_seconds(bundle: Bundle, image: Path, settings: MergeSettings) -> float:
-    """Wall time to predict one CT with the unified model: network and merge."""
-    start = time.perf_counter()
-    structures = combined_structures(bundle.model)
-    merge_volume(volume_outputs(bundle, image), structures, settings, bundle.calibration)
-    return round(time.perf_counter() - start, 2)
-
-
-def federated(
-    name: str,
-    scenario: Scenario,
-    plan: Plan,
-    run: Path,
-    say: Callable[[str], None],
-    cpus: int | None = None,
-) -> list[dict[str, Any]]:
-    """Run the method through Flower into ``run`` (its sites share ``cpus`` cores).
-
-    Returns:
-        The results of ``name`` and, for the full method, of its naive-merge ablation
-        (the same decoders, merged by the highest probability).
-    """
-    started = time.perf_counter()
-    simulate(scenario, run, say, cpus)
-    tasks = load_tasks(scenario, run / "sites", plan.training.val_fraction, plan.training.seed)
-    catalog = Catalog(run / "catalog")
-    seconds = catalog.phase_seconds()
-    bundle = load_bundle(run / "catalog" / "bundle")
-    uploads = upload_summary(catalog)
-    merges = {name: bundle.merge}
-    if name == "continual":
-        merges["naive_merge"] = MergeSettings(rule="highest_probability")
-    results = []
-    prep, roi, image = bundle.preprocessing, bundle.roi_size, tasks[0].test_cases[0].image
-    # a decoder alone is the same after every later stage: registration never changes it
-    own = {t.name: _means(score_model(bundle.model, t, prep, roi)) for t in tasks}
-    own_stages: list[Scores] = [
-        {t.name: own[t.name] for t in tasks[: k + 1]} for k in range(len(tasks))
-    ]
-    for method, stages in merged_stages(bundle, tasks, merges, say).items():
-        settings = merges[method]
-        results.append(
-            {
-                "method": method,
-                "stages": stages,
-                "own_stages": own_stages,
-                "parameters": count_parameters(bundle.model),
-                "uploads": uploads,
-                "train_seconds": round(sum(seconds.values()), 1),
-                "train_seconds_per_task": seconds,
-                "wall_seconds": round(time.perf_counter() - started, 1),
-                "predict_seconds": _merged_seconds(bundle, image, settings),
-            }
-        )
-    return results
 
 
 def central(
@@ -201,7 +106,7 @@ def central(
     if method == "joint":
         say(f"joint: training one model on all tasks for {settings.steps} steps")
         model = joint(tasks, plan.encoder, prep, settings)
-        scores: Scores = {t.name: _means(score_model(model, t, prep, roi)) for t in tasks}
+        scores: Scores = {t.name: score_means(score_model(model, t, prep, roi)) for t in tasks}
         # one model of every task at once: after stage k, the tasks so far
         stages = [{t.name: scores[t.name] for t in tasks[: k + 1]} for k in range(len(tasks))]
         return _central_result(method, stages, model, start, image, plan)
@@ -214,7 +119,7 @@ def central(
             if task is not tasks[0]:
                 say(f"upper_bound: training {task.name}")
                 models.append(upper_bound(task, plan.encoder, prep, settings))
-            scores[task.name] = _means(score_model(models[-1], task, prep, roi))
+            scores[task.name] = score_means(score_model(models[-1], task, prep, roi))
             stages.append(dict(scores))
         train = time.perf_counter() - start
         predict = sum(_network_seconds(m, image, plan) for m in models)
@@ -223,7 +128,7 @@ def central(
 
         def on_stage(k: int, model: GrowingSegmenter) -> None:
             stages.append(
-                {t.name: _means(score_model(model, t, prep, roi)) for t in tasks[: k + 1]}
+                {t.name: score_means(score_model(model, t, prep, roi)) for t in tasks[: k + 1]}
             )
             say(f"{method}: evaluated after stage {k + 1}")
 
@@ -362,6 +267,18 @@ def run_benchmark(
             for result in federated(method, spec, plan, out / method, say, cpus):
                 results[result["method"]] = stamp(result, planned[method], budget)
                 atomic_write_json(out / f"{result['method']}.json", result)
+        elif method == "federated_joint":
+            _share_sites(scenario, out, say)
+            sites = out / "continual" / "sites"
+            tasks = load_tasks(scenario, sites, plan.training.val_fraction, plan.training.seed)
+            total = sum(steps.values())  # the joint reference's budget
+            result, model = federated_joint(
+                scenario, plan, tasks, total, sites, out / method, say, cpus
+            )
+            image = tasks[0].test_cases[0].image
+            result["predict_seconds"] = round(_network_seconds(model, image, plan), 2)
+            results[method] = stamp(result, steps, budget)
+            atomic_write_json(path, result)
         else:
             _share_sites(scenario, out, say)
             tasks = load_tasks(

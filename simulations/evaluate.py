@@ -44,28 +44,35 @@ Key = TypeVar("Key")
 
 
 def score_model(
-    model: torch.nn.Module, task: TaskData, prep: Preprocessing, roi_size: Sequence[int]
+    model: torch.nn.Module,
+    task: TaskData,
+    prep: Preprocessing,
+    roi_size: Sequence[int],
+    decoder: str | None = None,
 ) -> ScoreSums:
     """Dice and HD95 of a network alone on a task's test cases, in the preprocessed space.
 
     Args:
-        model: a :class:`ContinualSegmenter`, scored through its decoder named
-            ``task.name``; or any module with a ``classes`` tuple whose output is organ
-            logits over background + ``classes`` (a baseline's growing model). Voxels
-            predicted as a class the task does not label count as background.
+        model: a :class:`ContinualSegmenter`, scored through one decoder; or any module
+            with a ``classes`` tuple whose output is organ logits over background +
+            ``classes`` (a baseline's growing model). Voxels predicted as a class the
+            task does not label count as background.
         task: the task (its test cases and structures).
         prep: preprocessing.
         roi_size: sliding-window size.
+        decoder: the decoder scored (default ``task.name``; a joint model's covers
+            several tasks).
 
     Raises:
         TypeError: for a module that is neither.
     """
     classes: Sequence[str]
     if isinstance(model, ContinualSegmenter):
-        classes = model.decoder(task.name).structures
+        name = decoder or task.name
+        classes = model.decoder(name).structures
 
         def organ(x: torch.Tensor) -> torch.Tensor:
-            return model.organ_logits(x, task.name)
+            return model.organ_logits(x, name)
 
     else:
         grown = getattr(model, "classes", None)
@@ -75,6 +82,11 @@ def score_model(
     return evaluate_segmenter(
         model, organ, classes, task.test_cases, task.test_table, task.structures, prep, roi_size
     )
+
+
+def score_means(sums: ScoreSums) -> dict[str, dict[str, float | None]]:
+    """Mean Dice and HD95 per structure, as the benchmark's results keep them."""
+    return {"dice": sums.means("dice"), "hd95": sums.means("hd95")}
 
 
 @dataclass(frozen=True)

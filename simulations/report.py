@@ -13,6 +13,7 @@ LABELS = {
     "no_trim": "this method, no trimming",
     "upper_bound": "upper bound (a model per task)",
     "joint": "joint (one model, all data)",
+    "federated_joint": "joint by FedAvg over all sites (partial labels)",
     "finetune": "sequential fine-tuning",
     "lwf": "LwF",
     "mib": "MiB",

@@ -146,8 +146,12 @@ def simulate(
     out: Path,
     say: Callable[[str], None] = print,
     cpus: int | None = None,
+    score: bool = True,
 ) -> SimulationReport:
     """Run every stage of a scenario; results go to ``OUT/results.json``.
+
+    After each stage the catalog's decoders are scored on the scenario's test sets
+    (``score``; a caller whose tasks have no test set of their own scores them itself).
 
     Started again after an interruption, it keeps the stages an earlier start finished
     (:func:`finished_stages`) and resumes the first unfinished one from the catalog.
@@ -199,7 +203,7 @@ def simulate(
                     f"stage {stage}: exit code {result.returncode}, unfinished {missing}; see {log}"
                 )
             seconds = time.perf_counter() - start
-            dice = evaluate_catalog(catalog, scenario, sites_dir / TEST_FOLDER)
+            dice = evaluate_catalog(catalog, scenario, sites_dir / TEST_FOLDER) if score else {}
             uploads = upload_summary(catalog)
             report.stages.append(
                 {
