@@ -32,7 +32,7 @@ import dataclasses
 import os
 import platform
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -213,6 +213,7 @@ def run_benchmark(
     budget: Budget = "scenario",
     curves: Path | None = None,
     cpus: int | None = None,
+    settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run (or reuse) every method on a scenario and gather the figures.
 
@@ -228,6 +229,9 @@ def run_benchmark(
             budget from the upper-bound curves in ``curves``; :mod:`simulations.budget`).
         curves: ``csfl curve``'s folder (``plateau`` only).
         cpus: cores the federated methods' simulated sites share (default: all).
+        settings: the ``--set`` keys already applied to ``scenario``'s federation table
+            (:func:`simulations.scenario.parse_settings`); kept with every result, and a
+            result kept under other settings is refused.
 
     Returns:
         The benchmark document (also written to ``OUT/benchmark.json``).
@@ -254,7 +258,7 @@ def run_benchmark(
     for method in methods:
         path = out / f"{method}.json"
         if path.is_file():
-            results[method] = reuse_result(path, planned[method], budget)
+            results[method] = reuse_result(path, planned[method], budget, settings)
             say(f"{method}: reusing {path}")
             continue
         if method == "naive_merge":
@@ -265,7 +269,7 @@ def run_benchmark(
                 _share_sites(scenario, out, say)
             spec = federated_scenario(scenario, method)
             for result in federated(method, spec, plan, out / method, say, cpus):
-                results[result["method"]] = stamp(result, planned[method], budget)
+                results[result["method"]] = stamp(result, planned[method], budget, settings)
                 atomic_write_json(out / f"{result['method']}.json", result)
         elif method == "federated_joint":
             _share_sites(scenario, out, say)
@@ -277,7 +281,7 @@ def run_benchmark(
             )
             image = tasks[0].test_cases[0].image
             result["predict_seconds"] = round(_network_seconds(model, image, plan), 2)
-            results[method] = stamp(result, steps, budget)
+            results[method] = stamp(result, steps, budget, settings)
             atomic_write_json(path, result)
         else:
             _share_sites(scenario, out, say)
@@ -287,11 +291,12 @@ def run_benchmark(
                 plan.training.val_fraction,
                 plan.training.seed,
             )
-            settings = central_settings(plan, progress)
+            train = central_settings(plan, progress)
             if method == "joint":  # one model for every task: their budgets together
-                settings = dataclasses.replace(settings, steps=sum(steps.values()))
+                train = dataclasses.replace(train, steps=sum(steps.values()))
             tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
-            result = stamp(central(method, plan, tasks, settings, say, out), steps, budget)
+            trained = central(method, plan, tasks, train, say, out)
+            result = stamp(trained, steps, budget, settings)
             results[method] = result
             atomic_write_json(path, result)
         rest = [m for m in methods if m != "naive_merge" and not (out / f"{m}.json").is_file()]

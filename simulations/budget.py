@@ -111,24 +111,36 @@ def method_steps(method: str, scenario: Scenario, central: dict[str, int]) -> di
     return central_steps(spec, parse_plan(plan_document(spec), spec.name), "scenario", {})
 
 
-def stamp(result: dict[str, Any], steps: dict[str, int], budget: str) -> dict[str, Any]:
-    """A method's result with the budget it was trained under."""
-    result.update(budget=budget, steps_per_task=steps)
+def stamp(
+    result: dict[str, Any],
+    steps: dict[str, int],
+    budget: str,
+    settings: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A method's result with the budget it was trained under and the ``--set`` settings."""
+    result.update(budget=budget, steps_per_task=steps, settings=dict(settings or {}))
     return result
 
 
-def reuse_result(path: Path, steps: dict[str, int], budget: str) -> dict[str, Any]:
-    """A kept result, if it was trained under this budget and these step counts.
+def reuse_result(
+    path: Path, steps: dict[str, int], budget: str, settings: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """A kept result, if it was trained under this budget, step counts and settings.
 
     Raises:
         ValueError: if it was not (a result of another budget is never mixed in).
     """
     result: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-    kept = result.get("budget", "scenario"), result.get("steps_per_task", steps)
-    if kept != (budget, steps):
+    kept = (
+        result.get("budget", "scenario"),
+        result.get("steps_per_task", steps),
+        result.get("settings", {}),
+    )
+    if kept != (budget, steps, dict(settings or {})):
         raise ValueError(
-            f"{path}: trained under the {kept[0]} budget with steps {kept[1]}, not the "
-            f"{budget} budget with steps {steps}; use another --out"
+            f"{path}: trained under the {kept[0]} budget with steps {kept[1]} and settings "
+            f"{kept[2]}, not the {budget} budget with steps {steps} and settings "
+            f"{dict(settings or {})}; use another --out"
         )
     return result
 

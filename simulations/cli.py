@@ -136,6 +136,14 @@ def profile(
         atomic_write_json(json_out, result)
 
 
+SetOption = Annotated[
+    list[str] | None,
+    typer.Option(
+        "--set",
+        help="KEY=VALUE: replaces a key of the scenario's [federation] table (repeatable), "
+        "e.g. precision=bf16, server_lr=3.",
+    ),
+]
 Cpus = Annotated[
     int | None,
     typer.Option(min=1, help="Cores the simulated sites share (default: all the machine's)."),
@@ -255,6 +263,7 @@ def benchmark(
         Path | None, typer.Option(help="csfl curve's folder (upper-bound curves), for plateau.")
     ] = None,
     cpus: Cpus = None,
+    overrides: SetOption = None,
 ) -> None:
     """Compare this method, its ablations, the references, fine-tuning, LwF and MiB.
 
@@ -263,11 +272,15 @@ def benchmark(
     every central method trains each task for its upper-bound curve's plateau budget
     and the federated rounds are scaled to match.
     """
+    from server.plan import parse_plan
     from simulations.benchmark import ORDER, run_benchmark
-    from simulations.scenario import load_scenario
+    from simulations.run import plan_document
+    from simulations.scenario import load_scenario, parse_settings, with_federation
 
     with user_errors():
-        spec = load_scenario(scenario)
+        changed = parse_settings(overrides or ())
+        spec = with_federation(load_scenario(scenario), changed)
+        parse_plan(plan_document(spec), f"scenario {spec.name}")  # a bad --set, before any work
         chosen = tuple(m.strip() for m in methods.split(",")) if methods else ORDER
         unknown = [m for m in chosen if m not in ORDER]
         if unknown:
@@ -288,6 +301,7 @@ def benchmark(
             budget=budget,
             curves=curves,
             cpus=cpus,
+            settings=changed,
         )
     typer.echo((folder / "report.md").read_text(encoding="utf-8"))
     typer.echo(f"benchmark done in {time.perf_counter() - start:.0f} s")
@@ -312,14 +326,7 @@ def curve(
     sites: Annotated[
         Path | None, typer.Option(help="The scenario's phantoms (default OUT/sites, written once).")
     ] = None,
-    overrides: Annotated[
-        list[str] | None,
-        typer.Option(
-            "--set",
-            help="KEY=VALUE: a [federation] setting for this curve (repeatable), "
-            "e.g. precision=bf16, server_lr=3.",
-        ),
-    ] = None,
+    overrides: SetOption = None,
 ) -> None:
     """Train a method at budgets N, 2N, 4N, ... until doubling stops paying; find its plateau.
 

@@ -272,7 +272,7 @@ def run_curve(
         say: progress lines.
         progress: a progress bar while a budget trains.
         overrides: ``KEY=VALUE`` settings of the scenario's federation table
-            (:func:`simulations.scenario.with_federation`), part of the curve's identity.
+            (:func:`simulations.scenario.parse_settings`), part of the curve's identity.
 
     Raises:
         ScenarioError, ValueError: for an unknown task, method, setting or a missing
@@ -281,9 +281,10 @@ def run_curve(
     from server.plan import parse_plan
     from simulations.curve_trainers import catalog_encoder, make_trainer
     from simulations.run import plan_document, write_sites_once
-    from simulations.scenario import load_scenario, with_federation
+    from simulations.scenario import load_scenario, parse_settings, with_federation
 
-    spec = with_federation(load_scenario(scenario_name), overrides)
+    changed = parse_settings(overrides)
+    spec = with_federation(load_scenario(scenario_name), changed)
     parse_plan(plan_document(spec), f"scenario {spec.name}")  # a bad --set, before any work
     if method not in CURVE_METHODS:
         raise ValueError(f"--method: {method!r}; expected one of {', '.join(CURVE_METHODS)}")
@@ -297,13 +298,12 @@ def run_curve(
         catalog_encoder(catalog)  # before the phantoms are written
     sites = write_sites_once(spec, (sites or out / "sites").resolve(), say)
     trainer = make_trainer(spec, method, task, sites, catalog, progress, out.resolve(), say)
-    changed = sorted({o.partition("=")[0].strip() for o in overrides})
     identity = {
         "method": method,
         "task": task,
         "scenario": spec.name,
         "seed": spec.seed,
-        "settings": {k: spec.federation[k] for k in changed},
+        "settings": changed,
     }
     path = curve_path(out, method, task)
     doc = learning_curve(path, identity, trainer, settings, say)

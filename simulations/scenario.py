@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import tomllib
 import zlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -137,8 +137,8 @@ def _get(obj: dict[str, Any], key: str, kind: type, where: str) -> Any:
     return value
 
 
-def with_federation(scenario: Scenario, settings: Sequence[str]) -> Scenario:
-    """The scenario with ``KEY=VALUE`` settings replacing keys of its ``[federation]`` table.
+def parse_settings(settings: Sequence[str]) -> dict[str, Any]:
+    """``KEY=VALUE`` command-line settings (``--set``) as a table, in key order.
 
     A value is read as TOML (``3``, ``0.5``, ``true``, ``[1, 2]``, ``"bf16"``); a bare
     word is a string. The keys are checked where the plan is made
@@ -156,6 +156,11 @@ def with_federation(scenario: Scenario, settings: Sequence[str]) -> Scenario:
             updates[key.strip()] = tomllib.loads(f"v = {text.strip()}")["v"]
         except tomllib.TOMLDecodeError:
             updates[key.strip()] = text.strip()
+    return dict(sorted(updates.items()))
+
+
+def with_federation(scenario: Scenario, updates: Mapping[str, Any]) -> Scenario:
+    """The scenario with ``updates`` replacing keys of its ``[federation]`` table."""
     return dataclasses.replace(scenario, federation={**scenario.federation, **updates})
 
 

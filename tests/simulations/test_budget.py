@@ -6,7 +6,7 @@ import pytest
 from core.phases import DISTILL, TEACHER
 from core.records import RecordError
 from server.plan import parse_plan
-from simulations.budget import budget_steps, central_steps, plateau_scenario, reuse_result
+from simulations.budget import budget_steps, central_steps, plateau_scenario, reuse_result, stamp
 from simulations.run import PER_TASK, plan_document
 from simulations.scenario import load_scenario
 
@@ -84,3 +84,8 @@ def test_a_kept_result_of_other_step_counts_is_refused(tmp_path):
         reuse_result(path, {"a": 250}, "plateau")
     with pytest.raises(ValueError, match="use another --out"):
         reuse_result(path, {"a": 1000}, "scenario")
+    with pytest.raises(ValueError, match=r"settings \{\}, not .* settings \{'precision': 'bf16'\}"):
+        reuse_result(path, {"a": 250}, "scenario", {"precision": "bf16"})
+    kept = stamp({"method": "lwf"}, {"a": 250}, "scenario", {"precision": "bf16"})
+    path.write_text(json.dumps(kept))
+    assert reuse_result(path, {"a": 250}, "scenario", {"precision": "bf16"}) == kept

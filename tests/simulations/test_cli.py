@@ -3,6 +3,7 @@ import subprocess
 import sys
 
 import click
+import pytest
 import typer
 from typer.testing import CliRunner
 
@@ -79,3 +80,14 @@ def test_profile_scale_names_an_unknown_scenario():
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "no scenario 'nonsense'" in result.output and "Traceback" not in result.output
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [("local_steps", "expected KEY=VALUE"), ("server_lr=100", "server_lr: 100.0 is outside")],
+)
+def test_benchmark_refuses_a_bad_setting_before_any_work(tmp_path, setting, message):
+    args = ["benchmark", "--scenario", "tiny", "--out", str(tmp_path / "b"), "--set", setting]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 2 and message in result.output
+    assert not (tmp_path / "b").exists()

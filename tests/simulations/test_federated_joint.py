@@ -6,7 +6,7 @@ from core.phases import BASE
 from server.plan import parse_plan
 from simulations.federated_joint import TASK, federated_joint, joint_scenario
 from simulations.run import plan_document, write_sites_once
-from simulations.scenario import load_scenario, with_federation
+from simulations.scenario import load_scenario, parse_settings, with_federation
 from simulations.task_data import load_tasks
 
 
@@ -26,7 +26,8 @@ def test_one_task_over_every_structure_served_by_every_site_for_the_joint_budget
 
 @pytest.mark.slow  # one Flower simulation: one round at three sites, one local step each
 def test_every_site_trains_the_joint_model_on_what_it_labels(tmp_path):
-    tiny = with_federation(load_scenario("tiny"), ["local_steps=1", "encoder_widths=[4, 8, 16]"])
+    small = parse_settings(["local_steps=1", "encoder_widths=[4, 8, 16]"])
+    tiny = with_federation(load_scenario("tiny"), small)
     plan = parse_plan(plan_document(tiny))
     sites = write_sites_once(tiny, tmp_path / "sites", print)
     tasks = load_tasks(tiny, sites, plan.training.val_fraction, plan.training.seed)

@@ -4,7 +4,7 @@ import tomllib
 from server.catalog import Catalog
 from server.plan import parse_plan
 from simulations.run import finished_stages, plan_document, to_toml
-from simulations.scenario import load_scenario, with_federation
+from simulations.scenario import load_scenario, parse_settings, with_federation
 
 
 def test_every_scenario_becomes_a_valid_plan():
@@ -35,7 +35,7 @@ def test_a_restart_keeps_only_the_stages_that_finished(tmp_path, monkeypatch):
 
 def test_set_replaces_federation_keys_with_toml_values():
     settings = ["server_lr=3", "precision=bf16", 'aggregation="robust"', "trim=false"]
-    spec = with_federation(load_scenario("tiny"), settings)
+    spec = with_federation(load_scenario("tiny"), parse_settings(settings))
     assert spec.federation["server_lr"] == 3 and spec.federation["trim"] is False
     assert spec.federation["precision"] == "bf16" and spec.federation["aggregation"] == "robust"
     plan = parse_plan(plan_document(spec))
