@@ -3,6 +3,7 @@ import pytest
 import torch
 
 from core.data.transforms import Augmentation
+from core.device import native_bf16
 from core.model import Decoder, Genotype
 from core.training import TrainSettings, train_phase
 from tests.builders import nnunet_dataset
@@ -115,7 +116,20 @@ def test_fedprox_keeps_local_training_near_the_round_model(tmp_path):
     assert 0 < drift[10.0] < 0.9 * drift[0.0], drift
 
 
-@pytest.mark.parametrize("precision", ["fp32", "bf16", "auto"])
+NATIVE_BF16 = native_bf16(torch.device("cpu"))
+
+
+@pytest.mark.parametrize(
+    "precision",
+    [
+        "fp32",
+        "auto",
+        pytest.param(
+            "bf16",
+            marks=pytest.mark.skipif(not NATIVE_BF16, reason="bf16 is emulated on this CPU: slow"),
+        ),
+    ],
+)
 def test_every_precision_trains_and_the_weights_stay_fp32(tmp_path, precision):
     data = nnunet_dataset(tmp_path / "A", n_cases=1, structures=("liver", "spleen"))
     model = tiny_model(data.labels.structures)
