@@ -124,10 +124,11 @@ class AggregationSettings(Record):
     A site's weight is the size of its training split as its ``describe`` case count
     implies, at most ``max_site_cases``; ``robust`` also bounds each site's update by
     ``norm_bound`` x the median update norm and, with 3 sites or more, takes the
-    coordinate-wise mean trimmed by ``trim_fraction`` (at least one site per side). The
-    server then steps the global model towards that average (``server.server_optimizer``):
-    ``sgd`` at ``server_lr`` 1 without momentum is plain FedAvg, with momentum FedAvgM,
-    ``adam`` FedAdam.
+    coordinate-wise mean trimmed by ``trim_fraction`` (at least one site per side). In the
+    phases that train weights over rounds (base, teacher, distill) the server then steps
+    the global model towards that average (``server.server_optimizer``): ``sgd`` at
+    ``server_lr`` 1 without momentum is plain FedAvg, with momentum FedAvgM, ``adam``
+    FedAdam.
     """
 
     aggregation: str = setting("fedavg", lo=1, hi=16, doc='"fedavg" or "robust"')

@@ -143,11 +143,12 @@ class TaskRun:
             self.task.section.min_sites,
             self.plan.max_payload_bytes,
         )
-        if rnd == 1:  # the server's momentum belongs to one phase's rounds
-            self.optimizers[phase.name] = ServerOptimizer(self.task.aggregation)
-        optimizer = self.optimizers[phase.name]
-        states = {k: optimizer.step(k, templates[k], v) for k, v in result.states.items()}
-        result = dataclasses.replace(result, states=states)
+        if phase.server_optimized:
+            if rnd == 1:  # the server's momentum belongs to one phase's rounds
+                self.optimizers[phase.name] = ServerOptimizer(self.task.aggregation)
+            optimizer = self.optimizers[phase.name]
+            states = {k: optimizer.step(k, templates[k], v) for k, v in result.states.items()}
+            result = dataclasses.replace(result, states=states)
         self.ledger.received(result.bytes_up, result.rejected)
         self.catalog.journal(
             "round-end",

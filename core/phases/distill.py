@@ -56,6 +56,7 @@ class Distill(PhaseSpec[DistillSettings, DistillReply]):
     message_type = f"{TRAIN}.distill"
     settings_type = DistillSettings
     reply_type = DistillReply
+    server_optimized = True
 
     def at_site(
         self, site: SiteResources, cfg: RoundConfig, settings: DistillSettings, content: RecordDict

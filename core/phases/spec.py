@@ -142,12 +142,16 @@ class PhaseSpec(ABC, Generic[S, R]):
         message_type: the Flower message type the server sends.
         settings_type: the plan's settings of this phase (a record class).
         reply_type: what a site's reply metrics parse into (a record class).
+        server_optimized: whether the task's server optimiser (FedAvgM, FedAdam) steps
+            its averages; phases that train network weights over rounds say yes, the
+            architecture search and the calibration heads keep the plain average.
     """
 
     name: ClassVar[str]
     message_type: ClassVar[str]
     settings_type: ClassVar[type[Record]]
     reply_type: ClassVar[type[SiteReply]]
+    server_optimized: ClassVar[bool] = False
 
     def settings_record(self, settings: S) -> ConfigRecord:
         """The settings as the record the server sends."""

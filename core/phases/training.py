@@ -45,6 +45,7 @@ class Training(PhaseSpec[TrainingSettings, SiteReply]):
 
     settings_type = TrainingSettings
     reply_type = SiteReply
+    server_optimized = True
     with_encoder: ClassVar[bool]
 
     def at_site(

@@ -308,3 +308,10 @@ def test_a_server_optimizer_steps_from_what_each_round_sent(tmp_path):
         if value.is_floating_point():  # round 1: +2 x 1; round 2: +2 x (0.5 x 1 + 1)
             assert torch.allclose(sent[-1][name], value + 2.0, atol=1e-2), name
             assert torch.allclose(after.decoder.state_dict()[name], value + 5.0, atol=1e-2), name
+
+
+def test_only_the_phases_that_train_weights_over_rounds_take_the_server_optimizer():
+    stepped = {
+        p.name for p in (BASE, TEACHER, SEARCH, DISTILL, CALIBRATE, EVALUATE) if p.server_optimized
+    }
+    assert stepped == {"base", "teacher", "distill"}
