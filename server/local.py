@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import re
 import shutil
 import signal
@@ -75,9 +76,28 @@ def stage_app(project: Path, folder: Path) -> Path:
     return folder
 
 
+def _ephemeral_ports() -> tuple[int, int]:
+    """The range the kernel draws outgoing connections' source ports from."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999  # Linux's default
+
+
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nobody listens on right now."""
-    with socket.socket() as s:
+    """A TCP port on 127.0.0.1 that nobody listens on right now.
+
+    Drawn below the kernel's ephemeral range: a port the kernel hands out (``bind`` to 0)
+    can be taken again, before the Flower process binds it, as the source port of any
+    outgoing connection, and with several federations starting at once that happened.
+    """
+    low = _ephemeral_ports()[0]
+    for port in random.sample(range(max(1025, low - 12_000), low), 64):
+        with socket.socket() as s, contextlib.suppress(OSError):
+            s.bind(("127.0.0.1", port))
+            return port
+    with socket.socket() as s:  # all taken: let the kernel pick
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
 

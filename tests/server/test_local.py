@@ -51,3 +51,15 @@ def test_a_home_s_processes_include_orphans_and_never_the_caller(tmp_path):
         assert orphan in found and caller not in found
     finally:
         os.kill(orphan, signal.SIGKILL)
+
+
+def test_a_free_port_lies_below_the_kernel_s_ephemeral_range_and_is_free():
+    import socket
+
+    from server.local import _ephemeral_ports, free_port
+
+    low, _ = _ephemeral_ports()
+    ports = {free_port() for _ in range(20)}
+    assert all(1024 < p < low for p in ports) and len(ports) > 1  # drawn at random
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", ports.pop()))  # nobody holds it
