@@ -140,7 +140,7 @@ SetOption = Annotated[
     list[str] | None,
     typer.Option(
         "--set",
-        help="KEY=VALUE: replaces a key of the scenario's [federation] table (repeatable), "
+        help="KEY=VALUE: replaces a key of the scenario's federation table (repeatable), "
         "e.g. precision=bf16, server_lr=3.",
     ),
 ]
