@@ -21,7 +21,7 @@ from core.training import TrainSettings, train_phase
 from server.catalog import INDEX, Catalog
 from server.plan import Plan, parse_plan
 from simulations.baselines import central_settings, upper_bound
-from simulations.curves import ALL_TASKS, CurveMethod, Dice, Trainer
+from simulations.curves import ALL_TASKS, CurveMethod, Dice, Trainer, machine_cpu_seconds
 from simulations.evaluate import score_model
 from simulations.joint import joint
 from simulations.run import plan_document, simulate
@@ -161,4 +161,4 @@ def federated_trainer(
     def score(model: torch.nn.Module) -> Dice:
         return {task: score_model(model, test, plan.preprocessing, plan.patch).means("dice")}
 
-    return Trainer(train, score)
+    return Trainer(train, score, machine_cpu_seconds)  # Flower's processes: the machine's

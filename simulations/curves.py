@@ -14,7 +14,7 @@ trains only the budgets still missing.
 from __future__ import annotations
 
 import json
-import resource
+import os
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -60,10 +60,13 @@ class Trainer(Generic[Model]):
     Attributes:
         train: trains a fresh model for that many steps.
         score: Dice per task and structure on held-out cases.
+        cpu_clock: CPU seconds so far of whatever trains (default: this process,
+            :func:`time.process_time`).
     """
 
     train: Callable[[int], Model]
     score: Callable[[Model], Dice]
+    cpu_clock: Callable[[], float] = time.process_time
 
 
 def duration(seconds: float) -> str:
@@ -73,14 +76,16 @@ def duration(seconds: float) -> str:
     return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} h"
 
 
-def cpu_seconds() -> float:
-    """CPU seconds of this process and of its finished child processes.
+def machine_cpu_seconds() -> float:
+    """CPU seconds every core of this machine has been busy since boot (Linux ``/proc/stat``).
 
-    A federated method's sites run in Flower's processes; their time counts once the
-    processes that ran them have been waited for.
+    A federated method trains in Flower's processes (SuperLink, the Simulation Engine and
+    its Ray workers), which are not all this process's children: on a machine that runs
+    nothing else, the machine's busy time over the training is its CPU time.
     """
-    children = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return time.process_time() + children.ru_utime + children.ru_stime
+    fields = Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
 
 
 def curve_path(out: Path, method: str, task: str) -> Path:
@@ -140,7 +145,7 @@ def learning_curve(
 
     Returns:
         The curve document (also written to ``path``): ``points`` (per budget: steps,
-        CPU seconds of the training (:func:`cpu_seconds`), wall seconds, mean Dice,
+        CPU seconds of the training (the trainer's ``cpu_clock``), wall seconds, mean Dice,
         Dice per task and structure) and ``plateau_steps`` (``None`` if no doubling
         tried added less than the tolerance).
     """
@@ -152,9 +157,9 @@ def learning_curve(
         point = done.get(steps)
         if point is None:
             say(f"{path.stem}: training {steps} steps")
-            cpu, wall = cpu_seconds(), time.perf_counter()
+            cpu, wall = trainer.cpu_clock(), time.perf_counter()
             model = trainer.train(steps)
-            cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
+            cpu, wall = trainer.cpu_clock() - cpu, time.perf_counter() - wall
             dice = trainer.score(model)
             point = {
                 "steps": steps,

@@ -137,3 +137,17 @@ def test_curve_refuses_bad_arguments_in_one_line(tmp_path, args, message):
     assert result.exit_code == 2
     assert message in result.output and "error" in result.output
     assert not (tmp_path / "sites").exists()  # refused before writing anything
+
+
+def test_the_machine_s_cpu_clock_counts_work_done_in_any_process():
+    import subprocess
+    import sys
+    import time
+
+    from simulations.curves import machine_cpu_seconds
+
+    before, start = machine_cpu_seconds(), time.perf_counter()
+    busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
+    subprocess.run([sys.executable, "-c", busy], check=True)  # not a child we account for
+    assert machine_cpu_seconds() - before >= 0.4
+    assert time.perf_counter() - start >= 0.4
