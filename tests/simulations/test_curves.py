@@ -148,6 +148,6 @@ def test_the_machine_s_cpu_clock_counts_work_done_in_any_process():
 
     before, start = machine_cpu_seconds(), time.perf_counter()
     busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"
-    subprocess.run([sys.executable, "-c", busy], check=True)  # not a child we account for
+    subprocess.run([sys.executable, "-c", busy], check=True)  # another process's work
     assert machine_cpu_seconds() - before >= 0.4
     assert time.perf_counter() - start >= 0.4
