@@ -18,6 +18,17 @@ def pick_device(name: str | None = None) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def check_precision(precision: str) -> str:
+    """``precision`` if it is one of :data:`PRECISIONS`.
+
+    Raises:
+        ValueError: naming it and the choices.
+    """
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
+    return precision
+
+
 def native_bf16(device: torch.device) -> bool:
     """Whether the device computes bfloat16 in hardware.
 
@@ -39,8 +50,6 @@ def autocast(device: torch.device, precision: str) -> contextlib.AbstractContext
     softmax, losses and the weights in fp32); ``fp32``: none; ``auto``: ``bf16`` where the
     device does it in hardware (:func:`native_bf16`), else ``fp32``.
     """
-    if precision not in PRECISIONS:
-        raise ValueError(f"precision {precision!r}: expected one of {PRECISIONS}")
-    if precision == "bf16" or (precision == "auto" and native_bf16(device)):
+    if check_precision(precision) == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, MetricRecord
 from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import ProtocolError, check_sha256, check_structures
-from core.device import PRECISIONS
+from core.device import check_precision
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.records import Record, RecordError, flat, parse, setting
 from core.training import TrainSettings
@@ -79,8 +79,7 @@ class RoundConfig(Record):
             )
         if self.round > self.rounds:
             raise ValueError(f"round {self.round} of {self.rounds}")
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
+        check_precision(self.precision)
 
     def to_record(self) -> ConfigRecord:
         """As a Flower ConfigRecord (nested values as JSON strings)."""

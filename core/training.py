@@ -130,9 +130,10 @@ def optimise(
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
     losses: list[float] = []
     bar = tqdm(range(settings.steps), desc=desc, disable=not settings.progress)
+    mixed = autocast(device, settings.precision)  # decided once, entered every step
     for _ in bar:
         batch = next(batches)
-        with autocast(device, settings.precision):
+        with mixed:
             loss = loss_of(batch["image"].to(device), batch["label"].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]

@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 from core import anatomy
 from core.data.transforms import Preprocessing
 from core.describe import check_structures
-from core.device import PRECISIONS
+from core.device import check_precision
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, PhaseSpec
 from core.protocol import Optimiser
@@ -90,8 +90,7 @@ class TrainingSection(Record):
     precision: str = setting("fp32", lo=1, hi=8, doc='"fp32", "bf16" or "auto" (training)')
 
     def __post_init__(self) -> None:
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision {self.precision!r}: expected one of {PRECISIONS}")
+        check_precision(self.precision)
 
 
 @dataclass(frozen=True)

@@ -18,13 +18,11 @@ the phase starts, and also when an interrupted phase is run again from its first
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 
 from server.plan import AggregationSettings
+from server.robust import State
 
-State = Mapping[str, torch.Tensor]
 ADAM_BETAS = (0.9, 0.99)  # FedAdam's defaults (Reddi et al.; Flower's FedAdam)
 ADAM_EPS = 1e-3  # FedAdam's tau: how adaptive the step is
 

@@ -68,7 +68,7 @@ from simulations.federated_joint import federated_joint
 from simulations.federated_methods import Scores, federated
 from simulations.joint import joint
 from simulations.report import markdown, overlay_figure, plots
-from simulations.run import plan_document, write_sites_once
+from simulations.run import link_sites, plan_document, write_sites_once
 from simulations.scenario import Scenario
 from simulations.shared_stage import first_stage
 from simulations.task_data import TaskData, load_tasks
@@ -271,33 +271,24 @@ def run_benchmark(
             for result in federated(method, spec, plan, out / method, say, cpus):
                 results[result["method"]] = stamp(result, planned[method], budget, settings)
                 atomic_write_json(out / f"{result['method']}.json", result)
-        elif method == "federated_joint":
+        else:
             _share_sites(scenario, out, say)
             sites = out / "continual" / "sites"
             tasks = load_tasks(scenario, sites, plan.training.val_fraction, plan.training.seed)
-            total = sum(steps.values())  # the joint reference's budget
-            result, model = federated_joint(
-                scenario, plan, tasks, total, sites, out / method, say, cpus
-            )
-            image = tasks[0].test_cases[0].image
-            result["predict_seconds"] = round(_network_seconds(model, image, plan), 2)
+            if method == "federated_joint":
+                total = sum(steps.values())  # the joint reference's budget
+                result, model = federated_joint(
+                    scenario, plan, tasks, total, sites, out / method, say, cpus
+                )
+                image = tasks[0].test_cases[0].image
+                result["predict_seconds"] = round(_network_seconds(model, image, plan), 2)
+            else:
+                train = central_settings(plan, progress)
+                if method == "joint":  # one model for every task: their budgets together
+                    train = dataclasses.replace(train, steps=sum(steps.values()))
+                tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
+                result = central(method, plan, tasks, train, say, out)
             results[method] = stamp(result, steps, budget, settings)
-            atomic_write_json(path, result)
-        else:
-            _share_sites(scenario, out, say)
-            tasks = load_tasks(
-                scenario,
-                out / "continual" / "sites",
-                plan.training.val_fraction,
-                plan.training.seed,
-            )
-            train = central_settings(plan, progress)
-            if method == "joint":  # one model for every task: their budgets together
-                train = dataclasses.replace(train, steps=sum(steps.values()))
-            tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
-            trained = central(method, plan, tasks, train, say, out)
-            result = stamp(trained, steps, budget, settings)
-            results[method] = result
             atomic_write_json(path, result)
         rest = [m for m in methods if m != "naive_merge" and not (out / f"{m}.json").is_file()]
         clock.done(method, sum(planned[method].values()), [sum(planned[m].values()) for m in rest])
@@ -328,11 +319,7 @@ def run_benchmark(
 
 def _share_sites(scenario: Scenario, out: Path, say: Callable[[str], None]) -> None:
     """Every method uses the same phantoms: ``continual``'s, written by whoever needs them first."""
-    write_sites_once(scenario, out / "continual" / "sites", say)
-    target = out / "no_trim" / "sites"
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        target.symlink_to(out / "continual" / "sites")
+    link_sites(out / "no_trim", write_sites_once(scenario, out / "continual" / "sites", say))
 
 
 @torch.no_grad()

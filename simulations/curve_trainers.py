@@ -24,7 +24,7 @@ from simulations.baselines import central_settings, upper_bound
 from simulations.curves import ALL_TASKS, CurveMethod, Dice, Trainer, machine_cpu_seconds
 from simulations.evaluate import score_model
 from simulations.joint import joint
-from simulations.run import plan_document, simulate
+from simulations.run import link_sites, plan_document, simulate
 from simulations.scenario import Scenario
 from simulations.task_data import TaskData, load_tasks
 
@@ -152,9 +152,7 @@ def federated_trainer(
             scenario, tasks=(first,), sites=tuple(members), federation=federation
         )
         run = work / f"federated-{task}-{steps}"
-        if not (run / "sites").exists():  # the curve's phantoms, not a new drawing
-            run.mkdir(parents=True, exist_ok=True)
-            (run / "sites").symlink_to(sites, target_is_directory=True)
+        link_sites(run, sites)  # the curve's phantoms, not a new drawing
         simulate(alone, run, say)
         return load_bundle(run / "catalog" / "bundle").model
 

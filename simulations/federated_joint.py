@@ -25,7 +25,8 @@ from core.phases import BASE
 from server.catalog import Catalog
 from server.plan import Plan
 from simulations.evaluate import score_means, score_model, upload_summary
-from simulations.run import simulate
+from simulations.joint import all_structures
+from simulations.run import link_sites, simulate
 from simulations.scenario import Scenario, TaskSpec
 from simulations.task_data import TaskData
 
@@ -38,7 +39,7 @@ def joint_scenario(scenario: Scenario, plan: Plan, steps: int) -> Scenario:
     Its rounds are ``steps / (sites x local_steps)`` (at least 1); no trimming and no
     calibration (both need every structure labelled at every site).
     """
-    structures = tuple(dict.fromkeys(s for t in scenario.tasks for s in t.structures))
+    structures = all_structures(scenario.tasks)
     sites = tuple(dataclasses.replace(site, task=TASK) for site in scenario.sites)
     per_round = len(sites) * plan.tasks[0].of(BASE).steps
     federation = {
@@ -80,9 +81,7 @@ def federated_joint(
     """
     started = time.perf_counter()
     spec = joint_scenario(scenario, plan, steps)
-    if not (run / "sites").exists():
-        run.mkdir(parents=True, exist_ok=True)
-        (run / "sites").symlink_to(sites, target_is_directory=True)
+    link_sites(run, sites)
     simulate(spec, run, say, cpus, score=False)  # the joint task has no test set: below
     bundle = load_bundle(run / "catalog" / "bundle")
     prep, roi = bundle.preprocessing, bundle.roi_size

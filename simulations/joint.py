@@ -13,8 +13,8 @@ every task's data.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator, Sequence
-from typing import Any
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
 from monai.losses import DiceCELoss
@@ -25,6 +25,19 @@ from core.model import EncoderConfig
 from core.training import TrainSettings, check_patch, merged_logits, optimise, patch_batches
 from simulations.baselines import GrowingSegmenter, StageLog
 from simulations.task_data import TaskData
+
+
+class HasStructures(Protocol):
+    """A task of any kind (a scenario's, or one with its data)."""
+
+    @property
+    def structures(self) -> tuple[str, ...]:
+        """The structures it labels."""
+
+
+def all_structures(tasks: Iterable[HasStructures]) -> tuple[str, ...]:
+    """Every task's structures, each once, in the order they first appear."""
+    return tuple(dict.fromkeys(s for t in tasks for s in t.structures))
 
 
 class MarginalLoss:
@@ -96,7 +109,7 @@ def joint(
         raise ValueError("joint: every task needs training cases")
     check_patch(settings.augmentation.patch_size, encoder_config.divisor)
     dev = pick_device(None if device is None else str(device))
-    union = tuple(dict.fromkeys(s for t in tasks for s in t.structures))
+    union = all_structures(tasks)
     torch.manual_seed(settings.seed)
     model = GrowingSegmenter(encoder_config, union).to(dev)
     channels = [[union.index(s) + 1 for s in t.structures] for t in tasks]

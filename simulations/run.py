@@ -119,6 +119,15 @@ def write_sites_once(scenario: Scenario, sites_dir: Path, say: Callable[[str], N
     return sites_dir
 
 
+def link_sites(run: Path, sites: Path) -> Path:
+    """``run/sites`` as a link to phantoms already written (a run that draws none itself)."""
+    target = run / "sites"
+    if not target.exists():
+        run.mkdir(parents=True, exist_ok=True)
+        target.symlink_to(sites.resolve(), target_is_directory=True)
+    return target
+
+
 def finished_stages(out: Path, scenario: Scenario) -> dict[int, dict[str, Any]]:
     """The stages an earlier start of this simulation finished, from its ``results.json``.
 
