@@ -15,7 +15,7 @@ from flwr.app import ConfigRecord, MetricRecord
 from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import ProtocolError, check_sha256, check_structures
-from core.device import check_precision
+from core.device import DEFAULT_PRECISION, check_precision
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.records import Record, RecordError, flat, parse, setting
 from core.training import TrainSettings
@@ -61,7 +61,7 @@ class RoundConfig(Record):
     val_fraction: float = setting(0.2, lo=0.01, hi=0.99)
     round: int = setting(1, lo=1, hi=10_000)
     rounds: int = setting(1, lo=1, hi=10_000)
-    precision: str = setting("fp32", lo=1, hi=8)
+    precision: str = setting(DEFAULT_PRECISION, lo=1, hi=8)
     partial_labels: bool = setting(False)
 
     def __post_init__(self) -> None:

@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
-from core.device import autocast
+from core.device import DEFAULT_PRECISION, autocast
 from core.evaluation import ScoreSums, evaluate_task
 from core.model import ContinualSegmenter
 
@@ -53,7 +53,7 @@ class TrainSettings:
     progress: bool = True
     schedule_start: int = 0
     schedule_total: int | None = None
-    precision: str = "fp32"
+    precision: str = DEFAULT_PRECISION
 
     def lr_factor(self, step: int) -> float:
         """nnU-Net's polynomial decay, ``(1 - t / T) ** 0.9``, at local step ``step``."""

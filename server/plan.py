@@ -47,7 +47,7 @@ from typing import Any, TypeVar
 from core import anatomy
 from core.data.transforms import Preprocessing
 from core.describe import check_structures
-from core.device import check_precision
+from core.device import DEFAULT_PRECISION, check_precision
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, PhaseSpec
 from core.protocol import Optimiser
@@ -87,7 +87,7 @@ class TrainingSection(Record):
     val_fraction: float = setting(0.2, lo=0.01, hi=0.99)
     seed: int = setting(0, lo=0, hi=2**31 - 1)
     max_payload_mb: float = setting(256.0, lo=1.0, hi=4096.0)
-    precision: str = setting("fp32", lo=1, hi=8, doc='"fp32", "bf16" or "auto" (training)')
+    precision: str = setting(DEFAULT_PRECISION, lo=1, hi=8, doc='"fp32", "bf16" or "auto" (training)')
 
     def __post_init__(self) -> None:
         check_precision(self.precision)
