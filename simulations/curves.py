@@ -186,7 +186,7 @@ def learning_curve(
                 f"{path.stem}: next {left[0]} steps, about {duration(each[0])}; "
                 f"at most {duration(sum(each))} to {left[-1]} steps"
             )
-    doc["plateau_steps"] = plateau
+    doc["plateau_steps"] = plateau if plateau is not None else stored_plateau(done, settings)
     atomic_write_json(path, doc)
     say(
         f"{path.stem}: plateau at {plateau} steps"
@@ -194,6 +194,16 @@ def learning_curve(
         else f"{path.stem}: no plateau within {budgets[-1]} steps (raise --max-doublings)"
     )
     return doc
+
+
+def stored_plateau(done: dict[int, dict[str, Any]], settings: CurveSettings) -> int | None:
+    """The smallest budget kept in the file whose doubling, also kept, added less than the
+    tolerance: a single point trained into a finished curve's file keeps its plateau."""
+    for steps in sorted(done):
+        twice = done.get(2 * steps)
+        if twice is not None and twice["mean_dice"] - done[steps]["mean_dice"] < settings.tolerance:
+            return steps
+    return None
 
 
 def plateau_budgets(curves_dir: Path, method: str = "upper_bound") -> dict[str, int]:

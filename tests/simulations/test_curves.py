@@ -89,6 +89,15 @@ def test_a_rerun_trains_only_the_missing_budgets(tmp_path):
     assert done.trained == []  # a finished curve trains nothing
 
 
+def test_a_single_budget_trained_into_a_finished_curve_keeps_its_plateau(tmp_path):
+    path = curve_path(tmp_path, "upper_bound", "thorax")
+    learning_curve(path, IDENTITY, Scripted().trainer(), CurveSettings(250, 5, 0.03), print)
+    fake = Scripted({**SCRIPT, 3000: 0.764})
+    doc = learning_curve(path, IDENTITY, fake.trainer(), CurveSettings(3000, 0, 0.03), print)
+    assert fake.trained == [3000] and doc["plateau_steps"] == 1000
+    assert [p["steps"] for p in doc["points"]] == [250, 500, 1000, 2000, 3000]
+
+
 def test_a_curve_file_of_another_run_is_refused(tmp_path):
     path = curve_path(tmp_path, "upper_bound", "thorax")
     learning_curve(path, IDENTITY, Scripted().trainer(), CurveSettings(250, 1, 0.5), print)
