@@ -87,7 +87,9 @@ class TrainingSection(Record):
     val_fraction: float = setting(0.2, lo=0.01, hi=0.99)
     seed: int = setting(0, lo=0, hi=2**31 - 1)
     max_payload_mb: float = setting(256.0, lo=1.0, hi=4096.0)
-    precision: str = setting(DEFAULT_PRECISION, lo=1, hi=8, doc='"fp32", "bf16" or "auto" (training)')
+    precision: str = setting(
+        DEFAULT_PRECISION, lo=1, hi=8, doc='"auto", "fp32" or "bf16" (training)'
+    )
 
     def __post_init__(self) -> None:
         check_precision(self.precision)

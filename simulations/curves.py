@@ -197,8 +197,10 @@ def learning_curve(
 
 
 def stored_plateau(done: dict[int, dict[str, Any]], settings: CurveSettings) -> int | None:
-    """The smallest budget kept in the file whose doubling, also kept, added less than the
-    tolerance: a single point trained into a finished curve's file keeps its plateau."""
+    """The smallest kept budget whose doubling, also kept, added less than the tolerance.
+
+    So a single budget trained into a finished curve's file keeps the curve's plateau.
+    """
     for steps in sorted(done):
         twice = done.get(2 * steps)
         if twice is not None and twice["mean_dice"] - done[steps]["mean_dice"] < settings.tolerance:
