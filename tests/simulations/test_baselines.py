@@ -197,7 +197,7 @@ def test_sequential_learns_the_union_of_two_tasks(method, tasks):
     assert all(math.isfinite(x) for entry in log for x in entry.losses)
     first_kd = log[1].kd_losses[0]
     if method == "mib":
-        assert abs(first_kd) < 1e-6  # MiB's init: ~0 up to rounding
+        assert abs(first_kd) < 1e-4  # MiB's init: ~0 up to rounding (bf16 where native)
     else:
         assert first_kd == 0.0  # lwf: old channels untouched; finetune: no KD at all
     assert log[0].kd_losses == []  # stage 0 is the plain first model: no KD term at all

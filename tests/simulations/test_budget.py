@@ -20,11 +20,11 @@ def _plan(scenario):
 def test_central_methods_get_the_steps_of_all_a_task_s_sites():
     default = load_scenario("default")
     plan = _plan(default)
-    # 3 rounds x 50 training steps + 2 x 50 distillation steps, at each of the task's sites
-    assert budget_steps(plan, "wholebody", 3) == 3 * 250  # hosp_a, hosp_b, hosp_c
-    assert budget_steps(plan, "thorax", 1) == 250
+    # 6 rounds x 50 training steps + 2 x 50 distillation steps, at each of the task's sites
+    assert budget_steps(plan, "wholebody", 3) == 3 * 400  # hosp_a, hosp_b, hosp_c
+    assert budget_steps(plan, "thorax", 1) == 400
     steps = central_steps(default, plan, "scenario", {})
-    assert steps == {"wholebody": 750, "head_neck": 250, "thorax": 250, "abdomen_tumor": 250}
+    assert steps == {"wholebody": 1200, "head_neck": 400, "thorax": 400, "abdomen_tumor": 400}
 
 
 def test_plateau_budgets_scale_each_task_s_federated_rounds():
@@ -37,12 +37,12 @@ def test_plateau_budgets_scale_each_task_s_federated_rounds():
         assert training.steps == 50  # local steps kept; rounds scaled
         federated = training.rounds * training.steps * sites
         assert abs(federated - PLATEAU[task.name]) <= training.steps * sites / 2
-        # the student keeps its share: 2 distillation rounds per 3 training rounds
+        # the student keeps its share: 2 distillation rounds per 6 training rounds
         distill = plan.task(task.name).of(DISTILL)
-        assert distill.rounds == max(1, round(2 * training.rounds / 3))
+        assert distill.rounds == max(1, round(2 * training.rounds / 6))
     assert plan.task("wholebody").of(TEACHER).rounds == 13  # 2000 / (50 x 3 sites)
     assert plan.task("thorax").of(TEACHER).rounds == 20
-    assert plan.task("abdomen_tumor").of(DISTILL).rounds == 7
+    assert plan.task("abdomen_tumor").of(DISTILL).rounds == 3  # 10 training rounds
     # every other setting is the scenario's own
     before, after = _plan(default), plan
     assert before.model == after.model and before.training == after.training
