@@ -186,7 +186,8 @@ def learning_curve(
                 f"{path.stem}: next {left[0]} steps, about {duration(each[0])}; "
                 f"at most {duration(sum(each))} to {left[-1]} steps"
             )
-    doc["plateau_steps"] = plateau if plateau is not None else stored_plateau(done, settings)
+    plateau = plateau if plateau is not None else stored_plateau(done, settings)
+    doc["plateau_steps"] = plateau
     atomic_write_json(path, doc)
     say(
         f"{path.stem}: plateau at {plateau} steps"
