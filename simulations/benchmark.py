@@ -255,6 +255,17 @@ def run_benchmark(
     planned = {m: method_steps(m, scenario, steps) for m in methods}
     results: dict[str, dict[str, Any]] = {}
     clock = Clock(say)
+    sites = out / "continual" / "sites"
+    loaded: list[TaskData] = []
+
+    def shared_tasks() -> list[TaskData]:
+        """The tasks on the shared phantoms, read once for every method that needs them."""
+        if not loaded:
+            _share_sites(scenario, out, say)
+            training = plan.training
+            loaded.extend(load_tasks(scenario, sites, training.val_fraction, training.seed))
+        return loaded
+
     for method in methods:
         path = out / f"{method}.json"
         if path.is_file():
@@ -272,9 +283,7 @@ def run_benchmark(
                 results[result["method"]] = stamp(result, planned[method], budget, settings)
                 atomic_write_json(out / f"{result['method']}.json", result)
         else:
-            _share_sites(scenario, out, say)
-            sites = out / "continual" / "sites"
-            tasks = load_tasks(scenario, sites, plan.training.val_fraction, plan.training.seed)
+            tasks = shared_tasks()
             if method == "federated_joint":
                 total = sum(steps.values())  # the joint reference's budget
                 result, model = federated_joint(
@@ -286,8 +295,8 @@ def run_benchmark(
                 train = central_settings(plan, progress)
                 if method == "joint":  # one model for every task: their budgets together
                     train = dataclasses.replace(train, steps=sum(steps.values()))
-                tasks = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
-                result = central(method, plan, tasks, train, say, out)
+                budgeted = [dataclasses.replace(t, steps=steps[t.name]) for t in tasks]
+                result = central(method, plan, budgeted, train, say, out)
             results[method] = stamp(result, steps, budget, settings)
             atomic_write_json(path, result)
         rest = [m for m in methods if m != "naive_merge" and not (out / f"{m}.json").is_file()]

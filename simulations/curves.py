@@ -152,7 +152,6 @@ def learning_curve(
     doc = _load(path, identity)
     done = {int(p["steps"]): p for p in doc["points"]}
     budgets = settings.budgets()
-    plateau = None
     for k, steps in enumerate(budgets):
         point = done.get(steps)
         if point is None:
@@ -177,7 +176,6 @@ def learning_curve(
         shown = "" if gain is None else f" ({gain:+.3f})"
         say(f"{path.stem}: {steps} steps: mean Dice {point['mean_dice']:.3f}{shown}")
         if gain is not None and gain < settings.tolerance:
-            plateau = budgets[k - 1]
             break
         left = [s for s in budgets[k + 1 :] if s not in done]
         if left:
@@ -186,7 +184,7 @@ def learning_curve(
                 f"{path.stem}: next {left[0]} steps, about {duration(each[0])}; "
                 f"at most {duration(sum(each))} to {left[-1]} steps"
             )
-    plateau = plateau if plateau is not None else stored_plateau(done, settings)
+    plateau = stored_plateau(done, settings.tolerance)
     doc["plateau_steps"] = plateau
     atomic_write_json(path, doc)
     say(
@@ -197,14 +195,15 @@ def learning_curve(
     return doc
 
 
-def stored_plateau(done: dict[int, dict[str, Any]], settings: CurveSettings) -> int | None:
+def stored_plateau(done: dict[int, dict[str, Any]], tolerance: float) -> int | None:
     """The smallest kept budget whose doubling, also kept, added less than the tolerance.
 
-    So a single budget trained into a finished curve's file keeps the curve's plateau.
+    Read from every kept budget, so a single budget trained into a finished curve's
+    file keeps the curve's plateau.
     """
     for steps in sorted(done):
         twice = done.get(2 * steps)
-        if twice is not None and twice["mean_dice"] - done[steps]["mean_dice"] < settings.tolerance:
+        if twice is not None and twice["mean_dice"] - done[steps]["mean_dice"] < tolerance:
             return steps
     return None
 
