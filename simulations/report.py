@@ -65,41 +65,72 @@ def _show(v: float | None, fmt: str = "{:.3f}") -> str:
     return "-" if v is None else fmt.format(v)
 
 
+def _ratio(value: float | None, reference: float | None) -> float | None:
+    return value / reference if value is not None and reference else None
+
+
+def _rows(methods: dict[str, Any], tasks: list[str]) -> list[tuple[str, dict[str, Any], str]]:
+    """``(label, result, figures key)`` per headline row: this method also decoder by decoder."""
+    rows = []
+    for m, r in methods.items():
+        rows.append((LABELS.get(m, m), r, "stages"))
+        if m == "continual" and "own_stages" in r:
+            rows.append(("this method, each decoder alone", r, "own_stages"))
+    return rows
+
+
 def markdown(doc: dict[str, Any]) -> str:
-    """The report: headline table, per-task Dice per stage, per-structure Dice and HD95."""
+    """The report: headline table, ratios per task, Dice per stage, per-structure Dice and HD95."""
     tasks, methods = doc["tasks"], doc["methods"]
     one = doc["one_model_parameters"]
-    sums = {m: summarize(r, tasks) for m, r in methods.items()}
-    upper = sums.get("upper_bound", {}).get("mean_dice")
+    refs = {m: summarize(methods[m], tasks) for m in ("upper_bound", "joint") if m in methods}
+    upper = refs.get("upper_bound", {}).get("mean_dice")
+    joint = refs.get("joint", {}).get("mean_dice")
     lines = [
         f"# Benchmark: scenario `{doc['scenario']}`"
         + (" (quick)" if doc["quick"] else "")
         + f", {doc.get('budget', 'scenario')} budget",
         "",
         f"Machine: {doc['machine']} ({doc['device']}). Dice on held-out cases after the last "
-        "stage (this method: its merged label map); forgetting: mean drop of old tasks' "
-        "Dice at the end (max over stages in brackets; for this method also of each "
-        "decoder alone, which continual learning never changes); parameters against one "
-        "encoder + one full decoder "
+        "stage, per task and their mean (this method: its merged label map; and each of its "
+        "decoders alone); x upper bound, x joint: that mean over the reference's; "
+        "forgetting: mean drop of old tasks' Dice at the end (max over stages in brackets); "
+        "parameters against one encoder + one full decoder "
         f"({one:,}); upload: bytes per site / full-model FedAvg for the same rounds; "
-        "steps: optimiser steps over all tasks and sites.",
+        "steps: optimiser steps over all tasks and sites; training s: seconds spent training "
+        "(for Flower methods, the sites' own).",
         "",
-        "| method | mean Dice | x upper bound | forgetting | forgetting, own decoders "
+        "| method | " + " | ".join(tasks) + " | mean Dice | x upper bound | x joint | forgetting "
         "| parameters | x one model | upload | steps | training s | prediction s |",
-        "|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|" + "---|" * (len(tasks) + 10),
     ]
-    for m, r in methods.items():
-        s = sums[m]
-        rel = s["mean_dice"] / upper if upper and s["mean_dice"] is not None else None
-        own = summarize(r, tasks, "own_stages")["forgetting"] if "own_stages" in r else None
+    for label, r, key in _rows(methods, tasks):
+        s = summarize(r, tasks, key)
         steps = sum(r["steps_per_task"].values()) if "steps_per_task" in r else None
         lines.append(
-            f"| {LABELS.get(m, m)} | {_show(s['mean_dice'])} | {_show(rel, '{:.2f}')} "
-            f"| {s['forgetting']:.3f} ({s['max_forgetting']:.3f}) | {_show(own)} "
+            f"| {label} | "
+            + " | ".join(_show(s["final_dice"].get(t)) for t in tasks)
+            + f" | {_show(s['mean_dice'])} | {_show(_ratio(s['mean_dice'], upper), '{:.2f}')} "
+            f"| {_show(_ratio(s['mean_dice'], joint), '{:.2f}')} "
+            f"| {s['forgetting']:.3f} ({s['max_forgetting']:.3f}) "
             f"| {r['parameters']:,} "
             f"| {r['parameters'] / one:.2f} | {_show(upload_ratio(r), '{:.1%}')} "
             f"| {_show(steps, '{:,}')} | {r['train_seconds']:.0f} | {r['predict_seconds']:.2f} |"
         )
+    if refs:
+        named = " / ".join(f"x {LABELS[m].split(' (')[0]}" for m in refs)
+        lines += ["", f"## Each task's Dice over the references': {named}", ""]
+        lines += ["| method | " + " | ".join(tasks) + " |", "|---|" + "---|" * len(tasks)]
+        for label, r, key in _rows(methods, tasks):
+            final = summarize(r, tasks, key)["final_dice"]
+            cells = [
+                " / ".join(
+                    _show(_ratio(final.get(t), ref["final_dice"].get(t)), "{:.2f}")
+                    for ref in refs.values()
+                )
+                for t in tasks
+            ]
+            lines.append(f"| {label} | " + " | ".join(cells) + " |")
     lines += ["", "## Mean Dice per task after each stage", ""]
     lines += ["| method | task | " + " | ".join(f"stage {i + 1}" for i in range(len(tasks))) + " |"]
     lines += ["|---|---|" + "---|" * len(tasks)]
