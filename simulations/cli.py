@@ -72,6 +72,13 @@ def profile(
         bool, typer.Option("--gpu-widths", help="Profile nnU-Net's widths, not the CPU default.")
     ] = False,
     predict_size: Annotated[int, typer.Option(min=32, help="Side of the volume predicted.")] = 160,
+    compile_step: Annotated[
+        bool,
+        typer.Option(
+            "--compile",
+            help="Also time the training step under torch.compile (its first step compiles).",
+        ),
+    ] = False,
     scale: Annotated[
         bool,
         typer.Option(
@@ -121,7 +128,9 @@ def profile(
     result: dict[str, object] = {}
     if network:
         config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
-        result |= profile_network(ProfileSettings(config=config, predict_size=predict_size))
+        result |= profile_network(
+            ProfileSettings(config=config, predict_size=predict_size, compile=compile_step)
+        )
     if phantoms:
         result["phantoms"] = profile_phantoms()
     if scale:

@@ -48,6 +48,7 @@ class ProfileSettings:
     predict_size: int = 160
     roi: int = 64
     n_tasks: int = 4
+    compile: bool = False  # also time the base step with torch.compile (and its compilation)
 
 
 def _model(
@@ -62,9 +63,15 @@ def _model(
     return model
 
 
-def _train_step_seconds(
-    config: EncoderConfig, patch: int, steps: int, frozen: bool, precision: str = "fp32"
-) -> float:
+def _train_step_times(
+    config: EncoderConfig,
+    patch: int,
+    steps: int,
+    frozen: bool,
+    precision: str = "fp32",
+    compiled: bool = False,
+) -> list[float]:
+    """Wall seconds of ``steps + 1`` training steps; the first warms up (or compiles)."""
     model = _model(config, 1)
     if frozen:
         model.encoder.freeze()
@@ -73,17 +80,32 @@ def _train_step_seconds(
     x = torch.randn(2, config.in_channels, patch, patch, patch)
     y = torch.randint(0, 3, (2, 1, patch, patch, patch))
     loss_fn = torch.nn.CrossEntropyLoss()
+
+    def forward(batch: torch.Tensor) -> torch.Tensor:
+        return model.organ_logits(batch, "task1")
+
+    step = torch.compile(forward) if compiled else forward
     times = []
     model.train()
-    for _ in range(steps + 1):  # the first step warms up allocators and is dropped
+    for _ in range(steps + 1):
         start = time.perf_counter()
         with autocast(torch.device("cpu"), precision):
-            loss = loss_fn(model.organ_logits(x, "task1"), y[:, 0])
+            loss = loss_fn(step(x), y[:, 0])
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         times.append(time.perf_counter() - start)
-    return sorted(times[1:])[len(times[1:]) // 2]
+    return times
+
+
+def _median(times: list[float]) -> float:
+    return sorted(times)[len(times) // 2]
+
+
+def _train_step_seconds(
+    config: EncoderConfig, patch: int, steps: int, frozen: bool, precision: str = "fp32"
+) -> float:
+    return _median(_train_step_times(config, patch, steps, frozen, precision)[1:])
 
 
 def _predict_seconds(bundle: Bundle, path: Path) -> float:
@@ -126,6 +148,14 @@ def profile_network(settings: ProfileSettings) -> dict[str, Any]:
                 cfg, settings.train_patch, settings.train_steps, frozen=False, precision="bf16"
             )
         )
+    if settings.compile:
+        fastest = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+        times = _train_step_times(
+            cfg, settings.train_patch, settings.train_steps, False, fastest, compiled=True
+        )
+        step = f"base_{settings.train_patch}^3_batch2_{fastest}_compiled"
+        result["train_seconds_per_step"][step] = _median(times[1:])
+        result["train_seconds_per_step"][f"{step}_first_step"] = times[0]
     with tempfile.TemporaryDirectory() as tmp:
         case = make_case(0, ORGANS, "abdomen", settings.predict_size)
         path = write_volume(Path(tmp) / "ct.nii.gz", case.image, case.affine)
