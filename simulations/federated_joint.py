@@ -26,7 +26,7 @@ from server.catalog import Catalog
 from server.plan import Plan
 from simulations.evaluate import score_means, score_model, upload_summary
 from simulations.joint import all_structures
-from simulations.run import link_sites, simulate
+from simulations.run import PER_TASK, link_sites, simulate
 from simulations.scenario import Scenario, TaskSpec
 from simulations.task_data import TaskData
 
@@ -37,13 +37,15 @@ def joint_scenario(scenario: Scenario, plan: Plan, steps: int) -> Scenario:
     """One task over every structure, served by every site with partial labels.
 
     Its rounds are ``steps / (sites x local_steps)`` (at least 1); no trimming and no
-    calibration (both need every structure labelled at every site).
+    calibration (both need every structure labelled at every site). The scenario's
+    per-task tables (a plateau budget's rounds) name tasks this run does not have: its
+    one budget is ``steps``.
     """
     structures = all_structures(scenario.tasks)
     sites = tuple(dataclasses.replace(site, task=TASK) for site in scenario.sites)
     per_round = len(sites) * plan.tasks[0].of(BASE).steps
     federation = {
-        **scenario.federation,
+        **{k: v for k, v in scenario.federation.items() if k != PER_TASK},
         "rounds": max(1, round(steps / per_round)),
         "trim": False,
         "calibrate": False,

@@ -4,8 +4,9 @@ import pytest
 
 from core.phases import BASE
 from server.plan import parse_plan
+from simulations.budget import plateau_scenario
 from simulations.federated_joint import TASK, federated_joint, joint_scenario
-from simulations.run import plan_document, write_sites_once
+from simulations.run import PER_TASK, plan_document, write_sites_once
 from simulations.scenario import load_scenario, parse_settings, with_federation
 from simulations.task_data import load_tasks
 
@@ -22,6 +23,14 @@ def test_one_task_over_every_structure_served_by_every_site_for_the_joint_budget
     assert joint.of(BASE).rounds == 3  # round(100 / 30)
     one = parse_plan(plan_document(joint_scenario(tiny, plan, 5))).tasks[0]
     assert one.of(BASE).rounds == 1  # at least one round
+
+
+def test_the_plateau_budgets_per_task_rounds_give_way_to_the_joint_budget():
+    tiny = load_scenario("tiny")
+    plateau = plateau_scenario(tiny, {"abdomen": 300, "chest": 30})
+    spec = joint_scenario(plateau, parse_plan(plan_document(plateau)), steps=330)
+    assert PER_TASK not in spec.federation
+    assert parse_plan(plan_document(spec)).tasks[0].of(BASE).rounds == 11  # round(330 / 30)
 
 
 @pytest.mark.slow  # one Flower simulation: one round at three sites, one local step each
