@@ -427,9 +427,11 @@ def place(found: Sequence[Landmark], heights: NDArray[np.floating]) -> NDArray[n
     """The body-part scale height of every slice of a volume, placed by its landmarks.
 
     Each landmark votes for the offset between its typical height and its height here.
-    The group of votes that agree within ``INLIER_MM`` with the most weight wins, so
-    wrong landmarks (a segmentation's false positives far from their organ) cannot move
-    the placement unless they outweigh the right ones. Inliers spread over 200 mm or more
+    The group of votes that all agree with one another within ``INLIER_MM`` with the
+    most weight wins, so wrong landmarks (a segmentation's false positives far from their
+    organ) cannot move the placement unless they outweigh the right ones; every vote
+    within ``INLIER_MM`` of that group's weighted median joins it (a body longer or shorter
+    than the standard adult spreads the right votes). Inliers spread over 200 mm or more
     also fit the patient's size (a scale clipped to [0.85, 1.2]; else 1); the offset is
     the weighted median over inliers.
 
@@ -442,18 +444,26 @@ def place(found: Sequence[Landmark], heights: NDArray[np.floating]) -> NDArray[n
     x = np.asarray([f.here for f in found])
     y = np.asarray([f.typical for f in found])
     w = np.asarray([f.weight for f in found])
-    gaps = np.abs((y - x)[:, None] - (y - x)[None, :])
-    support = ((gaps <= INLIER_MM) * w[None, :]).sum(axis=1)
-    inliers = gaps[int(np.argmax(support))] <= INLIER_MM
+    offsets = y - x
+    # the agreeing groups are the windows [o, o + INLIER_MM] that start at a vote
+    above = offsets[None, :] - offsets[:, None]
+    agree = (above >= 0) & (above <= INLIER_MM)
+    group = agree[int(np.argmax((agree * w[None, :]).sum(axis=1)))]
+    centre = _weighted_median(offsets[group], w[group])
+    inliers = np.abs(offsets - centre) <= INLIER_MM
     x, y, w = x[inliers], y[inliers], w[inliers]
     scale = 1.0
     if np.ptp(x) >= 200.0:
         scale = float(np.clip(np.polyfit(x, y, 1, w=np.sqrt(w))[0], 0.85, 1.2))
-    votes = y - scale * x
-    order = np.argsort(votes)
-    cumulative = np.cumsum(w[order])
-    offset = float(votes[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
+    offset = _weighted_median(y - scale * x, w)
     return np.asarray(scale * np.asarray(heights, dtype=np.float64) + offset)
+
+
+def _weighted_median(values: NDArray[np.float64], weights: NDArray[np.float64]) -> float:
+    """The value below which half the weight lies."""
+    order = np.argsort(values)
+    cumulative = np.cumsum(weights[order])
+    return float(values[order][np.searchsorted(cumulative, cumulative[-1] / 2)])
 
 
 def volume_range(

@@ -1,7 +1,16 @@
 import numpy as np
 import pytest
 
-from core.bodypart import CENTRES_MM, BodyRange, landmarks, place, slice_heights, volume_range
+from core.bodypart import (
+    CENTRES_MM,
+    INLIER_MM,
+    BodyRange,
+    Landmark,
+    landmarks,
+    place,
+    slice_heights,
+    volume_range,
+)
 from core.vocabulary import STRUCTURES
 from simulations.phantoms.generate import make_case
 from simulations.phantoms.patient import Patient
@@ -63,3 +72,22 @@ def test_a_few_wrong_landmarks_do_not_move_the_placement():
     placed = place(landmarks(wrong, LABELLED, case.affine), heights)
     assert right is not None and placed is not None
     assert np.allclose(placed, right)
+
+
+def test_a_group_wins_only_when_its_votes_agree_with_one_another():
+    # a head CT (slices at 410-730 mm) that trunk models read as a squeezed abdomen: a
+    # false liver, stomach and kidneys, each within INLIER_MM of the stomach's vote but
+    # not of one another (the demo's failure, 2026-12-02), against the real brain
+    head = [Landmark("brain", 625.5, 683, 50.7), Landmark("parotid_gland_left", 532, 579, 1.9)]
+    trunk = [
+        Landmark("liver", 614.5, 209, 40.0),
+        Landmark("stomach", 635.0, 206, 2.4),
+        Landmark("kidney_left", 575.8, 125, 8.6),
+        Landmark("kidney_right", 576.9, 111, 9.0),
+    ]
+    heights = np.arange(410.0, 731.0, 8.0)
+    placed = place(head + trunk, heights)
+    assert placed is not None and placed[0] == pytest.approx(410 + 57.5, abs=INLIER_MM)
+    squeezed = [Landmark(f.structure, f.here, f.typical, 100.0) for f in trunk]
+    placed = place(head + squeezed, heights)  # heavier, the squeezed group still places it
+    assert placed is not None and placed[0] < 0
