@@ -26,6 +26,48 @@ from core.evaluation import ScoreSums, evaluate_task
 from core.model import ContinualSegmenter
 
 
+class NonFiniteError(RuntimeError):
+    """A phase's loss or gradients turned NaN or infinite: it stops and sends nothing."""
+
+
+class SegmentationLoss:
+    """MONAI's Dice + cross-entropy with batch Dice, computed in fp32 under any autocast.
+
+    CPU autocast leaves softmax and sums in bfloat16; the loss's softmax, its Dice sums over
+    every voxel of the batch and their gradients want fp32 (CUDA autocast does the same).
+    """
+
+    def __init__(self) -> None:
+        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+
+    def __call__(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        """The loss of ``(B, C, ...)`` logits against ``(B, 1, ...)`` integer labels."""
+        with torch.autocast(logits.device.type, enabled=False):
+            out: torch.Tensor = self.dice_ce(logits.float(), label)
+        return out
+
+
+def check_finite(
+    loss: torch.Tensor, params: Sequence[torch.nn.Parameter], desc: str, step: int, steps: int
+) -> None:
+    """Stop a phase at the first step whose loss or gradients are not finite.
+
+    Raises:
+        NonFiniteError: naming the phase, the step and what turned non-finite.
+    """
+    grads = [p.grad for p in params if p.grad is not None]
+    if not torch.isfinite(loss.detach()).all():
+        what = "loss"
+    elif grads and not torch.isfinite(torch.stack([g.detach().norm() for g in grads]).sum()):
+        what = "gradients"
+    else:
+        return
+    raise NonFiniteError(
+        f"{desc}: the {what} turned non-finite at step {step + 1} of {steps}; "
+        'nothing is sent (try precision = "fp32" or a lower learning rate)'
+    )
+
+
 @dataclass(frozen=True)
 class TrainSettings:
     """Budget and optimiser of one local training phase.
@@ -125,18 +167,24 @@ def optimise(
     device: torch.device,
     desc: str,
 ) -> list[float]:
-    """Adam with the polynomial schedule over ``settings.steps`` batches; returns the losses."""
+    """Adam with the polynomial schedule over ``settings.steps`` batches; returns the losses.
+
+    Raises:
+        NonFiniteError: at the first step whose loss or gradients are not finite (the
+            weights are left as the step before it made them).
+    """
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
     losses: list[float] = []
     bar = tqdm(range(settings.steps), desc=desc, disable=not settings.progress)
     mixed = autocast(device, settings.precision)  # decided once, entered every step
-    for _ in bar:
+    for step in bar:
         batch = next(batches)
         with mixed:
             loss = loss_of(batch["image"].to(device), batch["label"].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()  # type: ignore[no-untyped-call]
+        check_finite(loss, params, desc, step, settings.steps)
         optimizer.step()
         schedule.step()
         losses.append(float(loss.detach()))
@@ -217,13 +265,13 @@ def train_phase(
     params = list(decoder.parameters())
     if train_encoder:
         params += list(model.encoder.parameters())
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loss_fn = SegmentationLoss()
     batches = patch_batches(train_cases, table, labelled, prep, settings)
     channels = [decoder.structures.index(s) + 1 for s in labelled]
     anchor = [p.detach().clone() for p in params] if proximal_mu else []
 
     def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        logits = decoder.organ_logits(model.encoder(image))
+        logits = decoder.organ_logits(model.encoder(image)).float()  # marginals in fp32
         if missing:
             logits = merged_logits(logits, channels)
         out: torch.Tensor = loss_fn(logits, label)

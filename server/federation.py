@@ -68,6 +68,9 @@ def distinct_sites(sites: list[SiteInfo]) -> list[SiteInfo]:
     return sorted((s for s in sites if s.name not in duplicates), key=lambda s: s.name)
 
 
+MAX_REASON_CHARS = 500  # a site's error text is kept in logs and the journal, bounded
+
+
 @dataclass(frozen=True)
 class Reply:
     """A site's answer to one message: its content, or why there is none."""
@@ -152,9 +155,8 @@ class Federation:
             if site is None:
                 continue
             if msg.has_error():
-                replies[site.node_id] = Reply(
-                    site, None, msg.error.reason or f"error {msg.error.code}"
-                )
+                reason = str(msg.error.reason or f"error {msg.error.code}")
+                replies[site.node_id] = Reply(site, None, reason[:MAX_REASON_CHARS])
             else:
                 replies[site.node_id] = Reply(site, msg.content)
         return [

@@ -127,9 +127,9 @@ class TaskRun:
         for reply in replies:
             if reply.content is not None and cfg.encoder_sha256:
                 reply.site.encoders.add(cfg.encoder_sha256)
-        gone = {r.site.name for r in replies if r.content is None}
+        gone = {r.site.name: r.error or "no reply" for r in replies if r.content is None}
         if gone:  # dropped out, hung past the timeout or failed: not waited for again
-            log.warning("%s: %s left the task: %s", self.task.name, sorted(gone), group)
+            log.warning("%s: %s left the task: %s", self.task.name, gone, group)
             self.sites = tuple(s for s in self.sites if s.name not in gone)
         partial = self.task.section.partial_labels
         described = {s.name: s.cases_for(self.task.structures, partial) for s in self.sites}
@@ -158,6 +158,7 @@ class TaskRun:
             rounds=rounds,
             sites=list(result.replies),
             rejected=list(result.rejected),
+            left=gone,
             loss=result.loss,
         )
         log.info(

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss, DiceLoss
+from monai.losses import DiceLoss
 from torch import nn
 
 from core import anatomy
@@ -22,7 +22,13 @@ from core.data.transforms import Augmentation, Preprocessing
 from core.device import pick_device
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
 from core.model.blocks import init_he
-from core.training import TrainSettings, check_patch, optimise, patch_batches
+from core.training import (
+    SegmentationLoss,
+    TrainSettings,
+    check_patch,
+    optimise,
+    patch_batches,
+)
 from server.plan import Plan
 from simulations.task_data import TaskData
 
@@ -186,13 +192,13 @@ class StageLoss:
         n = len(model.classes) + 1
         self.background = [c for c in range(n) if c not in self.current]
         self.kd_weight, self.temperature = kd_weight, temperature
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        self.dice_ce = SegmentationLoss()
         self.dice = DiceLoss(batch=True)
         self.kd_values: list[float] = []
 
     def __call__(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """Loss of a batch; ``label`` ``(B, 1, ...)`` indexes the task's structures from 1."""
-        logits, label = self.model(image), self.lookup[label.long()]
+        logits, label = self.model(image).float(), self.lookup[label.long()]  # losses in fp32
         if self.method == "mib":
             onehot = F.one_hot(label[:, 0].long(), logits.shape[1]).movedim(-1, 1).float()
             probs = logits.softmax(dim=1)
@@ -203,7 +209,7 @@ class StageLoss:
         kd = torch.zeros((), device=logits.device)
         if self.old is not None and self.method != "finetune":
             with torch.no_grad():
-                old_logits = self.old(image)
+                old_logits = self.old(image).float()
             mib = self.method == "mib"
             kd = mib_kd(logits, old_logits) if mib else lwf_kd(logits, old_logits, self.temperature)
         self.kd_values.append(float(kd.detach()))
@@ -236,7 +242,7 @@ def upper_bound(
     dev = pick_device(None if device is None else str(device))
     torch.manual_seed(settings.seed)
     model = GrowingSegmenter(encoder_config, task.structures).to(dev)
-    loss = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loss = SegmentationLoss()
     budget = task.budget(settings)
     batches = patch_batches(task.train_cases, task.table, task.structures, prep, budget)
     model.train()

@@ -17,12 +17,18 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
-from monai.losses import DiceCELoss
 
 from core.data.transforms import Preprocessing
 from core.device import pick_device
 from core.model import EncoderConfig
-from core.training import TrainSettings, check_patch, merged_logits, optimise, patch_batches
+from core.training import (
+    SegmentationLoss,
+    TrainSettings,
+    check_patch,
+    merged_logits,
+    optimise,
+    patch_batches,
+)
 from simulations.baselines import GrowingSegmenter, StageLog
 from simulations.task_data import TaskData
 
@@ -49,11 +55,11 @@ class MarginalLoss:
 
     def __init__(self, labelled: Sequence[Sequence[int]]) -> None:
         self.labelled = [list(channels) for channels in labelled]
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+        self.dice_ce = SegmentationLoss()
 
     def __call__(self, logits: torch.Tensor, label: torch.Tensor, task: int) -> torch.Tensor:
         """The loss of a batch of task ``task``; ``label`` ``(B, 1, ...)`` indexes its classes."""
-        out: torch.Tensor = self.dice_ce(merged_logits(logits, self.labelled[task]), label)
+        out: torch.Tensor = self.dice_ce(merged_logits(logits.float(), self.labelled[task]), label)
         return out
 
 

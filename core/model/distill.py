@@ -14,12 +14,11 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from monai.losses import DiceCELoss
 
 from core.data import Case, LabelTable
 from core.data.transforms import Preprocessing
 from core.model import ContinualSegmenter, Decoder, Genotype
-from core.training import TrainSettings, check_patch, optimise, patch_batches
+from core.training import SegmentationLoss, TrainSettings, check_patch, optimise, patch_batches
 
 
 def _inherit_op(
@@ -136,14 +135,14 @@ def distill_phase(
     device = next(model.parameters()).device
     student.to(device).train()
     teacher.eval()
-    supervised = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    supervised = SegmentationLoss()
     kd_values: list[float] = []
 
     def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             features = model.encoder(image)
-            target = teacher.organ_logits(features)
-        logits = student.organ_logits(features)
+            target = teacher.organ_logits(features).float()
+        logits = student.organ_logits(features).float()  # the losses in fp32
         kd = kd_loss(logits, target, temperature)
         kd_values.append(float(kd.detach()))
         out: torch.Tensor = supervised(logits, label) + kd_weight * kd

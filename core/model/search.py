@@ -17,7 +17,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 import torch
-from monai.losses import DiceCELoss
 from monai.networks.blocks import UpSample
 from torch import nn
 
@@ -28,7 +27,13 @@ from core.model.blocks import OPS, init_he, op_block
 from core.model.cost import genotype_parameters, head_parameters, stage_parameters
 from core.model.encoder import Encoder
 from core.model.genotype import WIDTH_CHOICES, Genotype, Stage
-from core.training import TrainSettings, check_patch, patch_batches
+from core.training import (
+    SegmentationLoss,
+    TrainSettings,
+    check_finite,
+    check_patch,
+    patch_batches,
+)
 
 
 def _width(base: int, fraction: float) -> int:
@@ -237,7 +242,7 @@ def search_phase(
     arch_batches = patch_batches(
         arch_half, table, structures, prep, replace(train, seed=train.seed + 1)
     )
-    loss_fn = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    loss_fn = SegmentationLoss()
     w_opt = torch.optim.Adam(
         supernet.weight_parameters(), lr=train.lr, weight_decay=train.weight_decay
     )
@@ -252,7 +257,8 @@ def search_phase(
             features = encoder(batch["image"].to(device))
         loss = loss_fn(supernet(features), batch["label"].to(device))
         w_opt.zero_grad(set_to_none=True)
-        loss.backward()
+        loss.backward()  # type: ignore[no-untyped-call]
+        check_finite(loss, supernet.weight_parameters(), "search", step, train.steps)
         w_opt.step()
         w_sched.step()
         result.weight_losses.append(float(loss.detach()))
@@ -266,7 +272,8 @@ def search_phase(
                 loss_fn(supernet(features), batch["label"].to(device)) + settings.cost_weight * cost
             )
             a_opt.zero_grad(set_to_none=True)
-            arch_loss.backward()
+            arch_loss.backward()  # type: ignore[no-untyped-call]
+            check_finite(arch_loss, supernet.arch_parameters(), "search", step, train.steps)
             a_opt.step()
             result.arch_losses.append(float(arch_loss.detach()))
             result.expected_parameters.append(float(expected.detach()))

@@ -1,11 +1,19 @@
+import math
+
 import numpy as np
 import pytest
 import torch
 
 from core.data.transforms import Augmentation
-from core.device import native_bf16
+from core.device import safe_bf16
 from core.model import Decoder, Genotype
-from core.training import TrainSettings, train_phase
+from core.training import (
+    NonFiniteError,
+    SegmentationLoss,
+    TrainSettings,
+    optimise,
+    train_phase,
+)
 from tests.builders import nnunet_dataset
 from tests.models import PATCH, TINY, TRAINED_STEPS, native_prep, tiny_model
 
@@ -116,7 +124,7 @@ def test_fedprox_keeps_local_training_near_the_round_model(tmp_path):
     assert 0 < drift[10.0] < 0.9 * drift[0.0], drift
 
 
-NATIVE_BF16 = native_bf16(torch.device("cpu"))
+SAFE_BF16 = safe_bf16(torch.device("cpu"))
 
 
 @pytest.mark.parametrize(
@@ -126,7 +134,9 @@ NATIVE_BF16 = native_bf16(torch.device("cpu"))
         "auto",
         pytest.param(
             "bf16",
-            marks=pytest.mark.skipif(not NATIVE_BF16, reason="bf16 is emulated on this CPU: slow"),
+            marks=pytest.mark.skipif(
+                not SAFE_BF16, reason="bf16 is emulated (slow) or not measured safe on this CPU"
+            ),
         ),
     ],
 )
@@ -157,3 +167,34 @@ def test_a_partially_labelled_dataset_trains_its_structures_marginally(tmp_path)
         train_phase(
             model, "abdomen", nothing.labels, nothing.cases, [], prep, settings, True, partial=True
         )
+
+
+def test_the_loss_is_computed_in_fp32_under_bf16_autocast():
+    logits = torch.randn(2, 3, 8, 8, 8).bfloat16()
+    label = torch.randint(0, 3, (2, 1, 8, 8, 8))
+    loss = SegmentationLoss()
+    expected = loss(logits.float(), label)
+    with torch.autocast("cpu", dtype=torch.bfloat16):  # would leave the softmax in bf16
+        got = loss(logits, label)
+    assert got.dtype == torch.float32 and torch.equal(got, expected)
+
+
+def _stream(*scales):
+    return iter({"image": torch.full((3,), s), "label": torch.zeros(1)} for s in scales)
+
+
+@pytest.mark.parametrize(
+    ("loss_of", "scales", "what", "step"),
+    [
+        (lambda p, image: (p * image).sum(), (1.0, math.inf, 1.0), "loss", 2),
+        (lambda p, image: torch.sqrt(p - image).sum(), (1.0, 1.0), "gradients", 1),
+    ],
+)
+def test_a_phase_stops_at_its_first_non_finite_step_before_the_weights_take_it(
+    loss_of, scales, what, step
+):
+    p = torch.nn.Parameter(torch.ones(3))
+    settings = TrainSettings(steps=len(scales), progress=False, precision="fp32")
+    with pytest.raises(NonFiniteError, match=f"test: the {what} turned non-finite at step {step}"):
+        optimise([p], settings, _stream(*scales), lambda x, _: loss_of(p, x), p.device, "test")
+    assert torch.isfinite(p).all()

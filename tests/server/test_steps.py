@@ -155,6 +155,8 @@ def test_a_rejected_reply_and_a_dropped_site_leave_the_round_to_the_others(tmp_p
     after = run.run(TEACHER, state)
     assert set(run.ledger.rejected) == {"B", "C"}
     assert "NaN" in run.ledger.rejected["B"] and "Node Unavailable" in run.ledger.rejected["C"]
+    rounds = [e for e in run.catalog.events() if e["event"] == "round-end"]
+    assert rounds[0]["left"] == {"C": "Node Unavailable"}  # why a site left is journaled
     name, value = next(iter(after.decoder.state_dict().items()))
     assert torch.allclose(value, state.decoder.state_dict()[name] + 1.0, atol=1e-2)
     sent = [content for site, _, content in federation.sent if site == "A"]
