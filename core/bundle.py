@@ -48,7 +48,6 @@ MAX_WIDTH = 1024
 MAX_DECODERS = 256
 ROI_SIDE = (8, 1024)
 SPACING_MM = (0.01, 50.0)
-MAX_GATE_MARGIN_MM = 2000.0  # a body is under 2 m long
 
 _M = TypeVar("_M", bound=torch.nn.Module)
 
@@ -273,9 +272,9 @@ def _plan(folder: Path, manifest: Mapping[str, Any]) -> _Plan:
 def _merge_settings(obj: Any) -> MergeSettings:
     if not isinstance(obj, dict):
         raise ValueError(f"merge: expected an object, found {obj!r}")
-    for key, most in (("anomaly_weight", 1.0), ("gate_margin_mm", MAX_GATE_MARGIN_MM)):
+    for key, least, most in (("anomaly_weight", 0.0, 1.0), ("domain_factor", 1.0, 1e6)):
         if key in obj:
-            _in_range(f"merge.{key}", obj[key], 0.0, most)
+            _in_range(f"merge.{key}", obj[key], least, most)
     return MergeSettings.from_json(obj)
 
 

@@ -1,4 +1,4 @@
-"""The ``calibrate`` phase: train a decoder's confidence and anomaly heads, measure its range.
+"""The ``calibrate`` phase: train a decoder's confidence and anomaly heads, measure its domain.
 
 Only the calibration head learns; the encoder, the decoder's stages and its organ head
 are frozen, so the organ prediction is exactly what distillation left.
@@ -12,7 +12,7 @@ are frozen, so the organ prediction is exactly what distillation left.
 Both losses are plain binary cross-entropy over voxels, so the heads estimate
 probabilities (the merge compares them across decoders; re-weighting the rare wrong or
 anomalous voxels would inflate those and make every foreground look doubtful). The
-body-part range of the site's cases (``core.bodypart``) is measured from their label maps.
+site's domain in the encoder's feature space (``core.domain``) is measured on its CTs.
 """
 
 from __future__ import annotations
@@ -21,14 +21,13 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 
 from core import anatomy
-from core.bodypart import BodyRange, volume_range
 from core.data import Case, LabelTable
-from core.data.transforms import LABEL, Preprocessing, validation_transforms
+from core.data.transforms import IMAGE, Preprocessing, validation_transforms
+from core.domain import SiteDomain, site_domain
 from core.model import ContinualSegmenter
 from core.training import TrainSettings, check_patch, optimise, patch_batches
 from core.vocabulary import Group
@@ -36,12 +35,12 @@ from core.vocabulary import Group
 
 @dataclass
 class CalibrationResult:
-    """Losses of a calibration run (total, confidence, anomaly) and the data's range."""
+    """Losses of a calibration run (total, confidence, anomaly) and the site's domain."""
 
     losses: list[float]
     confidence_losses: list[float]
     anomaly_losses: list[float]
-    body_range: BodyRange | None
+    domain: SiteDomain | None
     seconds: float
 
 
@@ -85,17 +84,13 @@ def paste_anomalies(
     return out.clamp(0.0, 1.0), mask
 
 
-def body_range_of(
+def cases_domain(
     cases: Sequence[Case], table: LabelTable, prep: Preprocessing
-) -> BodyRange | None:
-    """The body-part range that a site's cases cover, placed by all their labels."""
+) -> SiteDomain | None:
+    """The domain of a site's CTs, preprocessed as for prediction (``core.domain``)."""
     chain = validation_transforms(prep, table, table.structures)
-    covered: BodyRange | None = None
-    for case in cases:
-        label = chain({"case": case})[LABEL]
-        found = volume_range(np.asarray(label[0]), table.structures, np.asarray(label.affine))
-        covered = found.union(covered) if found else covered
-    return covered
+    images = [torch.as_tensor(chain({"case": case})[IMAGE])[0] for case in cases]
+    return site_domain(images, prep.spacing_mm[2])
 
 
 def calibrate_phase(
@@ -151,6 +146,6 @@ def calibrate_phase(
         losses,
         parts["confidence"],
         parts["anomaly"],
-        body_range_of(cases, table, prep),
+        cases_domain(cases, table, prep),
         time.perf_counter() - start,
     )

@@ -3,16 +3,15 @@
 Only the patient's box runs through the network, and the windows' outputs stream along
 z (``core.streaming``) into each decoder's compact vote (arg-max, its probability,
 confidence and anomaly), so memory does not grow with the number of structures. The
-votes are merged by the bundle's rule (``core.merge``), slab by slab. With body-part
-gating, the volume is first placed on the body-part scale by the decoders' own landmarks
-(:func:`place_volume`), then each decoder is silenced outside its recorded range. The
-label map is resampled back (nearest neighbour, slab by slab) onto the input's exact
-grid: same shape, same affine, same orientation.
+votes are merged by the bundle's rule (``core.merge``), slab by slab; each decoder with a
+domain also scores every voxel by how far the CT lies from what its sites trained on
+(``core.domain``), and the merge silences it outside its domain. The label map is
+resampled back (nearest neighbour, slab by slab) onto the input's exact grid: same shape,
+same affine, same orientation.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -25,7 +24,6 @@ from monai.transforms import ResampleToMatch
 from numpy.typing import NDArray
 from tqdm import tqdm
 
-from core.bodypart import BodyRange, Landmark, landmarks, place, slice_heights
 from core.bundle import Bundle
 from core.data.nifti import (
     NIFTI_ENDINGS,
@@ -36,6 +34,7 @@ from core.data.nifti import (
     write_volume,
 )
 from core.data.transforms import IMAGE, Preprocessing, prepare_image
+from core.domain import domain_scores
 from core.label_files import write_label_tables
 from core.merge import (
     Calibration,
@@ -45,7 +44,7 @@ from core.merge import (
     merge,
     output_structures,
 )
-from core.model import ContinualSegmenter
+from core.model import ContinualSegmenter, Decoder
 from core.streaming import BODY_HU, Box, body_box, count_windows, stream_windows
 
 log = logging.getLogger(__name__)
@@ -107,7 +106,7 @@ def volume_outputs(
     affine = np.asarray(image.affine, dtype=np.float64)
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     shape = tuple(plain.shape[1:])
-    votes = [_empty_vote(bundle, task, shape, foreground) for task, _ in model.items()]
+    votes = [_initial_vote(bundle, task, plain[0], foreground) for task, _ in model.items()]
     box = _body(plain[0], bundle.preprocessing)
     if box is None:
         log.warning("%s: no body found (all air): every voxel is background", image_path)
@@ -146,11 +145,15 @@ def volume_outputs(
     return VolumeOutputs(votes, affine, original)
 
 
-def _empty_vote(bundle: Bundle, task: str, shape: tuple[int, ...], foreground: bool) -> DecoderVote:
-    """A decoder's vote over a volume of air: background, certain, nothing anomalous."""
-    structures = bundle.model.decoder(task).structures
+def _initial_vote(bundle: Bundle, task: str, image: torch.Tensor, foreground: bool) -> DecoderVote:
+    """A decoder's vote before any window: background, certain, nothing anomalous.
+
+    Its domain scores cover the whole preprocessed ``(X, Y, Z)`` image (where it has one).
+    """
+    decoder = bundle.model.decoder(task)
+    structures = decoder.structures
     calibration = bundle.calibration.get(task, Calibration())
-    full = (1, 1, *shape)
+    full = (1, 1, *image.shape)
     return DecoderVote(
         task,
         structures,
@@ -161,7 +164,20 @@ def _empty_vote(bundle: Bundle, task: str, shape: tuple[int, ...], foreground: b
         calibration.calibrated,
         skill=calibration.skills(structures),
         foreground=torch.zeros(full) if foreground else None,
+        domain=domain_map(decoder, image, bundle.preprocessing),
     )
+
+
+def domain_map(decoder: Decoder, image: torch.Tensor, prep: Preprocessing) -> torch.Tensor | None:
+    """``(1, 1, 1, 1, Z)``: a decoder's domain score of each slice of a preprocessed image.
+
+    ``None`` for a decoder without a domain.
+    """
+    if not decoder.has_domain:
+        return None
+    threshold = float(decoder.domain_threshold)
+    scores = domain_scores(image, decoder.domain_centroids, threshold, prep.spacing_mm[2])
+    return scores.view(1, 1, 1, 1, -1)
 
 
 def _maps(a: DecoderVote, b: DecoderVote) -> list[tuple[torch.Tensor, torch.Tensor]]:
@@ -180,68 +196,17 @@ def _body(image: torch.Tensor, prep: Preprocessing) -> Box | None:
     return body_box(image.numpy() > level, margin)
 
 
-def place_volume(
-    votes: Sequence[DecoderVote],
-    affine: NDArray[np.float64],
-    ranges: dict[str, BodyRange],
-    margin: float,
-) -> NDArray[np.float64] | None:
-    """Body-part heights of a volume's slices, from every decoder's own landmarks.
-
-    Each decoder's landmarks weigh their voxel count times its skill on them. A structure
-    is one piece of evidence however many decoders find it: only its heaviest landmark
-    votes, so decoders that share structures (an overlap, or the same false positive)
-    do not outvote a structure only one decoder knows. A second
-    pass keeps only the landmarks each decoder found inside its own range (as the first
-    placement puts them), so one decoder's false positives far outside the anatomy it
-    was trained on do not steer the placement.
-    """
-    heights = slice_heights(affine, votes[0].label.shape[2:])
-    heaviest: dict[str, tuple[str, Landmark]] = {}
-    for vote in votes:
-        arg = vote.label[0, 0].cpu().numpy()
-        for f in landmarks(arg, vote.structures, affine, vote.skill):
-            if f.structure not in heaviest or f.weight > heaviest[f.structure][1].weight:
-                heaviest[f.structure] = (vote.task, f)
-    found = list(heaviest.values())
-    placed = place([f for _, f in found], heights)
-    if placed is None:
-        return None
-    inside = []
-    for task, f in found:
-        r, at = ranges.get(task), float(np.interp(f.here, heights, placed))
-        if r is None or r.lo - margin <= at <= r.hi + margin:
-            inside.append(f)
-    return place(inside, heights) if inside else placed
-
-
 def merge_volume(
     outputs: VolumeOutputs,
     structures: Sequence[str],
     settings: MergeSettings,
     calibration: dict[str, Calibration],
 ) -> torch.Tensor:
-    """The merged label map ``(1, 1, ...)`` of a volume, gated by body part if asked.
+    """The merged label map ``(1, 1, ...)`` of a volume (each decoder within its domain).
 
     The merge runs slab by slab along z, so its per-decoder temporaries stay small.
     """
     votes = outputs.votes
-    ranges = {t: c.body_range for t, c in calibration.items() if c.body_range is not None}
-    if settings.rule == "confidence" and settings.gating and ranges:
-        placed = place_volume(votes, outputs.affine, ranges, settings.gate_margin_mm)
-        if placed is None:
-            log.warning("no landmark found: the volume is not placed, decoders are not gated")
-        else:
-            scale = torch.as_tensor(placed, device=votes[0].label.device)
-            m = settings.gate_margin_mm
-            votes = [
-                dataclasses.replace(
-                    v, gate=((scale >= r.lo - m) & (scale <= r.hi + m)).view(1, 1, 1, 1, -1)
-                )
-                if (r := ranges.get(v.task)) is not None
-                else v
-                for v in votes
-            ]
     first = votes[0].label
     merged = torch.zeros(first.shape, dtype=torch.int64, device=first.device)
     for z in range(0, first.shape[-1], MERGE_SLICES):

@@ -16,8 +16,10 @@ The ``confidence`` rule, at every voxel:
    decoder that never learnt ``k`` has no say about it; ``a_d`` is the sigmoid of its
    anomaly head; ``h_d`` is 1 for a decoder that knows no lesion (it saw only healthy
    tissue, so tissue unlike its training data makes its label doubtful) and 0 for one
-   that segments lesions; ``g_d`` is 1 inside the decoder's body-part range widened by
-   ``gate_margin_mm`` and 0 outside: a gated decoder neither proposes nor objects.
+   that segments lesions; ``g_d`` is 1 inside the decoder's domain (where its domain score,
+   how unlike the CT region is to the regions its sites trained it on over their own
+   held-out threshold, ``core.domain``, is at most ``domain_factor``) and 0 outside: a
+   gated decoder neither proposes nor objects.
 2. A foreground proposal ``k`` of ``d`` stands unless another decoder ``e`` that also
    knows ``k`` says something else (background, or a structure that does not lie inside
    ``k``) with more trust about ``k``, ``t_e(k) > t_d(k)``. A structure that one
@@ -43,10 +45,11 @@ from typing import Any
 import torch
 
 from core import anatomy
-from core.bodypart import BodyRange
 from core.vocabulary import Group
 
 RULES = ("confidence", "highest_probability", "last_decoder")
+# a key of models saved before the domain gate (the body-part scale's), read and ignored
+RETIRED_KEYS = frozenset({"gate_margin_mm"})
 UNSCORED_SKILL = 0.5  # q_d(k) of a structure its validation never scored
 
 
@@ -58,22 +61,23 @@ class MergeSettings:
         rule: one of :data:`RULES`.
         anomaly_weight: ``w_a`` in [0, 1]: how much a healthy-only decoder's anomaly score
             lowers its trust (0 ignores the anomaly head).
-        gating: silence decoders outside their body-part range.
-        gate_margin_mm: how far beyond its recorded range a decoder still speaks.
+        gating: silence decoders outside their domain.
+        domain_factor: the domain score (1: the sites' own held-out threshold) above which
+            a decoder is silenced; above 1 leaves room for CTs a little unlike any site's.
     """
 
     rule: str = "confidence"
     anomaly_weight: float = 1.0
     gating: bool = True
-    gate_margin_mm: float = 60.0
+    domain_factor: float = 2.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
             raise ValueError(f"merge rule {self.rule!r}: expected one of {', '.join(RULES)}")
         if not 0.0 <= self.anomaly_weight <= 1.0:
             raise ValueError(f"merge anomaly_weight {self.anomaly_weight}: expected 0 to 1")
-        if not self.gate_margin_mm >= 0.0:
-            raise ValueError(f"merge gate_margin_mm {self.gate_margin_mm}: expected >= 0")
+        if not 1.0 <= self.domain_factor <= 1e6:
+            raise ValueError(f"merge domain_factor {self.domain_factor}: expected 1 to 1e6")
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -81,7 +85,7 @@ class MergeSettings:
             "rule": self.rule,
             "anomaly_weight": self.anomaly_weight,
             "gating": self.gating,
-            "gate_margin_mm": self.gate_margin_mm,
+            "domain_factor": self.domain_factor,
         }
 
     @classmethod
@@ -91,6 +95,7 @@ class MergeSettings:
         Raises:
             ValueError: naming an unknown key or a bad value.
         """
+        data = {k: v for k, v in data.items() if k not in RETIRED_KEYS}
         unknown = sorted(set(data) - set(cls().to_json()))
         if unknown:
             raise ValueError(f"merge settings: unknown keys {unknown}")
@@ -102,14 +107,11 @@ class Calibration:
     """What the calibrate phase recorded about a decoder.
 
     Attributes:
-        calibrated: its confidence and anomaly heads were trained.
-        body_range: the body-part range its training data covered (``None``: unknown,
-            the decoder is never gated).
+        calibrated: its confidence and anomaly heads were trained and its domain fitted.
         skill: per structure, the Dice of its federated validation (empty: unknown).
     """
 
     calibrated: bool = False
-    body_range: BodyRange | None = None
     skill: dict[str, float] = field(default_factory=dict)
 
     def skills(self, structures: Sequence[str]) -> tuple[float, ...]:
@@ -120,23 +122,22 @@ class Calibration:
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON."""
-        rng = self.body_range.to_json() if self.body_range else None
         skill = {k: round(v, 4) for k, v in self.skill.items()}
-        return {"calibrated": self.calibrated, "body_range": rng, "skill": skill}
+        return {"calibrated": self.calibrated, "skill": skill}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Calibration:
         """From :meth:`to_json`; ``None`` for a decoder never calibrated.
 
         Raises:
-            ValueError: for a skill outside [0, 1] or a malformed range.
+            ValueError: for a skill outside [0, 1].
         """
         if not data:
             return cls()
         skill = {str(k): float(v) for k, v in dict(data.get("skill") or {}).items()}
         if bad := {k: v for k, v in skill.items() if not 0.0 <= v <= 1.0}:
             raise ValueError(f"calibration skill {bad}: expected Dice values in [0, 1]")
-        return cls(bool(data["calibrated"]), BodyRange.from_json(data.get("body_range")), skill)
+        return cls(bool(data["calibrated"]), skill)
 
 
 @dataclass(frozen=True)
@@ -154,7 +155,8 @@ class DecoderVote:
         anomaly: ``(B, 1, ...)`` the sigmoid of its anomaly head.
         confidence: ``(B, 1, ...)`` the sigmoid of its confidence head.
         calibrated: whether its confidence and anomaly heads were trained.
-        gate: boolean, broadcastable to ``(B, 1, ...)``: where it may speak; ``None``:
+        domain: its domain score (``core.domain``), broadcastable to ``(B, 1, ...)`` (a
+            score per slice: ``(1, 1, 1, 1, Z)``); ``None``: it has no domain and speaks
             everywhere.
         skill: ``q_d(k)`` per structure (empty: 1 for all).
         foreground: ``(B, 1, ...)`` one minus the background probability, where kept
@@ -168,9 +170,9 @@ class DecoderVote:
     anomaly: torch.Tensor
     confidence: torch.Tensor
     calibrated: bool = False
-    gate: torch.Tensor | None = None
     skill: tuple[float, ...] = ()
     foreground: torch.Tensor | None = None
+    domain: torch.Tensor | None = None
 
     @classmethod
     def from_logits(
@@ -181,7 +183,6 @@ class DecoderVote:
         anomaly: torch.Tensor,
         confidence: torch.Tensor,
         calibrated: bool = False,
-        gate: torch.Tensor | None = None,
         skill: tuple[float, ...] = (),
         foreground: bool = False,
     ) -> DecoderVote:
@@ -196,17 +197,16 @@ class DecoderVote:
             torch.sigmoid(anomaly.float()),
             torch.sigmoid(confidence.float()),
             calibrated,
-            gate,
             skill,
             1.0 - probs[:, :1] if foreground else None,
         )
 
     def part(self, lo: int, hi: int) -> DecoderVote:
-        """The vote over slices ``lo:hi`` of the last axis (a gate along it follows)."""
-        gate = self.gate
-        if gate is not None and gate.shape[-1] > 1:
-            gate = gate[..., lo:hi]
+        """The vote over slices ``lo:hi`` of the last axis."""
         fg = None if self.foreground is None else self.foreground[..., lo:hi]
+        domain = self.domain
+        if domain is not None and domain.shape[-1] > 1:
+            domain = domain[..., lo:hi]
         maps = (self.label, self.prob, self.anomaly, self.confidence)
         label, prob, anomaly, confidence = (m[..., lo:hi] for m in maps)
         return replace(
@@ -215,9 +215,13 @@ class DecoderVote:
             prob=prob,
             anomaly=anomaly,
             confidence=confidence,
-            gate=gate,
             foreground=fg,
+            domain=domain,
         )
+
+    def domain_gate(self, factor: float) -> torch.Tensor | None:
+        """Where its domain score is at most ``factor`` (``None``: it has no domain)."""
+        return None if self.domain is None else self.domain <= factor
 
     def proposal(self, structures: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Its arg-max as an output label (``structures`` from 1) and that label's probability."""
@@ -335,8 +339,8 @@ def _confidence(
         skills.append(vote.skill_table(structures, label.device))
         base.append(vote.trust(prob, settings.anomaly_weight))
         trusts.append(base[-1] * skills[-1][label])
-        gate = vote.gate if settings.gating and vote.gate is not None else None
-        gates.append(torch.ones_like(label, dtype=torch.bool) if gate is None else gate.bool())
+        gate = vote.domain_gate(settings.domain_factor) if settings.gating else None
+        gates.append(torch.ones_like(label, dtype=torch.bool) if gate is None else gate)
         known = torch.zeros(len(structures) + 1, dtype=torch.bool, device=label.device)
         known[[structures.index(s) + 1 for s in vote.structures]] = True
         knows.append(known)

@@ -113,6 +113,8 @@ def aggregate(
     weights = [float(min(m.examples, rule.max_site_cases)) for _, _, m in accepted]
     averaged = {}
     for key, reference in templates.items():
+        if key in phase.kept_apart:
+            continue
         sites = [(states[key], w) for (_, states, _), w in zip(accepted, weights, strict=True)]
         if rule.aggregation == "robust":
             mean = robust_mean(sites, reference, rule.norm_bound, rule.trim_fraction)
@@ -126,4 +128,8 @@ def aggregate(
         {r.site.name: metrics for r, _, metrics in accepted},
         rejected,
         {r.site.name: array_bytes(r.content) for r, _, _ in accepted if r.content},
+        {
+            key: {r.site.name: states[key] for r, states, _ in accepted}
+            for key in phase.kept_apart & set(templates)
+        },
     )

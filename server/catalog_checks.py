@@ -70,7 +70,7 @@ def metric_problems(metrics: Any, structures: Sequence[str], where: str = "metri
 def calibration_problems(
     calibration: Any, structures: Sequence[str], where: str = "calibration"
 ) -> list[str]:
-    """Problems with a stored calibration (skills in [0, 1], a finite ordered body range)."""
+    """Problems with a stored calibration (skills in [0, 1] of the decoder's structures)."""
     try:
         parsed = Calibration.from_json(calibration)
     except (ValueError, TypeError, KeyError, AttributeError) as e:

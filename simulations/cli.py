@@ -250,6 +250,30 @@ def merge_report(
         atomic_write_json(json_out, result)
 
 
+@app.command("merge-matrix")
+def merge_matrix(
+    scenarios: Annotated[
+        Path | None,
+        typer.Option(help="A folder of scenario TOMLs (default: the bundled family)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder of the runs.")] = Path(
+        "runs/family"
+    ),
+    cpus: Cpus = None,
+) -> None:
+    """Simulate every scenario of a family and compare the merges on each (hours).
+
+    Resumable: a finished run is kept, an interrupted one resumes. Prints per scenario and
+    task the own decoder, every merge and ablation, the best single decoders, and the
+    worst task and structure; writes ``OUT/matrix.json``.
+    """
+    from simulations.merge_matrix import FAMILY, family, format_matrix, run_matrix
+
+    with user_errors():
+        paths = family(scenarios or FAMILY)
+    typer.echo(format_matrix(run_matrix(paths, out, cpus, say=typer.echo)))
+
+
 @app.command()
 def benchmark(
     scenario: Annotated[str, typer.Option(help="A bundled scenario name or a TOML path.")] = (

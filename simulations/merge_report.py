@@ -11,7 +11,9 @@ others should not change under any rule that respects them.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from pathlib import Path
+from statistics import fmean
 from typing import Any
 
 from core import anatomy
@@ -49,6 +51,48 @@ def _label_maps(bundle: Bundle, outputs: VolumeOutputs) -> dict[str, LabelMap]:
     return maps
 
 
+class Diagnostics:
+    """Where each decoder may speak and which decoder's label the merge kept.
+
+    ``domain[test set][decoder]``: the share of the test CTs' slices inside the decoder's
+    domain. ``won[structure][decoder]``: the share of the merged structure's voxels where
+    the decoder itself says that structure (decoders that agree share a voxel).
+    """
+
+    def __init__(self, bundle: Bundle) -> None:
+        self.bundle = bundle
+        self.domain: dict[str, dict[str, list[float]]] = {}
+        self.won: dict[str, dict[str, list[float]]] = {}
+
+    def maps(self, task: str, outputs: VolumeOutputs) -> dict[str, LabelMap]:
+        """:func:`_label_maps`, noting the domains and the winners on the way."""
+        maps = _label_maps(self.bundle, outputs)
+        factor = self.bundle.merge.domain_factor
+        for vote in outputs.votes:
+            inside = vote.domain_gate(factor)
+            share = 1.0 if inside is None else float(inside.float().mean())
+            self.domain.setdefault(task, {}).setdefault(vote.task, []).append(share)
+        merged = maps["confidence"]
+        for label, structure in enumerate(merged.structures, 1):
+            where = merged.labels == label
+            if not bool(where.any()):
+                continue
+            for vote in outputs.votes:
+                if structure in vote.structures:
+                    own = vote.label.long() == vote.structures.index(structure) + 1
+                    agree = float((own & where).sum()) / float(where.sum())
+                    self.won.setdefault(structure, {}).setdefault(vote.task, []).append(agree)
+        return maps
+
+    def to_json(self) -> dict[str, Any]:
+        """Means over the cases."""
+
+        def means(d: dict[str, dict[str, list[float]]]) -> dict[str, dict[str, float]]:
+            return {k: {t: round(fmean(v), 3) for t, v in per.items()} for k, per in d.items()}
+
+        return {"domain": means(self.domain), "won": means(self.won)}
+
+
 def merge_report(bundle_dir: Path, scenario: Scenario, test_root: Path) -> dict[str, Any]:
     """Dice per method, structure and kind of case (``healthy`` or ``tumour``).
 
@@ -57,34 +101,54 @@ def merge_report(bundle_dir: Path, scenario: Scenario, test_root: Path) -> dict[
 
     Returns:
         ``{"overlap": [...], "cases": {kind: n}, "dice": {kind: {structure: {method:
-        mean}}}}``; a method is a rule name or ``alone:<task>`` (a decoder by itself).
+        mean}}}, "tasks": {task: {structure: {method: mean}}}}`` (``tasks``: over every
+        test case of the task); a method is a rule name or ``alone:<task>`` (a decoder
+        by itself).
     """
     bundle = load_bundle(bundle_dir)
     model = bundle.model
     structures = combined_structures(model)
     owners = {s: [t for t, d in model.items() if s in d.structures] for s in structures}
     sums: dict[str, dict[str, ScoreSums]] = {}  # kind -> method -> sums
+    by_task: dict[str, dict[str, ScoreSums]] = {}  # task -> method -> sums
     cases = {"healthy": 0, "tumour": 0}
+    diagnostics = Diagnostics(bundle)
     for name in model.tasks:
         task = load_test_set(scenario, test_root, name)
         lesions = [
             i for i, s in enumerate(task.structures, 1) if anatomy.get(s).group == Group.LESION
         ]
-        for truth, scores in score_bundle_maps(bundle, task, lambda o: _label_maps(bundle, o)):
+        maps = functools.partial(diagnostics.maps, name)
+        for truth, scores in score_bundle_maps(bundle, task, maps):
             kind = "tumour" if any(bool((truth.labels == i).any()) for i in lesions) else "healthy"
             cases[kind] += 1
             for method, case_scores in scores.items():
                 sums.setdefault(kind, {}).setdefault(method, ScoreSums()).merge(case_scores)
+                by_task.setdefault(name, {}).setdefault(method, ScoreSums()).merge(case_scores)
+    overlap = [s for s in structures if len(owners[s]) > 1]
+    return {
+        "overlap": overlap,
+        "cases": cases,
+        "dice": _dice(sums, owners),
+        "tasks": _dice(by_task, owners),
+        "merge": bundle.merge.to_json(),
+        **diagnostics.to_json(),
+    }
+
+
+def _dice(
+    sums: dict[str, dict[str, ScoreSums]], owners: dict[str, list[str]]
+) -> dict[str, dict[str, dict[str, float]]]:
+    """``{group: {structure: {method: mean Dice}}}``; a decoder alone on its structures only."""
     dice: dict[str, dict[str, dict[str, float]]] = {}
-    for kind, per_method in sums.items():
+    for group, per_method in sums.items():
         for method, method_sums in per_method.items():
             for structure, mean in method_sums.means("dice").items():
                 if mean is not None and (
                     not method.startswith(ALONE) or method[len(ALONE) :] in owners[structure]
                 ):
-                    dice.setdefault(kind, {}).setdefault(structure, {})[method] = mean
-    overlap = [s for s in structures if len(owners[s]) > 1]
-    return {"overlap": overlap, "cases": cases, "dice": dice, "merge": bundle.merge.to_json()}
+                    dice.setdefault(group, {}).setdefault(structure, {})[method] = mean
+    return dice
 
 
 def format_merge_report(report: dict[str, Any]) -> str:
@@ -105,4 +169,20 @@ def format_merge_report(report: dict[str, Any]) -> str:
             mark = " (overlap)" if structure in report["overlap"] else ""
             cells = ["-" if v is None else f"{v:.3f}" for v in row]
             lines.append(f"| {structure}{mark} | " + " | ".join(cells) + " |")
+    lines += _shares("Share of each test set's slices inside a decoder's domain", report["domain"])
+    lines += _shares("Share of a merged structure's voxels its decoders said", report["won"])
     return "\n".join(lines)
+
+
+def _shares(title: str, table: dict[str, dict[str, float]]) -> list[str]:
+    """A Markdown table of shares, rows as given, a column per decoder."""
+    decoders = sorted({d for per in table.values() for d in per})
+    lines = [
+        f"\n{title}:\n",
+        "| | " + " | ".join(decoders) + " |",
+        "|---" * (len(decoders) + 1) + "|",
+    ]
+    for row, per in table.items():
+        cells = ["-" if d not in per else f"{per[d]:.2f}" for d in decoders]
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    return lines

@@ -11,6 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core import anatomy
+from core.domain import BINS, TASK_CENTROIDS
 from core.model.blocks import init_he, op_block
 from core.model.genotype import Genotype
 
@@ -46,6 +47,9 @@ class Decoder(nn.Module):
         structures: the task's structures (canonical vocabulary names), in label-id order.
     """
 
+    domain_centroids: torch.Tensor
+    domain_threshold: torch.Tensor
+
     def __init__(
         self, encoder_widths: Sequence[int], genotype: Genotype, structures: Sequence[str]
     ) -> None:
@@ -77,6 +81,11 @@ class Decoder(nn.Module):
             nn.Conv3d(CALIBRATION_WIDTH, 2, kernel_size=1),
         )
         init_he(self)
+        # the kinds of CT region its sites trained it on (core.domain), set by the
+        # calibrate phase; a threshold of 0: none recorded, never silenced
+        self.register_buffer("domain_centroids", torch.zeros(TASK_CENTROIDS, BINS))
+        self.register_buffer("domain_threshold", torch.zeros(1))
+        self.register_load_state_dict_pre_hook(_keep_missing_domain)  # type: ignore[no-untyped-call]
 
     def forward(self, features: Sequence[torch.Tensor]) -> DecoderOutput:
         """Decode the encoder's skip features (full resolution first, bottleneck last)."""
@@ -100,9 +109,25 @@ class Decoder(nn.Module):
             x = stage(torch.cat([up(x), skip], dim=1))
         return x
 
+    @property
+    def has_domain(self) -> bool:
+        """Whether the calibrate phase fitted its domain."""
+        return float(self.domain_threshold) > 0
+
     def calibration(
         self, x: torch.Tensor, organ: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly and confidence logits from the last features and the organ logits."""
         heads = self.calibration_head(torch.cat([x, F.softmax(organ.detach(), dim=1)], dim=1))
         return heads[:, :1], heads[:, 1:]
+
+
+DOMAIN_BUFFERS = ("domain_centroids", "domain_threshold")
+
+
+def _keep_missing_domain(
+    module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *_: object
+) -> None:
+    """Weights saved before decoders had a domain load with none (never silenced)."""
+    for name in DOMAIN_BUFFERS:
+        state.setdefault(prefix + name, getattr(module, name))

@@ -1,23 +1,28 @@
 """The ``calibrate`` phase: federated training of the decoder's confidence and anomaly heads.
 
 The server sends the decoder (after distillation: the student); each site trains only its
-calibration head (``core.calibration``) and returns that head and the body-part range of
-its cases. The heads are averaged (FedAvg) and the ranges joined; the decoder keeps every
-other weight as it was, so its organ prediction does not move.
+calibration head (``core.calibration``) and returns that head and its domain: the
+centroids of its CTs' block histograms and its held-out threshold (``core.domain``). The
+heads are averaged (FedAvg); the server joins the last round's centroids, takes the
+median of the sites' thresholds (one site cannot widen the domain alone) and stores both
+in the decoder's buffers. The decoder keeps every other weight as it was, so its organ
+prediction does not move.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Mapping
+import statistics
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import torch
 from flwr.app import RecordDict
 
-from core.bodypart import BodyRange
 from core.calibration import calibrate_phase
+from core.domain import BINS, SITE_CENTROIDS, join_centroids
 from core.merge import Calibration
 from core.payload import state_to_record
 from core.phases.spec import (
@@ -31,13 +36,13 @@ from core.phases.spec import (
     tail_mean,
     training_cases,
 )
-from core.protocol import DECODER, HEADS, RoundConfig, SiteReply
+from core.protocol import DECODER, DOMAIN, HEADS, RoundConfig, SiteReply
 from core.records import Record, setting
 
 log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "calibration_head."
-BODY_MM = 3000.0  # the body-part scale spans well within +-3 m of L5/S1
+CENTROIDS = "centroids"  # the array of a DOMAIN record
 
 
 @dataclass(frozen=True)
@@ -50,31 +55,22 @@ class CalibrateSettings(Record):
 
 @dataclass(frozen=True)
 class CalibrateReply(SiteReply):
-    """A site's calibration round: both losses and its cases' body-part range (mm)."""
+    """A site's calibration round: both losses and its domain's threshold."""
 
     confidence_loss: float = setting(0.0, lo=0.0, hi=1e6)
     anomaly_loss: float = setting(0.0, lo=0.0, hi=1e6)
-    body_lo: float | None = setting(None, lo=-BODY_MM, hi=BODY_MM)
-    body_hi: float | None = setting(None, lo=-BODY_MM, hi=BODY_MM)
-
-    def body_range(self) -> BodyRange | None:
-        """The range, if the site found landmarks and sent a consistent one."""
-        if self.body_lo is None or self.body_hi is None:
-            return None
-        try:
-            return BodyRange(self.body_lo, self.body_hi)
-        except ValueError as e:
-            log.warning("ignored a body-part range: %s", e)
-            return None
+    # a distance between root histograms: at most sqrt(2)
+    domain_threshold: float = setting(1.0, lo=1e-3, hi=2**0.5)
 
 
 class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
-    """Train the calibration heads over rounds; record the body-part range."""
+    """Train the calibration heads over rounds; fit the decoder's domain."""
 
     name = "calibrate"
     message_type = f"{TRAIN}.calibrate"
     settings_type = CalibrateSettings
     reply_type = CalibrateReply
+    kept_apart = frozenset({DOMAIN})
 
     def at_site(
         self,
@@ -83,7 +79,11 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
         settings: CalibrateSettings,
         content: RecordDict,
     ) -> RecordDict:
-        """Train the head one round; reply it and the cases' body-part range."""
+        """Train the head one round; reply it and the site's domain.
+
+        Raises:
+            ValueError: if the training CTs hold too little body to describe a domain.
+        """
         dataset, train = training_cases(site, cfg)
         model = load_model(site, cfg, content)
         result = calibrate_phase(
@@ -94,46 +94,62 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
             cfg.preprocessing,
             cfg.train_settings(settings.steps),
         )
+        domain = result.domain
+        if domain is None:
+            raise ValueError(f"{cfg.task}: the training CTs hold too little body (nearly all air)")
         heads = model.decoder(cfg.task).calibration_head.state_dict()
-        covered = result.body_range
         metrics = CalibrateReply(
             len(train),
             tail_mean(result.losses, last=5),
             result.seconds,
             tail_mean(result.confidence_losses, last=5),
             tail_mean(result.anomaly_losses, last=5),
-            covered.lo if covered else None,
-            covered.hi if covered else None,
+            domain.threshold,
         )
-        arrays = {HEADS: state_to_record({HEAD_PREFIX + k: v for k, v in heads.items()})}
+        arrays = {
+            HEADS: state_to_record({HEAD_PREFIX + k: v for k, v in heads.items()}),
+            DOMAIN: state_to_record({CENTROIDS: domain.centroids}),
+        }
         return reply(cfg, metrics, arrays)
 
     def execute(self, steps: ServerSteps, state: TaskState) -> tuple[TaskState, dict[str, Any]]:
-        """Run the rounds, keep the averaged heads and the joined range."""
+        """Run the rounds, keep the averaged heads and the domain of the last round."""
         settings = steps.settings(self)
         heads = {k: v for k, v in state.decoder.state_dict().items() if k.startswith(HEAD_PREFIX)}
-        losses, covered = [], None
+        centroids = {CENTROIDS: torch.zeros(SITE_CENTROIDS, BINS)}
+        losses: list[float | None] = []
         for rnd in range(1, settings.rounds + 1):
             records = {DECODER: state_to_record(state.decoder.state_dict())}
+            templates = {HEADS: heads, DOMAIN: centroids}
             result = steps.federated_round(
-                self, state, rnd, settings.rounds, records, {HEADS: heads}, state.decoder.genotype
+                self, state, rnd, settings.rounds, records, templates, state.decoder.genotype
             )
             heads = dict(result.states[HEADS])
-            state = state.with_decoder_state(heads)
             losses.append(result.loss)
-            for site_reply in result.replies.values():
-                found = site_reply.body_range()
-                covered = found.union(covered) if found else covered
-        calibration = Calibration(True, covered)
+            sites = result.apart[DOMAIN].values()
+            kept = {**heads, **domain_buffers(sites, result.replies.values())}
+            state = state.with_decoder_state(kept)
+        calibration = Calibration(True)
         meta = {"losses": losses, "calibration": calibration.to_json()}
-        steps.save_checkpoint(self.name, heads, meta)
-        log.info("calibrated, body-part range %s", covered)
+        steps.save_checkpoint(self.name, kept, meta)
+        log.info("calibrated; domain fitted on %s", sorted(result.replies))
         return dataclasses.replace(state, calibration=calibration), meta
 
     def restore(
         self, steps: ServerSteps, state: TaskState, summary: Mapping[str, Any]
     ) -> TaskState:
-        """Reload the averaged heads and the range."""
+        """Reload the averaged heads and the domain."""
         heads, meta = steps.load_checkpoint(self.name)
         state = state.with_decoder_state(heads)
         return dataclasses.replace(state, calibration=Calibration.from_json(meta["calibration"]))
+
+
+def domain_buffers(
+    centroids: Iterable[Mapping[str, torch.Tensor]], replies: Iterable[CalibrateReply]
+) -> dict[str, torch.Tensor]:
+    """The decoder's domain buffers: the sites' centroids joined, their median threshold."""
+    threshold = statistics.median(r.domain_threshold for r in replies)
+    return {
+        "domain_centroids": join_centroids([c[CENTROIDS] for c in centroids]),
+        "domain_threshold": torch.tensor([threshold]),
+    }

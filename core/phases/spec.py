@@ -65,12 +65,16 @@ class TaskState:
 
 @dataclass(frozen=True)
 class RoundResult(Generic[R]):
-    """One federated round after the checks: averaged states and the accepted replies."""
+    """One federated round after the checks: averaged states and the accepted replies.
+
+    ``apart`` holds the phase's records that are kept apart, by accepted site.
+    """
 
     states: Mapping[str, Mapping[str, torch.Tensor]]
     replies: Mapping[str, R]
     rejected: Mapping[str, str] = field(default_factory=dict)
     bytes_up: Mapping[str, int] = field(default_factory=dict)
+    apart: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]] = field(default_factory=dict)
 
     @property
     def loss(self) -> float | None:
@@ -145,6 +149,8 @@ class PhaseSpec(ABC, Generic[S, R]):
         server_optimized: whether the task's server optimiser (FedAvgM, FedAdam) steps
             its averages; phases that train network weights over rounds say yes, the
             architecture search and the calibration heads keep the plain average.
+        kept_apart: records of a reply that are not averaged but handed to the phase site
+            by site (``RoundResult.apart``).
     """
 
     name: ClassVar[str]
@@ -152,6 +158,7 @@ class PhaseSpec(ABC, Generic[S, R]):
     settings_type: ClassVar[type[Record]]
     reply_type: ClassVar[type[SiteReply]]
     server_optimized: ClassVar[bool] = False
+    kept_apart: ClassVar[frozenset[str]] = frozenset()
 
     def settings_record(self, settings: S) -> ConfigRecord:
         """The settings as the record the server sends."""

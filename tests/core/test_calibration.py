@@ -1,11 +1,18 @@
+import nibabel as nib
 import numpy as np
 import torch
 
 from core.bundle import load_bundle
-from core.calibration import calibrate_phase, paste_anomalies
-from core.data.transforms import Augmentation
+from core.calibration import calibrate_phase, cases_domain, paste_anomalies
+from core.data.nifti import read_header
+from core.data.transforms import IMAGE, Augmentation, prepare_image
+from core.domain import BINS, SITE_CENTROIDS, domain_scores, join_centroids
+from core.merge import MergeSettings
 from core.training import TrainSettings
-from tests.models import PATCH, abdomen_cases, native_prep
+from simulations.phantoms.generate import make_case
+from tests.models import PATCH, abdomen_cases, held_out_set, native_prep
+
+AIR = 0.1  # -800 HU on the default window: the body lies above
 
 
 def test_pasted_anomalies_stay_inside_one_structure():
@@ -24,7 +31,7 @@ def test_pasted_anomalies_stay_inside_one_structure():
     assert torch.equal(untouched, image) and not none.any()
 
 
-def test_calibration_trains_the_heads_only_and_measures_the_range(trained_bundle, tiny_sites):
+def test_calibration_trains_the_heads_only_and_measures_the_domain(trained_bundle, tiny_sites):
     bundle = load_bundle(trained_bundle)
     model = bundle.model
     dataset = tiny_sites["hospA"].dataset
@@ -44,6 +51,25 @@ def test_calibration_trains_the_heads_only_and_measures_the_range(trained_bundle
         assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10]), name
     after = decoder.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())
-    assert result.body_range is not None
-    # the tiny abdomen phantoms cover the liver's and the kidneys' heights
-    assert result.body_range.lo < 110 < 210 < result.body_range.hi
+    assert result.domain is not None and result.domain.slabs > 50
+
+
+def test_the_domain_tells_the_sites_cts_from_regions_they_never_saw(tiny_sites, tmp_path):
+    dataset = tiny_sites["hospA"].dataset
+    prep = native_prep(dataset)
+    domain = cases_domain(abdomen_cases(tiny_sites), dataset.labels, prep)
+    assert domain is not None and domain.centroids.shape == (SITE_CENTROIDS, BINS)
+    centroids = join_centroids([domain.centroids])
+
+    def scores(path):  # of the slices that hold body
+        image = torch.as_tensor(prepare_image(prep, read_header(path))[IMAGE])[0]
+        body = (image > AIR).flatten(0, 1).any(dim=0)
+        return domain_scores(image, centroids, domain.threshold, prep.spacing_mm[2])[body]
+
+    head = make_case(7, ["brain"], "head_neck", 32)
+    nib.save(nib.Nifti1Image(head.image, head.affine), tmp_path / "head.nii.gz")
+    factor = MergeSettings().domain_factor
+    inside = torch.cat([scores(c.image) for c in held_out_set(dataset).cases])
+    assert float((inside <= factor).float().mean()) > 0.95  # held-out abdomens
+    skull = scores(tmp_path / "head.nii.gz")[-16:]  # the head's upper half (its neck is
+    assert bool((skull > factor).all())  # soft tissue round a spine, as an abdomen is)

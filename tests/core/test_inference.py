@@ -10,15 +10,15 @@ from monai.transforms import Compose, ResampleToMatch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
-from core.bodypart import CENTRES_MM, BodyRange
 from core.bundle import Bundle, load_bundle
 from core.data import Case, DataError
 from core.data.nifti import read_header, read_volume, write_volume
-from core.data.transforms import IMAGE, Preprocessing, preprocessing
+from core.data.transforms import IMAGE, Preprocessing, prepare_image, preprocessing
+from core.domain import TASK_CENTROIDS, descriptors
 from core.inference import (
     BODY_MARGIN_MM,
     combined_structures,
-    place_volume,
+    domain_map,
     plan_outputs,
     predict_files,
     predict_volume,
@@ -26,6 +26,7 @@ from core.inference import (
 from core.merge import Calibration, DecoderVote, MergeSettings, merge
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.streaming import count_windows
+from core.vocabulary import STRUCTURES
 from tests.builders import write_raw
 from tests.models import TINY
 
@@ -123,27 +124,6 @@ def test_plan_outputs_for_folders_and_mistakes(tmp_path):
         plan_outputs(tmp_path / "in" / "a.nii", tmp_path / "out")
 
 
-def _blob_vote(task, structure, z, shape=(12, 12, 40)):
-    """A decoder that sees ``structure`` as a 6 x 6 block over slices ``z``, nothing else."""
-    organ = torch.zeros(1, 2, *shape)
-    organ[0, 0] = 1.0
-    organ[0, 1, 3:9, 3:9, z] = 5.0
-    flat = torch.zeros(1, 1, *shape)
-    return DecoderVote.from_logits(task, (structure,), organ, flat, flat)
-
-
-def test_a_structure_found_by_two_decoders_votes_once_in_the_placement():
-    affine = np.diag([10.0, 10.0, 10.0, 1.0])  # 1 ml voxels, slice k at 10 k mm
-    brain = _blob_vote("head_neck", "brain", slice(25, 35))  # 360 ml: weighs 3.8
-    # the same false liver (288 ml, 3.3 each) from two decoders, 264 mm off the brain's offset
-    livers = [_blob_vote(t, "liver", slice(5, 13)) for t in ("wholebody", "abdomen")]
-    placed = place_volume([brain, *livers], affine, {}, margin=60.0)
-    assert placed is not None
-    assert placed[29:31].mean() == pytest.approx(CENTRES_MM["brain"], abs=10)
-    alone = place_volume(livers[:1], affine, {}, margin=60.0)  # the liver alone places it
-    assert alone is not None and alone[8:10].mean() == pytest.approx(CENTRES_MM["liver"], abs=10)
-
-
 def _bundle(tasks, calibration=None):
     """Random-weight tiny decoders at the CT's own spacing (2 mm), 16^3 windows."""
     torch.manual_seed(0)
@@ -180,17 +160,13 @@ def _whole_volume_labels(bundle, path, settings):
         votes.append(
             DecoderVote.from_logits(t, d.structures, *o, c.calibrated, skill=c.skills(d.structures))
         )
-    ranges = {t: c.body_range for t, c in bundle.calibration.items()}
-    gates = {}
-    placed = place_volume(votes, np.asarray(item[IMAGE].affine), ranges, settings.gate_margin_mm)
-    if settings.gating and placed is not None:
-        m = torch.as_tensor(placed)
-        margin = settings.gate_margin_mm
-        gates = {
-            t: ((m >= r.lo - margin) & (m <= r.hi + margin)).view(1, 1, 1, 1, -1)
-            for t, r in ranges.items()
-        }
-    votes = [dataclasses.replace(v, gate=gates.get(v.task)) for v in votes]
+    image = item[IMAGE].as_tensor()[0]
+    votes = [
+        dataclasses.replace(
+            v, domain=domain_map(model.decoder(v.task), image, bundle.preprocessing)
+        )
+        for v in votes
+    ]
     merged = merge(votes, combined_structures(model), settings)
     moving = MetaTensor(merged[0].float(), affine=item[IMAGE].affine)
     header = read_header(path)
@@ -203,11 +179,21 @@ ORGANS = ("liver", "spleen", "kidney_left", "kidney_right", "stomach", "pancreas
 
 @pytest.mark.parametrize("rule", ["confidence", "highest_probability", "last_decoder"])
 def test_streamed_prediction_equals_the_whole_volume_pass(tmp_path, rule):
-    ranges = {"a": BodyRange(-100.0, 200.0), "b": BodyRange(100.0, 400.0)}
     skill = {"liver": 0.9, "spleen": 0.4}
-    calibration = {t: Calibration(True, r, skill) for t, r in ranges.items()}
+    calibration = {t: Calibration(True, skill) for t in ("a", "b")}
     bundle = _bundle([("a", ORGANS[:4]), ("b", ORGANS[2:])], calibration)
     path = _ct(tmp_path, (18, 12, 40))  # 2 x 1 (padded) x 3 windows
+    ct = read_volume(path)
+    ct.array[..., 20:] += 700  # the upper half looks like bone: another kind of region
+    write_volume(path, ct.array, ct.header.affine)
+    prep = bundle.preprocessing
+    image = prepare_image(prep, read_header(path))[IMAGE][0]
+    lower = descriptors(image[..., :20], prep.spacing_mm[2])
+    decoder = bundle.model.decoder("a")  # "a" was trained on regions like the lower half
+    decoder.domain_centroids[:] = lower[torch.arange(TASK_CENTROIDS) % len(lower)]
+    decoder.domain_threshold[:] = 0.05
+    domain = domain_map(decoder, image, prep)
+    assert domain is not None and domain[..., :4].max() < 2 < domain[..., 36:].min()
     settings = MergeSettings(rule=rule)
     got = predict_volume(bundle, path, settings=settings).labels
     assert np.array_equal(got, _whole_volume_labels(bundle, path, settings))
@@ -248,7 +234,7 @@ class _LargestTensor(TorchDispatchMode):
 
 
 def test_no_tensor_holds_every_channel_of_the_volume(tmp_path):
-    structures = [s for s in CENTRES_MM if s.startswith(("rib_", "vertebra_"))]
+    structures = [s.name for s in STRUCTURES if s.name.startswith(("rib_", "vertebra_"))]
     bundle = _bundle([("a", tuple(structures[:20])), ("b", tuple(structures[20:38]))])
     shape = (16, 16, 128)
     path = _ct(tmp_path, shape)

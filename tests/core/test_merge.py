@@ -4,7 +4,6 @@ import itertools
 import pytest
 import torch
 
-from core.bodypart import BodyRange
 from core.merge import (
     UNSCORED_SKILL,
     Calibration,
@@ -17,8 +16,9 @@ from core.merge import (
 HIGH, LOW = 3.0, -3.0  # confidence / anomaly logits: sigmoid 0.95 and 0.05
 
 
-def _vote(task, structures, *probs, conf=None, anomaly=None, gate=None, calibrated=True):
-    """A decoder over N voxels: per-channel probability rows, per-voxel head logits."""
+def _vote(task, structures, *probs, conf=None, anomaly=None, domain=None, calibrated=True):
+    """A decoder over N voxels: per-channel probability rows, per-voxel head logits and
+    domain scores (``None``: no domain)."""
     organ = torch.log(torch.tensor(probs, dtype=torch.float32))[None, :, None, None, :]
     n = organ.shape[-1]
 
@@ -26,10 +26,13 @@ def _vote(task, structures, *probs, conf=None, anomaly=None, gate=None, calibrat
         v = torch.full((n,), LOW) if values is None else torch.tensor(values, dtype=torch.float32)
         return v.view(1, 1, 1, 1, n)
 
-    gate_t = None if gate is None else torch.tensor(gate).view(1, 1, 1, 1, n)
-    return DecoderVote.from_logits(
-        task, tuple(structures), organ, head(anomaly), head(conf), calibrated, gate_t
+    vote = DecoderVote.from_logits(
+        task, tuple(structures), organ, head(anomaly), head(conf), calibrated
     )
+    if domain is None:
+        return vote
+    scores = torch.tensor(domain, dtype=torch.float32).view(1, 1, 1, 1, n)
+    return dataclasses.replace(vote, domain=scores)
 
 
 def _names(votes, settings=None, order=None):
@@ -87,13 +90,14 @@ def test_a_gated_decoder_neither_proposes_nor_objects():
         [0.9, 0.05],
         [0.0, 0.05],
         conf=[HIGH, HIGH],
-        gate=[False, False],
+        domain=[9.0, 2.5],  # both above the default domain factor (2)
     )
     trunk = _vote("trunk", ["liver"], [0.4, 0.4], [0.6, 0.6], conf=[LOW, LOW])
     # voxel 0: the gated head decoder's confident brain does not count; trunk's liver stands
     # voxel 1: its confident background would veto trunk's liver, but it is silent
     assert _names([head, trunk]) == ["liver", "liver"]
     assert _names([head, trunk], MergeSettings(gating=False)) == ["brain", "background"]
+    assert _names([head, trunk], MergeSettings(domain_factor=3.0)) == ["liver", "background"]
 
 
 def test_uncalibrated_decoders_are_trusted_by_their_softmax_probability():
@@ -120,7 +124,7 @@ def test_the_merge_does_not_depend_on_decoder_order():
                 *probs,
                 conf=torch.randn(n).tolist(),
                 anomaly=torch.randn(n).tolist(),
-                gate=(torch.rand(n) > 0.2).tolist(),
+                domain=(torch.rand(n) * 2.5).tolist(),
             )
         )
     for rule in ("confidence", "highest_probability"):
@@ -183,9 +187,40 @@ def test_a_decoder_that_never_learnt_a_structure_cannot_veto_it():
 
 
 def test_calibration_records_round_trip_and_refuse_bad_skills():
-    calibration = Calibration(True, BodyRange(-50.0, 320.0), {"liver": 0.8})
+    calibration = Calibration(True, {"liver": 0.8})
     assert Calibration.from_json(calibration.to_json()) == calibration
+    saved_before = {"calibrated": True, "body_range": {"lo": 0.0, "hi": 1.0}, "skill": {}}
+    assert Calibration.from_json(saved_before) == Calibration(True)  # retired key ignored
     assert calibration.skills(["liver", "kidney_left"]) == (0.8, UNSCORED_SKILL)
     assert Calibration().skills(["liver"]) == (1.0,)
     with pytest.raises(ValueError, match="skill"):
         Calibration.from_json({"calibrated": True, "skill": {"liver": 1.5}})
+
+
+def test_a_decoder_painting_organs_outside_its_domain_cannot_silence_the_one_trained_there():
+    # a head CT: the abdominal decoder, which never saw a head, paints a confident liver
+    # over the brain and a stomach beside it; the head decoder finds the brain
+    abdomen = _vote(
+        "abdomen",
+        ["liver", "stomach"],
+        [0.02, 0.1, 0.9],
+        [0.96, 0.05, 0.05],
+        [0.02, 0.85, 0.05],
+        conf=[HIGH, HIGH, HIGH],
+        domain=[6.0, 6.0, 6.0],  # its slabs looked nothing like a head
+    )
+    head = _vote(
+        "head",
+        ["brain"],
+        [0.3, 0.3, 0.9],
+        [0.7, 0.7, 0.1],
+        conf=[0.0, 0.0, HIGH],
+        domain=[0.5, 0.5, 0.5],
+    )
+    assert _names([abdomen, head]) == ["brain", "brain", "background"]
+    # the failure it prevents: ungated, the confident false organs win the head
+    assert _names([abdomen, head], MergeSettings(gating=False)) == [
+        "liver",
+        "stomach",
+        "background",
+    ]

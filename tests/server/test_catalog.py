@@ -191,7 +191,7 @@ def test_verify_lists_every_problem_of_an_altered_catalog(tmp_path):
     index = json.loads((tmp_path / "catalog.json").read_text())
     first, second = index["tasks"][0]["versions"][0], index["tasks"][1]["versions"][0]
     first["metrics"] = {"dice": {"liver": 1000.0}, "hd95": {"liver": -3.0}, "cases": -2}
-    first["calibration"] = {"calibrated": True, "body_range": [50.0, -50.0], "skill": {}}
+    first["calibration"] = {"calibrated": True, "skill": {"liver": 1.5}}
     first["genotype"] = {"stages": [{"op": "bogus"}]}
     second["structures"] = ["not_an_organ"]
     second["file"] = "../outside.safetensors"
@@ -203,7 +203,7 @@ def test_verify_lists_every_problem_of_an_altered_catalog(tmp_path):
         "metrics.dice['liver'] = 1000.0, expected a Dice value in [0, 1]",
         "metrics.hd95['liver'] = -3.0, expected a distance >= 0 mm",
         "metrics.cases = -2, expected a count",
-        "body range [50.0, -50.0]: expected finite lo <= hi",
+        "calibration skill {'liver': 1.5}: expected Dice values in [0, 1]",
         "op 'bogus'",
         "'not_an_organ' is not in the anatomy vocabulary",
         "outside.safetensors: outside the catalog folder",

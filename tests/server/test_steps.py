@@ -8,11 +8,12 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
+from core.domain import BINS, SITE_CENTROIDS
 from core.evaluation import ScoreSums
 from core.model import Encoder
 from core.payload import record_to_state, state_to_record
 from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER
-from core.phases.calibrate import HEAD_PREFIX, CalibrateReply
+from core.phases.calibrate import CENTROIDS, HEAD_PREFIX, CalibrateReply
 from core.phases.distill import DistillReply
 from core.phases.evaluate import EvaluateReply
 from core.phases.search import SearchReply
@@ -21,6 +22,7 @@ from core.protocol import (
     ARCH,
     CONFIG,
     DECODER,
+    DOMAIN,
     ENCODER,
     ENCODER_SHA,
     HEADS,
@@ -211,8 +213,10 @@ def test_search_then_distill_yield_a_student_within_the_budget(tmp_path):
     assert student.decoder.genotype == searched.genotype != state.decoder.genotype
 
 
-def test_calibration_joins_ranges_and_refuses_absurd_ones(tmp_path):
-    ranges = {"A": (-100.0, 200.0), "B": (150.0, 400.0), "C": (1e300, 1e301)}
+def test_calibration_joins_the_sites_domains_and_refuses_absurd_ones(tmp_path):
+    thresholds = {"A": 0.1, "B": 0.3, "C": 5.0}  # C's: farther than root histograms can be
+    shares = torch.eye(BINS)  # one-hot histograms: block kinds 0..BINS-1, by site
+    kinds = {"A": range(0, SITE_CENTROIDS), "B": range(8, 8 + SITE_CENTROIDS), "C": range(16)}
 
     def respond(site, kind, content):
         decoder = content[DECODER]
@@ -221,17 +225,22 @@ def test_calibration_joins_ranges_and_refuses_absurd_ones(tmp_path):
             for k, a in decoder.items()
             if k.startswith(HEAD_PREFIX)
         }
-        lo, hi = ranges[site]
-        metrics = CalibrateReply(TRAIN[site], 0.1, 0.0, 0.1, 0.1, 0.0, 0.0)
-        reply = _answer(content, metrics, **{HEADS: state_to_record(heads)})
-        reply[METRICS]["body-lo"], reply[METRICS]["body-hi"] = lo, hi
+        metrics = CalibrateReply(TRAIN[site], 0.1, 0.0, 0.1, 0.1, min(thresholds[site], 1.0))
+        centroids = {CENTROIDS: shares[list(kinds[site])]}
+        arrays = {HEADS: state_to_record(heads), DOMAIN: state_to_record(centroids)}
+        reply = _answer(content, metrics, **arrays)
+        reply[METRICS]["domain-threshold"] = thresholds[site]
         return reply
 
     run, state, _ = _run(tmp_path, respond, sites=("A", "B", "C"))
-    after = run.run(CALIBRATE, _frozen_state(run, state))
-    assert after.calibration.calibrated
-    assert (after.calibration.body_range.lo, after.calibration.body_range.hi) == (-100.0, 400.0)
+    before = _frozen_state(run, state)
+    assert not before.decoder.has_domain
+    after = run.run(CALIBRATE, before)
+    assert after.calibration.calibrated and after.decoder.has_domain
     assert "outside" in run.ledger.rejected["C"]
+    assert float(after.decoder.domain_threshold) == pytest.approx(0.2)  # A's and B's median
+    kept = {int(row.argmax()) for row in after.decoder.domain_centroids}
+    assert kept == set(range(8 + SITE_CENTROIDS))  # both sites' kinds, each once or more
 
 
 def test_evaluation_pools_bounded_sums_and_registration_exports(tmp_path):
