@@ -35,6 +35,7 @@ from core.describe import SHA256
 from core.io import atomic_write_bytes, atomic_write_json, resolve_inside
 from core.merge import Calibration, MergeSettings
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, state_bytes
+from core.model.decoder import DOMAIN_BUFFERS
 
 FORMAT = "continual-segment-fl bundle"
 VERSION = 1
@@ -272,7 +273,12 @@ def _plan(folder: Path, manifest: Mapping[str, Any]) -> _Plan:
 def _merge_settings(obj: Any) -> MergeSettings:
     if not isinstance(obj, dict):
         raise ValueError(f"merge: expected an object, found {obj!r}")
-    for key, least, most in (("anomaly_weight", 0.0, 1.0), ("domain_factor", 1.0, 1e6)):
+    bounds = (
+        ("anomaly_weight", 0.0, 1.0),
+        ("domain_factor", 1.0, 1e6),
+        ("domain_weight", 0.0, 100.0),
+    )
+    for key, least, most in bounds:
         if key in obj:
             _in_range(f"merge.{key}", obj[key], least, most)
     return MergeSettings.from_json(obj)
@@ -286,10 +292,13 @@ def _tensors(weights: _WeightFile, data: bytes) -> dict[str, torch.Tensor]:
 
 
 def _built(weights: _WeightFile, state: Mapping[str, torch.Tensor], build: Callable[[], _M]) -> _M:
-    """Build a module once its shapes (taken on the meta device, without memory) fit ``state``."""
+    """Build a module once its shapes (taken on the meta device, without memory) fit ``state``.
+
+    A decoder saved before decoders had a domain loads without one (never silenced).
+    """
     with torch.device("meta"):
         expected = build().state_dict()
-    missing = sorted(set(expected) - set(state))
+    missing = sorted(n for n in set(expected) - set(state) if n not in DOMAIN_BUFFERS)
     unexpected = sorted(set(state) - set(expected))
     if missing or unexpected:
         raise BundleError(

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 
 from core import anatomy
 from core.data import Case, LabelTable
-from core.data.transforms import IMAGE, Preprocessing, validation_transforms
+from core.data.transforms import IMAGE, LABEL, Preprocessing, validation_transforms
 from core.domain import SiteDomain, site_domain
 from core.model import ContinualSegmenter
 from core.training import TrainSettings, check_patch, optimise, patch_batches
@@ -85,12 +85,23 @@ def paste_anomalies(
 
 
 def cases_domain(
-    cases: Sequence[Case], table: LabelTable, prep: Preprocessing
+    cases: Sequence[Case], table: LabelTable, prep: Preprocessing, structures: Sequence[str]
 ) -> SiteDomain | None:
-    """The domain of a site's CTs, preprocessed as for prediction (``core.domain``)."""
-    chain = validation_transforms(prep, table, table.structures)
-    images = [torch.as_tensor(chain({"case": case})[IMAGE])[0] for case in cases]
-    return site_domain(images, prep.spacing_mm[2])
+    """The domain of a site's CTs for a decoder of ``structures`` (``core.domain``).
+
+    The CTs are preprocessed as for prediction; a structure the site does not label gets
+    no row.
+    """
+    labelled = [s for s in structures if s in table.structures]
+    chain = validation_transforms(prep, table, labelled)
+    # the chain numbers the labelled structures from 1; the domain numbers the decoder's
+    to_decoder = torch.tensor([0] + [structures.index(s) + 1 for s in labelled])
+    volumes = []
+    for case in cases:
+        item = chain({"case": case})
+        label = to_decoder[torch.as_tensor(item[LABEL])[0].long()]
+        volumes.append((torch.as_tensor(item[IMAGE])[0], label))
+    return site_domain(volumes, prep.spacing_mm[2], len(structures))
 
 
 def calibrate_phase(
@@ -146,6 +157,6 @@ def calibrate_phase(
         losses,
         parts["confidence"],
         parts["anomaly"],
-        cases_domain(cases, table, prep),
+        cases_domain(cases, table, prep, decoder.structures),
         time.perf_counter() - start,
     )

@@ -1,4 +1,4 @@
-"""Each decoder's domain: the kinds of body region its sites trained it on, learnt at the sites.
+"""Each decoder's domain: where its sites saw each of its structures, learnt at the sites.
 
 The merge must know where a decoder may speak without knowing the scenario or the
 patient's anatomy. A body region is described, slice by slice, by the distribution of the
@@ -9,19 +9,26 @@ abdominal one fat and solid organs, a pelvic one large bones and bladder. HU is 
 physical unit, so this holds across patients, body sizes, fields of view and scanners,
 and nothing in it is an anatomical constant or a coordinate.
 
-A site summarises the slabs of its training CTs by :data:`SITE_CENTROIDS` k-means
-centroids and a threshold: the :data:`QUANTILE` of its slabs' distances to the nearest
-centroid fitted on its other CTs (leave one CT out). The server joins the sites'
-centroids of a task (at most :data:`TASK_CENTROIDS`, spread by farthest points) and takes
-the median threshold, so one site cannot widen a domain alone. At prediction a slice's
-*domain score* for a decoder is its slab's distance to the nearest centroid over that
-threshold: about 1 or below where the CT looks like what the decoder was trained on, far
-above elsewhere (a head for a decoder that only ever saw abdomens). The merge silences a
-decoder at the slices where its score exceeds ``MergeSettings.domain_factor``.
+A decoder's domain has a row for its background (every slice of its sites' CTs) and one
+per structure (the slices where the site's labels hold it). For each row a site sends
+:data:`SITE_CENTROIDS` k-means centroids of those slabs and a threshold: the
+:data:`QUANTILE` of the slabs' distances to the nearest centroid fitted on its other CTs
+(leave one CT out); a structure its CTs never hold gets no row (threshold 0). The server
+joins the sites' centroids row by row (at most :data:`TASK_CENTROIDS`, spread by farthest
+points) and takes the median threshold, so one site cannot widen a domain alone.
+
+At prediction, a decoder's *domain score* at a voxel is the distance of the voxel's slab
+to the nearest centroid of the row of what the decoder says there (a structure, or its
+background), over that row's threshold: about 1 or below where its sites saw that
+structure in slabs like this one, far above elsewhere (a brain in a pelvis, a liver in a
+head). A structure without a row is scored by the background's row. The merge silences
+a decoder's claim where its score exceeds ``MergeSettings.domain_factor`` and weighs the
+rest by ``exp(-domain_weight * score)``.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -32,10 +39,12 @@ from scipy.cluster.vq import kmeans2
 
 BINS = 32  # histogram bins over the HU window (about 60 HU each for a 2000 HU window)
 SLAB_MM = 64.0  # thickness of the axial slab that describes a slice's region
-SITE_CENTROIDS = 16  # what a site sends
-TASK_CENTROIDS = 64  # what a decoder keeps
+SITE_CENTROIDS = 8  # per row, what a site sends
+TASK_CENTROIDS = 32  # per row, what a decoder keeps
 QUANTILE = 0.95  # of a site's held-out slab distances: its threshold
-MIN_SLABS = 8  # a site with fewer slices of body has no domain to describe
+MIN_THRESHOLD = 1e-3  # a threshold is a distance between root histograms: 1e-3 to sqrt(2)
+MAX_THRESHOLD = 2**0.5
+MIN_SLABS = 4  # a row with fewer slabs has too little to describe a domain
 
 
 def descriptors(image: torch.Tensor, spacing_z: float) -> torch.Tensor:
@@ -73,20 +82,20 @@ def cluster(rows: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class SiteDomain:
-    """What a site sends: its centroids ``(SITE_CENTROIDS, BINS)`` and held-out threshold."""
+    """What a site sends, per row (background, then each structure).
+
+    Attributes:
+        centroids: ``(1 + K, SITE_CENTROIDS, BINS)``.
+        thresholds: ``(1 + K,)`` held out (0: no row).
+    """
 
     centroids: torch.Tensor
-    threshold: float
-    slabs: int
+    thresholds: torch.Tensor
 
 
-def site_domain(cases: Sequence[torch.Tensor], spacing_z: float) -> SiteDomain | None:
-    """A site's domain from its preprocessed CTs ``(X, Y, Z)`` (``None``: too little body)."""
-    per_case = []
-    for image in cases:
-        rows = descriptors(image, spacing_z)
-        if len(rows := rows[rows.sum(dim=1) > 0]):
-            per_case.append(rows)
+def row_domain(per_case: Sequence[torch.Tensor]) -> tuple[torch.Tensor, float] | None:
+    """Centroids and held-out threshold of one row's slabs, by CT (``None``: too few)."""
+    per_case = [rows for rows in per_case if len(rows)]
     if sum(len(rows) for rows in per_case) < MIN_SLABS:
         return None
     held_out = []
@@ -94,8 +103,31 @@ def site_domain(cases: Sequence[torch.Tensor], spacing_z: float) -> SiteDomain |
         rest = [r for i, r in enumerate(per_case) if i != c] or per_case
         held_out.append(nearest(rows, cluster(torch.cat(rest), SITE_CENTROIDS)))
     threshold = float(torch.quantile(torch.cat(held_out), QUANTILE))
-    centroids = cluster(torch.cat(per_case), SITE_CENTROIDS)
-    return SiteDomain(centroids.float(), max(threshold, 1e-3), sum(map(len, per_case)))
+    return cluster(torch.cat(per_case), SITE_CENTROIDS).float(), max(threshold, MIN_THRESHOLD)
+
+
+def site_domain(
+    cases: Sequence[tuple[torch.Tensor, torch.Tensor]], spacing_z: float, structures: int
+) -> SiteDomain | None:
+    """A site's domain from its preprocessed CTs and label maps ``(X, Y, Z)``.
+
+    Label ``i`` is the decoder's structure ``i`` (0: background); ``structures`` is their
+    number. ``None`` when the CTs hold too little body to describe even the background.
+    """
+    slabs = [descriptors(image, spacing_z) for image, _ in cases]
+    body = [d[d.sum(dim=1) > 0] for d in slabs]
+    rows: list[list[torch.Tensor]] = [body]
+    for k in range(1, structures + 1):
+        present = [(label == k).flatten(0, 1).any(dim=0) for _, label in cases]
+        rows.append([d[p] for d, p in zip(slabs, present, strict=True)])
+    centroids = torch.zeros(structures + 1, SITE_CENTROIDS, BINS)
+    thresholds = torch.zeros(structures + 1)
+    for r, per_case in enumerate(rows):
+        if (fitted := row_domain(per_case)) is not None:
+            centroids[r], thresholds[r] = fitted
+        elif r == 0:
+            return None
+    return SiteDomain(centroids, thresholds)
 
 
 def join_centroids(sites: Sequence[torch.Tensor]) -> torch.Tensor:
@@ -110,8 +142,36 @@ def join_centroids(sites: Sequence[torch.Tensor]) -> torch.Tensor:
     return picked[torch.arange(TASK_CENTROIDS) % len(picked)].float()
 
 
+def join_domains(sites: Sequence[SiteDomain]) -> tuple[torch.Tensor, torch.Tensor]:
+    """A decoder's domain from its sites': centroids and thresholds, row by row.
+
+    Returns ``(1 + K, TASK_CENTROIDS, BINS)`` centroids and ``(1 + K,)`` thresholds: each
+    row over the sites that have it (median threshold, bounded); a row no site has stays
+    empty (threshold 0).
+    """
+    rows = sites[0].thresholds.shape[0]
+    centroids = torch.zeros(rows, TASK_CENTROIDS, BINS)
+    thresholds = torch.zeros(rows)
+    for r in range(rows):
+        having = [s for s in sites if float(s.thresholds[r]) > 0]
+        if having:
+            centroids[r] = join_centroids([s.centroids[r] for s in having])
+            median = statistics.median(float(s.thresholds[r]) for s in having)
+            thresholds[r] = min(max(median, MIN_THRESHOLD), MAX_THRESHOLD)
+    return centroids, thresholds
+
+
 def domain_scores(
-    image: torch.Tensor, centroids: torch.Tensor, threshold: float, spacing_z: float
+    image: torch.Tensor, centroids: torch.Tensor, thresholds: torch.Tensor, spacing_z: float
 ) -> torch.Tensor:
-    """``(Z,)``: each slice's domain score (its slab's distance over ``threshold``)."""
-    return (nearest(descriptors(image, spacing_z), centroids) / threshold).float()
+    """``(1 + K, Z)``: each slice's score against each row (an empty row: the background's)."""
+    slabs = descriptors(image, spacing_z)
+    scores = torch.stack(
+        [
+            nearest(slabs, centroids[r]) / float(thresholds[r])
+            if float(thresholds[r]) > 0
+            else torch.full((len(slabs),), float("nan"), dtype=torch.float64)
+            for r in range(len(thresholds))
+        ]
+    ).float()
+    return torch.where(scores.isnan(), scores[:1].expand_as(scores), scores)

@@ -169,15 +169,15 @@ def _initial_vote(bundle: Bundle, task: str, image: torch.Tensor, foreground: bo
 
 
 def domain_map(decoder: Decoder, image: torch.Tensor, prep: Preprocessing) -> torch.Tensor | None:
-    """``(1, 1, 1, 1, Z)``: a decoder's domain score of each slice of a preprocessed image.
+    """``(1 + K, Z)``: a decoder's domain scores of each slice of a preprocessed image.
 
-    ``None`` for a decoder without a domain.
+    Row 0 scores its background, row ``k`` its structure ``k``; ``None`` for a decoder
+    without a domain.
     """
     if not decoder.has_domain:
         return None
-    threshold = float(decoder.domain_threshold)
-    scores = domain_scores(image, decoder.domain_centroids, threshold, prep.spacing_mm[2])
-    return scores.view(1, 1, 1, 1, -1)
+    centroids, thresholds = decoder.domain_centroids, decoder.domain_thresholds
+    return domain_scores(image, centroids, thresholds, prep.spacing_mm[2])
 
 
 def _maps(a: DecoderVote, b: DecoderVote) -> list[tuple[torch.Tensor, torch.Tensor]]:

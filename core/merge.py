@@ -63,13 +63,17 @@ class MergeSettings:
             lowers its trust (0 ignores the anomaly head).
         gating: silence decoders outside their domain.
         domain_factor: the domain score (1: the sites' own held-out threshold) above which
-            a decoder is silenced; above 1 leaves room for CTs a little unlike any site's.
+            a decoder's claim is silenced; above 1 leaves room for CTs a little unlike any
+            site's.
+        domain_weight: below it, a claim's trust is weighed by ``exp(-domain_weight *
+            score)``: of two claims the one more at home in its slab counts more.
     """
 
     rule: str = "confidence"
     anomaly_weight: float = 1.0
     gating: bool = True
     domain_factor: float = 2.0
+    domain_weight: float = 1.0
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -78,6 +82,8 @@ class MergeSettings:
             raise ValueError(f"merge anomaly_weight {self.anomaly_weight}: expected 0 to 1")
         if not 1.0 <= self.domain_factor <= 1e6:
             raise ValueError(f"merge domain_factor {self.domain_factor}: expected 1 to 1e6")
+        if not 0.0 <= self.domain_weight <= 100.0:
+            raise ValueError(f"merge domain_weight {self.domain_weight}: expected 0 to 100")
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON."""
@@ -86,6 +92,7 @@ class MergeSettings:
             "anomaly_weight": self.anomaly_weight,
             "gating": self.gating,
             "domain_factor": self.domain_factor,
+            "domain_weight": self.domain_weight,
         }
 
     @classmethod
@@ -155,8 +162,8 @@ class DecoderVote:
         anomaly: ``(B, 1, ...)`` the sigmoid of its anomaly head.
         confidence: ``(B, 1, ...)`` the sigmoid of its confidence head.
         calibrated: whether its confidence and anomaly heads were trained.
-        domain: its domain score (``core.domain``), broadcastable to ``(B, 1, ...)`` (a
-            score per slice: ``(1, 1, 1, 1, Z)``); ``None``: it has no domain and speaks
+        domain: ``(1 + K, Z)`` its domain scores (``core.domain``) of each slice for its
+            background (row 0) and each structure; ``None``: it has no domain and speaks
             everywhere.
         skill: ``q_d(k)`` per structure (empty: 1 for all).
         foreground: ``(B, 1, ...)`` one minus the background probability, where kept
@@ -204,9 +211,7 @@ class DecoderVote:
     def part(self, lo: int, hi: int) -> DecoderVote:
         """The vote over slices ``lo:hi`` of the last axis."""
         fg = None if self.foreground is None else self.foreground[..., lo:hi]
-        domain = self.domain
-        if domain is not None and domain.shape[-1] > 1:
-            domain = domain[..., lo:hi]
+        domain = None if self.domain is None else self.domain[..., lo:hi]
         maps = (self.label, self.prob, self.anomaly, self.confidence)
         label, prob, anomaly, confidence = (m[..., lo:hi] for m in maps)
         return replace(
@@ -219,9 +224,15 @@ class DecoderVote:
             domain=domain,
         )
 
-    def domain_gate(self, factor: float) -> torch.Tensor | None:
-        """Where its domain score is at most ``factor`` (``None``: it has no domain)."""
-        return None if self.domain is None else self.domain <= factor
+    def domain_score(self) -> torch.Tensor | None:
+        """``(B, 1, ...)``: the domain score of what it says at each voxel.
+
+        ``None`` where it has no domain.
+        """
+        if self.domain is None:
+            return None
+        slices = torch.arange(self.label.shape[-1], device=self.label.device)
+        return self.domain.to(self.label.device)[self.label.long(), slices]
 
     def proposal(self, structures: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Its arg-max as an output label (``structures`` from 1) and that label's probability."""
@@ -337,10 +348,14 @@ def _confidence(
         label, prob = vote.proposal(structures)
         labels.append(label)
         skills.append(vote.skill_table(structures, label.device))
-        base.append(vote.trust(prob, settings.anomaly_weight))
+        trust = vote.trust(prob, settings.anomaly_weight)
+        score = vote.domain_score() if settings.gating else None
+        if score is not None:
+            trust = trust * torch.exp(-settings.domain_weight * score)
+        base.append(trust)
         trusts.append(base[-1] * skills[-1][label])
-        gate = vote.domain_gate(settings.domain_factor) if settings.gating else None
-        gates.append(torch.ones_like(label, dtype=torch.bool) if gate is None else gate)
+        everywhere = torch.ones_like(label, dtype=torch.bool)
+        gates.append(everywhere if score is None else score <= settings.domain_factor)
         known = torch.zeros(len(structures) + 1, dtype=torch.bool, device=label.device)
         known[[structures.index(s) + 1 for s in vote.structures]] = True
         knows.append(known)

@@ -54,8 +54,9 @@ def _label_maps(bundle: Bundle, outputs: VolumeOutputs) -> dict[str, LabelMap]:
 class Diagnostics:
     """Where each decoder may speak and which decoder's label the merge kept.
 
-    ``domain[test set][decoder]``: the share of the test CTs' slices inside the decoder's
-    domain. ``won[structure][decoder]``: the share of the merged structure's voxels where
+    ``domain[test set][decoder]``: the share of the test CTs' slices inside the domain of
+    the decoder's background (where it may say anything at all).
+    ``won[structure][decoder]``: the share of the merged structure's voxels where
     the decoder itself says that structure (decoders that agree share a voxel).
     """
 
@@ -69,7 +70,7 @@ class Diagnostics:
         maps = _label_maps(self.bundle, outputs)
         factor = self.bundle.merge.domain_factor
         for vote in outputs.votes:
-            inside = vote.domain_gate(factor)
+            inside = None if vote.domain is None else vote.domain[0] <= factor
             share = 1.0 if inside is None else float(inside.float().mean())
             self.domain.setdefault(task, {}).setdefault(vote.task, []).append(share)
         merged = maps["confidence"]

@@ -48,7 +48,7 @@ class Decoder(nn.Module):
     """
 
     domain_centroids: torch.Tensor
-    domain_threshold: torch.Tensor
+    domain_thresholds: torch.Tensor
 
     def __init__(
         self, encoder_widths: Sequence[int], genotype: Genotype, structures: Sequence[str]
@@ -81,10 +81,12 @@ class Decoder(nn.Module):
             nn.Conv3d(CALIBRATION_WIDTH, 2, kernel_size=1),
         )
         init_he(self)
-        # the kinds of CT region its sites trained it on (core.domain), set by the
-        # calibrate phase; a threshold of 0: none recorded, never silenced
-        self.register_buffer("domain_centroids", torch.zeros(TASK_CENTROIDS, BINS))
-        self.register_buffer("domain_threshold", torch.zeros(1))
+        # where its sites saw its background and each structure (core.domain), set by the
+        # calibrate phase; a threshold of 0: no row (row 0, the background: no domain at
+        # all, never silenced)
+        rows = 1 + len(self.structures)
+        self.register_buffer("domain_centroids", torch.zeros(rows, TASK_CENTROIDS, BINS))
+        self.register_buffer("domain_thresholds", torch.zeros(rows))
         self.register_load_state_dict_pre_hook(_keep_missing_domain)  # type: ignore[no-untyped-call]
 
     def forward(self, features: Sequence[torch.Tensor]) -> DecoderOutput:
@@ -112,7 +114,7 @@ class Decoder(nn.Module):
     @property
     def has_domain(self) -> bool:
         """Whether the calibrate phase fitted its domain."""
-        return float(self.domain_threshold) > 0
+        return float(self.domain_thresholds[0]) > 0
 
     def calibration(
         self, x: torch.Tensor, organ: torch.Tensor
@@ -122,7 +124,7 @@ class Decoder(nn.Module):
         return heads[:, :1], heads[:, 1:]
 
 
-DOMAIN_BUFFERS = ("domain_centroids", "domain_threshold")
+DOMAIN_BUFFERS = ("domain_centroids", "domain_thresholds")
 
 
 def _keep_missing_domain(

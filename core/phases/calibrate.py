@@ -1,19 +1,19 @@
 """The ``calibrate`` phase: federated training of the decoder's confidence and anomaly heads.
 
 The server sends the decoder (after distillation: the student); each site trains only its
-calibration head (``core.calibration``) and returns that head and its domain: the
-centroids of its CTs' block histograms and its held-out threshold (``core.domain``). The
-heads are averaged (FedAvg); the server joins the last round's centroids, takes the
-median of the sites' thresholds (one site cannot widen the domain alone) and stores both
-in the decoder's buffers. The decoder keeps every other weight as it was, so its organ
-prediction does not move.
+calibration head (``core.calibration``) and returns that head and its domain: per row
+(the decoder's background, then each structure) the centroids of the slab histograms of
+its CTs where it saw that row, and a held-out threshold (``core.domain``). The heads are
+averaged (FedAvg); the server joins the last round's domains row by row (median
+thresholds: one site cannot widen a domain alone) and stores them in the decoder's
+buffers. The decoder keeps every other weight as it was, so its organ prediction does
+not move.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import logging
-import statistics
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -22,7 +22,7 @@ import torch
 from flwr.app import RecordDict
 
 from core.calibration import calibrate_phase
-from core.domain import BINS, SITE_CENTROIDS, join_centroids
+from core.domain import BINS, SITE_CENTROIDS, SiteDomain, join_domains
 from core.merge import Calibration
 from core.payload import state_to_record
 from core.phases.spec import (
@@ -42,7 +42,7 @@ from core.records import Record, setting
 log = logging.getLogger(__name__)
 
 HEAD_PREFIX = "calibration_head."
-CENTROIDS = "centroids"  # the array of a DOMAIN record
+CENTROIDS, THRESHOLDS = "centroids", "thresholds"  # the arrays of a DOMAIN record
 
 
 @dataclass(frozen=True)
@@ -55,12 +55,10 @@ class CalibrateSettings(Record):
 
 @dataclass(frozen=True)
 class CalibrateReply(SiteReply):
-    """A site's calibration round: both losses and its domain's threshold."""
+    """A site's calibration round: both losses."""
 
     confidence_loss: float = setting(0.0, lo=0.0, hi=1e6)
     anomaly_loss: float = setting(0.0, lo=0.0, hi=1e6)
-    # a distance between root histograms: at most sqrt(2)
-    domain_threshold: float = setting(1.0, lo=1e-3, hi=2**0.5)
 
 
 class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
@@ -104,11 +102,12 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
             result.seconds,
             tail_mean(result.confidence_losses, last=5),
             tail_mean(result.anomaly_losses, last=5),
-            domain.threshold,
         )
         arrays = {
             HEADS: state_to_record({HEAD_PREFIX + k: v for k, v in heads.items()}),
-            DOMAIN: state_to_record({CENTROIDS: domain.centroids}),
+            DOMAIN: state_to_record(
+                {CENTROIDS: domain.centroids, THRESHOLDS: domain.thresholds}, fp16=False
+            ),
         }
         return reply(cfg, metrics, arrays)
 
@@ -116,18 +115,22 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
         """Run the rounds, keep the averaged heads and the domain of the last round."""
         settings = steps.settings(self)
         heads = {k: v for k, v in state.decoder.state_dict().items() if k.startswith(HEAD_PREFIX)}
-        centroids = {CENTROIDS: torch.zeros(SITE_CENTROIDS, BINS)}
+        rows = 1 + len(state.decoder.structures)
+        domain = {
+            CENTROIDS: torch.zeros(rows, SITE_CENTROIDS, BINS),
+            THRESHOLDS: torch.zeros(rows),
+        }
         losses: list[float | None] = []
         for rnd in range(1, settings.rounds + 1):
             records = {DECODER: state_to_record(state.decoder.state_dict())}
-            templates = {HEADS: heads, DOMAIN: centroids}
+            templates = {HEADS: heads, DOMAIN: domain}
             result = steps.federated_round(
                 self, state, rnd, settings.rounds, records, templates, state.decoder.genotype
             )
             heads = dict(result.states[HEADS])
             losses.append(result.loss)
             sites = result.apart[DOMAIN].values()
-            kept = {**heads, **domain_buffers(sites, result.replies.values())}
+            kept = {**heads, **domain_buffers(sites)}
             state = state.with_decoder_state(kept)
         calibration = Calibration(True)
         meta = {"losses": losses, "calibration": calibration.to_json()}
@@ -144,12 +147,8 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
         return dataclasses.replace(state, calibration=Calibration.from_json(meta["calibration"]))
 
 
-def domain_buffers(
-    centroids: Iterable[Mapping[str, torch.Tensor]], replies: Iterable[CalibrateReply]
-) -> dict[str, torch.Tensor]:
-    """The decoder's domain buffers: the sites' centroids joined, their median threshold."""
-    threshold = statistics.median(r.domain_threshold for r in replies)
-    return {
-        "domain_centroids": join_centroids([c[CENTROIDS] for c in centroids]),
-        "domain_threshold": torch.tensor([threshold]),
-    }
+def domain_buffers(sites: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+    """The decoder's domain buffers from the sites' DOMAIN records (``core.domain``)."""
+    domains = [SiteDomain(s[CENTROIDS], s[THRESHOLDS]) for s in sites]
+    centroids, thresholds = join_domains(domains)
+    return {"domain_centroids": centroids, "domain_thresholds": thresholds}

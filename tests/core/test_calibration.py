@@ -6,7 +6,7 @@ from core.bundle import load_bundle
 from core.calibration import calibrate_phase, cases_domain, paste_anomalies
 from core.data.nifti import read_header
 from core.data.transforms import IMAGE, Augmentation, prepare_image
-from core.domain import BINS, SITE_CENTROIDS, domain_scores, join_centroids
+from core.domain import BINS, SITE_CENTROIDS, domain_scores, join_domains
 from core.merge import MergeSettings
 from core.training import TrainSettings
 from simulations.phantoms.generate import make_case
@@ -51,20 +51,23 @@ def test_calibration_trains_the_heads_only_and_measures_the_domain(trained_bundl
         assert np.mean(losses[-10:]) < 0.9 * np.mean(losses[:10]), name
     after = decoder.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())
-    assert result.domain is not None and result.domain.slabs > 50
+    assert result.domain is not None and bool((result.domain.thresholds > 0).all())
 
 
 def test_the_domain_tells_the_sites_cts_from_regions_they_never_saw(tiny_sites, tmp_path):
     dataset = tiny_sites["hospA"].dataset
     prep = native_prep(dataset)
-    domain = cases_domain(abdomen_cases(tiny_sites), dataset.labels, prep)
-    assert domain is not None and domain.centroids.shape == (SITE_CENTROIDS, BINS)
-    centroids = join_centroids([domain.centroids])
+    structures = dataset.labels.structures  # the liver, the spleen and the kidneys
+    domain = cases_domain(abdomen_cases(tiny_sites), dataset.labels, prep, structures)
+    assert domain is not None
+    assert domain.centroids.shape == (1 + len(structures), SITE_CENTROIDS, BINS)
+    assert bool((domain.thresholds > 0).all())  # every structure has its row
+    centroids, thresholds = join_domains([domain])
 
-    def scores(path):  # of the slices that hold body
+    def scores(path, row=0):  # of the slices that hold body
         image = torch.as_tensor(prepare_image(prep, read_header(path))[IMAGE])[0]
         body = (image > AIR).flatten(0, 1).any(dim=0)
-        return domain_scores(image, centroids, domain.threshold, prep.spacing_mm[2])[body]
+        return domain_scores(image, centroids, thresholds, prep.spacing_mm[2])[row][body]
 
     head = make_case(7, ["brain"], "head_neck", 32)
     nib.save(nib.Nifti1Image(head.image, head.affine), tmp_path / "head.nii.gz")
@@ -73,3 +76,5 @@ def test_the_domain_tells_the_sites_cts_from_regions_they_never_saw(tiny_sites, 
     assert float((inside <= factor).float().mean()) > 0.95  # held-out abdomens
     skull = scores(tmp_path / "head.nii.gz")[-16:]  # the head's upper half (its neck is
     assert bool((skull > factor).all())  # soft tissue round a spine, as an abdomen is)
+    liver = 1 + structures.index("liver")  # a liver claimed beside the skull: out
+    assert bool((scores(tmp_path / "head.nii.gz", liver)[-16:] > factor).all())

@@ -190,10 +190,11 @@ def test_streamed_prediction_equals_the_whole_volume_pass(tmp_path, rule):
     image = prepare_image(prep, read_header(path))[IMAGE][0]
     lower = descriptors(image[..., :20], prep.spacing_mm[2])
     decoder = bundle.model.decoder("a")  # "a" was trained on regions like the lower half
-    decoder.domain_centroids[:] = lower[torch.arange(TASK_CENTROIDS) % len(lower)]
-    decoder.domain_threshold[:] = 0.05
+    decoder.domain_centroids[0] = lower[torch.arange(TASK_CENTROIDS) % len(lower)]
+    decoder.domain_thresholds[0] = 0.05  # its structures have no rows: the background's
     domain = domain_map(decoder, image, prep)
-    assert domain is not None and domain[..., :4].max() < 2 < domain[..., 36:].min()
+    assert domain is not None and domain.shape == (1 + len(decoder.structures), 40)
+    assert domain[:, :4].max() < 2 < domain[:, 36:].min()
     settings = MergeSettings(rule=rule)
     got = predict_volume(bundle, path, settings=settings).labels
     assert np.array_equal(got, _whole_volume_labels(bundle, path, settings))

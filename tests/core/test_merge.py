@@ -17,8 +17,8 @@ HIGH, LOW = 3.0, -3.0  # confidence / anomaly logits: sigmoid 0.95 and 0.05
 
 
 def _vote(task, structures, *probs, conf=None, anomaly=None, domain=None, calibrated=True):
-    """A decoder over N voxels: per-channel probability rows, per-voxel head logits and
-    domain scores (``None``: no domain)."""
+    """A decoder over N voxels along the last axis: per-channel probability rows, per-voxel
+    head logits and domain scores (whatever it says; ``None``: no domain)."""
     organ = torch.log(torch.tensor(probs, dtype=torch.float32))[None, :, None, None, :]
     n = organ.shape[-1]
 
@@ -31,7 +31,7 @@ def _vote(task, structures, *probs, conf=None, anomaly=None, domain=None, calibr
     )
     if domain is None:
         return vote
-    scores = torch.tensor(domain, dtype=torch.float32).view(1, 1, 1, 1, n)
+    scores = torch.tensor(domain, dtype=torch.float32).expand(1 + len(structures), n)
     return dataclasses.replace(vote, domain=scores)
 
 

@@ -13,7 +13,7 @@ from core.evaluation import ScoreSums
 from core.model import Encoder
 from core.payload import record_to_state, state_to_record
 from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER
-from core.phases.calibrate import CENTROIDS, HEAD_PREFIX, CalibrateReply
+from core.phases.calibrate import CENTROIDS, HEAD_PREFIX, THRESHOLDS, CalibrateReply
 from core.phases.distill import DistillReply
 from core.phases.evaluate import EvaluateReply
 from core.phases.search import SearchReply
@@ -213,10 +213,11 @@ def test_search_then_distill_yield_a_student_within_the_budget(tmp_path):
     assert student.decoder.genotype == searched.genotype != state.decoder.genotype
 
 
-def test_calibration_joins_the_sites_domains_and_refuses_absurd_ones(tmp_path):
-    thresholds = {"A": 0.1, "B": 0.3, "C": 5.0}  # C's: farther than root histograms can be
-    shares = torch.eye(BINS)  # one-hot histograms: block kinds 0..BINS-1, by site
-    kinds = {"A": range(0, SITE_CENTROIDS), "B": range(8, 8 + SITE_CENTROIDS), "C": range(16)}
+def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(tmp_path):
+    # rows: background, liver, spleen; 0: the site saw no spleen; C's are not numbers
+    thresholds = {"A": [0.1, 0.2, 0.0], "B": [0.3, 0.4, 0.5], "C": [math.nan] * 3}
+    shares = torch.eye(BINS)  # one-hot histograms: slab kinds 0..BINS-1, by site
+    kinds = {"A": range(0, SITE_CENTROIDS), "B": range(4, 4 + SITE_CENTROIDS), "C": range(8)}
 
     def respond(site, kind, content):
         decoder = content[DECODER]
@@ -225,22 +226,24 @@ def test_calibration_joins_the_sites_domains_and_refuses_absurd_ones(tmp_path):
             for k, a in decoder.items()
             if k.startswith(HEAD_PREFIX)
         }
-        metrics = CalibrateReply(TRAIN[site], 0.1, 0.0, 0.1, 0.1, min(thresholds[site], 1.0))
-        centroids = {CENTROIDS: shares[list(kinds[site])]}
-        arrays = {HEADS: state_to_record(heads), DOMAIN: state_to_record(centroids)}
-        reply = _answer(content, metrics, **arrays)
-        reply[METRICS]["domain-threshold"] = thresholds[site]
-        return reply
+        domain = {
+            CENTROIDS: shares[list(kinds[site])].expand(3, SITE_CENTROIDS, BINS),
+            THRESHOLDS: torch.tensor(thresholds[site]),
+        }
+        arrays = {HEADS: state_to_record(heads), DOMAIN: state_to_record(domain, fp16=False)}
+        return _answer(content, CalibrateReply(TRAIN[site], 0.1, 0.0, 0.1, 0.1), **arrays)
 
     run, state, _ = _run(tmp_path, respond, sites=("A", "B", "C"))
     before = _frozen_state(run, state)
     assert not before.decoder.has_domain
     after = run.run(CALIBRATE, before)
     assert after.calibration.calibrated and after.decoder.has_domain
-    assert "outside" in run.ledger.rejected["C"]
-    assert float(after.decoder.domain_threshold) == pytest.approx(0.2)  # A's and B's median
-    kept = {int(row.argmax()) for row in after.decoder.domain_centroids}
-    assert kept == set(range(8 + SITE_CENTROIDS))  # both sites' kinds, each once or more
+    assert "C" in run.ledger.rejected
+    got = after.decoder.domain_thresholds.tolist()
+    assert got == pytest.approx([0.2, 0.3, 0.5])  # medians over the sites that have the row
+    kept = {int(row.argmax()) for row in after.decoder.domain_centroids[0]}
+    assert kept == set(range(4 + SITE_CENTROIDS))  # both sites' kinds, each once or more
+    assert {int(row.argmax()) for row in after.decoder.domain_centroids[2]} == set(range(4, 12))
 
 
 def test_evaluation_pools_bounded_sums_and_registration_exports(tmp_path):

@@ -24,6 +24,7 @@ EVERY_COMMAND = (
     "curve",
     "trim-report",
     "merge-report",
+    "merge-matrix",
     "profile",
 )
 
