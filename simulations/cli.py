@@ -230,6 +230,9 @@ def merge_report(
         "runs/default"
     ),
     json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    pictures: Annotated[
+        Path | None, typer.Option(help="Write a PNG per structure the merge fails in a case.")
+    ] = None,
 ) -> None:
     """Compare merge rules on the held-out cases, healthy and tumour-bearing apart.
 
@@ -244,7 +247,7 @@ def merge_report(
 
     with user_errors():
         spec = load_scenario(scenario)
-        result = measure(out / "catalog" / "bundle", spec, out / "sites" / TEST_FOLDER)
+        result = measure(out / "catalog" / "bundle", spec, out / "sites" / TEST_FOLDER, pictures)
     typer.echo(format_merge_report(result))
     if json_out is not None:
         atomic_write_json(json_out, result)

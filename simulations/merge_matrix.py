@@ -80,7 +80,8 @@ def run_matrix(
 ) -> dict[str, dict[str, dict[str, Any]]]:
     """Simulate (or resume) and score each scenario; returns ``{scenario: task_summary}``.
 
-    Writes ``OUT/<scenario>/merge.json`` for each and ``OUT/matrix.json`` for all.
+    Writes ``OUT/<scenario>/merge.json`` and a PNG per failing structure and case in
+    ``OUT/<scenario>/failing/`` for each, and ``OUT/matrix.json`` for all.
     """
     table = {}
     for path in scenarios:
@@ -90,7 +91,8 @@ def run_matrix(
             say(f"{spec.name}: simulating into {run}")
             simulate(spec, run, say=say, cpus=cpus)
         say(f"{spec.name}: merge report")
-        report = merge_report(run / "catalog" / "bundle", spec, run / "sites" / TEST_FOLDER)
+        bundle, tests = run / "catalog" / "bundle", run / "sites" / TEST_FOLDER
+        report = merge_report(bundle, spec, tests, pictures=run / "failing")
         atomic_write_json(run / "merge.json", report)
         table[spec.name] = task_summary(report)
         atomic_write_json(out / "matrix.json", table)

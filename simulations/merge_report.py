@@ -16,13 +16,19 @@ from pathlib import Path
 from statistics import fmean
 from typing import Any
 
+import torch
+
 from core import anatomy
 from core.bundle import Bundle, load_bundle
+from core.data import Case
+from core.data.nifti import read_header
+from core.data.transforms import IMAGE, prepare_image
 from core.evaluation import ScoreSums
 from core.inference import VolumeOutputs, combined_structures
 from core.merge import MergeSettings
 from core.vocabulary import Group
 from simulations.evaluate import LabelMap, merged_map, score_bundle_maps
+from simulations.merge_pictures import failing, save_picture
 from simulations.scenario import Scenario
 from simulations.task_data import load_test_set
 
@@ -64,10 +70,12 @@ class Diagnostics:
         self.bundle = bundle
         self.domain: dict[str, dict[str, list[float]]] = {}
         self.won: dict[str, dict[str, list[float]]] = {}
+        self.last: dict[str, LabelMap] = {}
 
     def maps(self, task: str, outputs: VolumeOutputs) -> dict[str, LabelMap]:
         """:func:`_label_maps`, noting the domains and the winners on the way."""
         maps = _label_maps(self.bundle, outputs)
+        self.last = maps
         factor = self.bundle.merge.domain_factor
         for vote in outputs.votes:
             inside = None if vote.domain is None else vote.domain[0] <= factor
@@ -85,6 +93,20 @@ class Diagnostics:
                     self.won.setdefault(structure, {}).setdefault(vote.task, []).append(agree)
         return maps
 
+    def picture(self, folder: Path, task: str, case: Case, scores: dict[str, ScoreSums]) -> None:
+        """A PNG per structure the merge fails in the case whose maps came last."""
+        image = prepare_image(self.bundle.preprocessing, read_header(case.image))[IMAGE]
+        plain = torch.as_tensor(image)[0]
+        merged = self.last["confidence"]
+        for structure, best in failing(scores, "confidence", ALONE):
+            alone = self.last[best]
+            focus = alone.labels[0, 0] == alone.structures.index(structure) + 1
+            panels = [
+                ("merged", merged.labels[0, 0], merged.structures),
+                (best[len(ALONE) :] + " alone", alone.labels[0, 0], alone.structures),
+            ]
+            save_picture(folder / f"{task}_{case.case_id}_{structure}.png", plain, panels, focus)
+
     def to_json(self) -> dict[str, Any]:
         """Means over the cases."""
 
@@ -94,11 +116,14 @@ class Diagnostics:
         return {"domain": means(self.domain), "won": means(self.won)}
 
 
-def merge_report(bundle_dir: Path, scenario: Scenario, test_root: Path) -> dict[str, Any]:
+def merge_report(
+    bundle_dir: Path, scenario: Scenario, test_root: Path, pictures: Path | None = None
+) -> dict[str, Any]:
     """Dice per method, structure and kind of case (``healthy`` or ``tumour``).
 
     A case is ``tumour`` when its ground truth holds one of the task's lesions. A decoder
-    alone is scored only on the structures it segments.
+    alone is scored only on the structures it segments. With ``pictures``, a PNG per
+    structure the merge fails in a case (``simulations.merge_pictures``) goes there.
 
     Returns:
         ``{"overlap": [...], "cases": {kind: n}, "dice": {kind: {structure: {method:
@@ -120,7 +145,10 @@ def merge_report(bundle_dir: Path, scenario: Scenario, test_root: Path) -> dict[
             i for i, s in enumerate(task.structures, 1) if anatomy.get(s).group == Group.LESION
         ]
         maps = functools.partial(diagnostics.maps, name)
-        for truth, scores in score_bundle_maps(bundle, task, maps):
+        scored = score_bundle_maps(bundle, task, maps)
+        for case, (truth, scores) in zip(task.test_cases, scored, strict=True):
+            if pictures is not None:
+                diagnostics.picture(pictures, name, case, scores)
             kind = "tumour" if any(bool((truth.labels == i).any()) for i in lesions) else "healthy"
             cases[kind] += 1
             for method, case_scores in scores.items():

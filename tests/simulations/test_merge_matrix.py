@@ -1,0 +1,35 @@
+import pytest
+
+from simulations.merge_matrix import BEST, OWN, family, format_matrix, task_summary
+from simulations.merge_report import COMPARED
+
+
+def _row(merged, **alone):
+    return {**dict.fromkeys(COMPARED, merged), **{f"alone:{t}": v for t, v in alone.items()}}
+
+
+def test_each_task_is_summed_up_against_its_own_and_its_best_single_decoders():
+    report = {
+        "tasks": {
+            "pelvis": {
+                "sacrum": _row(0.50, pelvis=0.80, head=0.10),
+                "urinary_bladder": _row(0.70, pelvis=0.70),
+            },
+            "abdomen": {"liver": _row(0.90, abdomen=0.85, tumour=0.92)},
+        }
+    }
+    summary = task_summary(report)
+    pelvis = summary["pelvis"]
+    assert pelvis["dice"][OWN] == pytest.approx(0.75) == pelvis["dice"][BEST]
+    assert pelvis["dice"]["confidence"] == pytest.approx(0.60)
+    assert pelvis["ratio"] == pytest.approx(0.8) and pelvis["worst_structure"] == "sacrum"
+    abdomen = summary["abdomen"]  # the best single decoder of the liver is another task's
+    assert abdomen["dice"][OWN] == pytest.approx(0.85) and abdomen["dice"][BEST] == 0.92
+    text = format_matrix({"s": summary})
+    assert "Worst task: s/pelvis, merged 0.80x" in text and "s/pelvis/sacrum, 0.300" in text
+
+
+def test_the_bundled_family_has_six_scenarios_and_an_empty_folder_is_refused(tmp_path):
+    assert len(family()) == 6
+    with pytest.raises(ValueError, match="no scenario"):
+        family(tmp_path)
