@@ -78,7 +78,7 @@ def predict(
         ),
     ] = None,
     gating: Annotated[
-        bool, typer.Option(help="Silence decoders outside their body-part range.")
+        bool, typer.Option(help="Silence each decoder's claims outside its domain.")
     ] = True,
     maps: Annotated[
         Path | None,

@@ -3,7 +3,7 @@
 ```
 bundle/
   manifest.json               format, version, preprocessing, encoder, decoders (each with
-                              its calibration: heads trained, body-part range), merge
+                              its calibration: heads trained, validation skill), merge
   encoder.safetensors
   decoders/<task>.safetensors
 ```
@@ -66,8 +66,8 @@ class Bundle:
         preprocessing: how inputs reach the network's space.
         roi_size: sliding-window size for prediction.
         provenance: per task, free-form JSON (sites, rounds, metrics, timestamps).
-        calibration: per task, whether its heads were trained and its body-part range
-            (a task without one is uncalibrated and never gated).
+        calibration: per task, whether its heads were trained and its validation skill
+            (a task without one is uncalibrated; its domain lies in its decoder's weights).
         merge: how overlapping decoders are merged (``core.merge``).
     """
 

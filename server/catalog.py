@@ -335,7 +335,7 @@ class Catalog:
         Checked: the encoder's entry, file hash and weight hash; per task a valid name
         and versions numbered 1, 2, ...; per version its genotype, structures, metrics
         (Dice in [0, 1], HD95 finite >= 0, whole counts >= 0), calibration (skills in
-        [0, 1], a finite ordered body range), encoder, and its file (present, hashing as
+        [0, 1]), encoder, and its file (present, hashing as
         recorded, loading into its decoder); every checkpoint's file and hash.
         """
         tasks = self.index.get("tasks")

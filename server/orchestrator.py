@@ -23,7 +23,7 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[Step]:
     The first task trains the encoder with its decoder (``base``), later ones train a full
     decoder on the frozen encoder (``teacher``); with ``trim`` a compact student is then
     searched and distilled, and only the student is evaluated and registered; with
-    ``calibrate`` its confidence and anomaly heads are trained and its body-part range
+    ``calibrate`` its confidence and anomaly heads are trained and its domain
     recorded before that.
     """
     training: list[Step] = [BASE if first_task else TEACHER]

@@ -27,7 +27,7 @@ size_budget = 0.25     # the student's parameters, as a share of the teacher dec
 search_rounds = 1      # search_steps, distill_rounds, distill_steps default to the above
 kd_weight = 1.0
 temperature = 2.0
-calibrate = true       # train the confidence and anomaly heads, record the body-part range
+calibrate = true       # train the confidence and anomaly heads, learn the decoder's domain
 calibrate_rounds = 1   # calibrate_steps defaults to local_steps
 ```
 

@@ -46,7 +46,7 @@ class TaskState:
         encoder: the shared encoder (trainable only during ``base``).
         decoder: the task's current decoder (the teacher, then the student).
         genotype: the searched student's architecture, once searched.
-        calibration: heads trained and body-part range, once calibrated.
+        calibration: heads trained (and the domain fitted), once calibrated.
         metrics: pooled validation scores, once evaluated.
     """
 
