@@ -9,27 +9,52 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
 from core.cli import fail, user_errors
 
+if TYPE_CHECKING:
+    from server.catalog import Catalog
+
 catalog_app = typer.Typer(help="Inspect and export the decoder catalog.", no_args_is_help=True)
 plan_app = typer.Typer(help="Check a task plan.", no_args_is_help=True)
 
 
+def _open_catalog(folder: Path) -> Catalog:
+    """An existing catalog (an index or at least a journal), never a new empty one.
+
+    Raises:
+        CatalogError: for a folder that holds neither.
+    """
+    from server.catalog import INDEX, JOURNAL, Catalog, CatalogError
+
+    if not ((folder / INDEX).is_file() or (folder / JOURNAL).is_file()):
+        raise CatalogError(f"{folder}: no {INDEX} or {JOURNAL}; expected a catalog folder")
+    return Catalog(folder)
+
+
 @catalog_app.command("ls")
 def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.")]) -> None:
-    """List the encoder and every task's decoder versions."""
-    from server.catalog import Catalog, CatalogError
+    """List the encoder and every task's latest version; exit 1 if ``verify`` finds problems.
+
+    A version that fails the checks is flagged and its figures are not shown.
+    """
+    from server.catalog import INDEX, CatalogError
 
     with user_errors(CatalogError):
-        cat = Catalog(catalog)
+        cat = _open_catalog(catalog)
+        problems = cat.verify()
     encoder = cat.index.get("encoder")
-    typer.echo(f"encoder: {encoder['weights_sha256'][:16] if encoder else 'none yet'}")
+    state = "none yet" if not (catalog / INDEX).is_file() else "none"
+    typer.echo(f"encoder: {encoder['weights_sha256'][:16] if encoder else state}")
     for task in cat.tasks():
         latest = task["versions"][-1]
+        mine = f"{INDEX}: task {task['name']!r}"
+        if any(p.startswith(mine) for p in problems):
+            typer.echo(f"{task['name']:<20} v{latest['version']}  fails its checks (below)")
+            continue
         dice = [v for v in latest["metrics"].get("dice", {}).values() if v is not None]
         mean = f"{sum(dice) / len(dice):.3f}" if dice else "-"
         sites = ", ".join(latest["provenance"].get("sites", []))
@@ -37,6 +62,12 @@ def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.
             f"{task['name']:<20} v{latest['version']}  {len(task['structures'])} structures  "
             f"mean Dice {mean}  sites: {sites}"
         )
+    if not cat.tasks() and cat.events():
+        last = cat.events()[-1]
+        typer.echo(f"no model registered yet; last journal event: {last.get('event')}")
+    for line in problems:
+        typer.echo(f"problem: {line}")
+    raise typer.Exit(1 if problems else 0)
 
 
 @catalog_app.command("show")
@@ -45,9 +76,10 @@ def catalog_show(
     task: Annotated[str, typer.Argument(help="A task name.")],
 ) -> None:
     """Print a task's latest version (genotype, metrics, provenance) and its journal."""
-    from server.catalog import Catalog
+    from server.catalog import CatalogError
 
-    cat = Catalog(catalog)
+    with user_errors(CatalogError):
+        cat = _open_catalog(catalog)
     entry = next((t for t in cat.tasks() if t["name"] == task), None)
     if entry is None:
         fail(f"{catalog}: no task {task!r}; tasks: {[t['name'] for t in cat.tasks()]}")
@@ -61,22 +93,23 @@ def catalog_export(
     out: Annotated[Path, typer.Option("--out", "-o", help="Bundle folder to write.")],
 ) -> None:
     """Export the unified model (encoder + every task's latest decoder) as a bundle."""
-    from server.catalog import Catalog, CatalogError
+    from server.catalog import CatalogError
 
     with user_errors(CatalogError):
-        manifest = Catalog(catalog).export_bundle(out)
+        manifest = _open_catalog(catalog).export_bundle(out)
     typer.echo(f"wrote {manifest}")
 
 
 @catalog_app.command("verify")
 def catalog_verify(catalog: Annotated[Path, typer.Argument(help="The catalog folder.")]) -> None:
-    """Check every hash, metric, genotype and range; exit 1 listing what is wrong."""
-    from server.catalog import INDEX, Catalog, CatalogError
+    """Check every hash, metric, genotype and checkpoint; exit 1 listing what is wrong.
+
+    A catalog that holds only a journal (a run before its first registration) is sound.
+    """
+    from server.catalog import CatalogError
 
     with user_errors(CatalogError):
-        if not (catalog / INDEX).is_file():
-            raise CatalogError(f"{catalog / INDEX}: missing; expected a catalog folder")
-        problems = Catalog(catalog).verify()
+        problems = _open_catalog(catalog).verify()
     for line in problems:
         typer.echo(line)
     typer.echo(f"{catalog}: {len(problems)} problem(s)" if problems else f"{catalog}: ok")

@@ -78,3 +78,30 @@ def test_app_folder_holds_the_app_and_refuses_a_folder_in_use(tmp_path):
     assert (tmp_path / "app" / "server" / "app.py").is_file()
     again = runner.invoke(app, ["app-folder", str(tmp_path / "app")])
     assert again.exit_code == 2 and "expected a new or empty folder" in again.output
+
+
+def test_catalog_ls_and_verify_agree(tmp_path):
+    folder = tmp_path / "catalog"
+    _filled(folder)
+    index = json.loads((folder / "catalog.json").read_text())
+    index["tasks"][0]["versions"][0]["metrics"] = {"dice": {"liver": 1000.0}}
+    (folder / "catalog.json").write_text(json.dumps(index))
+    listed = runner.invoke(app, ["catalog", "ls", str(folder)])
+    verified = runner.invoke(app, ["catalog", "verify", str(folder)])
+    assert listed.exit_code == verified.exit_code == 1
+    assert "abdomen" in listed.output and "fails its checks" in listed.output
+    assert "1000" not in listed.output.split("problem:")[0]  # no figure of a bad record
+    assert "expected a Dice value in [0, 1]" in listed.output
+
+
+def test_a_catalog_holding_only_a_journal_is_a_run_before_its_first_registration(tmp_path):
+    from server.catalog import Catalog
+
+    Catalog(tmp_path / "run").journal("run-start", plan="p.toml")
+    listed = runner.invoke(app, ["catalog", "ls", str(tmp_path / "run")])
+    assert listed.exit_code == 0, listed.output
+    assert "encoder: none yet" in listed.output and "last journal event: run-start" in listed.output
+    verified = runner.invoke(app, ["catalog", "verify", str(tmp_path / "run")])
+    assert verified.exit_code == 0 and verified.output.strip().endswith(": ok")
+    nothing = runner.invoke(app, ["catalog", "ls", str(tmp_path / "nothing")])
+    assert nothing.exit_code == 2 and not (tmp_path / "nothing").exists()
