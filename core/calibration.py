@@ -12,7 +12,8 @@ are frozen, so the organ prediction is exactly what distillation left.
 Both losses are plain binary cross-entropy over voxels, so the heads estimate
 probabilities (the merge compares them across decoders; re-weighting the rare wrong or
 anomalous voxels would inflate those and make every foreground look doubtful). The
-site's domain in the encoder's feature space (``core.domain``) is measured on its CTs.
+site's domain (where its CTs hold the background and each structure, ``core.domain``) is
+measured on its CTs and label maps.
 """
 
 from __future__ import annotations

@@ -167,16 +167,15 @@ def join_domains(sites: Sequence[SiteDomain]) -> tuple[torch.Tensor, torch.Tenso
 
 
 def domain_scores(
-    image: torch.Tensor, centroids: torch.Tensor, thresholds: torch.Tensor, spacing_z: float
+    slabs: torch.Tensor, centroids: torch.Tensor, thresholds: torch.Tensor
 ) -> torch.Tensor:
-    """``(1 + K, Z)``: each slice's score against each row (an empty row: the background's)."""
-    slabs = descriptors(image, spacing_z)
-    scores = torch.stack(
-        [
-            nearest(slabs, centroids[r]) / float(thresholds[r])
-            if float(thresholds[r]) > 0
-            else torch.full((len(slabs),), float("nan"), dtype=torch.float64)
-            for r in range(len(thresholds))
-        ]
-    ).float()
-    return torch.where(scores.isnan(), scores[:1].expand_as(scores), scores)
+    """``(1 + K, Z)``: each slab's score against each row (an empty row: the background's).
+
+    ``slabs`` are a volume's :func:`descriptors`, computed once for every decoder.
+    """
+    background = nearest(slabs, centroids[0]) / float(thresholds[0])
+    rows = [
+        nearest(slabs, centroids[r]) / float(t) if (t := thresholds[r]) > 0 else background
+        for r in range(1, len(thresholds))
+    ]
+    return torch.stack([background, *rows]).float()

@@ -34,7 +34,7 @@ from core.data.nifti import (
     write_volume,
 )
 from core.data.transforms import IMAGE, Preprocessing, prepare_image
-from core.domain import domain_scores
+from core.domain import descriptors, domain_scores
 from core.label_files import write_label_tables
 from core.merge import (
     Calibration,
@@ -106,7 +106,8 @@ def volume_outputs(
     affine = np.asarray(image.affine, dtype=np.float64)
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     shape = tuple(plain.shape[1:])
-    votes = [_initial_vote(bundle, task, plain[0], foreground) for task, _ in model.items()]
+    slabs = descriptors(plain[0], bundle.preprocessing.spacing_mm[2])  # once for all decoders
+    votes = [_initial_vote(bundle, task, slabs, foreground, shape) for task, _ in model.items()]
     box = _body(plain[0], bundle.preprocessing)
     if box is None:
         log.warning("%s: no body found (all air): every voxel is background", image_path)
@@ -145,15 +146,18 @@ def volume_outputs(
     return VolumeOutputs(votes, affine, original)
 
 
-def _initial_vote(bundle: Bundle, task: str, image: torch.Tensor, foreground: bool) -> DecoderVote:
+def _initial_vote(
+    bundle: Bundle, task: str, slabs: torch.Tensor, foreground: bool, shape: tuple[int, ...]
+) -> DecoderVote:
     """A decoder's vote before any window: background, certain, nothing anomalous.
 
-    Its domain scores cover the whole preprocessed ``(X, Y, Z)`` image (where it has one).
+    Its domain scores (where it has a domain) cover every slice of the preprocessed volume
+    (``slabs``: its :func:`core.domain.descriptors`).
     """
     decoder = bundle.model.decoder(task)
     structures = decoder.structures
     calibration = bundle.calibration.get(task, Calibration())
-    full = (1, 1, *image.shape)
+    full = (1, 1, *shape)
     return DecoderVote(
         task,
         structures,
@@ -164,20 +168,19 @@ def _initial_vote(bundle: Bundle, task: str, image: torch.Tensor, foreground: bo
         calibration.calibrated,
         skill=calibration.skills(structures),
         foreground=torch.zeros(full) if foreground else None,
-        domain=domain_map(decoder, image, bundle.preprocessing),
+        domain=domain_map(decoder, slabs),
     )
 
 
-def domain_map(decoder: Decoder, image: torch.Tensor, prep: Preprocessing) -> torch.Tensor | None:
-    """``(1 + K, Z)``: a decoder's domain scores of each slice of a preprocessed image.
+def domain_map(decoder: Decoder, slabs: torch.Tensor) -> torch.Tensor | None:
+    """``(1 + K, Z)``: a decoder's domain scores of a volume's slab descriptors.
 
     Row 0 scores its background, row ``k`` its structure ``k``; ``None`` for a decoder
     without a domain.
     """
     if not decoder.has_domain:
         return None
-    centroids, thresholds = decoder.domain_centroids, decoder.domain_thresholds
-    return domain_scores(image, centroids, thresholds, prep.spacing_mm[2])
+    return domain_scores(slabs, decoder.domain_centroids, decoder.domain_thresholds)
 
 
 def _maps(a: DecoderVote, b: DecoderVote) -> list[tuple[torch.Tensor, torch.Tensor]]:

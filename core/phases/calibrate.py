@@ -24,6 +24,7 @@ from flwr.app import RecordDict
 from core.calibration import calibrate_phase
 from core.domain import BINS, SITE_CENTROIDS, SiteDomain, join_domains
 from core.merge import Calibration
+from core.model.decoder import DOMAIN_BUFFERS
 from core.payload import state_to_record
 from core.phases.spec import (
     TRAIN,
@@ -150,5 +151,4 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
 def domain_buffers(sites: Iterable[Mapping[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
     """The decoder's domain buffers from the sites' DOMAIN records (``core.domain``)."""
     domains = [SiteDomain(s[CENTROIDS], s[THRESHOLDS]) for s in sites]
-    centroids, thresholds = join_domains(domains)
-    return {"domain_centroids": centroids, "domain_thresholds": thresholds}
+    return dict(zip(DOMAIN_BUFFERS, join_domains(domains), strict=True))

@@ -6,7 +6,7 @@ from core.bundle import load_bundle
 from core.calibration import calibrate_phase, cases_domain, paste_anomalies
 from core.data.nifti import read_header
 from core.data.transforms import IMAGE, Augmentation, prepare_image
-from core.domain import BINS, SITE_CENTROIDS, domain_scores, join_domains
+from core.domain import BINS, SITE_CENTROIDS, descriptors, domain_scores, join_domains
 from core.merge import MergeSettings
 from core.training import TrainSettings
 from simulations.phantoms.generate import make_case
@@ -67,7 +67,8 @@ def test_the_domain_tells_the_sites_cts_from_regions_they_never_saw(tiny_sites, 
     def scores(path, row=0):  # of the slices that hold body
         image = torch.as_tensor(prepare_image(prep, read_header(path))[IMAGE])[0]
         body = (image > AIR).flatten(0, 1).any(dim=0)
-        return domain_scores(image, centroids, thresholds, prep.spacing_mm[2])[row][body]
+        slabs = descriptors(image, prep.spacing_mm[2])
+        return domain_scores(slabs, centroids, thresholds)[row][body]
 
     head = make_case(7, ["brain"], "head_neck", 32)
     nib.save(nib.Nifti1Image(head.image, head.affine), tmp_path / "head.nii.gz")

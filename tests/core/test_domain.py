@@ -64,7 +64,7 @@ def test_sites_join_row_by_row_and_a_structure_is_never_tighter_than_the_backgro
     _, floored = join_domains([site([0.3, 0.05, 0.0], 3)])
     assert floored.tolist() == pytest.approx([0.3, 0.3, 0.0])
     image = _ct(12, 3.5 / BINS)  # every slab in bin 3: the first site's kind
-    scores = domain_scores(image, centroids, thresholds, spacing_z=8.0)
+    scores = domain_scores(descriptors(image, spacing_z=8.0), centroids, thresholds)
     assert scores.shape == (3, 12)
     assert float(scores[0].max()) < 1e-6 and torch.equal(scores[2], scores[0])  # no row: its
     assert not math.isnan(float(scores.sum()))  # background's scores

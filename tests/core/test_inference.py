@@ -160,13 +160,8 @@ def _whole_volume_labels(bundle, path, settings):
         votes.append(
             DecoderVote.from_logits(t, d.structures, *o, c.calibrated, skill=c.skills(d.structures))
         )
-    image = item[IMAGE].as_tensor()[0]
-    votes = [
-        dataclasses.replace(
-            v, domain=domain_map(model.decoder(v.task), image, bundle.preprocessing)
-        )
-        for v in votes
-    ]
+    slabs = descriptors(item[IMAGE].as_tensor()[0], bundle.preprocessing.spacing_mm[2])
+    votes = [dataclasses.replace(v, domain=domain_map(model.decoder(v.task), slabs)) for v in votes]
     merged = merge(votes, combined_structures(model), settings)
     moving = MetaTensor(merged[0].float(), affine=item[IMAGE].affine)
     header = read_header(path)
@@ -192,7 +187,7 @@ def test_streamed_prediction_equals_the_whole_volume_pass(tmp_path, rule):
     decoder = bundle.model.decoder("a")  # "a" was trained on regions like the lower half
     decoder.domain_centroids[0] = lower[torch.arange(TASK_CENTROIDS) % len(lower)]
     decoder.domain_thresholds[0] = 0.05  # its structures have no rows: the background's
-    domain = domain_map(decoder, image, prep)
+    domain = domain_map(decoder, descriptors(image, prep.spacing_mm[2]))
     assert domain is not None and domain.shape == (1 + len(decoder.structures), 40)
     assert domain[:, :4].max() < 2 < domain[:, 36:].min()
     settings = MergeSettings(rule=rule)
