@@ -1,4 +1,6 @@
-"""The coordinator's commands: ``plan check``, ``catalog``, ``app-folder``, ``deploy-local``.
+"""The coordinator's commands: ``plan check``, ``catalog``, ``app-folder``, ``deploy-local``, ...
+
+Also ``fleet-gate``, the hospitals' only door into the SuperLink (``server.gate``).
 
 Typed with typer; the catalog, the plan parser and Flower are imported inside the command
 that needs them, so that ``csfl --help`` answers at once. ``simulations.cli`` puts these
@@ -152,6 +154,9 @@ def deploy_local(
         bool,
         typer.Option(help="TLS and SuperNode authentication, keys registered per site."),
     ] = False,
+    gate: Annotated[
+        bool, typer.Option(help="SuperNodes connect through a fleet gate, as hospitals do.")
+    ] = False,
 ) -> None:
     """Run the app on 127.0.0.1: a SuperLink, one SuperNode per site, then ``flwr run``.
 
@@ -170,10 +175,12 @@ def deploy_local(
             fail(f"--site {entry!r}: expected NAME=DATA_DIR (NAME: letters, digits, '_.-')")
         nodes.append({"site": name, "data-dir": str(Path(data).resolve())})
     config = {"plan": str(plan.resolve()), "catalog": str(catalog.resolve())}
-    with user_errors(RuntimeError), LocalFederation(home, False, nodes, tls=tls) as federation:
+    federation = LocalFederation(home, False, nodes, tls=tls, gate=gate)
+    with user_errors(RuntimeError), federation:
         security = "TLS, SuperNode authentication" if tls else "insecure"
+        door = f", fleet gate on {federation.node_address}" if gate else ""
         typer.echo(
-            f"SuperLink on {federation.address} ({security}); "
+            f"SuperLink on {federation.address} ({security}){door}; "
             f"{len(nodes)} SuperNode(s) online; running the app"
         )
         result = federation.run(APP_DIR, config)
@@ -199,9 +206,47 @@ def app_folder(
     typer.echo(f"wrote the app to {out}; run it with: flwr run {out} <connection> --stream")
 
 
+def fleet_gate(
+    listen: Annotated[str, typer.Option(help="HOST:PORT that hospitals connect to.")],
+    superlink: Annotated[
+        str, typer.Option(help="The SuperLink's HOST:PORT, bound to loopback.")
+    ] = "127.0.0.1:8000",
+    ssl_ca_certfile: Annotated[
+        Path | None, typer.Option(help="The CA of the SuperLink's certificate.")
+    ] = None,
+    ssl_certfile: Annotated[
+        Path | None, typer.Option(help="The gate's certificate (the public host name).")
+    ] = None,
+    ssl_keyfile: Annotated[Path | None, typer.Option(help="The certificate's key.")] = None,
+) -> None:
+    """Pass hospitals' SuperNodes to the SuperLink and nothing else (the Fleet API alone).
+
+    Run the SuperLink with ``--host 127.0.0.1`` and this gate on the public address: a
+    hospital can then connect its SuperNode but cannot register keys, start or stop runs
+    or list nodes (403). Give the three certificate files for TLS (both sides), none for a
+    test without it.
+    """
+    from server.gate import serve_gate
+
+    files = (ssl_ca_certfile, ssl_certfile, ssl_keyfile)
+    if any(files) and not all(files):
+        fail("--ssl-ca-certfile, --ssl-certfile and --ssl-keyfile: give all three or none")
+    for path in filter(None, files):
+        if not path.is_file():
+            fail(f"{path}: no such file")
+    address = []
+    for option, value in (("--listen", listen), ("--superlink", superlink)):
+        host, _, port = value.rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            fail(f"{option} {value!r}: expected HOST:PORT")
+        address.append((host, int(port)))
+    serve_gate(address[0][0], address[0][1], superlink, *files)
+
+
 def add_commands(app: typer.Typer) -> None:
-    """Add ``plan check``, ``catalog ...``, ``app-folder`` and ``deploy-local`` to ``app``."""
+    """Add ``plan check``, ``catalog ...``, ``app-folder``, ``deploy-local``, ``fleet-gate``."""
     app.add_typer(catalog_app, name="catalog")
     app.add_typer(plan_app, name="plan")
     app.command("app-folder")(app_folder)
     app.command("deploy-local")(deploy_local)
+    app.command("fleet-gate")(fleet_gate)

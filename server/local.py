@@ -244,6 +244,8 @@ class LocalFederation:
         simulation: run the SuperLink's Simulation Engine instead of waiting for nodes.
         nodes: for deployment, each SuperNode's node config (e.g. site and data-dir).
         tls: TLS and SuperNode authentication instead of ``--insecure``.
+        gate: SuperNodes connect through a fleet gate (:mod:`server.gate`) on a port of its
+            own, as hospitals do, and never to the SuperLink's port.
     """
 
     def __init__(
@@ -252,12 +254,14 @@ class LocalFederation:
         simulation: bool,
         nodes: Sequence[Mapping[str, object]] = (),
         tls: bool = False,
+        gate: bool = False,
     ) -> None:
         self.home = home.resolve()
         self.simulation = simulation
         self.node_configs = list(nodes)
         self.tls = tls
         self.port = free_port()
+        self.gate_port = free_port() if gate else None
         self.processes: list[subprocess.Popen[bytes]] = []
         self.nodes: list[LocalNode] = []
         self.credentials: ServerCredentials | None = None
@@ -267,6 +271,11 @@ class LocalFederation:
     def address(self) -> str:
         """The SuperLink's address (all its APIs share one port)."""
         return f"127.0.0.1:{self.port}"
+
+    @property
+    def node_address(self) -> str:
+        """Where SuperNodes connect: the fleet gate's address if there is one."""
+        return f"127.0.0.1:{self.gate_port or self.port}"
 
     def _spawn(self, args: list[str], log_name: str) -> subprocess.Popen[bytes]:
         log = open(self.home / log_name, "ab")  # noqa: SIM115 (kept open for the child)
@@ -321,14 +330,27 @@ class LocalFederation:
             link = self._spawn(
                 args + (["--simulation"] if self.simulation else []), "superlink.log"
             )
-            self._wait_ready(link)
+            self._wait_ready(link, self.address, "flower-superlink")
+            if self.gate_port is not None:
+                self._wait_ready(self._start_gate(), self.node_address, "csfl fleet-gate")
             self.wait_online([self.add_node(config) for config in self.node_configs])
         except BaseException:
             self.stop()
             raise
         return self
 
-    def _wait_ready(self, link: subprocess.Popen[bytes], timeout: float = 60.0) -> None:
+    def _start_gate(self) -> subprocess.Popen[bytes]:
+        files = []
+        if self.credentials is not None:
+            c = self.credentials
+            files = ["--ssl-ca-certfile", str(c.ca_certificate), "--ssl-certfile"]
+            files += [str(c.certificate), "--ssl-keyfile", str(c.private_key)]
+        args = ["csfl", "fleet-gate", "--listen", self.node_address, "--superlink", self.address]
+        return self._spawn([*args, *files], "gate.log")
+
+    def _wait_ready(
+        self, link: subprocess.Popen[bytes], address: str, what: str, timeout: float = 60.0
+    ) -> None:
         scheme = "http"
         verify: ssl.SSLContext | bool = True
         if self.credentials is not None:
@@ -337,18 +359,15 @@ class LocalFederation:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if link.poll() is not None:
-                log = self.home / "superlink.log"
-                raise RuntimeError(f"flower-superlink exited ({link.returncode}); see {log}")
+                raise RuntimeError(f"{what} exited ({link.returncode}); see {self.home}")
             try:
-                url = f"{scheme}://{self.address}/health"
+                url = f"{scheme}://{address}/health"
                 if httpx.get(url, timeout=1.0, verify=verify).is_success:
                     return
             except httpx.HTTPError:
                 pass
             time.sleep(0.3)
-        raise RuntimeError(
-            f"flower-superlink not ready after {timeout:.0f} s; see {self.home / 'superlink.log'}"
-        )
+        raise RuntimeError(f"{what} not ready after {timeout:.0f} s; see {self.home}")
 
     def flwr(
         self, *args: str, timeout: float = 60.0, watch: Callable[[], None] | None = None
@@ -422,7 +441,7 @@ class LocalFederation:
         args = [
             "flower-supernode",
             "--superlink",
-            self.address,
+            self.node_address,
             "--host",
             "127.0.0.1",
             "--port",  # each SuperNode on a host needs a port of its own

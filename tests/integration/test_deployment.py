@@ -1,11 +1,13 @@
 """A loopback deployment with TLS, SuperNode authentication and live faults (slow).
 
 One federation and one run serve most tests of the module (their ``deployment`` fixture):
-over TLS with SuperNode authentication, the honest hospB trains; hospA is killed and hospD
-frozen (SIGSTOP) in the middle of the first round, and the task still finishes and
-registers from hospB alone; an impostor registered as hospE calls itself hospB; a node
+over TLS with SuperNode authentication, every SuperNode connecting through the fleet gate
+(the SuperLink itself listens only for the coordinator), the honest hospB trains; hospA is
+killed and hospD frozen (SIGSTOP) in the middle of the first round, and the task still
+finishes and registers from hospB alone; an impostor registered as hospE calls itself hospB; a node
 whose key was never registered is refused; a node that only runs apps signed by an entity
-it trusts refuses ours. Certificates and keys are made fresh by
+it trusts refuses ours; a hospital's ``flwr`` pointed at the gate can neither register a
+key, nor start a run, nor list runs or nodes. Certificates and keys are made fresh by
 ``LocalFederation(tls=True)``. Before any node starts, a first run on the same SuperLink
 finds no SuperNode at all: it ends at once with a clear error and a failed status,
 instead of waiting.
@@ -13,6 +15,7 @@ instead of waiting.
 
 import os
 import signal
+import subprocess
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from types import SimpleNamespace
@@ -23,7 +26,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from server.catalog import Catalog
-from server.local import APP_DIR, LocalFederation
+from server.credentials import write_node_key
+from server.local import APP_DIR, CONNECTION, LocalFederation, flower_env, stage_app
 from tests.integration.flower import flower_processes, one_task_plan, site_config, wait_for
 
 pytestmark = pytest.mark.slow
@@ -57,6 +61,29 @@ def _phase_started(catalog_dir, phase):
     return any(e["event"] == "phase-start" and e.get("phase") == phase for e in events)
 
 
+def _from_a_hospital(fed, home):
+    """What a hospital's ``flwr`` gets from the gate: register, run, ls, supernode ls."""
+    home.mkdir()
+    (home / "config.toml").write_text(
+        f'[superlink]\ndefault = "{CONNECTION}"\n\n[superlink.{CONNECTION}]\n'
+        f'address = "{fed.node_address}"\n'
+        f'root-certificates = "{fed.credentials.ca_certificate}"\n'
+    )
+    key = write_node_key(home / "keys", "rogue")
+    app = stage_app(APP_DIR, home / "app")
+    commands = {
+        "register": ["supernode", "register", str(key.public_key), CONNECTION, "--name", "hospR"],
+        "run": ["run", str(app), CONNECTION],
+        "ls": ["ls", CONNECTION],
+        "supernode ls": ["supernode", "ls", CONNECTION],
+    }
+    env = flower_env(home)
+    return {
+        name: subprocess.run(["flwr", *args], env=env, capture_output=True, timeout=120)
+        for name, args in commands.items()
+    }
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory, tiny_sites):
     tmp = tmp_path_factory.mktemp("deployment")
@@ -78,7 +105,7 @@ def deployment(tmp_path_factory, tiny_sites):
     alone_plan = one_task_plan(alone, rounds=1, steps=2)
     alone_config = {"plan": str(alone_plan), "catalog": str(alone / "catalog")}
     with (
-        LocalFederation(tmp / "flower", simulation=False, tls=True) as fed,
+        LocalFederation(tmp / "flower", simulation=False, tls=True, gate=True) as fed,
         ThreadPoolExecutor(1) as pool,
     ):
         without_nodes = fed.run(APP_DIR, alone_config, timeout=300)
@@ -100,7 +127,16 @@ def deployment(tmp_path_factory, tiny_sites):
         result = running.result(timeout=600)
         os.killpg(frozen.process.pid, signal.SIGCONT)
         unregistered.process.wait(timeout=60)
+        from_hospital = _from_a_hospital(fed, tmp / "hospital")
+        runs_after = fed._flwr_json("ls", CONNECTION)["runs"]
+        nodes_after = fed._flwr_json("supernode", "ls", CONNECTION)["nodes"]
+        registered = {node.node_id for node in fed.nodes if node.node_id is not None}
     return SimpleNamespace(
+        from_hospital=from_hospital,
+        runs_after=runs_after,
+        nodes_after={int(node["node-id"]) for node in nodes_after},
+        registered=registered,
+        gate_log=(tmp / "flower" / "gate.log").read_text(),
         result=result,
         without_nodes=without_nodes,
         alone=Catalog(alone / "catalog"),
@@ -159,3 +195,13 @@ def test_a_run_without_nodes_ends_with_a_clear_error(deployment):
     assert "finished:failed" in result.stderr
     (end,) = [e for e in deployment.alone.events() if e["event"] == "run-end"]
     assert end["finished"] == [] and "no connected site" in end["error"]
+
+
+@shared
+def test_a_hospital_cannot_register_keys_or_start_runs_through_the_gate(deployment):
+    for name, result in deployment.from_hospital.items():
+        assert result.returncode != 0, name
+    for call in ("register-node", "start-run", "list-runs", "list-nodes"):
+        assert f"refused POST /v1/control/{call}" in deployment.gate_log
+    assert len(deployment.runs_after) == 2  # the coordinator's two runs, nothing else
+    assert deployment.nodes_after == deployment.registered  # the hospital's key is not there
