@@ -167,6 +167,7 @@ def deploy_local(
     """
     from core.describe import SITE_NAME
     from server.local import APP_DIR, LocalFederation
+    from server.orchestrator import last_run_summary
 
     nodes = []
     for entry in site:
@@ -185,6 +186,7 @@ def deploy_local(
         )
         result = federation.run(APP_DIR, config)
     typer.echo(result.stdout[-4000:])
+    typer.echo("\n".join(["per task:", *last_run_summary(_open_catalog(catalog).events())]))
     if result.returncode != 0:
         fail(f"flwr run: {result.stderr.strip()[-2000:]}")
 

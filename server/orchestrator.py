@@ -1,8 +1,15 @@
-"""The task lifecycle: match sites to tasks and run each unfinished task through its phases."""
+"""The task lifecycle: match sites to tasks and run each unfinished task through its phases.
+
+Every run ends with a per-task outcome (:class:`Outcome`), logged as a summary and journaled
+with ``run-end``; a run that skipped a task or trained one without a site the plan names
+fails after keeping what it trained, unless the plan's ``partial_runs`` allows it.
+"""
 
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 
@@ -71,6 +78,76 @@ class NoSiteError(RuntimeError):
     """No connected site serves any unfinished task: the run can do nothing."""
 
 
+class IncompleteRunError(RuntimeError):
+    """The run skipped a task or trained one with fewer sites than planned."""
+
+
+TRAINED, PARTIAL, SKIPPED, FAILED, KEPT = "trained", "partial", "skipped", "failed", "kept"
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What a run did with one task of the plan.
+
+    Attributes:
+        task: its name.
+        status: ``trained``; ``partial`` (trained, but without a site it planned);
+            ``skipped`` (not started: too few sites, or waiting for the first task);
+            ``failed`` (stopped by an error); ``kept`` (already in the catalog).
+        sites: the sites whose updates it was trained on.
+        planned: the sites it was planned with (those named, else those serving it).
+        reason: why it was skipped, failed or lost sites.
+    """
+
+    task: str
+    status: str
+    sites: tuple[str, ...] = ()
+    planned: tuple[str, ...] = ()
+    reason: str = ""
+
+    def line(self) -> str:
+        """One line for the run's summary."""
+        text = f"{self.task}: {self.status}"
+        if self.sites:
+            text += f", by {', '.join(self.sites)}"
+        if self.planned and self.planned != self.sites:
+            text += f" (planned: {', '.join(self.planned)})"
+        return text + (f"; {self.reason}" if self.reason else "")
+
+    def to_json(self) -> dict[str, object]:
+        """Plain JSON for the journal."""
+        return {
+            "status": self.status,
+            "sites": list(self.sites),
+            "planned": list(self.planned),
+            "reason": self.reason,
+        }
+
+    @classmethod
+    def from_json(cls, task: str, data: dict[str, Any]) -> Outcome:
+        """From :meth:`to_json` (a journal's ``run-end`` summary)."""
+        return cls(
+            task,
+            str(data["status"]),
+            tuple(data.get("sites", ())),
+            tuple(data.get("planned", ())),
+            str(data.get("reason", "")),
+        )
+
+    @property
+    def complete(self) -> bool:
+        """Whether the run did all the plan asked of this task."""
+        return self.status in (TRAINED, KEPT)
+
+
+def last_run_summary(events: list[dict[str, Any]]) -> list[str]:
+    """The summary lines of the last run in a catalog's journal (none before a run ended)."""
+    ends = [e for e in events if e.get("event") == "run-end" and "summary" in e]
+    if not ends:
+        return []
+    return [Outcome.from_json(t, o).line() for t, o in ends[-1]["summary"].items()]
+
+
 class Orchestrator:
     """Runs every task of the plan that the catalog does not hold yet, in plan order."""
 
@@ -83,50 +160,85 @@ class Orchestrator:
         """Run what can run now; returns the tasks finished in this run.
 
         A task whose sites are not connected (fewer than its minimum) waits for a later
-        run; tasks after it still run if the shared encoder exists.
+        run; tasks after it still run if the shared encoder exists. A task stopped by an
+        error stops the run. The per-task outcome is logged and journaled either way.
 
         Raises:
             NoSiteError: tasks are unfinished and no connected site serves any of them
                 (no node connected, or none holds the data): nothing would ever happen.
+            IncompleteRunError: a task was skipped or lost a planned site, and the plan
+                does not allow partial runs (what was trained is kept).
         """
         sites = self.federation.describe_sites()
         log.info("sites: %s", [(s.name, [d[0] for d in s.datasets]) for s in sites])
         self.catalog.journal("run-start", sites=[s.name for s in sites])
-        finished: list[str] = []
-        unfinished = [t.name for t in self.plan.tasks if not self.catalog.has_task(t.name)]
+        outcomes, served = self._run_tasks(sites)
+        finished = [o.task for o in outcomes if o.status in (TRAINED, PARTIAL)]
+        summary = {o.task: o.to_json() for o in outcomes}
+        log.info("run summary:\n%s", "\n".join(o.line() for o in outcomes))
+        unfinished = [o.task for o in outcomes if o.status != KEPT]
+        if unfinished and not served:
+            connected = [s.name for s in sites] or "none"
+            error = f"no connected site serves any unfinished task {unfinished}; sites: {connected}"
+            self.catalog.journal("run-end", finished=finished, error=error, summary=summary)
+            raise NoSiteError(error)
+        short = [o for o in outcomes if not o.complete]
+        failed = any(o.status == FAILED for o in short)
+        if short and (failed or not self.plan.training.partial_runs):
+            error = "incomplete run: " + "; ".join(o.line() for o in short)
+            self.catalog.journal("run-end", finished=finished, error=error, summary=summary)
+            raise IncompleteRunError(error)
+        self.catalog.journal("run-end", finished=finished, summary=summary)
+        return finished
+
+    def _run_tasks(self, sites: list[SiteInfo]) -> tuple[list[Outcome], bool]:
+        """Each task's outcome, and whether any unfinished task had a site serving it."""
+        outcomes: list[Outcome] = []
         served = False
+        stopped_by = ""
         for index, task in enumerate(self.plan.tasks):
-            if task.name not in unfinished:
+            if self.catalog.has_task(task.name):
+                outcomes.append(Outcome(task.name, KEPT, self._trained_by(task.name)))
                 continue
-            first = index == 0
             encoder = self.catalog.encoder()
-            if encoder is None and not first:
-                log.warning(
-                    "%s: waits for the first task, which trains the shared encoder", task.name
-                )
-                break
+            if stopped_by or (encoder is None and index > 0):
+                reason = stopped_by or "waits for the first task, which trains the shared encoder"
+                outcomes.append(Outcome(task.name, SKIPPED, reason=reason))
+                continue
             serving = match_sites(task, sites)
             served = served or bool(serving)
+            planned = (
+                tuple(task.sites) if task.sites is not None else tuple(s.name for s in serving)
+            )
             if len(serving) < task.section.min_sites:
-                log.warning(
-                    "%s: %d site(s) present, needs %d; skipped in this run",
-                    task.name,
-                    len(serving),
-                    task.section.min_sites,
-                )
+                reason = f"{len(serving)} site(s) present, needs {task.section.min_sites}"
+                log.warning("%s: %s; skipped in this run", task.name, reason)
+                outcomes.append(Outcome(task.name, SKIPPED, planned=planned, reason=reason))
                 continue
             if encoder is None:
                 torch.manual_seed(self.plan.training.seed)
                 encoder = Encoder(self.plan.encoder)
             run = TaskRun(self.plan, task, self.catalog, self.federation, tuple(serving))
             state = TaskState(encoder, initial_decoder(self.plan, task))
-            for step in lifecycle(task, first):
-                state = run.run(step, state)
-            finished.append(task.name)
-        if unfinished and not served:
-            connected = [s.name for s in sites] or "none"
-            error = f"no connected site serves any unfinished task {unfinished}; sites: {connected}"
-            self.catalog.journal("run-end", finished=finished, error=error)
-            raise NoSiteError(error)
-        self.catalog.journal("run-end", finished=finished)
-        return finished
+            try:
+                for step in lifecycle(task, index == 0):
+                    state = run.run(step, state)
+            except Exception as error:  # reported in the summary, then raised as incomplete
+                log.exception("%s: stopped", task.name)
+                reason = f"{type(error).__name__}: {error}"[:500]
+                outcomes.append(Outcome(task.name, FAILED, planned=planned, reason=reason))
+                stopped_by = f"not started: {task.name} failed"
+                continue
+            trained = self._trained_by(task.name)
+            lost = [s for s in planned if s not in trained]
+            status = PARTIAL if lost else TRAINED
+            reason = f"without {', '.join(lost)}" if lost else ""
+            outcomes.append(Outcome(task.name, status, trained, planned, reason))
+        return outcomes, served
+
+    def _trained_by(self, task: str) -> tuple[str, ...]:
+        """The sites of a task's latest version in the catalog."""
+        for entry in self.catalog.tasks():
+            if entry["name"] == task:
+                return tuple(entry["versions"][-1]["provenance"].get("sites", ()))
+        return ()

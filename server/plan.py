@@ -12,6 +12,7 @@ batch_size = 2
 val_fraction = 0.2
 seed = 0
 max_payload_mb = 256
+partial_runs = false   # true: a run that skips a task or loses a named site still completes
 
 [[tasks]]
 name = "abdomen"
@@ -89,6 +90,11 @@ class TrainingSection(Record):
     max_payload_mb: float = setting(256.0, lo=1.0, hi=4096.0)
     precision: str = setting(
         DEFAULT_PRECISION, lo=1, hi=8, doc='"auto", "fp32" or "bf16" (training)'
+    )
+    partial_runs: bool = setting(
+        False,
+        doc="a run that skips a task, or trains one without a site the plan names, still "
+        "completes (else it fails after keeping what it trained)",
     )
 
     def __post_init__(self) -> None:

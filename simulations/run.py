@@ -20,7 +20,7 @@ from core.io import atomic_write_bytes, atomic_write_json
 from core.records import RecordError, check_unknown, keys_of
 from server.catalog import JOURNAL, Catalog
 from server.local import APP_DIR, LocalFederation
-from server.orchestrator import planned_rounds
+from server.orchestrator import last_run_summary, planned_rounds
 from server.plan import ModelSection, TrainingSection, parse_plan, task_keys
 from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.progress import JournalWatcher
@@ -41,7 +41,8 @@ def plan_document(scenario: Scenario) -> dict[str, Any]:
     every task's budget keys, all as the plan declares them (``server.plan``); an unknown
     key is an error naming the nearest one. Its optional ``[federation.per_task.<task>]``
     tables override budget keys for one task (``csfl benchmark --budget plateau`` writes
-    them).
+    them). Each stage's run leaves the later stages' tasks waiting, so the plan allows
+    partial runs (``partial_runs``); :func:`simulate` checks each stage's own tasks.
     """
     fed = dict(scenario.federation)
     per_task = fed.pop(PER_TASK, {})
@@ -67,7 +68,11 @@ def plan_document(scenario: Scenario) -> dict[str, Any]:
     ]
     return {
         "model": {k: v for k, v in fed.items() if k in model_keys},
-        "training": {**{k: v for k, v in fed.items() if k in training_keys}, "seed": scenario.seed},
+        "training": {
+            "partial_runs": True,
+            **{k: v for k, v in fed.items() if k in training_keys},
+            "seed": scenario.seed,
+        },
         "tasks": tasks,
     }
 
@@ -205,6 +210,8 @@ def simulate(
             result = federation.run(APP_DIR, run_config, engine, watch=watcher)
             atomic_write_bytes(out / f"stage-{stage}.log", (result.stdout + result.stderr).encode())
             catalog = Catalog(catalog_dir)
+            for line in last_run_summary(catalog.events()):
+                say(f"  {line}")
             missing = [t for t in tasks if not catalog.has_task(t)]
             if result.returncode != 0 or missing:
                 log = out / f"stage-{stage}.log"

@@ -47,8 +47,12 @@ def kill_servers(under: Path) -> None:
 
 
 def one_task_plan(folder: Path, rounds=1, steps=4, **task):
-    """The tiny scenario's first task (abdomen) alone, untrimmed and uncalibrated."""
+    """The tiny scenario's first task (abdomen) alone, untrimmed and uncalibrated.
+
+    As a hospital's plan: a run that loses a named site does not complete.
+    """
     doc = plan_document(load_scenario("tiny"))
+    doc["training"]["partial_runs"] = False
     doc["tasks"] = doc["tasks"][:1]
     doc["tasks"][0].update(rounds=rounds, local_steps=steps, trim=False, calibrate=False, **task)
     path = folder / "plan.toml"

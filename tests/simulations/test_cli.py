@@ -18,6 +18,7 @@ EVERY_COMMAND = (
     "catalog",
     "app-folder",
     "deploy-local",
+    "fleet-gate",
     "phantoms",
     "simulate",
     "benchmark",
