@@ -294,7 +294,8 @@ def _tensors(weights: _WeightFile, data: bytes) -> dict[str, torch.Tensor]:
 def _built(weights: _WeightFile, state: Mapping[str, torch.Tensor], build: Callable[[], _M]) -> _M:
     """Build a module once its shapes (taken on the meta device, without memory) fit ``state``.
 
-    A decoder saved before decoders had a domain loads without one (never silenced).
+    A decoder saved before decoders had a domain, or with a domain of another shape, loads
+    without one (never silenced).
     """
     with torch.device("meta"):
         expected = build().state_dict()
@@ -306,7 +307,7 @@ def _built(weights: _WeightFile, state: Mapping[str, torch.Tensor], build: Calla
         )
     for name, tensor in state.items():
         want = tuple(expected[name].shape)
-        if tuple(tensor.shape) != want:
+        if tuple(tensor.shape) != want and name not in DOMAIN_BUFFERS:
             raise BundleError(
                 f"{weights.path}: {name} has shape {tuple(tensor.shape)}, expected {want}"
             )

@@ -86,12 +86,16 @@ def paste_anomalies(
 
 
 def cases_domain(
-    cases: Sequence[Case], table: LabelTable, prep: Preprocessing, structures: Sequence[str]
+    cases: Sequence[Case],
+    table: LabelTable,
+    prep: Preprocessing,
+    structures: Sequence[str],
+    window_slices: int,
 ) -> SiteDomain | None:
     """The domain of a site's CTs for a decoder of ``structures`` (``core.domain``).
 
     The CTs are preprocessed as for prediction; a structure the site does not label gets
-    no row.
+    no row. ``window_slices`` is the decoder's window (patch) along z.
     """
     labelled = [s for s in structures if s in table.structures]
     chain = validation_transforms(prep, table, labelled)
@@ -102,7 +106,8 @@ def cases_domain(
         item = chain({"case": case})
         label = to_decoder[torch.as_tensor(item[LABEL])[0].long()]
         volumes.append((torch.as_tensor(item[IMAGE])[0], label))
-    return site_domain(volumes, prep.spacing_mm[2], len(structures))
+    spacing_z = prep.spacing_mm[2]
+    return site_domain(volumes, spacing_z, window_slices * spacing_z, len(structures))
 
 
 def calibrate_phase(
@@ -158,6 +163,6 @@ def calibrate_phase(
         losses,
         parts["confidence"],
         parts["anomaly"],
-        cases_domain(cases, table, prep, decoder.structures),
+        cases_domain(cases, table, prep, decoder.structures, settings.augmentation.patch_size[2]),
         time.perf_counter() - start,
     )

@@ -9,6 +9,15 @@ abdominal one fat and solid organs, a pelvic one large bones and bladder. HU is 
 physical unit, so this holds across patients, body sizes, fields of view and scanners,
 and nothing in it is an anatomical constant or a coordinate.
 
+A decoder's output at a voxel depends on the whole window around it, not on its slab
+alone: a decoder trained on abdominal CTs, whose windows always had air (padding) a little
+above the diaphragm and below the iliac crest, can miss the kidneys of a trunk CT whose
+windows hold a thorax and a pelvis there, although each slab looks abdominal (measured:
+kidney Dice 0.03 in trunk CTs, 0.68-0.80 on the same CTs cropped to the abdomen). So a
+slice's *descriptor* is its context: the slab histograms at :data:`CONTEXT_SLABS` heights
+spread evenly over the decoder's window centred on it, empty where the window runs past
+the CT, as the padded patches in training were.
+
 A decoder's domain has a row for its background (every slice of its sites' CTs) and one
 per structure (the slices where the site's labels hold it). For each row a site sends
 :data:`SITE_CENTROIDS` k-means centroids of those slabs and a threshold: the
@@ -17,8 +26,8 @@ per structure (the slices where the site's labels hold it). For each row a site 
 joins the sites' centroids row by row (at most :data:`TASK_CENTROIDS`, spread by farthest
 points) and takes the median threshold, so one site cannot widen a domain alone.
 
-At prediction, a decoder's *domain score* at a voxel is the distance of the voxel's slab
-to the nearest centroid of the row of what the decoder says there (a structure, or its
+At prediction, a decoder's *domain score* at a voxel is the distance of the voxel's
+descriptor to the nearest centroid of the row of what the decoder says there (a structure, or its
 background), over that row's threshold: about 1 or below where its sites saw that
 structure in slabs like this one, far above elsewhere (a brain in a pelvis, a liver in a
 head). A structure without a row is scored by the background's row. The merge silences
@@ -28,6 +37,7 @@ rest by ``exp(-domain_weight * score)``.
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -45,9 +55,33 @@ QUANTILE = 0.95  # of a site's held-out slab distances: its threshold
 MIN_THRESHOLD = 1e-3  # a threshold is a distance between root histograms: 1e-3 to sqrt(2)
 MAX_THRESHOLD = 2**0.5
 MIN_SLABS = 4  # a row with fewer slabs has too little to describe a domain
+CONTEXT_SLABS = 5  # slab histograms per descriptor, over the decoder's window
+DESCRIPTOR = CONTEXT_SLABS * BINS
+CONTEXT_SCALE = 1.0 / math.sqrt(CONTEXT_SLABS)  # a descriptor's norm: at most 1
+OWN_SLAB = slice(BINS * (CONTEXT_SLABS // 2), BINS * (CONTEXT_SLABS // 2 + 1))
+"""Where a descriptor holds the slice's own slab."""
 
 
-def descriptors(image: torch.Tensor, spacing_z: float) -> torch.Tensor:
+def descriptors(image: torch.Tensor, spacing_z: float, window_mm: float) -> torch.Tensor:
+    """``(Z, DESCRIPTOR)``: each slice's context, as its decoder's window sees it.
+
+    The root histograms (:func:`slab_histograms`) of the slabs at :data:`CONTEXT_SLABS`
+    heights from ``-window_mm / 2`` to ``+window_mm / 2`` around the slice, all 0 where
+    that height lies outside the CT, scaled so that a descriptor's norm is at most 1.
+    """
+    slabs = slab_histograms(image, spacing_z)
+    z = torch.arange(len(slabs))
+    parts = []
+    for offset in torch.linspace(-window_mm / 2, window_mm / 2, CONTEXT_SLABS).tolist():
+        at = z + round(offset / spacing_z)
+        inside = (at >= 0) & (at < len(slabs))
+        part = torch.zeros_like(slabs)
+        part[inside] = slabs[at[inside]]
+        parts.append(part)
+    return torch.cat(parts, dim=1) * CONTEXT_SCALE
+
+
+def slab_histograms(image: torch.Tensor, spacing_z: float) -> torch.Tensor:
     """``(Z, BINS)``: the root histogram of each slice's slab of an ``(X, Y, Z)`` volume.
 
     The volume is on [0, 1] (the HU window); the lowest bin (air) is left out, so the
@@ -73,7 +107,7 @@ def nearest(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 
 def cluster(rows: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """``(k, BINS)`` k-means centroids of ``rows`` (its distinct rows, repeated, if few)."""
+    """``(k, DESCRIPTOR)`` k-means centroids of ``rows`` (its distinct rows, repeated, if few)."""
     distinct: torch.Tensor = torch.unique(rows, dim=0)
     if len(distinct) <= k:  # k-means++ cannot seed more centroids than distinct rows
         return distinct[torch.arange(k) % len(distinct)].clone()
@@ -86,7 +120,7 @@ class SiteDomain:
     """What a site sends, per row (background, then each structure).
 
     Attributes:
-        centroids: ``(1 + K, SITE_CENTROIDS, BINS)``.
+        centroids: ``(1 + K, SITE_CENTROIDS, DESCRIPTOR)``.
         thresholds: ``(1 + K,)`` held out (0: no row).
     """
 
@@ -108,20 +142,24 @@ def row_domain(per_case: Sequence[torch.Tensor]) -> tuple[torch.Tensor, float] |
 
 
 def site_domain(
-    cases: Sequence[tuple[torch.Tensor, torch.Tensor]], spacing_z: float, structures: int
+    cases: Sequence[tuple[torch.Tensor, torch.Tensor]],
+    spacing_z: float,
+    window_mm: float,
+    structures: int,
 ) -> SiteDomain | None:
     """A site's domain from its preprocessed CTs and label maps ``(X, Y, Z)``.
 
     Label ``i`` is the decoder's structure ``i`` (0: background); ``structures`` is their
-    number. ``None`` when the CTs hold too little body to describe even the background.
+    number; ``window_mm`` the decoder's window along z. ``None`` when the CTs hold too
+    little body to describe even the background.
     """
-    slabs = [descriptors(image, spacing_z) for image, _ in cases]
-    body = [d[d.sum(dim=1) > 0] for d in slabs]
+    slabs = [descriptors(image, spacing_z, window_mm) for image, _ in cases]
+    body = [d[d[:, OWN_SLAB].sum(dim=1) > 0] for d in slabs]
     rows: list[list[torch.Tensor]] = [body]
     for k in range(1, structures + 1):
         present = [(label == k).flatten(0, 1).any(dim=0) for _, label in cases]
         rows.append([d[p] for d, p in zip(slabs, present, strict=True)])
-    centroids = torch.zeros(structures + 1, SITE_CENTROIDS, BINS)
+    centroids = torch.zeros(structures + 1, SITE_CENTROIDS, DESCRIPTOR)
     thresholds = torch.zeros(structures + 1)
     for r, per_case in enumerate(rows):
         if (fitted := row_domain(per_case)) is not None:
@@ -132,7 +170,7 @@ def site_domain(
 
 
 def join_centroids(sites: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(TASK_CENTROIDS, BINS)``: the sites' centroids, spread by farthest points if many."""
+    """``(TASK_CENTROIDS, DESCRIPTOR)``: the sites' centroids, spread by farthest points."""
     rows = torch.cat(list(sites)).double().clamp(0.0, 1.0)  # what a root histogram can hold
     chosen = [0]
     gap = torch.cdist(rows, rows[:1]).squeeze(1)
@@ -146,14 +184,14 @@ def join_centroids(sites: Sequence[torch.Tensor]) -> torch.Tensor:
 def join_domains(sites: Sequence[SiteDomain]) -> tuple[torch.Tensor, torch.Tensor]:
     """A decoder's domain from its sites': centroids and thresholds, row by row.
 
-    Returns ``(1 + K, TASK_CENTROIDS, BINS)`` centroids and ``(1 + K,)`` thresholds: each
+    Returns ``(1 + K, TASK_CENTROIDS, DESCRIPTOR)`` centroids and ``(1 + K,)`` thresholds: each
     row over the sites that have it (median threshold, bounded); a row no site has stays
     empty (threshold 0). A structure's threshold is at least the background's: a structure
     seen in a few slices of a few CTs would otherwise fit its row too tightly and silence
     its own decoder on the next patient (measured: a bladder seen in 4 CTs).
     """
     rows = sites[0].thresholds.shape[0]
-    centroids = torch.zeros(rows, TASK_CENTROIDS, BINS)
+    centroids = torch.zeros(rows, TASK_CENTROIDS, DESCRIPTOR)
     thresholds = torch.zeros(rows)
     for r in range(rows):
         having = [s for s in sites if float(s.thresholds[r]) > 0]

@@ -106,7 +106,7 @@ def volume_outputs(
     affine = np.asarray(image.affine, dtype=np.float64)
     plain = image.as_tensor() if isinstance(image, MetaTensor) else image
     shape = tuple(plain.shape[1:])
-    slabs = descriptors(plain[0], bundle.preprocessing.spacing_mm[2])  # once for all decoders
+    slabs = volume_descriptors(bundle, plain[0])  # once for all decoders
     votes = [_initial_vote(bundle, task, slabs, foreground, shape) for task, _ in model.items()]
     box = _body(plain[0], bundle.preprocessing)
     if box is None:
@@ -170,6 +170,12 @@ def _initial_vote(
         foreground=torch.zeros(full) if foreground else None,
         domain=domain_map(decoder, slabs),
     )
+
+
+def volume_descriptors(bundle: Bundle, image: torch.Tensor) -> torch.Tensor:
+    """The :func:`core.domain.descriptors` of a preprocessed ``(X, Y, Z)`` volume."""
+    spacing_z = bundle.preprocessing.spacing_mm[2]
+    return descriptors(image, spacing_z, bundle.roi_size[2] * spacing_z)
 
 
 def domain_map(decoder: Decoder, slabs: torch.Tensor) -> torch.Tensor | None:

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core import anatomy
-from core.domain import BINS, TASK_CENTROIDS
+from core.domain import DESCRIPTOR, TASK_CENTROIDS
 from core.model.blocks import init_he, op_block
 from core.model.genotype import Genotype
 
@@ -85,7 +85,7 @@ class Decoder(nn.Module):
         # calibrate phase; a threshold of 0: no row (row 0, the background: no domain at
         # all, never silenced)
         rows = 1 + len(self.structures)
-        self.register_buffer("domain_centroids", torch.zeros(rows, TASK_CENTROIDS, BINS))
+        self.register_buffer("domain_centroids", torch.zeros(rows, TASK_CENTROIDS, DESCRIPTOR))
         self.register_buffer("domain_thresholds", torch.zeros(rows))
         self.register_load_state_dict_pre_hook(_keep_missing_domain)  # type: ignore[no-untyped-call]
 
@@ -130,6 +130,13 @@ DOMAIN_BUFFERS = ("domain_centroids", "domain_thresholds")
 def _keep_missing_domain(
     module: nn.Module, state: dict[str, torch.Tensor], prefix: str, *_: object
 ) -> None:
-    """Weights saved before decoders had a domain load with none (never silenced)."""
-    for name in DOMAIN_BUFFERS:
-        state.setdefault(prefix + name, getattr(module, name))
+    """A decoder saved without a domain, or with one of another shape, loads with none.
+
+    Such a decoder is never silenced: weights from before decoders had a domain, or from
+    before descriptors held the window's context, speak everywhere until recalibrated.
+    """
+    own = [getattr(module, name) for name in DOMAIN_BUFFERS]
+    saved = [state.get(prefix + name) for name in DOMAIN_BUFFERS]
+    if any(s is None or s.shape != o.shape for s, o in zip(saved, own, strict=True)):
+        for name, mine in zip(DOMAIN_BUFFERS, own, strict=True):
+            state[prefix + name] = torch.zeros_like(mine)

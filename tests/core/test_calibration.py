@@ -6,7 +6,7 @@ from core.bundle import load_bundle
 from core.calibration import calibrate_phase, cases_domain, paste_anomalies
 from core.data.nifti import read_header
 from core.data.transforms import IMAGE, Augmentation, prepare_image
-from core.domain import BINS, SITE_CENTROIDS, descriptors, domain_scores, join_domains
+from core.domain import DESCRIPTOR, SITE_CENTROIDS, descriptors, domain_scores, join_domains
 from core.merge import MergeSettings
 from core.training import TrainSettings
 from simulations.phantoms.generate import make_case
@@ -58,16 +58,17 @@ def test_the_domain_tells_the_sites_cts_from_regions_they_never_saw(tiny_sites, 
     dataset = tiny_sites["hospA"].dataset
     prep = native_prep(dataset)
     structures = dataset.labels.structures  # the liver, the spleen and the kidneys
-    domain = cases_domain(abdomen_cases(tiny_sites), dataset.labels, prep, structures)
+    window = 16  # slices: the decoder's patch along z
+    domain = cases_domain(abdomen_cases(tiny_sites), dataset.labels, prep, structures, window)
     assert domain is not None
-    assert domain.centroids.shape == (1 + len(structures), SITE_CENTROIDS, BINS)
+    assert domain.centroids.shape == (1 + len(structures), SITE_CENTROIDS, DESCRIPTOR)
     assert bool((domain.thresholds > 0).all())  # every structure has its row
     centroids, thresholds = join_domains([domain])
 
     def scores(path, row=0):  # of the slices that hold body
         image = torch.as_tensor(prepare_image(prep, read_header(path))[IMAGE])[0]
         body = (image > AIR).flatten(0, 1).any(dim=0)
-        slabs = descriptors(image, prep.spacing_mm[2])
+        slabs = descriptors(image, prep.spacing_mm[2], window * prep.spacing_mm[2])
         return domain_scores(slabs, centroids, thresholds)[row][body]
 
     head = make_case(7, ["brain"], "head_neck", 32)

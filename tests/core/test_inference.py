@@ -14,7 +14,7 @@ from core.bundle import Bundle, load_bundle
 from core.data import Case, DataError
 from core.data.nifti import read_header, read_volume, write_volume
 from core.data.transforms import IMAGE, Preprocessing, prepare_image, preprocessing
-from core.domain import TASK_CENTROIDS, descriptors
+from core.domain import TASK_CENTROIDS
 from core.inference import (
     BODY_MARGIN_MM,
     combined_structures,
@@ -22,6 +22,7 @@ from core.inference import (
     plan_outputs,
     predict_files,
     predict_volume,
+    volume_descriptors,
 )
 from core.merge import Calibration, DecoderVote, MergeSettings, merge
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
@@ -160,7 +161,7 @@ def _whole_volume_labels(bundle, path, settings):
         votes.append(
             DecoderVote.from_logits(t, d.structures, *o, c.calibrated, skill=c.skills(d.structures))
         )
-    slabs = descriptors(item[IMAGE].as_tensor()[0], bundle.preprocessing.spacing_mm[2])
+    slabs = volume_descriptors(bundle, item[IMAGE].as_tensor()[0])
     votes = [dataclasses.replace(v, domain=domain_map(model.decoder(v.task), slabs)) for v in votes]
     merged = merge(votes, combined_structures(model), settings)
     moving = MetaTensor(merged[0].float(), affine=item[IMAGE].affine)
@@ -183,11 +184,11 @@ def test_streamed_prediction_equals_the_whole_volume_pass(tmp_path, rule):
     write_volume(path, ct.array, ct.header.affine)
     prep = bundle.preprocessing
     image = prepare_image(prep, read_header(path))[IMAGE][0]
-    lower = descriptors(image[..., :20], prep.spacing_mm[2])
+    lower = volume_descriptors(bundle, image)[:16]
     decoder = bundle.model.decoder("a")  # "a" was trained on regions like the lower half
     decoder.domain_centroids[0] = lower[torch.arange(TASK_CENTROIDS) % len(lower)]
     decoder.domain_thresholds[0] = 0.05  # its structures have no rows: the background's
-    domain = domain_map(decoder, descriptors(image, prep.spacing_mm[2]))
+    domain = domain_map(decoder, volume_descriptors(bundle, image))
     assert domain is not None and domain.shape == (1 + len(decoder.structures), 40)
     assert domain[:, :4].max() < 2 < domain[:, 36:].min()
     settings = MergeSettings(rule=rule)
