@@ -96,6 +96,20 @@ def predict(
         str | None,
         typer.Option(help="The SeriesInstanceUID to read when the folder holds several."),
     ] = None,
+    roi_names: Annotated[
+        str,
+        typer.Option(
+            help="rtstruct ROI names: vocabulary (ours) or tg263 (AAPM TG-263's where one "
+            "has the same meaning; the others keep ours)."
+        ),
+    ] = "vocabulary",
+    creator: Annotated[
+        str | None,
+        typer.Option(
+            help="seg Content Creator's Name, a DICOM person name such as Doe^Jane "
+            "(default: csfl^continual-segment-fl)."
+        ),
+    ] = None,
 ) -> None:
     """Segment every structure the bundle knows, in one pass per CT.
 
@@ -108,23 +122,36 @@ def predict(
     """
     from core.bundle import load_bundle
     from core.device import pick_device
-    from core.dicom.output import OutputFormat, check_format, is_dicom_folder
+    from core.dicom.output import (
+        DicomNaming,
+        OutputFormat,
+        check_format,
+        check_input,
+        reads_as_dicom,
+    )
+    from core.dicom.seg import CONTENT_CREATOR
+    from core.dicom.tg263 import RoiNames
     from core.inference import plan_outputs, predict_files
 
     formats = [f.value for f in OutputFormat]
     if output_format not in formats:
         fail(f"--format {output_format!r}: expected one of {', '.join(formats)}")
+    schemes = [n.value for n in RoiNames]
+    if roi_names not in schemes:
+        fail(f"--roi-names {roi_names!r}: expected one of {', '.join(schemes)}")
     chosen = OutputFormat(output_format)
     torch_device = pick_device(device)
     with user_errors():
+        naming = DicomNaming(CONTENT_CREATOR if creator is None else creator, RoiNames(roi_names))
+        check_input(input_path)
         check_format(chosen, input_path)
         loaded = load_bundle(bundle, torch_device)
         settings = dataclasses.replace(loaded.merge, rule=merge or loaded.merge.rule, gating=gating)
-        if is_dicom_folder(input_path):
+        if reads_as_dicom(input_path):
             from core.dicom.predict import predict_series
 
             written = predict_series(
-                loaded, input_path, output, chosen, series, torch_device, overlap, settings
+                loaded, input_path, output, chosen, series, torch_device, overlap, settings, naming
             )
             for path in written:
                 typer.echo(f"wrote {path}")

@@ -88,3 +88,52 @@ def set_position(path: Path, z_offset: float) -> None:
 def slice_at(paths: list[Path], k: int) -> Path:
     """The file of the ``k``-th slice from the bottom."""
     return sorted(paths, key=lambda p: float(pydicom.dcmread(p).ImagePositionPatient[2]))[k]
+
+
+def _gdcm_transcode(path: Path, syntax: str) -> None:
+    import gdcm  # python-gdcm: pydicom has no JPEG Lossless encoder
+
+    reader = gdcm.ImageReader()
+    reader.SetFileName(str(path))
+    assert reader.Read(), path
+    change = gdcm.ImageChangeTransferSyntax()
+    change.SetTransferSyntax(gdcm.TransferSyntax(gdcm.TransferSyntax.GetTSType(syntax)))
+    change.SetInput(reader.GetImage())
+    assert change.Change(), (path, syntax)
+    writer = gdcm.ImageWriter()
+    writer.SetFileName(str(path))
+    writer.SetFile(reader.GetFile())
+    writer.SetImage(change.GetOutput())
+    assert writer.Write(), path
+
+
+GDCM_ENCODED = ("1.2.840.10008.1.2.4.57", "1.2.840.10008.1.2.4.70")
+"""JPEG Lossless (process 14, and its selection value 1): encoded with gdcm."""
+
+
+def transcode(paths: list[Path], syntax: str) -> None:
+    """Re-encode each file in a lossless compressed transfer syntax, in place."""
+    for path in paths:
+        if syntax in GDCM_ENCODED:
+            _gdcm_transcode(path, syntax)
+        else:  # RLE (pydicom), JPEG-LS (pyjpegls), JPEG 2000 (pylibjpeg-openjpeg)
+            ds = pydicom.dcmread(path)
+            ds.compress(syntax)
+            ds.save_as(path)
+        assert pydicom.dcmread(path, stop_before_pixels=True).file_meta.TransferSyntaxUID == syntax
+
+
+def strip_preamble(path: Path) -> None:
+    """Drop the 128-byte preamble and the DICM prefix; the file meta group stays."""
+    data = path.read_bytes()
+    assert data[128:132] == b"DICM"
+    path.write_bytes(data[132:])
+
+
+def bare_dataset(path: Path) -> None:
+    """Rewrite a file as its dataset alone: no preamble, no file meta, implicit VR."""
+    ds = pydicom.dcmread(path)
+    del ds.file_meta
+    ds.preamble = None
+    pydicom.dcmwrite(path, ds, implicit_vr=True, little_endian=True, enforce_file_format=False)
+    assert path.read_bytes()[:2] == b"\x08\x00"

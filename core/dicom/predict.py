@@ -2,13 +2,18 @@
 
 The series is read into a NIfTI image on its own voxel grid (``core.dicom.series``), so
 the label map comes back on the grid of the source slices and the DICOM writers can refer
-to them; the label tables are written beside the output as for NIfTI input.
+to them; the label tables are written beside the output as for NIfTI input. The image
+passes through a temporary NIfTI file; warnings and errors name the user's folder instead.
 """
 
 from __future__ import annotations
 
+import logging
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import torch
@@ -16,7 +21,7 @@ import torch
 from core.bundle import Bundle
 from core.data.nifti import has_nifti_ending, strip_nifti_ending, write_volume
 from core.data.problems import DataError
-from core.dicom.output import OutputFormat, write_dicom_labels
+from core.dicom.output import DicomNaming, OutputFormat, write_dicom_labels
 from core.dicom.series import read_series
 from core.inference import predict_volume, structure_sources
 from core.label_files import write_label_tables
@@ -38,6 +43,39 @@ def output_for(output: Path, output_format: OutputFormat) -> Path:
     return output
 
 
+@contextmanager
+def named_as(temporary: Path, folder: Path) -> Iterator[None]:
+    """Within the block, log records and errors that name ``temporary`` name ``folder``.
+
+    Args:
+        temporary: the temporary file (or folder) the work reads.
+        folder: what the user gave, to be named instead.
+
+    Raises:
+        DataError: the block's, naming ``folder`` where it named ``temporary``.
+    """
+    old = logging.getLogRecordFactory()
+
+    def factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+        record = old(*args, **kwargs)
+        try:
+            message = record.getMessage()
+        except (TypeError, ValueError):  # a malformed record: leave it to logging
+            return record
+        if str(temporary) in message:
+            record.msg, record.args = message.replace(str(temporary), str(folder)), ()
+        return record
+
+    logging.setLogRecordFactory(factory)
+    try:
+        yield
+    except DataError as e:
+        path = folder if e.path == temporary else e.path
+        raise DataError(path, e.message.replace(str(temporary), str(folder))) from e
+    finally:
+        logging.setLogRecordFactory(old)
+
+
 def predict_series(
     bundle: Bundle,
     folder: Path,
@@ -47,8 +85,12 @@ def predict_series(
     device: torch.device | None = None,
     overlap: float = 0.25,
     settings: MergeSettings | None = None,
+    naming: DicomNaming | None = None,
 ) -> list[Path]:
     """Segment one CT series of ``folder`` and write ``output`` and its label tables.
+
+    Warnings and errors name ``folder``, never the temporary NIfTI the image passes
+    through.
 
     Raises:
         DataError: for a folder without exactly one CT series to read (or an unknown
@@ -60,14 +102,21 @@ def predict_series(
     with tempfile.TemporaryDirectory(prefix="csfl-series-") as tmp:
         path = Path(tmp) / "series.nii.gz"
         nib.save(image, path)
-        prediction = predict_volume(bundle, path, device, overlap=overlap, settings=settings)
+        with named_as(path, folder):
+            prediction = predict_volume(bundle, path, device, overlap=overlap, settings=settings)
     if output_format is OutputFormat.NIFTI:
         written = write_volume(output, prediction.labels, prediction.affine)
         prefix = output.with_name(strip_nifti_ending(output.name))
     else:
         version = bundle.model.encoder.weights_sha256()[:16]
         written = write_dicom_labels(
-            output_format, output, prediction.labels, prediction.structures, sources, version
+            output_format,
+            output,
+            prediction.labels,
+            prediction.structures,
+            sources,
+            version,
+            naming,
         )
         prefix = output.with_suffix("")
     decoders = structure_sources(bundle.model)

@@ -2,10 +2,13 @@
 
 No well-kept library writes RT Structure Sets without pulling in a GUI build of OpenCV
 (rt-utils) or a whole toolkit, so the structure set is assembled here with pydicom; the
-contours come from scikit-image's marching squares at the 0.5 level, which runs along the
-voxel edges, so filling a contour (:func:`read_rtstruct`) gives back exactly the voxels
-it was traced from. Holes are separate contours, combined by even-odd filling, as
-treatment planning systems read them.
+contours follow the voxel edges, corner to corner, so that a contour's area is its
+voxels' area (planning systems compute volumes from it) and filling it
+(:func:`read_rtstruct`) gives back exactly the voxels it was traced from. They come from
+scikit-image's marching squares at the 0.5 level on the mask upsampled twofold, whose
+points lie on voxel edges a quarter voxel from a corner, snapped to that corner. Holes
+are separate contours, combined by even-odd filling, as planning systems read them. ROIs
+are named by the vocabulary or, on request, by AAPM TG-263 (``core.dicom.tg263``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ from core import anatomy
 from core.dicom.codes import structure_code
 from core.dicom.ct_writer import MANUFACTURER
 from core.dicom.seg import ALGORITHM_NAME, present_labels
+from core.dicom.tg263 import RoiNames, roi_name
 from core.io import atomic_write_bytes
 from core.label_files import structure_color
 from core.vocabulary import Group
@@ -76,11 +80,18 @@ class _Plane:
 
 
 def _contours(mask: NDArray[np.bool_]) -> list[NDArray[np.float64]]:
-    """Closed contours (row, column) around a 2D mask, along voxel edges, corners only."""
-    padded = np.pad(mask, 1).astype(np.float32)  # closes contours at the image border
+    """Closed contours (row, column) around a 2D mask on its voxels' edges, corners only.
+
+    Voxel ``(r, c)`` covers ``[r - 0.5, r + 0.5] x [c - 0.5, c + 0.5]``; every vertex is
+    a voxel corner, so the outer contours' area less the holes' is the voxel count.
+    """
+    # Twofold upsampled, marching squares puts every point on a voxel edge a quarter
+    # voxel from a corner (where it cuts the corner): the nearest corner is the one meant.
+    fine = np.pad(np.repeat(np.repeat(mask, 2, axis=0), 2, axis=1), 1).astype(np.float32)
     traced = []
-    for contour in find_contours(padded, 0.5):
-        points = contour[:-1] - 1.0  # CLOSED_PLANAR implies the repeated end point
+    for contour in find_contours(fine, 0.5):
+        points = np.floor((contour[:-1] - 1.5) / 2.0) + 0.5  # fine index -> corner
+        points = points[np.any(points != np.roll(points, 1, axis=0), axis=1)]
         into = points - np.roll(points, 1, axis=0)
         out_of = np.roll(points, -1, axis=0) - points
         # Keep the corners only: on a straight run a point adds nothing but size.
@@ -135,6 +146,7 @@ def write_rtstruct(
     sources: Sequence[pydicom.Dataset],
     *,
     label: str = "AUTOSEG",
+    roi_names: RoiNames = RoiNames.VOCABULARY,
 ) -> Path:
     """Write an RT Structure Set with one ROI per structure present in ``labels``.
 
@@ -144,6 +156,8 @@ def write_rtstruct(
         structures: label ``i + 1`` is ``structures[i]``, vocabulary names.
         sources: the source CT datasets in slice order (from ``read_series``).
         label: StructureSetLabel (at most 16 characters).
+        roi_names: ROI names from the vocabulary, or TG-263's where one has the same
+            meaning (:mod:`core.dicom.tg263`).
 
     Returns:
         The path written.
@@ -181,7 +195,7 @@ def write_rtstruct(
             _item(
                 ROINumber=number,
                 ReferencedFrameOfReferenceUID=first.FrameOfReferenceUID,
-                ROIName=name,
+                ROIName=roi_name(name, roi_names),
                 ROIGenerationAlgorithm="AUTOMATIC",
             )
         )

@@ -3,6 +3,8 @@
 One binary segment per structure present in the label map, labelled with the structure's
 name, coded with its SNOMED CT concept (``core.dicom.codes``) and coloured as in the label
 tables. The segmentation references the source series, so viewers overlay it on the CT.
+Its content is identified as the standard asks (ContentLabel, ContentDescription and
+Content Creator's Name, type 2: the software unless the user names a person).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ import pydicom
 from numpy.typing import NDArray
 from pydicom.sr.codedict import codes
 from pydicom.uid import generate_uid
+from pydicom.valuerep import PersonName
 
 from core.dicom.codes import structure_code
 from core.dicom.ct_writer import MANUFACTURER
@@ -25,6 +28,29 @@ from core.label_files import structure_color
 
 ALGORITHM_NAME = "continual-segment-fl"
 """How the segmentations name the algorithm that made them."""
+CONTENT_CREATOR = "csfl^continual-segment-fl"
+"""The default Content Creator's Name (a person name: family ``csfl``, given the software)."""
+CONTENT_LABEL = "AUTOSEG"
+CONTENT_DESCRIPTION = f"Automatic segmentation by {ALGORITHM_NAME}"
+PERSON_NAME_MAX = 64
+"""Most characters in one component group of a person name (VR PN)."""
+
+
+def creator_name(value: str) -> str:
+    """Check a Content Creator's Name: a DICOM person name such as ``Doe^Jane``.
+
+    Raises:
+        ValueError: naming the value, for an empty or over-long name, or one with a
+            backslash or a control character.
+    """
+    if not value.strip() or "\\" in value or any(ord(c) < 32 for c in value):
+        raise ValueError(
+            f"content creator {value!r}: expected a person name such as Doe^Jane "
+            "(no backslash or control characters)"
+        )
+    if any(len(group) > PERSON_NAME_MAX for group in value.split("=")):
+        raise ValueError(f"content creator {value!r}: at most {PERSON_NAME_MAX} characters")
+    return str(PersonName(value))
 
 
 def present_labels(
@@ -93,6 +119,7 @@ def write_seg(
     *,
     version: str = "1",
     series_description: str = "Segmentation",
+    content_creator: str = CONTENT_CREATOR,
 ) -> Path:
     """Write a DICOM Segmentation of the structures present in ``labels``, atomically.
 
@@ -103,13 +130,15 @@ def write_seg(
         sources: the source CT datasets in slice order (from ``read_series``).
         version: the algorithm version recorded (e.g. the bundle's encoder hash).
         series_description: SeriesDescription of the new series.
+        content_creator: Content Creator's Name, a person name (``Family^Given``).
 
     Returns:
         The path written.
 
     Raises:
-        ValueError: see :func:`present_labels`.
+        ValueError: see :func:`present_labels` and :func:`creator_name`.
     """
+    creator = creator_name(content_creator)
     present = present_labels(path, labels, structures, sources)
     lookup = np.zeros(len(structures) + 1, dtype=np.uint16)
     lookup[present] = np.arange(1, len(present) + 1)
@@ -131,6 +160,9 @@ def write_seg(
         software_versions=version,
         device_serial_number="0",
         series_description=series_description,
+        content_label=CONTENT_LABEL,
+        content_description=CONTENT_DESCRIPTION,
+        content_creator_name=creator,
     )
     buffer = BytesIO()
     seg.save_as(buffer)

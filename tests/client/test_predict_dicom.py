@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 import highdicom as hd
 import nibabel as nib
 import numpy as np
@@ -12,7 +14,9 @@ from typer.testing import CliRunner
 
 from client.cli import add_commands
 from core.bundle import Bundle, save_bundle
+from core.data.problems import DataError
 from core.data.transforms import Preprocessing
+from core.dicom.ct_writer import write_ct_series
 from core.dicom.rtstruct import read_rtstruct
 from core.dicom.series import read_series
 from tests.builders_dicom import phantom_ct, write_shuffled_series
@@ -32,13 +36,23 @@ def setup(tmp_path_factory):
     twin, _ = phantom_ct()
     nib.save(twin, root / "twin.nii.gz")
     write_shuffled_series(twin, root / "series")
+    (root / "empty").mkdir()
+    (root / "papers").mkdir()
+    for name in ("report.pdf", "notes.txt"):
+        (root / "papers" / name).write_text("not a CT")
+    air = nib.Nifti1Image(np.full((32, 32, 8), -1000, dtype=np.int16), twin.affine)
+    write_ct_series(air, root / "air")
     return root
 
 
-def _predict(root, source, out, *extra):
-    result = runner.invoke(
+def _invoke(root, source, out, *extra):
+    return runner.invoke(
         app, ["predict", str(root / "bundle"), str(source), "-o", str(out), *extra]
     )
+
+
+def _predict(root, source, out, *extra):
+    result = _invoke(root, source, out, *extra)
     assert result.exit_code == 0, result.output
     return result
 
@@ -95,3 +109,59 @@ def test_dicom_mistakes_are_one_line_and_exit_2(setup, tmp_path, source, out, ex
     assert result.exit_code == 2, result.output
     assert result.output.startswith("error: ") and message in result.output
     assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("source", "message"),
+    [
+        ("empty", "no files; expected a DICOM CT series"),
+        ("papers", "2 files, none DICOM (e.g. notes.txt); expected a DICOM CT series"),
+        ("series/IM00000", "is one DICOM file; give the folder holding its series"),
+    ],
+)
+def test_folders_without_a_series_say_what_they_hold(setup, tmp_path, source, message):
+    for output_format in ("nifti", "seg"):
+        out = tmp_path / ("x.nii.gz" if output_format == "nifti" else "x.dcm")
+        result = _invoke(setup, setup / source, out, "--format", output_format)
+        assert result.exit_code == 2, result.output
+        assert result.output == f"error: {setup / source}: {message}\n"
+
+
+def test_messages_name_the_folder_not_a_temporary_file(setup, tmp_path, caplog, monkeypatch):
+    with caplog.at_level(logging.WARNING):
+        _predict(setup, setup / "air", tmp_path / "air.nii.gz")
+    warnings = [r.getMessage() for r in caplog.records if "no body found" in r.getMessage()]
+    assert warnings == [f"{setup / 'air'}: no body found (all air): every voxel is background"]
+
+    def out_of_memory(bundle, path, *args, **kwargs):
+        raise DataError(path, f"not enough memory to predict {path}")
+
+    monkeypatch.setattr("core.dicom.predict.predict_volume", out_of_memory)
+    result = runner.invoke(
+        app,
+        ["predict", str(setup / "bundle"), str(setup / "air"), "-o", str(tmp_path / "x.nii.gz")],
+    )
+    assert result.exit_code == 2
+    folder = setup / "air"
+    assert result.output == f"error: {folder}: not enough memory to predict {folder}\n"
+
+
+def test_tg263_roi_names_and_the_seg_creator_from_the_command_line(setup, tmp_path):
+    _predict(setup, setup / "series", tmp_path / "rt.dcm", "--format", "rtstruct")
+    _predict(
+        setup, setup / "series", tmp_path / "tg.dcm", "--format", "rtstruct", "--roi-names", "tg263"
+    )
+    ours = [str(r.ROIName) for r in pydicom.dcmread(tmp_path / "rt.dcm").StructureSetROISequence]
+    tg263 = [str(r.ROIName) for r in pydicom.dcmread(tmp_path / "tg.dcm").StructureSetROISequence]
+    renamed = {"liver": "Liver", "spleen": "Spleen", "kidney_left": "Kidney_L"}
+    assert ours and tg263 == [renamed[name] for name in ours]
+    _predict(setup, setup / "series", tmp_path / "seg.dcm", "--format", "seg", "--creator", "Doe^J")
+    assert str(pydicom.dcmread(tmp_path / "seg.dcm").ContentCreatorName) == "Doe^J"
+    for option, value, message in [
+        ("--roi-names", "nice", "--roi-names 'nice': expected one of vocabulary, tg263"),
+        ("--creator", "a\\b", "content creator 'a\\\\b': expected a person name"),
+    ]:
+        result = _invoke(
+            setup, setup / "series", tmp_path / "z.dcm", "--format", "seg", option, value
+        )
+        assert result.exit_code == 2 and message in result.output, result.output

@@ -13,10 +13,18 @@ from pydicom.uid import RTStructureSetStorage, SegmentationStorage
 from core.data.problems import DataError
 from core.dicom.codes import SCT_KEYWORDS, structure_code
 from core.dicom.ct_writer import write_ct_series
-from core.dicom.output import OutputFormat, check_format, is_dicom_folder, write_dicom_labels
+from core.dicom.output import (
+    DicomNaming,
+    OutputFormat,
+    check_format,
+    check_input,
+    is_dicom_folder,
+    write_dicom_labels,
+)
 from core.dicom.rtstruct import read_rtstruct, write_rtstruct
-from core.dicom.seg import write_seg
+from core.dicom.seg import CONTENT_CREATOR, write_seg
 from core.dicom.series import read_series
+from core.dicom.tg263 import TG263, RoiNames
 from core.vocabulary import STRUCTURES as STRUCTURES_TABLE
 from tests.builders_dicom import STRUCTURES, phantom_ct, write_shuffled_series
 
@@ -31,10 +39,6 @@ def series(tmp_path_factory: pytest.TempPathFactory) -> tuple[np.ndarray, list[p
     # The twin is stored like the series (LPS rows, slices upwards): same grid.
     np.testing.assert_allclose(image.affine, twin.affine, atol=1e-6)
     return labels, datasets
-
-
-def dice(a: np.ndarray, b: np.ndarray) -> float:
-    return float(2 * np.logical_and(a, b).sum() / (a.sum() + b.sum()))
 
 
 def test_seg_holds_each_present_structure_exactly(
@@ -76,7 +80,7 @@ def test_rtstruct_contours_rasterise_to_the_label_map(
     assert list(masks) == STRUCTURES
     for value, name in enumerate(STRUCTURES, 1):
         # The liver has a hole where the tumour is: an inner contour, filled even-odd.
-        assert dice(masks[name], labels == value) >= 0.95, name
+        np.testing.assert_array_equal(masks[name], labels == value, err_msg=name)
     codes_by_roi = {
         int(o.ReferencedROINumber): o.RTROIIdentificationCodeSequence[0].CodeValue
         for o in rt.RTROIObservationsSequence
@@ -139,3 +143,114 @@ def test_write_dicom_labels_writes_the_format_asked(
         assert pydicom.dcmread(path, stop_before_pixels=True).SOPClassUID == sop_class
     with pytest.raises(ValueError, match="nifti is not a DICOM output format"):
         write_dicom_labels(OutputFormat.NIFTI, tmp_path / "x.dcm", labels, STRUCTURES, datasets)
+
+
+SEG_TYPE_2 = (  # type 2 attributes of the SEG IOD's modules: present, maybe empty
+    "PatientName",
+    "PatientID",
+    "PatientBirthDate",
+    "PatientSex",
+    "StudyDate",
+    "StudyTime",
+    "ReferringPhysicianName",
+    "StudyID",
+    "AccessionNumber",
+    "PositionReferenceIndicator",
+    "Manufacturer",
+    "InstanceNumber",
+    "ContentDescription",
+    "ContentCreatorName",
+)
+
+
+def test_seg_names_its_content_creator(
+    tmp_path: Path, series: tuple[np.ndarray, list[pydicom.Dataset]]
+) -> None:
+    labels, datasets = series
+    seg = pydicom.dcmread(write_seg(tmp_path / "a.dcm", labels, STRUCTURES, datasets))
+    assert [k for k in SEG_TYPE_2 if k not in seg] == []
+    assert str(seg.ContentCreatorName) == CONTENT_CREATOR == "csfl^continual-segment-fl"
+    assert seg.ContentLabel == "AUTOSEG" and "continual-segment-fl" in seg.ContentDescription
+    path = write_dicom_labels(
+        OutputFormat.SEG,
+        tmp_path / "b.dcm",
+        labels,
+        STRUCTURES,
+        datasets,
+        naming=DicomNaming(content_creator="Doe^Jane"),
+    )
+    creator = hd.seg.segread(path).ContentCreatorName
+    assert (creator.family_name, creator.given_name) == ("Doe", "Jane")
+    for bad in ("", "Doe\\Jane", "x" * 65):
+        with pytest.raises(ValueError, match="content creator"):
+            DicomNaming(content_creator=bad)
+
+
+def _plane_area(points: np.ndarray, ds: pydicom.Dataset) -> float:
+    """Signed area (mm^2) of a contour in its slice's plane (shoelace)."""
+    orientation = np.asarray(ds.ImageOrientationPatient, dtype=np.float64)
+    u, v = (points - points[0]) @ orientation[:3], (points - points[0]) @ orientation[3:]
+    return 0.5 * float(np.dot(u, np.roll(v, -1)) - np.dot(v, np.roll(u, -1)))
+
+
+def test_rtstruct_contours_enclose_their_voxels_area(
+    tmp_path: Path, series: tuple[np.ndarray, list[pydicom.Dataset]]
+) -> None:
+    blobs, datasets = series
+    labels = np.zeros_like(blobs)
+    labels[10, 10, 3] = 1  # one voxel
+    labels[20:22, 30:32, 4] = 2  # 2 x 2
+    labels[40:43, 40:44, 5] = 3  # 3 x 4
+    labels[50, 50, 6] = labels[51, 51, 6] = 3  # touching at a corner only
+    labels[:, :, 12:] = blobs[:, :, 12:]  # and the blobs, with the tumour's hole
+    rt = pydicom.dcmread(write_rtstruct(tmp_path / "rt.dcm", labels, STRUCTURES, datasets))
+    pixel = float(np.prod(np.asarray(datasets[0].PixelSpacing, dtype=np.float64)))
+    uids = [ds.SOPInstanceUID for ds in datasets]
+    for value, roi in enumerate(rt.ROIContourSequence, 1):
+        area = np.zeros(len(datasets))
+        for contour in roi.ContourSequence:
+            k = uids.index(contour.ContourImageSequence[0].ReferencedSOPInstanceUID)
+            points = np.asarray(contour.ContourData, dtype=np.float64).reshape(-1, 3)
+            area[k] += _plane_area(points, datasets[k])  # holes run the other way round
+        voxels = (labels == value).sum(axis=(0, 1)) * pixel
+        np.testing.assert_allclose(np.abs(area), voxels, rtol=1e-6, atol=1e-6)
+    masks = read_rtstruct(rt, datasets)
+    for value, name in enumerate(STRUCTURES, 1):
+        np.testing.assert_array_equal(masks[name], labels == value, err_msg=name)
+
+
+def test_rtstruct_roi_names_can_be_tg263(
+    tmp_path: Path, series: tuple[np.ndarray, list[pydicom.Dataset]]
+) -> None:
+    labels, datasets = series
+    path = write_dicom_labels(
+        OutputFormat.RTSTRUCT,
+        tmp_path / "rt.dcm",
+        labels,
+        STRUCTURES,
+        datasets,
+        naming=DicomNaming(roi_names=RoiNames.TG263),
+    )
+    rt = pydicom.dcmread(path)
+    names = [str(r.ROIName) for r in rt.StructureSetROISequence]
+    assert names == ["Liver", "Spleen", "Kidney_L", "Kidney_R", "liver_tumor"]
+    assert list(read_rtstruct(rt, datasets)) == names
+
+
+def test_tg263_table_names_vocabulary_structures_once() -> None:
+    vocabulary = {s.name for s in STRUCTURES_TABLE}
+    assert set(TG263) <= vocabulary
+    assert len(set(TG263.values())) == len(TG263)
+    assert all(len(name) <= 16 and " " not in name for name in TG263.values())
+    assert TG263["spinal_cord"] == "SpinalCord" and TG263["urinary_bladder"] == "Bladder"
+    assert TG263["rib_left_1"] == "Rib01_L" and TG263["femur_right"] == "Femur_R"
+    # Different meanings keep their own names: the hip bone is no femoral head.
+    assert "hip_left" not in TG263 and "vertebra_L3" not in TG263
+
+
+def test_one_dicom_file_is_not_a_series(tmp_path: Path) -> None:
+    twin, _ = phantom_ct()
+    paths = write_ct_series(twin, tmp_path)
+    with pytest.raises(DataError, match=r"CT0001\.dcm: is one DICOM file; give the folder"):
+        check_input(paths[0])
+    check_input(tmp_path)
