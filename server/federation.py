@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -88,6 +89,10 @@ class Federation:
         self.grid = grid
         self.timeout = timeout
 
+    def online_node_ids(self) -> set[int]:
+        """The nodes the SuperLink sees online now."""
+        return {info.node_id for info in self.grid.get_nodes()}
+
     def describe_sites(self) -> list[SiteInfo]:
         """Ask every node to describe its site.
 
@@ -150,7 +155,9 @@ class Federation:
             for s in sites
         ]
         replies: dict[int, Reply] = {}
-        for msg in self.grid.send_and_receive(messages, timeout=self.timeout or timeout):
+        limit = self.timeout or timeout
+        start = time.monotonic()
+        for msg in self.grid.send_and_receive(messages, timeout=limit):
             site = by_node.get(msg.metadata.src_node_id)
             if site is None:
                 continue
@@ -159,6 +166,10 @@ class Federation:
                 replies[site.node_id] = Reply(site, None, reason[:MAX_REASON_CHARS])
             else:
                 replies[site.node_id] = Reply(site, msg.content)
-        return [
-            replies.get(s.node_id, Reply(s, None, "no reply before the timeout")) for s in sites
-        ]
+        waited = time.monotonic() - start
+        silent = (
+            f"no reply before the timeout ({limit:.0f} s)"
+            if waited >= limit - 1.0
+            else f"no reply: the node went offline after {waited:.0f} s (link lost or stopped)"
+        )
+        return [replies.get(s.node_id, Reply(s, None, silent)) for s in sites]

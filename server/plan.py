@@ -13,6 +13,7 @@ val_fraction = 0.2
 seed = 0
 max_payload_mb = 256
 partial_runs = false   # true: a run that skips a task or loses a named site still completes
+rejoin_grace_s = 600   # a round short of sites waits this long for them to come back
 
 [[tasks]]
 name = "abdomen"
@@ -90,6 +91,12 @@ class TrainingSection(Record):
     max_payload_mb: float = setting(256.0, lo=1.0, hi=4096.0)
     precision: str = setting(
         DEFAULT_PRECISION, lo=1, hi=8, doc='"auto", "fp32" or "bf16" (training)'
+    )
+    rejoin_grace_s: float = setting(
+        600.0,
+        lo=0.0,
+        hi=86400.0,
+        doc="how long a round short of sites waits for planned sites to come back online",
     )
     partial_runs: bool = setting(
         False,

@@ -26,7 +26,7 @@ from core.phases import PHASES
 from core.phases.spec import PhaseSpec, RoundResult, TaskState
 from core.protocol import RoundConfig, SiteReply
 from core.records import Record
-from server.aggregate import aggregate
+from server.aggregate import RoundFailed, aggregate
 from server.catalog import Catalog
 from server.federation import Federation, SiteInfo
 from server.messages import Ledger, array_bytes, round_messages
@@ -35,6 +35,8 @@ from server.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
 
+POLL_SECONDS = 5.0  # how often a round short of sites looks for the planned ones
+ROUND_TRIES = 3  # a round is sent at most this often while sites come back
 ROUND_BASE_SECONDS = 120.0  # start-up, data loading and caching at a site
 SECONDS_PER_STEP = 10.0  # ~10x a CPU step of the default network (NOTES: 0.3-1 s)
 EVALUATE_SECONDS = 900.0  # sliding-window validation of a site's cases
@@ -68,6 +70,46 @@ class TaskRun:
     sites: tuple[SiteInfo, ...]
     ledger: Ledger = field(default_factory=Ledger)
     optimizers: dict[str, ServerOptimizer] = field(default_factory=dict)  # phase -> its own
+    planned: tuple[SiteInfo, ...] = ()
+    """The sites the task started with; one that left may rejoin (default: ``sites``)."""
+
+    def __post_init__(self) -> None:
+        self.planned = self.planned or self.sites
+
+    # -- sites that leave and come back --------------------------------------------------
+    def readmit(self, group: str) -> None:
+        """Take back every planned site that left and whose node is online again.
+
+        A SuperNode that restarts, or whose link comes back, keeps its node id (its id is
+        its registered key's), so it is the same site as before.
+        """
+        if len(self.sites) == len(self.planned):
+            return
+        online = self.federation.online_node_ids()
+        back = [s for s in self.planned if s not in self.sites and s.node_id in online]
+        if back:
+            names = [s.name for s in back]
+            log.info("%s: %s online again: rejoin at %s", self.task.name, names, group)
+            self.catalog.journal("sites-rejoined", self.task.name, sites=names, at=group)
+            self.sites = tuple(s for s in self.planned if s in self.sites or s in back)
+
+    def wait_for_sites(self, group: str, failure: RoundFailed) -> bool:
+        """After a round short of usable replies: wait for enough planned sites.
+
+        Polls until at least ``min_sites`` of the planned sites are online, for at most the
+        plan's ``rejoin_grace_s``; returns whether the round may be sent again.
+        """
+        grace = self.plan.training.rejoin_grace_s
+        wanted = self.task.section.min_sites
+        log.warning("%s: %s; waiting up to %.0f s for sites to return", group, failure, grace)
+        deadline = time.monotonic() + grace
+        while True:
+            online = self.federation.online_node_ids()
+            if sum(s.node_id in online for s in self.planned) >= wanted:
+                return True
+            if time.monotonic() + POLL_SECONDS > deadline:
+                return False
+            time.sleep(POLL_SECONDS)
 
     # -- ServerSteps ---------------------------------------------------------------------
     def settings(self, phase: PhaseSpec[S, Any]) -> S:
@@ -116,33 +158,41 @@ class TaskRun:
             phase.name, rnd, rounds, state.encoder, genotype or state.decoder.genotype
         )
         settings = phase.settings_record(self.task.of(phase))
-        contents = round_messages(cfg, settings, records, self.sites, state.encoder)
-        for site in self.sites:
-            self.ledger.sent(site.name, array_bytes(contents[site.node_id]))
         group = f"{self.task.name}/{phase.name}/{rnd}"
         timeout = round_timeout(self.task.of(phase))
-        replies = self.federation.exchange(
-            phase.message_type, contents, list(self.sites), group, timeout
-        )
-        for reply in replies:
-            if reply.content is not None and cfg.encoder_sha256:
-                reply.site.encoders.add(cfg.encoder_sha256)
-        gone = {r.site.name: r.error or "no reply" for r in replies if r.content is None}
-        if gone:  # dropped out, hung past the timeout or failed: not waited for again
-            log.warning("%s: %s left the task: %s", self.task.name, gone, group)
-            self.sites = tuple(s for s in self.sites if s.name not in gone)
-        partial = self.task.section.partial_labels
-        described = {s.name: s.cases_for(self.task.structures, partial) for s in self.sites}
-        result = aggregate(
-            replies,
-            phase,
-            cfg,
-            templates,
-            described,
-            self.task.aggregation,
-            self.task.section.min_sites,
-            self.plan.max_payload_bytes,
-        )
+        for attempt in range(1, ROUND_TRIES + 1):
+            self.readmit(group)
+            contents = round_messages(cfg, settings, records, self.sites, state.encoder)
+            for site in self.sites:
+                self.ledger.sent(site.name, array_bytes(contents[site.node_id]))
+            replies = self.federation.exchange(
+                phase.message_type, contents, list(self.sites), group, timeout
+            )
+            for reply in replies:
+                if reply.content is not None and cfg.encoder_sha256:
+                    reply.site.encoders.add(cfg.encoder_sha256)
+            gone = {r.site.name: r.error or "no reply" for r in replies if r.content is None}
+            if gone:  # dropped out, hung past the timeout or failed: until they are back
+                log.warning("%s: %s left the task: %s", self.task.name, gone, group)
+                self.sites = tuple(s for s in self.sites if s.name not in gone)
+            partial = self.task.section.partial_labels
+            described = {s.name: s.cases_for(self.task.structures, partial) for s in self.sites}
+            try:
+                result = aggregate(
+                    replies,
+                    phase,
+                    cfg,
+                    templates,
+                    described,
+                    self.task.aggregation,
+                    self.task.section.min_sites,
+                    self.plan.max_payload_bytes,
+                )
+                break
+            except RoundFailed as failure:
+                if attempt == ROUND_TRIES or not self.wait_for_sites(group, failure):
+                    raise
+                self.catalog.journal("round-retry", self.task.name, at=group, left=gone)
         if phase.server_optimized:
             if rnd == 1:  # the server's momentum belongs to one phase's rounds
                 self.optimizers[phase.name] = ServerOptimizer(self.task.aggregation)

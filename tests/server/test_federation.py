@@ -68,3 +68,23 @@ def test_a_non_integer_case_count_or_unknown_structure_is_refused():
 def test_a_site_name_claimed_twice_is_refused_for_both():
     sites = [SiteInfo(1, "hospA", []), SiteInfo(2, "hospB", []), SiteInfo(3, "hospA", [])]
     assert [s.node_id for s in distinct_sites(sites)] == [2]
+
+
+class _SilentGrid:
+    """A grid whose nodes never answer: it returns at once (nodes gone offline)."""
+
+    def send_and_receive(self, messages, timeout):
+        return []
+
+
+def test_a_missing_reply_says_whether_the_node_went_offline_or_the_round_timed_out(monkeypatch):
+    from server import federation
+    from server.federation import Federation
+
+    monkeypatch.setattr(federation, "Message", lambda *args, **kwargs: (args, kwargs))
+    site = SiteInfo(7, "hospB", [("ds", ("liver",), 3)])
+    offline = Federation(_SilentGrid()).exchange("train", {7: RecordDict()}, [site], "g", 300.0)
+    assert offline[0].content is None
+    assert offline[0].error.startswith("no reply: the node went offline after 0 s")
+    timed = Federation(_SilentGrid()).exchange("train", {7: RecordDict()}, [site], "g", 0.5)
+    assert timed[0].error == "no reply before the timeout (0 s)"

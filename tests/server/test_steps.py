@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
-from core.domain import BINS, SITE_CENTROIDS
+from core.domain import DESCRIPTOR, SITE_CENTROIDS
 from core.evaluation import ScoreSums
 from core.model import Encoder
 from core.payload import record_to_state, state_to_record
@@ -55,11 +55,18 @@ PLAN = {
 
 
 class FakeFederation:
-    """Answers every message through ``respond(site, message_type, content)``."""
+    """Answers every message through ``respond(site, message_type, content)``.
+
+    ``offline`` holds the names of the sites whose nodes the SuperLink sees offline.
+    """
 
     def __init__(self, respond):
         self.respond = respond
         self.sent: list[tuple[str, str, RecordDict]] = []
+        self.offline: set[str] = set()
+
+    def online_node_ids(self):
+        return {s.node_id for s in _sites(*CASES) if s.name not in self.offline}
 
     def exchange(self, message_type, contents, sites, group, timeout):
         assert 0 < timeout < 10_000
@@ -82,8 +89,9 @@ def _sites(*names):
     )
 
 
-def _run(tmp_path, respond, sites=("A", "B"), min_sites=1, **task):
+def _run(tmp_path, respond, sites=("A", "B"), min_sites=1, training=None, **task):
     doc = {**PLAN, "tasks": [{**PLAN["tasks"][0], "min_sites": min_sites, **task}]}
+    doc["training"] = training or {}
     plan = parse_plan(doc)
     task = plan.tasks[0]
     federation = FakeFederation(respond)
@@ -168,6 +176,73 @@ def test_a_rejected_reply_and_a_dropped_site_leave_the_round_to_the_others(tmp_p
         run2.run(TEACHER, _frozen_state(run2, state2))
 
 
+def _teacher_reply(site, content):
+    return _answer(content, SiteReply(TRAIN[site], 0.1), **{DECODER: content[DECODER]})
+
+
+def test_a_site_that_drops_and_comes_back_rejoins_at_the_next_round(tmp_path):
+    def respond(site, kind, content):
+        if site == "B" and int(ConfigRecord(content[CONFIG])["round"]) == 1:
+            # its link drops during round 1; by round 2 its node is online again
+            return Reply(_sites("A", "B")[1], None, "no reply: the node went offline")
+        return _teacher_reply(site, content)
+
+    run, state, _ = _run(tmp_path, respond)
+    run.run(TEACHER, _frozen_state(run, state))
+    rounds = [e for e in run.catalog.events() if e["event"] == "round-end"]
+    assert [r["sites"] for r in rounds] == [["A"], ["A", "B"]]
+    (rejoined,) = [e for e in run.catalog.events() if e["event"] == "sites-rejoined"]
+    assert rejoined["sites"] == ["B"] and rejoined["at"] == "abdomen/teacher/2"
+    assert [s.name for s in run.sites] == ["A", "B"]
+
+
+def test_a_round_short_of_sites_waits_for_them_and_is_sent_again(tmp_path, monkeypatch):
+    monkeypatch.setattr("server.steps.POLL_SECONDS", 0.01)
+    tries = {"B": 0}
+    federation = None
+
+    def respond(site, kind, content):
+        if site == "B":
+            tries["B"] += 1
+            if tries["B"] == 1:  # offline for the first send of round 1, then back
+                federation.offline.add("B")
+                return Reply(_sites("A", "B")[1], None, "no reply: the node went offline")
+        return _teacher_reply(site, content)
+
+    polls = []
+
+    def online_later():
+        polls.append(1)
+        if len(polls) >= 3:
+            federation.offline.discard("B")
+        return {s.node_id for s in _sites(*CASES) if s.name not in federation.offline}
+
+    run, state, federation = _run(tmp_path, respond, min_sites=2)
+    federation.online_node_ids = online_later
+    run.run(TEACHER, _frozen_state(run, state))
+    events = run.catalog.events()
+    (retry,) = [e for e in events if e["event"] == "round-retry"]
+    assert retry["at"] == "abdomen/teacher/1" and "B" in retry["left"]
+    rounds = [e for e in events if e["event"] == "round-end"]
+    assert [r["sites"] for r in rounds] == [["A", "B"], ["A", "B"]]
+
+
+def test_a_round_whose_sites_stay_away_past_the_grace_period_fails(tmp_path, monkeypatch):
+    monkeypatch.setattr("server.steps.POLL_SECONDS", 0.01)
+    federation = None
+
+    def respond(site, kind, content):
+        if site == "B":
+            federation.offline.add("B")
+            return Reply(_sites("A", "B")[1], None, "no reply: the node went offline")
+        return _teacher_reply(site, content)
+
+    run, state, federation = _run(tmp_path, respond, min_sites=2, training={"rejoin_grace_s": 0.05})
+    with pytest.raises(RoundFailed, match="1 usable site"):
+        run.run(TEACHER, _frozen_state(run, state))
+    assert not [e for e in run.catalog.events() if e["event"] == "round-retry"]
+
+
 @pytest.mark.parametrize(
     ("metrics", "reason"),
     [
@@ -216,7 +291,7 @@ def test_search_then_distill_yield_a_student_within_the_budget(tmp_path):
 def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(tmp_path):
     # rows: background, liver, spleen; 0: the site saw no spleen; C's are not numbers
     thresholds = {"A": [0.1, 0.2, 0.0], "B": [0.3, 0.4, 0.5], "C": [math.nan] * 3}
-    shares = torch.eye(BINS)  # one-hot histograms: slab kinds 0..BINS-1, by site
+    shares = torch.eye(DESCRIPTOR)  # one-hot descriptors: slab kinds, by site
     kinds = {"A": range(0, SITE_CENTROIDS), "B": range(4, 4 + SITE_CENTROIDS), "C": range(8)}
 
     def respond(site, kind, content):
@@ -227,7 +302,7 @@ def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(
             if k.startswith(HEAD_PREFIX)
         }
         domain = {
-            CENTROIDS: shares[list(kinds[site])].expand(3, SITE_CENTROIDS, BINS),
+            CENTROIDS: shares[list(kinds[site])].expand(3, SITE_CENTROIDS, DESCRIPTOR),
             THRESHOLDS: torch.tensor(thresholds[site]),
         }
         arrays = {HEADS: state_to_record(heads), DOMAIN: state_to_record(domain, fp16=False)}
