@@ -60,6 +60,9 @@ DESCRIPTOR = CONTEXT_SLABS * BINS
 CONTEXT_SCALE = 1.0 / math.sqrt(CONTEXT_SLABS)  # a descriptor's norm: at most 1
 OWN_SLAB = slice(BINS * (CONTEXT_SLABS // 2), BINS * (CONTEXT_SLABS // 2 + 1))
 """Where a descriptor holds the slice's own slab."""
+VIEWS = (slice(0, DESCRIPTOR), OWN_SLAB)
+"""What a slice is scored on, each with its own threshold: its whole window, and its own
+slab (the window alone lets two short CTs match on the air past both their ends)."""
 
 
 def descriptors(image: torch.Tensor, spacing_z: float, window_mm: float) -> torch.Tensor:
@@ -121,24 +124,30 @@ class SiteDomain:
 
     Attributes:
         centroids: ``(1 + K, SITE_CENTROIDS, DESCRIPTOR)``.
-        thresholds: ``(1 + K,)`` held out (0: no row).
+        thresholds: ``(1 + K, len(VIEWS))`` held out, per view (0: no row).
     """
 
     centroids: torch.Tensor
     thresholds: torch.Tensor
 
 
-def row_domain(per_case: Sequence[torch.Tensor]) -> tuple[torch.Tensor, float] | None:
-    """Centroids and held-out threshold of one row's slabs, by CT (``None``: too few)."""
+def row_domain(per_case: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
+    """Centroids and held-out thresholds (one per view) of a row's descriptors, by CT.
+
+    ``None`` when there are too few.
+    """
     per_case = [rows for rows in per_case if len(rows)]
     if sum(len(rows) for rows in per_case) < MIN_SLABS:
         return None
-    held_out = []
+    held_out: list[list[torch.Tensor]] = [[] for _ in VIEWS]
     for c, rows in enumerate(per_case):
         rest = [r for i, r in enumerate(per_case) if i != c] or per_case
-        held_out.append(nearest(rows, cluster(torch.cat(rest), SITE_CENTROIDS)))
-    threshold = float(torch.quantile(torch.cat(held_out), QUANTILE))
-    return cluster(torch.cat(per_case), SITE_CENTROIDS).float(), max(threshold, MIN_THRESHOLD)
+        fitted = cluster(torch.cat(rest), SITE_CENTROIDS)
+        for v, view in enumerate(VIEWS):
+            held_out[v].append(nearest(rows[:, view], fitted[:, view]))
+    thresholds = [float(torch.quantile(torch.cat(d), QUANTILE)) for d in held_out]
+    centroids = cluster(torch.cat(per_case), SITE_CENTROIDS).float()
+    return centroids, torch.tensor(thresholds).clamp_min(MIN_THRESHOLD)
 
 
 def site_domain(
@@ -160,7 +169,7 @@ def site_domain(
         present = [(label == k).flatten(0, 1).any(dim=0) for _, label in cases]
         rows.append([d[p] for d, p in zip(slabs, present, strict=True)])
     centroids = torch.zeros(structures + 1, SITE_CENTROIDS, DESCRIPTOR)
-    thresholds = torch.zeros(structures + 1)
+    thresholds = torch.zeros(structures + 1, len(VIEWS))
     for r, per_case in enumerate(rows):
         if (fitted := row_domain(per_case)) is not None:
             centroids[r], thresholds[r] = fitted
@@ -184,36 +193,45 @@ def join_centroids(sites: Sequence[torch.Tensor]) -> torch.Tensor:
 def join_domains(sites: Sequence[SiteDomain]) -> tuple[torch.Tensor, torch.Tensor]:
     """A decoder's domain from its sites': centroids and thresholds, row by row.
 
-    Returns ``(1 + K, TASK_CENTROIDS, DESCRIPTOR)`` centroids and ``(1 + K,)`` thresholds: each
-    row over the sites that have it (median threshold, bounded); a row no site has stays
-    empty (threshold 0). A structure's threshold is at least the background's: a structure
-    seen in a few slices of a few CTs would otherwise fit its row too tightly and silence
-    its own decoder on the next patient (measured: a bladder seen in 4 CTs).
+    Returns ``(1 + K, TASK_CENTROIDS, DESCRIPTOR)`` centroids and ``(1 + K, len(VIEWS))``
+    thresholds: each row over the sites that have it (median threshold per view, bounded);
+    a row no site has stays empty (thresholds 0). A structure's thresholds are at least
+    the background's: a structure seen in a few slices of a few CTs would otherwise fit its
+    row too tightly and silence its own decoder on the next patient (measured: a bladder
+    seen in 4 CTs).
     """
     rows = sites[0].thresholds.shape[0]
     centroids = torch.zeros(rows, TASK_CENTROIDS, DESCRIPTOR)
-    thresholds = torch.zeros(rows)
+    thresholds = torch.zeros(rows, len(VIEWS))
     for r in range(rows):
-        having = [s for s in sites if float(s.thresholds[r]) > 0]
+        having = [s for s in sites if float(s.thresholds[r, 0]) > 0]
         if having:
             centroids[r] = join_centroids([s.centroids[r] for s in having])
-            median = statistics.median(float(s.thresholds[r]) for s in having)
-            thresholds[r] = min(max(median, MIN_THRESHOLD), MAX_THRESHOLD)
-    rows_seen = thresholds > 0
-    thresholds[rows_seen] = torch.maximum(thresholds[rows_seen], thresholds[:1])
+            for v in range(len(VIEWS)):
+                median = statistics.median(float(s.thresholds[r, v]) for s in having)
+                thresholds[r, v] = min(max(median, MIN_THRESHOLD), MAX_THRESHOLD)
+    seen = thresholds[:, 0] > 0
+    thresholds[seen] = torch.maximum(thresholds[seen], thresholds[:1])
     return centroids, thresholds
 
 
 def domain_scores(
     slabs: torch.Tensor, centroids: torch.Tensor, thresholds: torch.Tensor
 ) -> torch.Tensor:
-    """``(1 + K, Z)``: each slab's score against each row (an empty row: the background's).
+    """``(1 + K, Z)``: each slice's score against each row (an empty row: the background's).
 
-    ``slabs`` are a volume's :func:`descriptors`, computed once for every decoder.
+    A slice's score is the larger of its views' (:data:`VIEWS`): it is at home in a row
+    only where both its window and its own slab are. ``slabs`` are a volume's
+    :func:`descriptors`, computed once for every decoder.
     """
-    background = nearest(slabs, centroids[0]) / float(thresholds[0])
-    rows = [
-        nearest(slabs, centroids[r]) / float(t) if (t := thresholds[r]) > 0 else background
-        for r in range(1, len(thresholds))
-    ]
+
+    def score(r: int) -> torch.Tensor:
+        views = [
+            nearest(slabs[:, view], centroids[r][:, view]) / float(thresholds[r, v])
+            for v, view in enumerate(VIEWS)
+        ]
+        return torch.stack(views).amax(dim=0)
+
+    background = score(0)
+    rows = [score(r) if thresholds[r, 0] > 0 else background for r in range(1, len(thresholds))]
     return torch.stack([background, *rows]).float()

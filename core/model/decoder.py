@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core import anatomy
-from core.domain import DESCRIPTOR, TASK_CENTROIDS
+from core.domain import DESCRIPTOR, TASK_CENTROIDS, VIEWS
 from core.model.blocks import init_he, op_block
 from core.model.genotype import Genotype
 
@@ -86,7 +86,7 @@ class Decoder(nn.Module):
         # all, never silenced)
         rows = 1 + len(self.structures)
         self.register_buffer("domain_centroids", torch.zeros(rows, TASK_CENTROIDS, DESCRIPTOR))
-        self.register_buffer("domain_thresholds", torch.zeros(rows))
+        self.register_buffer("domain_thresholds", torch.zeros(rows, len(VIEWS)))
         self.register_load_state_dict_pre_hook(_keep_missing_domain)  # type: ignore[no-untyped-call]
 
     def forward(self, features: Sequence[torch.Tensor]) -> DecoderOutput:
@@ -114,7 +114,7 @@ class Decoder(nn.Module):
     @property
     def has_domain(self) -> bool:
         """Whether the calibrate phase fitted its domain."""
-        return float(self.domain_thresholds[0]) > 0
+        return float(self.domain_thresholds[0, 0]) > 0
 
     def calibration(
         self, x: torch.Tensor, organ: torch.Tensor

@@ -22,7 +22,7 @@ import torch
 from flwr.app import RecordDict
 
 from core.calibration import calibrate_phase
-from core.domain import DESCRIPTOR, SITE_CENTROIDS, SiteDomain, join_domains
+from core.domain import DESCRIPTOR, SITE_CENTROIDS, VIEWS, SiteDomain, join_domains
 from core.merge import Calibration
 from core.model.decoder import DOMAIN_BUFFERS
 from core.payload import state_to_record
@@ -119,7 +119,7 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
         rows = 1 + len(state.decoder.structures)
         domain = {
             CENTROIDS: torch.zeros(rows, SITE_CENTROIDS, DESCRIPTOR),
-            THRESHOLDS: torch.zeros(rows),
+            THRESHOLDS: torch.zeros(rows, len(VIEWS)),
         }
         losses: list[float | None] = []
         for rnd in range(1, settings.rounds + 1):

@@ -10,6 +10,7 @@ from core.domain import (
     OWN_SLAB,
     SITE_CENTROIDS,
     TASK_CENTROIDS,
+    VIEWS,
     SiteDomain,
     descriptors,
     domain_scores,
@@ -86,7 +87,8 @@ def test_a_site_describes_its_background_and_each_structure_it_holds():
     domain = site_domain(cases, spacing_z=8.0, window_mm=WINDOW_MM, structures=2)
     assert domain is not None
     assert domain.centroids.shape == (3, SITE_CENTROIDS, DESCRIPTOR)
-    assert domain.thresholds[0] > 0 and domain.thresholds[1] > 0 and domain.thresholds[2] == 0
+    assert domain.thresholds.shape == (3, len(VIEWS))
+    assert bool((domain.thresholds[:2] > 0).all()) and bool((domain.thresholds[2] == 0).all())
     empty = [(torch.zeros(10, 10, 20), torch.zeros(10, 10, 20))]
     assert site_domain(empty, 8.0, WINDOW_MM, 1) is None
 
@@ -95,16 +97,16 @@ def test_sites_join_row_by_row_and_a_structure_is_never_tighter_than_the_backgro
     def site(thresholds, kind):
         centroids = torch.zeros(3, SITE_CENTROIDS, DESCRIPTOR)
         centroids[:, :, kind] = 1.0
-        return SiteDomain(centroids, torch.tensor(thresholds))
+        return SiteDomain(centroids, torch.tensor(thresholds)[:, None].expand(3, len(VIEWS)))
 
     centroids, thresholds = join_domains(
         [site([0.2, 0.05, 0.0], 3), site([0.4, 0.6, 0.0], 4), site([0.3, 9.0, 0.0], 5)]
     )
     assert centroids.shape == (3, TASK_CENTROIDS, DESCRIPTOR)
     # medians 0.3, 0.6 (9.0 is one site's); the empty row stays empty
-    assert thresholds.tolist() == pytest.approx([0.3, 0.6, 0.0])
+    assert thresholds[:, 0].tolist() == pytest.approx([0.3, 0.6, 0.0])
     _, floored = join_domains([site([0.3, 0.05, 0.0], 3)])
-    assert floored.tolist() == pytest.approx([0.3, 0.3, 0.0])
+    assert floored[:, 1].tolist() == pytest.approx([0.3, 0.3, 0.0])
     image = _ct(12, 3.5 / BINS)  # every slab in bin 3: the first site's kind
     slabs = torch.zeros(12, DESCRIPTOR)
     slabs[:, :BINS] = slab_histograms(image, spacing_z=8.0)

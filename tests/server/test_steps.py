@@ -303,7 +303,7 @@ def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(
         }
         domain = {
             CENTROIDS: shares[list(kinds[site])].expand(3, SITE_CENTROIDS, DESCRIPTOR),
-            THRESHOLDS: torch.tensor(thresholds[site]),
+            THRESHOLDS: torch.tensor(thresholds[site])[:, None].expand(3, 2).clone(),
         }
         arrays = {HEADS: state_to_record(heads), DOMAIN: state_to_record(domain, fp16=False)}
         return _answer(content, CalibrateReply(TRAIN[site], 0.1, 0.0, 0.1, 0.1), **arrays)
@@ -314,7 +314,7 @@ def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(
     after = run.run(CALIBRATE, before)
     assert after.calibration.calibrated and after.decoder.has_domain
     assert "C" in run.ledger.rejected
-    got = after.decoder.domain_thresholds.tolist()
+    got = after.decoder.domain_thresholds[:, 0].tolist()
     assert got == pytest.approx([0.2, 0.3, 0.5])  # medians over the sites that have the row
     kept = {int(row.argmax()) for row in after.decoder.domain_centroids[0]}
     assert kept == set(range(4 + SITE_CENTROIDS))  # both sites' kinds, each once or more
