@@ -61,8 +61,21 @@ CONTEXT_SCALE = 1.0 / math.sqrt(CONTEXT_SLABS)  # a descriptor's norm: at most 1
 OWN_SLAB = slice(BINS * (CONTEXT_SLABS // 2), BINS * (CONTEXT_SLABS // 2 + 1))
 """Where a descriptor holds the slice's own slab."""
 VIEWS = (slice(0, DESCRIPTOR), OWN_SLAB)
-"""What a slice is scored on, each with its own threshold: its whole window, and its own
-slab (the window alone lets two short CTs match on the air past both their ends)."""
+"""What a slice is scored on, each with centroids and a threshold of its own: its whole
+window, and its own slab (the window alone lets two short CTs match on the air past both
+their ends, and centroids of windows blur the slabs they hold)."""
+CENTROID_WIDTH = DESCRIPTOR + BINS
+"""A row's centroid: each view's side by side (see :func:`view_columns`)."""
+
+
+def view_columns() -> list[slice]:
+    """Where each view's centroid lies in a row of :data:`CENTROID_WIDTH`."""
+    out, start = [], 0
+    for view in VIEWS:
+        width = view.stop - view.start
+        out.append(slice(start, start + width))
+        start += width
+    return out
 
 
 def descriptors(image: torch.Tensor, spacing_z: float, window_mm: float) -> torch.Tensor:
@@ -110,7 +123,7 @@ def nearest(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
 
 
 def cluster(rows: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
-    """``(k, DESCRIPTOR)`` k-means centroids of ``rows`` (its distinct rows, repeated, if few)."""
+    """``(k, width)`` k-means centroids of ``rows`` (its distinct rows, repeated, if few)."""
     distinct: torch.Tensor = torch.unique(rows, dim=0)
     if len(distinct) <= k:  # k-means++ cannot seed more centroids than distinct rows
         return distinct[torch.arange(k) % len(distinct)].clone()
@@ -123,7 +136,7 @@ class SiteDomain:
     """What a site sends, per row (background, then each structure).
 
     Attributes:
-        centroids: ``(1 + K, SITE_CENTROIDS, DESCRIPTOR)``.
+        centroids: ``(1 + K, SITE_CENTROIDS, CENTROID_WIDTH)``.
         thresholds: ``(1 + K, len(VIEWS))`` held out, per view (0: no row).
     """
 
@@ -139,15 +152,17 @@ def row_domain(per_case: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Te
     per_case = [rows for rows in per_case if len(rows)]
     if sum(len(rows) for rows in per_case) < MIN_SLABS:
         return None
-    held_out: list[list[torch.Tensor]] = [[] for _ in VIEWS]
-    for c, rows in enumerate(per_case):
-        rest = [r for i, r in enumerate(per_case) if i != c] or per_case
-        fitted = cluster(torch.cat(rest), SITE_CENTROIDS)
-        for v, view in enumerate(VIEWS):
-            held_out[v].append(nearest(rows[:, view], fitted[:, view]))
-    thresholds = [float(torch.quantile(torch.cat(d), QUANTILE)) for d in held_out]
-    centroids = cluster(torch.cat(per_case), SITE_CENTROIDS).float()
-    return centroids, torch.tensor(thresholds).clamp_min(MIN_THRESHOLD)
+    centroids, thresholds = [], []
+    for view in VIEWS:
+        seen = [rows[:, view] for rows in per_case]
+        held_out = []
+        for c, rows in enumerate(seen):
+            rest = [r for i, r in enumerate(seen) if i != c] or seen
+            held_out.append(nearest(rows, cluster(torch.cat(rest), SITE_CENTROIDS)))
+        thresholds.append(float(torch.quantile(torch.cat(held_out), QUANTILE)))
+        centroids.append(cluster(torch.cat(seen), SITE_CENTROIDS))
+    joined = torch.cat(centroids, dim=1).float()
+    return joined, torch.tensor(thresholds).clamp_min(MIN_THRESHOLD)
 
 
 def site_domain(
@@ -168,7 +183,7 @@ def site_domain(
     for k in range(1, structures + 1):
         present = [(label == k).flatten(0, 1).any(dim=0) for _, label in cases]
         rows.append([d[p] for d, p in zip(slabs, present, strict=True)])
-    centroids = torch.zeros(structures + 1, SITE_CENTROIDS, DESCRIPTOR)
+    centroids = torch.zeros(structures + 1, SITE_CENTROIDS, CENTROID_WIDTH)
     thresholds = torch.zeros(structures + 1, len(VIEWS))
     for r, per_case in enumerate(rows):
         if (fitted := row_domain(per_case)) is not None:
@@ -179,7 +194,7 @@ def site_domain(
 
 
 def join_centroids(sites: Sequence[torch.Tensor]) -> torch.Tensor:
-    """``(TASK_CENTROIDS, DESCRIPTOR)``: the sites' centroids, spread by farthest points."""
+    """``(TASK_CENTROIDS, width)``: the sites' centroids, spread by farthest points."""
     rows = torch.cat(list(sites)).double().clamp(0.0, 1.0)  # what a root histogram can hold
     chosen = [0]
     gap = torch.cdist(rows, rows[:1]).squeeze(1)
@@ -193,7 +208,7 @@ def join_centroids(sites: Sequence[torch.Tensor]) -> torch.Tensor:
 def join_domains(sites: Sequence[SiteDomain]) -> tuple[torch.Tensor, torch.Tensor]:
     """A decoder's domain from its sites': centroids and thresholds, row by row.
 
-    Returns ``(1 + K, TASK_CENTROIDS, DESCRIPTOR)`` centroids and ``(1 + K, len(VIEWS))``
+    Returns ``(1 + K, TASK_CENTROIDS, CENTROID_WIDTH)`` centroids and ``(1 + K, len(VIEWS))``
     thresholds: each row over the sites that have it (median threshold per view, bounded);
     a row no site has stays empty (thresholds 0). A structure's thresholds are at least
     the background's: a structure seen in a few slices of a few CTs would otherwise fit its
@@ -201,12 +216,15 @@ def join_domains(sites: Sequence[SiteDomain]) -> tuple[torch.Tensor, torch.Tenso
     seen in 4 CTs).
     """
     rows = sites[0].thresholds.shape[0]
-    centroids = torch.zeros(rows, TASK_CENTROIDS, DESCRIPTOR)
+    centroids = torch.zeros(rows, TASK_CENTROIDS, CENTROID_WIDTH)
     thresholds = torch.zeros(rows, len(VIEWS))
     for r in range(rows):
         having = [s for s in sites if float(s.thresholds[r, 0]) > 0]
         if having:
-            centroids[r] = join_centroids([s.centroids[r] for s in having])
+            for columns in view_columns():  # each view's centroids chosen on their own
+                centroids[r, :, columns] = join_centroids(
+                    [s.centroids[r][:, columns] for s in having]
+                )
             for v in range(len(VIEWS)):
                 median = statistics.median(float(s.thresholds[r, v]) for s in having)
                 thresholds[r, v] = min(max(median, MIN_THRESHOLD), MAX_THRESHOLD)
@@ -224,10 +242,11 @@ def domain_scores(
     only where both its window and its own slab are. ``slabs`` are a volume's
     :func:`descriptors`, computed once for every decoder.
     """
+    columns = view_columns()
 
     def score(r: int) -> torch.Tensor:
         views = [
-            nearest(slabs[:, view], centroids[r][:, view]) / float(thresholds[r, v])
+            nearest(slabs[:, view], centroids[r][:, columns[v]]) / float(thresholds[r, v])
             for v, view in enumerate(VIEWS)
         ]
         return torch.stack(views).amax(dim=0)

@@ -11,7 +11,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from core import anatomy
-from core.domain import DESCRIPTOR, TASK_CENTROIDS, VIEWS
+from core.domain import CENTROID_WIDTH, TASK_CENTROIDS, VIEWS
 from core.model.blocks import init_he, op_block
 from core.model.genotype import Genotype
 
@@ -85,7 +85,7 @@ class Decoder(nn.Module):
         # calibrate phase; a threshold of 0: no row (row 0, the background: no domain at
         # all, never silenced)
         rows = 1 + len(self.structures)
-        self.register_buffer("domain_centroids", torch.zeros(rows, TASK_CENTROIDS, DESCRIPTOR))
+        self.register_buffer("domain_centroids", torch.zeros(rows, TASK_CENTROIDS, CENTROID_WIDTH))
         self.register_buffer("domain_thresholds", torch.zeros(rows, len(VIEWS)))
         self.register_load_state_dict_pre_hook(_keep_missing_domain)  # type: ignore[no-untyped-call]
 

@@ -22,7 +22,7 @@ import torch
 from flwr.app import RecordDict
 
 from core.calibration import calibrate_phase
-from core.domain import DESCRIPTOR, SITE_CENTROIDS, VIEWS, SiteDomain, join_domains
+from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, VIEWS, SiteDomain, join_domains
 from core.merge import Calibration
 from core.model.decoder import DOMAIN_BUFFERS
 from core.payload import state_to_record
@@ -118,7 +118,7 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
         heads = {k: v for k, v in state.decoder.state_dict().items() if k.startswith(HEAD_PREFIX)}
         rows = 1 + len(state.decoder.structures)
         domain = {
-            CENTROIDS: torch.zeros(rows, SITE_CENTROIDS, DESCRIPTOR),
+            CENTROIDS: torch.zeros(rows, SITE_CENTROIDS, CENTROID_WIDTH),
             THRESHOLDS: torch.zeros(rows, len(VIEWS)),
         }
         losses: list[float | None] = []

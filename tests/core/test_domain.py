@@ -5,6 +5,7 @@ import torch
 
 from core.domain import (
     BINS,
+    CENTROID_WIDTH,
     CONTEXT_SLABS,
     DESCRIPTOR,
     OWN_SLAB,
@@ -86,7 +87,7 @@ def test_a_site_describes_its_background_and_each_structure_it_holds():
         cases.append((image, label))
     domain = site_domain(cases, spacing_z=8.0, window_mm=WINDOW_MM, structures=2)
     assert domain is not None
-    assert domain.centroids.shape == (3, SITE_CENTROIDS, DESCRIPTOR)
+    assert domain.centroids.shape == (3, SITE_CENTROIDS, CENTROID_WIDTH)
     assert domain.thresholds.shape == (3, len(VIEWS))
     assert bool((domain.thresholds[:2] > 0).all()) and bool((domain.thresholds[2] == 0).all())
     empty = [(torch.zeros(10, 10, 20), torch.zeros(10, 10, 20))]
@@ -95,14 +96,14 @@ def test_a_site_describes_its_background_and_each_structure_it_holds():
 
 def test_sites_join_row_by_row_and_a_structure_is_never_tighter_than_the_background():
     def site(thresholds, kind):
-        centroids = torch.zeros(3, SITE_CENTROIDS, DESCRIPTOR)
+        centroids = torch.zeros(3, SITE_CENTROIDS, CENTROID_WIDTH)
         centroids[:, :, kind] = 1.0
         return SiteDomain(centroids, torch.tensor(thresholds)[:, None].expand(3, len(VIEWS)))
 
     centroids, thresholds = join_domains(
         [site([0.2, 0.05, 0.0], 3), site([0.4, 0.6, 0.0], 4), site([0.3, 9.0, 0.0], 5)]
     )
-    assert centroids.shape == (3, TASK_CENTROIDS, DESCRIPTOR)
+    assert centroids.shape == (3, TASK_CENTROIDS, CENTROID_WIDTH)
     # medians 0.3, 0.6 (9.0 is one site's); the empty row stays empty
     assert thresholds[:, 0].tolist() == pytest.approx([0.3, 0.6, 0.0])
     _, floored = join_domains([site([0.3, 0.05, 0.0], 3)])

@@ -8,7 +8,7 @@ import pytest
 import torch
 from flwr.app import ConfigRecord, RecordDict
 
-from core.domain import DESCRIPTOR, SITE_CENTROIDS
+from core.domain import CENTROID_WIDTH, SITE_CENTROIDS
 from core.evaluation import ScoreSums
 from core.model import Encoder
 from core.payload import record_to_state, state_to_record
@@ -291,7 +291,7 @@ def test_search_then_distill_yield_a_student_within_the_budget(tmp_path):
 def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(tmp_path):
     # rows: background, liver, spleen; 0: the site saw no spleen; C's are not numbers
     thresholds = {"A": [0.1, 0.2, 0.0], "B": [0.3, 0.4, 0.5], "C": [math.nan] * 3}
-    shares = torch.eye(DESCRIPTOR)  # one-hot descriptors: slab kinds, by site
+    shares = torch.eye(CENTROID_WIDTH)  # one-hot descriptors: slab kinds, by site
     kinds = {"A": range(0, SITE_CENTROIDS), "B": range(4, 4 + SITE_CENTROIDS), "C": range(8)}
 
     def respond(site, kind, content):
@@ -302,7 +302,7 @@ def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(
             if k.startswith(HEAD_PREFIX)
         }
         domain = {
-            CENTROIDS: shares[list(kinds[site])].expand(3, SITE_CENTROIDS, DESCRIPTOR),
+            CENTROIDS: shares[list(kinds[site])].expand(3, SITE_CENTROIDS, CENTROID_WIDTH),
             THRESHOLDS: torch.tensor(thresholds[site])[:, None].expand(3, 2).clone(),
         }
         arrays = {HEADS: state_to_record(heads), DOMAIN: state_to_record(domain, fp16=False)}
