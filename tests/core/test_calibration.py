@@ -3,10 +3,10 @@ import numpy as np
 import torch
 
 from core.bundle import load_bundle
-from core.calibration import calibrate_phase, cases_domain, paste_anomalies
+from core.calibration import balanced_bce, calibrate_phase, cases_domain, paste_anomalies
 from core.data.nifti import read_header
-from core.data.transforms import IMAGE, Augmentation, prepare_image
-from core.domain import DESCRIPTOR, SITE_CENTROIDS, descriptors, domain_scores, join_domains
+from core.data.transforms import IMAGE, LABEL, Augmentation, prepare_image, validation_transforms
+from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, descriptors, domain_scores, join_domains
 from core.merge import MergeSettings
 from core.training import TrainSettings
 from simulations.phantoms.generate import make_case
@@ -52,6 +52,38 @@ def test_calibration_trains_the_heads_only_and_measures_the_domain(trained_bundl
     after = decoder.state_dict()
     assert all(torch.equal(v, after[k]) for k, v in frozen.items())
     assert result.domain is not None and bool((result.domain.thresholds > 0).all())
+    # the anomaly head tells pasted foreign tissue from the organs it was pasted into
+    prep = native_prep(dataset)
+    chain = validation_transforms(prep, dataset.labels, dataset.labels.structures)
+    item = chain({"case": held_out_set(dataset).cases[0]})
+    full = torch.as_tensor(item[LABEL])[0]
+    centre = torch.nonzero(full > 0).float().mean(dim=0).long()  # a patch round the organs
+    shape = full.shape
+    low = [
+        max(0, min(int(c) - p // 2, n - p)) for c, p, n in zip(centre, PATCH, shape, strict=True)
+    ]
+    at = tuple(slice(a, a + p) for a, p in zip(low, PATCH, strict=True))
+    image = torch.as_tensor(item[IMAGE])[(None, slice(None), *at)]
+    label = torch.as_tensor(item[LABEL])[(None, slice(None), *at)].long()
+    pasted_image, pasted = paste_anomalies(image, label, torch.Generator().manual_seed(1), rate=1)
+    model.eval()
+    with torch.no_grad():
+        x = decoder.last_features(model.encoder(pasted_image))
+        anomaly, _ = decoder.calibration(x, decoder.organ_head(x))
+    score = torch.sigmoid(anomaly)
+    organ = (label > 0) & (pasted < 0.5)
+    inside, around = float(score[pasted > 0.5].mean()), float(score[organ].mean())
+    assert pasted.sum() > 0 and inside > around + 0.1, (inside, around)
+
+
+def test_the_balanced_loss_does_not_let_a_rare_class_be_ignored():
+    target = torch.zeros(1000)
+    target[:3] = 1.0  # three anomalous voxels in a thousand
+    never = torch.full((1000,), -6.0)  # "never anomalous"
+    plain = torch.nn.functional.binary_cross_entropy_with_logits(never, target)
+    assert float(plain) < 0.03  # the plain mean barely notices
+    assert float(balanced_bce(never, target)) > 2.9  # half the weight on the three: ~3
+    assert float(balanced_bce(torch.full((1000,), -6.0), torch.zeros(1000))) < 0.01
 
 
 def test_the_domain_tells_the_sites_cts_from_regions_they_never_saw(tiny_sites, tmp_path):
@@ -61,7 +93,7 @@ def test_the_domain_tells_the_sites_cts_from_regions_they_never_saw(tiny_sites, 
     window = 16  # slices: the decoder's patch along z
     domain = cases_domain(abdomen_cases(tiny_sites), dataset.labels, prep, structures, window)
     assert domain is not None
-    assert domain.centroids.shape == (1 + len(structures), SITE_CENTROIDS, DESCRIPTOR)
+    assert domain.centroids.shape == (1 + len(structures), SITE_CENTROIDS, CENTROID_WIDTH)
     assert bool((domain.thresholds > 0).all())  # every structure has its row
     centroids, thresholds = join_domains([domain])
 
