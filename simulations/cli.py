@@ -237,7 +237,7 @@ def merge_report(
     """Compare merge rules on the held-out cases, healthy and tumour-bearing apart.
 
     Needs a finished ``csfl simulate`` folder. Dice per structure for the confidence
-    merge, its ablations (no gating, no anomaly term), highest probability, last decoder
+    merge, its variants (no gating, with the anomaly term), highest probability, last decoder
     wins, and the best decoder alone; overlapping structures are marked.
     """
     from core.io import atomic_write_json

@@ -32,7 +32,7 @@ from simulations.merge_pictures import failing, save_picture
 from simulations.scenario import Scenario
 from simulations.task_data import load_test_set
 
-COMPARED = ("confidence", "no_gating", "no_anomaly", "highest_probability", "last_decoder")
+COMPARED = ("confidence", "no_gating", "with_anomaly", "highest_probability", "last_decoder")
 ALONE = "alone:"  # a method that is one decoder by itself: ``alone:<task>``
 
 
@@ -42,7 +42,7 @@ def rules(bundle: Bundle) -> dict[str, MergeSettings]:
     return {
         "confidence": own,
         "no_gating": dataclasses.replace(own, gating=False),
-        "no_anomaly": dataclasses.replace(own, anomaly_weight=0.0),
+        "with_anomaly": dataclasses.replace(own, anomaly_weight=1.0),
         "highest_probability": MergeSettings(rule="highest_probability"),
         "last_decoder": MergeSettings(rule="last_decoder"),
     }

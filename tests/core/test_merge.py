@@ -73,13 +73,14 @@ def test_anomaly_lowers_trust_only_of_healthy_only_decoders():
     # both know the liver; the healthy decoder is confident but finds the tissue anomalous
     healthy = _vote("wholebody", ["liver"], [0.2], [0.8], conf=[HIGH], anomaly=[HIGH])
     tumour = _vote("tumour", ["liver", "liver_tumor"], [0.7], [0.2], [0.1], conf=[1.0])
-    assert _names([healthy, tumour]) == ["background"]
-    assert _names([healthy, tumour], MergeSettings(anomaly_weight=0.0)) == ["liver"]
+    weighed = MergeSettings(anomaly_weight=1.0)
+    assert _names([healthy, tumour], weighed) == ["background"]
+    assert _names([healthy, tumour]) == ["liver"]  # the default leaves the term out
     # the tumour decoder's own anomaly score does not lower its trust
     tumour_anomalous = _vote(
         "tumour", ["liver", "liver_tumor"], [0.7], [0.2], [0.1], conf=[1.0], anomaly=[HIGH]
     )
-    assert _names([healthy, tumour_anomalous]) == ["background"]
+    assert _names([healthy, tumour_anomalous], weighed) == ["background"]
 
 
 def test_a_gated_decoder_neither_proposes_nor_objects():
