@@ -14,7 +14,7 @@ from core.bundle import Bundle, load_bundle
 from core.data import Case, DataError
 from core.data.nifti import read_header, read_volume, write_volume
 from core.data.transforms import IMAGE, Preprocessing, prepare_image, preprocessing
-from core.domain import TASK_CENTROIDS
+from core.domain import TASK_CENTROIDS, VIEWS, view_columns
 from core.inference import (
     BODY_MARGIN_MM,
     combined_structures,
@@ -186,7 +186,9 @@ def test_streamed_prediction_equals_the_whole_volume_pass(tmp_path, rule):
     image = prepare_image(prep, read_header(path))[IMAGE][0]
     lower = volume_descriptors(bundle, image)[:16]
     decoder = bundle.model.decoder("a")  # "a" was trained on regions like the lower half
-    decoder.domain_centroids[0] = lower[torch.arange(TASK_CENTROIDS) % len(lower)]
+    picked = lower[torch.arange(TASK_CENTROIDS) % len(lower)]
+    for view, columns in zip(VIEWS, view_columns(), strict=True):  # each view's centroids
+        decoder.domain_centroids[0][:, columns] = picked[:, view]
     decoder.domain_thresholds[0] = 0.05  # its structures have no rows: the background's
     domain = domain_map(decoder, volume_descriptors(bundle, image))
     assert domain is not None and domain.shape == (1 + len(decoder.structures), 40)

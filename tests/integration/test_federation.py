@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from core.bundle import load_bundle
+from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, VIEWS
 from core.model import Genotype
 from server.catalog import Catalog
 from tests.integration.flower import flower_processes
@@ -44,9 +45,13 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tiny_benchmark):
     distill_end = [
         e for e in catalog.events() if e["event"] == "phase-end" and e.get("phase") == "distill"
     ]
-    for calibrated, distilled in zip(calibrate_end, distill_end, strict=True):
-        for site, sent in calibrated["bytes_up"].items():  # heads and domain, in fp16
-            assert 0 < sent - distilled["bytes_up"][site] < 20_000
+    for calibrated, distilled, task in zip(
+        calibrate_end, distill_end, catalog.tasks(), strict=True
+    ):
+        rows = 1 + len(task["structures"])  # the domain: fp32 centroids and thresholds
+        domain = 4 * rows * (SITE_CENTROIDS * CENTROID_WIDTH + len(VIEWS))
+        for site, sent in calibrated["bytes_up"].items():  # and the heads, in fp16
+            assert domain < sent - distilled["bytes_up"][site] < domain + 20_000
     for task in catalog.tasks():
         assert task["versions"][0]["calibration"]["calibrated"] is True
     manifest = json.loads((run / "catalog" / "bundle" / "manifest.json").read_text())
