@@ -24,6 +24,7 @@ from simulations.scenario import TEST_FOLDER, Scenario, load_scenario
 
 FAMILY = Path(__file__).parent / "scenarios" / "family"
 BEST = "best single decoder"
+MATRIX = "matrix.json"
 OWN = "own decoder"
 
 
@@ -81,7 +82,8 @@ def run_matrix(
     """Simulate (or resume) and score each scenario; returns ``{scenario: task_summary}``.
 
     Writes ``OUT/<scenario>/merge.json`` and a PNG per failing structure and case in
-    ``OUT/<scenario>/failing/`` for each, and ``OUT/matrix.json`` for all.
+    ``OUT/<scenario>/failing/`` for each, and ``OUT/matrix.json`` for all (see
+    :func:`record`).
     """
     table = {}
     for path in scenarios:
@@ -95,7 +97,24 @@ def run_matrix(
         report = merge_report(bundle, spec, tests, pictures=run / "failing")
         atomic_write_json(run / "merge.json", report)
         table[spec.name] = task_summary(report)
-        atomic_write_json(out / "matrix.json", table)
+        record(out, spec.name, table[spec.name])
+    return table
+
+
+def record(out: Path, scenario: str, summary: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Put one scenario's summary into ``OUT/matrix.json``, keeping the other scenarios'.
+
+    A family is often run a few scenarios at a time into one folder; an unreadable file
+    starts afresh. Returns the whole table.
+    """
+    try:
+        table = json.loads((out / MATRIX).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        table = {}
+    if not isinstance(table, dict):
+        table = {}
+    table[scenario] = summary
+    atomic_write_json(out / MATRIX, table)
     return table
 
 

@@ -1,6 +1,8 @@
+import json
+
 import pytest
 
-from simulations.merge_matrix import BEST, OWN, family, format_matrix, task_summary
+from simulations.merge_matrix import BEST, OWN, family, format_matrix, record, task_summary
 from simulations.merge_report import COMPARED
 
 
@@ -33,3 +35,13 @@ def test_the_bundled_family_has_six_scenarios_and_an_empty_folder_is_refused(tmp
     assert len(family()) == 6
     with pytest.raises(ValueError, match="no scenario"):
         family(tmp_path)
+
+
+def test_the_matrix_file_keeps_the_scenarios_run_before(tmp_path):
+    record(tmp_path, "first", {"abdomen": {"ratio": 0.9}})
+    (tmp_path / "other.json").write_text("{}")
+    table = record(tmp_path, "second", {"thorax": {"ratio": 1.0}})
+    assert set(table) == {"first", "second"}
+    assert json.loads((tmp_path / "matrix.json").read_text())["first"]["abdomen"]["ratio"] == 0.9
+    (tmp_path / "matrix.json").write_text("[not a table")
+    assert set(record(tmp_path, "third", {})) == {"third"}
