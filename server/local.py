@@ -35,6 +35,7 @@ import httpx
 
 from core.io import atomic_write_bytes
 from server.credentials import ServerCredentials, write_node_key, write_server_credentials
+from server.processes import alive, home_processes, process_groups, process_tree
 
 CONNECTION = "csfl"
 WATCH_SECONDS = 2.0  # how often a long flwr command's watcher is called
@@ -128,85 +129,6 @@ def _toml_value(value: object) -> str:
 def overrides(config: Mapping[str, object]) -> str:
     """A ``--run-config`` / ``--node-config`` string: ``key=value`` pairs in TOML syntax."""
     return " ".join(f"{k}={_toml_value(v)}" for k, v in config.items())
-
-
-def process_tree(roots: Sequence[int]) -> list[tuple[int, int]]:
-    """(pid, process group) of ``roots`` and every process below them (POSIX ``ps``)."""
-    listing = subprocess.run(
-        ["ps", "-A", "-o", "pid=,ppid=,pgid="], capture_output=True, text=True, check=False
-    )
-    children: dict[int, list[tuple[int, int]]] = {}
-    groups: dict[int, int] = {}
-    for line in listing.stdout.splitlines():
-        pid, ppid, pgid = (int(v) for v in line.split())
-        children.setdefault(ppid, []).append((pid, pgid))
-        groups[pid] = pgid
-    out, todo = [], [r for r in roots if r in groups]
-    while todo:
-        pid = todo.pop()
-        out.append((pid, groups[pid]))
-        todo += [child for child, _ in children.get(pid, [])]
-    return out
-
-
-def process_groups(tree: Sequence[tuple[int, int]]) -> set[int]:
-    """The process groups of a :func:`process_tree`, never the caller's own."""
-    return {pgid for _, pgid in tree} - {os.getpgrp()}
-
-
-def _lineage() -> set[int]:
-    """The calling process and its ancestors (Linux ``/proc``)."""
-    found, pid = set(), os.getpid()
-    while pid > 0 and pid not in found:
-        found.add(pid)
-        try:
-            stat = Path(f"/proc/{pid}/stat").read_text()
-        except OSError:
-            break
-        pid = int(stat[stat.rfind(")") + 2 :].split()[1])  # the field after the state
-    return found
-
-
-def home_processes(under: Path) -> list[int]:
-    """Processes whose Flower home (``FLWR_HOME``) lies under a folder, orphans included.
-
-    Every process a :class:`LocalFederation` starts, and everything they start, inherits
-    its home; a SuperExec whose SuperNode died leaves the process tree but not its
-    environment. Linux ``/proc``; elsewhere none are found. This process and its
-    ancestors never count, whatever home they were given (a shell with ``FLWR_HOME`` set).
-    """
-    prefix = f"FLWR_HOME={under}".encode()
-    found = []
-    lineage = _lineage()
-    for entry in Path("/proc").glob("[0-9]*"):
-        if int(entry.name) in lineage:
-            continue
-        try:
-            environ = (entry / "environ").read_bytes().split(b"\0")
-        except OSError:  # ended meanwhile, or not ours to read
-            continue
-        if any(v == prefix or v.startswith(prefix + b"/") for v in environ):
-            found.append(int(entry.name))
-    return found
-
-
-def _alive(pids: Sequence[int]) -> bool:
-    """Whether any of these processes still runs (zombies count as gone)."""
-    for pid in pids:
-        try:
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            continue
-        except PermissionError:
-            return True
-        stat = Path(f"/proc/{pid}/stat")
-        try:
-            if stat.read_text(encoding="ascii").rsplit(")", 1)[-1].split()[0] == "Z":
-                continue
-        except OSError:
-            pass  # no /proc (macOS): a signal-able process counts as alive
-        return True
-    return False
 
 
 @dataclass
@@ -547,12 +469,12 @@ class LocalFederation:
                     with contextlib.suppress(ProcessLookupError, PermissionError):
                         os.killpg(pgid, signum)
             deadline = time.monotonic() + wait
-            while time.monotonic() < deadline and _alive([pid for pid, _ in tree]):
+            while time.monotonic() < deadline and alive([pid for pid, _ in tree]):
                 time.sleep(0.1)
             for process in self.processes:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     process.wait(timeout=0.1)
-            if not _alive([pid for pid, _ in tree]):
+            if not alive([pid for pid, _ in tree]):
                 break
         self.processes.clear()
 

@@ -6,7 +6,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from server.local import home_processes, process_groups, process_tree
+from server.processes import home_processes, process_groups, process_tree
 from simulations.run import plan_document, to_toml
 from simulations.scenario import WrittenSite, load_scenario
 

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import IO
 
-from server.local import process_groups, process_tree
+from server.processes import process_groups, process_tree
 
 NETNS_ETC = Path("/etc/netns")
 SUBNET = "10.213.0"

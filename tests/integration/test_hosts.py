@@ -38,9 +38,9 @@ from server.local import (
     NODE_CONNECTED,
     flower_env,
     overrides,
-    process_tree,
     stage_app,
 )
+from server.processes import process_tree
 from simulations.run import to_toml
 from tests.integration import netns
 from tests.integration.flower import one_task_plan, site_config, wait_for

@@ -11,7 +11,8 @@ import zipfile
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from server.local import APP_DIR, home_processes, stage_app
+from server.local import APP_DIR, stage_app
+from server.processes import home_processes
 
 
 def test_the_staged_app_is_the_fab_of_the_project_without_its_environment(tmp_path):
@@ -43,8 +44,8 @@ def test_a_home_s_processes_include_orphans_and_never_the_caller(tmp_path):
         assert orphan not in home_processes(tmp_path / "other")
         # a caller that carries the home itself (a shell with FLWR_HOME set) is not listed
         code = (
-            "import json, os, pathlib, server.local as local; "
-            f"print(json.dumps([os.getpid(), local.home_processes(pathlib.Path({str(home)!r}))]))"
+            "import json, os, pathlib, server.processes as p; "
+            f"print(json.dumps([os.getpid(), p.home_processes(pathlib.Path({str(home)!r}))]))"
         )
         out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True)
         caller, found = json.loads(out.stdout)
