@@ -9,9 +9,10 @@ are frozen, so the organ prediction is exactly what distillation left.
   shift with smooth noise) inside one labelled structure. A decoder that only saw healthy
   tissue thus learns to flag tissue unlike its training data.
 
-Both losses are plain binary cross-entropy over voxels, so the heads estimate
-probabilities (the merge compares them across decoders; re-weighting the rare wrong or
-anomalous voxels would inflate those and make every foreground look doubtful). The
+The confidence loss is plain binary cross-entropy over voxels, so that head estimates a
+probability (the merge compares it across decoders). The anomaly loss weighs anomalous
+voxels, normal voxels of the labelled structures and background alike
+(:func:`balanced_bce`): it is a detector, and the merge leaves it out by default. The
 site's domain (where its CTs hold the background and each structure, ``core.domain``) is
 measured on its CTs and label maps.
 """

@@ -19,20 +19,21 @@ spread evenly over the decoder's window centred on it, empty where the window ru
 the CT, as the padded patches in training were.
 
 A decoder's domain has a row for its background (every slice of its sites' CTs) and one
-per structure (the slices where the site's labels hold it). For each row a site sends
-:data:`SITE_CENTROIDS` k-means centroids of those slabs and a threshold: the
-:data:`QUANTILE` of the slabs' distances to the nearest centroid fitted on its other CTs
-(leave one CT out); a structure its CTs never hold gets no row (threshold 0). The server
-joins the sites' centroids row by row (at most :data:`TASK_CENTROIDS`, spread by farthest
-points) and takes the median threshold, so one site cannot widen a domain alone.
+per structure (the slices where the site's labels hold it). For each row and each view of
+a descriptor (:data:`VIEWS`: the window, the own slab) a site sends
+:data:`SITE_CENTROIDS` k-means centroids and a threshold: the :data:`QUANTILE` of the
+distances to the nearest centroid fitted on its other CTs (leave one CT out); a structure
+its CTs never hold gets no row (threshold 0). The server joins the sites' centroids row
+by row and view by view (at most :data:`TASK_CENTROIDS`, spread by farthest points) and
+takes the median threshold, so one site cannot widen a domain alone.
 
-At prediction, a decoder's *domain score* at a voxel is the distance of the voxel's
-descriptor to the nearest centroid of the row of what the decoder says there (a structure, or its
-background), over that row's threshold: about 1 or below where its sites saw that
-structure in slabs like this one, far above elsewhere (a brain in a pelvis, a liver in a
-head). A structure without a row is scored by the background's row. The merge silences
-a decoder's claim where its score exceeds ``MergeSettings.domain_factor`` and weighs the
-rest by ``exp(-domain_weight * score)``.
+At prediction, a decoder's *domain score* at a voxel is, in the larger of its views, the
+distance of the voxel's descriptor to the nearest centroid of the row of what the decoder
+says there (a structure, or its background), over that row's threshold: about 1 or below
+where its sites saw that structure in slabs like this one, far above elsewhere (a brain
+in a pelvis, a liver in a head). A structure without a row is scored by the background's
+row. The merge silences a decoder's claim where its score exceeds
+``MergeSettings.domain_factor`` and weighs the rest by ``exp(-domain_weight * score)``.
 """
 
 from __future__ import annotations

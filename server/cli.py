@@ -48,10 +48,11 @@ def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.
     with user_errors(CatalogError):
         cat = _open_catalog(catalog)
         problems = cat.verify()
+        tasks, events = cat.tasks(), cat.events()
     encoder = cat.index.get("encoder")
     state = "none yet" if not (catalog / INDEX).is_file() else "none"
     typer.echo(f"encoder: {encoder['weights_sha256'][:16] if encoder else state}")
-    for task in cat.tasks():
+    for task in tasks:
         latest = task["versions"][-1]
         mine = f"{INDEX}: task {task['name']!r}"
         if any(p.startswith(mine) for p in problems):
@@ -64,9 +65,8 @@ def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.
             f"{task['name']:<20} v{latest['version']}  {len(task['structures'])} structures  "
             f"mean Dice {mean}  sites: {sites}"
         )
-    if not cat.tasks() and cat.events():
-        last = cat.events()[-1]
-        typer.echo(f"no model registered yet; last journal event: {last.get('event')}")
+    if not tasks and events:
+        typer.echo(f"no model registered yet; last journal event: {events[-1].get('event')}")
     for line in problems:
         typer.echo(f"problem: {line}")
     raise typer.Exit(1 if problems else 0)
@@ -166,6 +166,7 @@ def deploy_local(
     every SuperNode is online; every process is stopped at the end.
     """
     from core.describe import SITE_NAME
+    from server.catalog import JOURNAL
     from server.local import APP_DIR, LocalFederation
     from server.orchestrator import last_run_summary
 
@@ -186,7 +187,9 @@ def deploy_local(
         )
         result = federation.run(APP_DIR, config)
     typer.echo(result.stdout[-4000:])
-    typer.echo("\n".join(["per task:", *last_run_summary(_open_catalog(catalog).events())]))
+    if (catalog / JOURNAL).is_file():  # the ServerApp may have failed before writing one
+        summary = last_run_summary(_open_catalog(catalog).events())
+        typer.echo("\n".join(["per task:", *summary]))
     if result.returncode != 0:
         fail(f"flwr run: {result.stderr.strip()[-2000:]}")
 
@@ -236,13 +239,12 @@ def fleet_gate(
     for path in filter(None, files):
         if not path.is_file():
             fail(f"{path}: no such file")
-    address = []
     for option, value in (("--listen", listen), ("--superlink", superlink)):
         host, _, port = value.rpartition(":")
         if not host or not port.isdigit() or not 0 < int(port) < 65536:
             fail(f"{option} {value!r}: expected HOST:PORT")
-        address.append((host, int(port)))
-    serve_gate(address[0][0], address[0][1], superlink, *files)
+    host, _, port = listen.rpartition(":")
+    serve_gate(host, int(port), superlink, *files)
 
 
 def add_commands(app: typer.Typer) -> None:

@@ -207,19 +207,25 @@ class LocalFederation:
         self.processes.append(process)
         return process
 
-    def _security(self) -> list[str]:
-        """The SuperLink's transport flags, and the connection's lines in config.toml."""
+    def _tls_files(self) -> list[str]:
+        """The CA, certificate and key flags that the SuperLink and the gate share."""
         if self.credentials is None:
-            return ["--insecure"]
+            return []
+        c = self.credentials
         return [
             "--ssl-ca-certfile",
-            str(self.credentials.ca_certificate),
+            str(c.ca_certificate),
             "--ssl-certfile",
-            str(self.credentials.certificate),
+            str(c.certificate),
             "--ssl-keyfile",
-            str(self.credentials.private_key),
-            "--enable-supernode-auth",
+            str(c.private_key),
         ]
+
+    def _security(self) -> list[str]:
+        """The SuperLink's transport flags."""
+        if self.credentials is None:
+            return ["--insecure"]
+        return [*self._tls_files(), "--enable-supernode-auth"]
 
     def __enter__(self) -> LocalFederation:
         self.home.mkdir(parents=True, exist_ok=True)
@@ -262,13 +268,8 @@ class LocalFederation:
         return self
 
     def _start_gate(self) -> subprocess.Popen[bytes]:
-        files = []
-        if self.credentials is not None:
-            c = self.credentials
-            files = ["--ssl-ca-certfile", str(c.ca_certificate), "--ssl-certfile"]
-            files += [str(c.certificate), "--ssl-keyfile", str(c.private_key)]
         args = ["csfl", "fleet-gate", "--listen", self.node_address, "--superlink", self.address]
-        return self._spawn([*args, *files], "gate.log")
+        return self._spawn([*args, *self._tls_files()], "gate.log")
 
     def _wait_ready(
         self, link: subprocess.Popen[bytes], address: str, what: str, timeout: float = 60.0

@@ -17,7 +17,7 @@ from core.model import Decoder, Encoder, Genotype
 from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, PHASES, SEARCH, TEACHER
 from core.phases.spec import TaskState
 from server.catalog import Catalog
-from server.federation import Federation, SiteInfo
+from server.federation import MAX_REASON_CHARS, Federation, SiteInfo
 from server.plan import Plan, TaskPlan
 from server.steps import Registration, Step, TaskRun
 
@@ -225,7 +225,7 @@ class Orchestrator:
                     state = run.run(step, state)
             except Exception as error:  # reported in the summary, then raised as incomplete
                 log.exception("%s: stopped", task.name)
-                reason = f"{type(error).__name__}: {error}"[:500]
+                reason = f"{type(error).__name__}: {error}"[:MAX_REASON_CHARS]
                 outcomes.append(Outcome(task.name, FAILED, planned=planned, reason=reason))
                 stopped_by = f"not started: {task.name} failed"
                 continue

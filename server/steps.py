@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, RecordDict
 
 from core.model import Encoder, Genotype
 from core.model.cost import genotype_parameters
@@ -28,7 +28,7 @@ from core.protocol import RoundConfig, SiteReply
 from core.records import Record
 from server.aggregate import RoundFailed, aggregate
 from server.catalog import Catalog
-from server.federation import Federation, SiteInfo
+from server.federation import Federation, Reply, SiteInfo
 from server.messages import Ledger, array_bytes, round_messages
 from server.plan import Plan, TaskPlan
 from server.server_optimizer import ServerOptimizer
@@ -111,6 +111,27 @@ class TaskRun:
                 return False
             time.sleep(POLL_SECONDS)
 
+    def _send(
+        self,
+        message_type: str,
+        contents: Mapping[int, RecordDict],
+        cfg: RoundConfig,
+        group: str,
+        timeout: float,
+    ) -> tuple[list[Reply], dict[str, str]]:
+        """Send a round's messages; the replies, and the sites that left (with why)."""
+        for site in self.sites:
+            self.ledger.sent(site.name, array_bytes(contents[site.node_id]))
+        replies = self.federation.exchange(message_type, contents, list(self.sites), group, timeout)
+        for reply in replies:
+            if reply.content is not None and cfg.encoder_sha256:
+                reply.site.encoders.add(cfg.encoder_sha256)
+        gone = {r.site.name: r.error or "no reply" for r in replies if r.content is None}
+        if gone:  # dropped out, hung past the timeout or failed: until they are back
+            log.warning("%s: %s left the task: %s", self.task.name, gone, group)
+            self.sites = tuple(s for s in self.sites if s.name not in gone)
+        return replies, gone
+
     # -- ServerSteps ---------------------------------------------------------------------
     def settings(self, phase: PhaseSpec[S, Any]) -> S:
         """The task's settings of ``phase``."""
@@ -163,18 +184,7 @@ class TaskRun:
         for attempt in range(1, ROUND_TRIES + 1):
             self.readmit(group)
             contents = round_messages(cfg, settings, records, self.sites, state.encoder)
-            for site in self.sites:
-                self.ledger.sent(site.name, array_bytes(contents[site.node_id]))
-            replies = self.federation.exchange(
-                phase.message_type, contents, list(self.sites), group, timeout
-            )
-            for reply in replies:
-                if reply.content is not None and cfg.encoder_sha256:
-                    reply.site.encoders.add(cfg.encoder_sha256)
-            gone = {r.site.name: r.error or "no reply" for r in replies if r.content is None}
-            if gone:  # dropped out, hung past the timeout or failed: until they are back
-                log.warning("%s: %s left the task: %s", self.task.name, gone, group)
-                self.sites = tuple(s for s in self.sites if s.name not in gone)
+            replies, gone = self._send(phase.message_type, contents, cfg, group, timeout)
             partial = self.task.section.partial_labels
             described = {s.name: s.cases_for(self.task.structures, partial) for s in self.sites}
             try:

@@ -95,10 +95,13 @@ class Diagnostics:
 
     def picture(self, folder: Path, task: str, case: Case, scores: dict[str, ScoreSums]) -> None:
         """A PNG per structure the merge fails in the case whose maps came last."""
+        failed = failing(scores, "confidence", ALONE)
+        if not failed:  # the CT is read again only for a picture
+            return
         image = prepare_image(self.bundle.preprocessing, read_header(case.image))[IMAGE]
         plain = torch.as_tensor(image)[0]
         merged = self.last["confidence"]
-        for structure, best in failing(scores, "confidence", ALONE):
+        for structure, best in failed:
             alone = self.last[best]
             focus = alone.labels[0, 0] == alone.structures.index(structure) + 1
             panels = [
