@@ -33,7 +33,8 @@ says there (a structure, or its background), over that row's threshold: about 1 
 where its sites saw that structure in slabs like this one, far above elsewhere (a brain
 in a pelvis, a liver in a head). A structure without a row is scored by the background's
 row. The merge silences a decoder's claim where its score exceeds
-``MergeSettings.domain_factor`` and weighs the rest by ``exp(-domain_weight * score)``.
+``MergeSettings.domain_factor`` and weighs the rest by how near their slabs lie, in the
+descriptor's own units, to what each decoder's sites saw (:func:`domain_scale`).
 """
 
 from __future__ import annotations
@@ -255,3 +256,12 @@ def domain_scores(
     background = score(0)
     rows = [score(r) if thresholds[r, 0] > 0 else background for r in range(1, len(thresholds))]
     return torch.stack([background, *rows]).float()
+
+
+def domain_scale(thresholds: torch.Tensor) -> float:
+    """The distance a decoder's domain score 1 stands for.
+
+    Its background row's thresholds, averaged over the views: the merge weighs two
+    decoders' claims on distances, not on distances over thresholds of their own.
+    """
+    return float(thresholds[0].mean())

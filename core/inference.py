@@ -34,7 +34,7 @@ from core.data.nifti import (
     write_volume,
 )
 from core.data.transforms import IMAGE, Preprocessing, prepare_image
-from core.domain import descriptors, domain_scores
+from core.domain import descriptors, domain_scale, domain_scores
 from core.label_files import write_label_tables
 from core.merge import (
     Calibration,
@@ -169,6 +169,7 @@ def _initial_vote(
         skill=calibration.skills(structures),
         foreground=torch.zeros(full) if foreground else None,
         domain=domain_map(decoder, slabs),
+        domain_scale=domain_scale(decoder.domain_thresholds) if decoder.has_domain else 1.0,
     )
 
 

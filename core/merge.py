@@ -38,6 +38,7 @@ order of the decoders. Two simpler rules serve as baselines: ``highest_probabili
 from __future__ import annotations
 
 import functools
+import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -68,14 +69,16 @@ class MergeSettings:
             a decoder's claim is silenced; above 1 leaves room for CTs a little unlike any
             site's.
         domain_weight: below it, a claim's trust is weighed by ``exp(-domain_weight *
-            score)``: of two claims the one more at home in its slab counts more.
+            score * s_d / s)``, ``s_d`` the decoder's :attr:`DecoderVote.domain_scale` and
+            ``s`` the median of the decoders' scales: of two claims the one whose slab lies
+            nearer to what its sites saw, in the descriptor's own units, counts more.
     """
 
     rule: str = "confidence"
     anomaly_weight: float = 0.0
     gating: bool = True
     domain_factor: float = 2.0
-    domain_weight: float = 1.0
+    domain_weight: float = 2.5
 
     def __post_init__(self) -> None:
         if self.rule not in RULES:
@@ -170,6 +173,11 @@ class DecoderVote:
         skill: ``q_d(k)`` per structure (empty: 1 for all).
         foreground: ``(B, 1, ...)`` one minus the background probability, where kept
             (for probability maps; the merge does not use it).
+        domain_scale: the distance its domain score 1 stands for (``core.domain.scale``).
+            A score is a distance over the decoder's own threshold, and a threshold says
+            how varied its sites' CTs were (head and neck slabs vary more than thoracic
+            ones), which decides how far its gate reaches but not whose sites saw CTs more
+            like this one: two decoders' claims are weighed on the distances themselves.
     """
 
     task: str
@@ -182,6 +190,7 @@ class DecoderVote:
     skill: tuple[float, ...] = ()
     foreground: torch.Tensor | None = None
     domain: torch.Tensor | None = None
+    domain_scale: float = 1.0
 
     @classmethod
     def from_logits(
@@ -345,6 +354,8 @@ def _confidence(
     votes: Sequence[DecoderVote], structures: Sequence[str], settings: MergeSettings
 ) -> torch.Tensor:
     ordered = sorted(votes, key=lambda v: v.task)
+    scales = [v.domain_scale for v in ordered if v.domain is not None]
+    unit = statistics.median(scales) if scales else 1.0
     labels, base, trusts, gates, knows, skills = [], [], [], [], [], []
     for vote in ordered:
         label, prob = vote.proposal(structures)
@@ -353,7 +364,7 @@ def _confidence(
         trust = vote.trust(prob, settings.anomaly_weight)
         score = vote.domain_score() if settings.gating else None
         if score is not None:
-            trust = trust * torch.exp(-settings.domain_weight * score)
+            trust = trust * torch.exp(-settings.domain_weight * score * vote.domain_scale / unit)
         base.append(trust)
         trusts.append(base[-1] * skills[-1][label])
         everywhere = torch.ones_like(label, dtype=torch.bool)

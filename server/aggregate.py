@@ -4,7 +4,8 @@ A bad reply (an error, malformed metrics, a case count its description does not 
 NaN, a wrong shape or dtype, the wrong encoder, too large) is rejected with a logged
 reason; the round goes on with the others as long as the task's minimum number of sites
 remains. Weights are the sites' described training-split sizes, capped; the plan's
-``aggregation`` picks plain FedAvg or the robust rule (``server.robust``).
+``aggregation`` picks the bounded mean (``clipped``, the default), the robust rule
+(``robust``; both ``server.robust``) or plain FedAvg (``fedavg``).
 """
 
 from __future__ import annotations
@@ -116,13 +117,14 @@ def aggregate(
         if key in phase.kept_apart:
             continue
         sites = [(states[key], w) for (_, states, _), w in zip(accepted, weights, strict=True)]
-        if rule.aggregation == "robust":
-            mean = robust_mean(sites, reference, rule.norm_bound, rule.trim_fraction)
+        if rule.aggregation == "fedavg":
+            averaged[key] = weighted_mean(sites)
+        else:
+            trim = rule.aggregation == "robust"
+            mean = robust_mean(sites, reference, rule.norm_bound, rule.trim_fraction, trim)
             if any(scale < 1.0 for scale in mean.scales):
                 log.warning("%s: updates clipped to norm %.3g: %s", key, mean.bound, mean.scales)
             averaged[key] = mean.state
-        else:
-            averaged[key] = weighted_mean(sites)
     return RoundResult(
         averaged,
         {r.site.name: metrics for r, _, metrics in accepted},

@@ -127,7 +127,7 @@ class TaskSection(Record):
             )
 
 
-AGGREGATION_RULES = ("fedavg", "robust")
+AGGREGATION_RULES = ("clipped", "robust", "fedavg")
 SERVER_OPTIMIZERS = ("sgd", "adam")
 
 
@@ -136,16 +136,20 @@ class AggregationSettings(Record):
     """How a task's rounds are averaged (``server.aggregate``, ``server.robust``).
 
     A site's weight is the size of its training split as its ``describe`` case count
-    implies, at most ``max_site_cases``; ``robust`` also bounds each site's update by
-    ``norm_bound`` x the median update norm and, with 3 sites or more, takes the
-    coordinate-wise mean trimmed by ``trim_fraction`` (at least one site per side). In the
+    implies, at most ``max_site_cases``. ``clipped`` (the default) bounds each site's update
+    by ``norm_bound`` x the round's median update norm, then takes the weighted mean, so no
+    site moves the average further than the bound; ``robust`` also takes, with 3 sites or
+    more, the coordinate-wise mean trimmed by ``trim_fraction`` (at least one site per
+    side); ``fedavg`` is the plain weighted mean, unbounded. In the
     phases that train weights over rounds (base, teacher, distill) the server then steps
     the global model towards that average (``server.server_optimizer``): ``sgd`` at
     ``server_lr`` 1 without momentum is plain FedAvg, with momentum FedAvgM, ``adam``
     FedAdam.
     """
 
-    aggregation: str = setting("fedavg", lo=1, hi=16, doc='"fedavg" or "robust"')
+    aggregation: str = setting(
+        "clipped", lo=1, hi=16, doc='"clipped", "robust" or "fedavg" (unbounded)'
+    )
     norm_bound: float = setting(3.0, lo=1.0, hi=1000.0)
     trim_fraction: float = setting(0.2, lo=0.0, hi=0.45)
     max_site_cases: int = setting(10_000, lo=1, hi=1_000_000)

@@ -209,19 +209,21 @@ def robust_mean(
     reference: State,
     norm_bound: float = DEFAULT_NORM_BOUND,
     trim_fraction: float = DEFAULT_TRIM_FRACTION,
+    trim: bool = True,
 ) -> RobustMean:
-    """Clip every update, then take the trimmed mean (>= 3 sites) or FedAvg (fewer).
+    """Clip every update, then take the trimmed mean (``trim`` and >= 3 sites) or FedAvg.
 
     Args:
         sites: checked states and their weights (see :func:`capped_weights`).
         reference: the state the server sent this round.
         norm_bound: see :func:`clip_updates`.
         trim_fraction: see :func:`trimmed_mean`.
+        trim: whether to trim at all (``False``: the plan's ``clipped`` rule).
 
     Raises:
         ValueError: for no sites, bad settings, or states that differ from the reference.
     """
     clipped, scales, bound = clip_updates(sites, reference, norm_bound)
-    if len(clipped) >= MIN_SITES_TO_TRIM:
+    if trim and len(clipped) >= MIN_SITES_TO_TRIM:
         return RobustMean(trimmed_mean(clipped, trim_fraction), "trimmed-mean", scales, bound)
     return RobustMean(weighted_mean(clipped), "fedavg", scales, bound)

@@ -98,7 +98,8 @@ def test_a_gated_decoder_neither_proposes_nor_objects():
     # voxel 1: its confident background would veto trunk's liver, but it is silent
     assert _names([head, trunk]) == ["liver", "liver"]
     assert _names([head, trunk], MergeSettings(gating=False)) == ["brain", "background"]
-    assert _names([head, trunk], MergeSettings(domain_factor=3.0)) == ["liver", "background"]
+    ungated = MergeSettings(domain_factor=3.0, domain_weight=1.0)
+    assert _names([head, trunk], ungated) == ["liver", "background"]
 
 
 def test_uncalibrated_decoders_are_trusted_by_their_softmax_probability():
@@ -225,3 +226,17 @@ def test_a_decoder_painting_organs_outside_its_domain_cannot_silence_the_one_tra
         "stomach",
         "background",
     ]
+
+
+def test_claims_are_weighed_on_distances_not_on_each_decoders_own_threshold():
+    # a pelvis CT: a head decoder, whose sites' CTs (head and neck) varied widely, claims
+    # brain on the sacrum just inside its gate; the pelvis decoder, whose sites' CTs were
+    # alike, finds the sacrum at a similar score that stands for half the distance
+    head = _vote("head", ["brain"], [0.05], [0.95], conf=[HIGH], domain=[1.8])
+    pelvis = _vote("pelvis", ["sacrum", "hip_left"], [0.3], [0.4], [0.3], conf=[HIGH], domain=[1.5])
+    head = dataclasses.replace(head, domain_scale=0.2)
+    pelvis = dataclasses.replace(pelvis, domain_scale=0.1)
+    assert _names([head, pelvis]) == ["sacrum"]
+    # the failure it prevents: on scores over each decoder's own threshold, brain won
+    alike = [dataclasses.replace(v, domain_scale=1.0) for v in (head, pelvis)]
+    assert _names(alike) == ["brain"]

@@ -146,3 +146,18 @@ def test_weights_and_inputs_are_checked():
         robust_mean([({"w": reference["w"]}, 1.0)], reference)
     with pytest.raises(ValueError, match="no site"):
         robust_mean([], reference)
+
+
+def test_the_clipped_rule_bounds_a_hostile_site_without_trimming_honest_ones():
+    reference = _reference()
+    honest = _honest(reference, 3)
+    hostile = {k: v + 1000.0 for k, v in reference.items()}
+    sites = [(s, 20.0) for s in honest] + [(hostile, 20.0)]
+    clipped = robust_mean(sites, reference, trim=False)
+    assert clipped.rule == "fedavg" and clipped.scales[:-1] == (1.0,) * 3
+    assert clipped.scales[-1] < 1e-2
+    honest_only = weighted_mean(sites[:-1])
+    # a quarter of the weight, at most the bound from the reference
+    reach = (clipped.bound + update_norm(honest_only, reference)) / 4
+    assert _distance(clipped.state, honest_only) <= reach + 1e-4
+    assert _distance(weighted_mean(sites), honest_only) > 100 * clipped.bound

@@ -364,14 +364,14 @@ def test_what_a_round_sends_is_bounded_on_arrival(tmp_path):
     assert seen[0].encoder_sha256 == run.catalog.index["encoder"]["weights_sha256"]
 
 
-def test_a_robust_plan_keeps_one_hostile_site_from_steering_the_average(tmp_path):
+def test_a_bounded_plan_keeps_one_hostile_site_from_steering_the_average(tmp_path):
     def respond(site, kind, content):
         delta = 1000.0 if site == "D" else 0.01 * (ord(site) - ord("A") - 1)
         reply = SiteReply(TRAIN[site], 0.1)
         return _answer(content, reply, **{DECODER: _shifted(content, DECODER, delta)})
 
     sites = ("A", "B", "C", "D")
-    for rule, near in (("robust", True), ("fedavg", False)):
+    for rule, near in (("clipped", True), ("robust", True), ("fedavg", False)):
         run, state, _ = _run(tmp_path / rule, respond, sites=sites, aggregation=rule, rounds=1)
         state = _frozen_state(run, state)
         after = run.run(TEACHER, state)
