@@ -30,7 +30,7 @@ DESCRIBED: dict[str, int] = {}  # each site's case count: its training split + 1
 
 
 def _fedavg(replies, templates, min_sites=1, max_bytes=2**30):
-    settings = AggregationSettings()
+    settings = AggregationSettings(aggregation="fedavg")
     return aggregate(replies, TEACHER, CFG, templates, DESCRIBED, settings, min_sites, max_bytes)
 
 
