@@ -7,6 +7,7 @@ CATALOG/
   encoder/<sha256>.safetensors    the frozen encoder, named by its weight hash
   decoders/<task>/v<N>.safetensors
   checkpoints/<task>/<phase>.safetensors + .json   outputs of finished phases
+  checkpoints/<task>/<phase>.round<N>.*           rounds of the phase in flight (server.rounds)
   bundle/                         the unified model exported after each task
 ```
 
@@ -22,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import copy
+import glob
 import hashlib
 import json
 import os
@@ -166,6 +168,17 @@ class Catalog:
         """Keep a finished phase's output (weights and JSON metadata)."""
         entry = self._write(f"checkpoints/{task}/{phase}.safetensors", state_bytes(state))
         atomic_write_json(self.root / f"checkpoints/{task}/{phase}.json", {**entry, "meta": meta})
+
+    def has_checkpoint(self, task: str, phase: str) -> bool:
+        """Whether a checkpoint named ``phase`` of ``task`` is kept."""
+        return (self.root / f"checkpoints/{task}/{phase}.json").is_file()
+
+    def drop_checkpoints(self, task: str, prefix: str) -> None:
+        """Delete ``task``'s checkpoints whose names start with ``prefix``."""
+        folder = self.root / "checkpoints" / task
+        for path in sorted(folder.glob(f"{glob.escape(prefix)}*")):
+            if path.suffix in {".json", ".safetensors"}:
+                path.unlink(missing_ok=True)
 
     def load_checkpoint(
         self, task: str, phase: str

@@ -66,6 +66,32 @@ class ServerOptimizer:
             for name, value in average.items()
         }
 
+    def state(self) -> dict[str, dict[str, torch.Tensor]]:
+        """Per record key, the optimiser's tensors (``<parameter>/<entry>``) to keep.
+
+        Nothing for plain FedAvg; the parameters themselves are the last round's states.
+        """
+        out: dict[str, dict[str, torch.Tensor]] = {}
+        for key, params in self.params.items():
+            kept = self.optimizers[key].state
+            out[key] = {
+                f"{name}/{entry}": value.detach().clone()
+                for name, param in params.items()
+                for entry, value in kept.get(param, {}).items()
+                if isinstance(value, torch.Tensor)
+            }
+        return out
+
+    def restore(self, key: str, sent: State, kept: State) -> None:
+        """Take up :meth:`state`'s tensors for record ``key``, whose next round sends ``sent``."""
+        params = self._start(key, sent)
+        state = self.optimizers[key].state
+        for flat, value in kept.items():
+            name, entry = flat.rsplit("/", 1)
+            if name not in params:
+                raise ValueError(f"server optimiser state names {name!r}, not a parameter")
+            state[params[name]][entry] = value.clone()
+
     def _start(self, key: str, sent: State) -> dict[str, torch.Tensor]:
         """Server-side parameters (fp32) for ``sent``'s floating-point tensors, fresh state."""
         params = {

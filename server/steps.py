@@ -31,6 +31,7 @@ from server.catalog import Catalog
 from server.federation import Federation, Reply, SiteInfo
 from server.messages import Ledger, array_bytes, round_messages
 from server.plan import Plan, TaskPlan
+from server.rounds import KeptRound, RoundStore, fingerprint, optimizer_state
 from server.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
@@ -178,6 +179,10 @@ class TaskRun:
         cfg = self.round_config(
             phase.name, rnd, rounds, state.encoder, genotype or state.decoder.genotype
         )
+        given = fingerprint(cfg, self.task.of(phase).to_json(), templates)
+        kept = self.kept_rounds.load(phase, rnd, given) if rnd < rounds else None
+        if kept is not None:
+            return self._take_kept(phase, rnd, rounds, kept)
         settings = phase.settings_record(self.task.of(phase))
         group = f"{self.task.name}/{phase.name}/{rnd}"
         timeout = round_timeout(self.task.of(phase))
@@ -210,6 +215,11 @@ class TaskRun:
             states = {k: optimizer.step(k, templates[k], v) for k, v in result.states.items()}
             result = dataclasses.replace(result, states=states)
         self.ledger.received(result.bytes_up, result.rejected)
+        if rnd < rounds:  # the last round's outcome is the phase's own checkpoint
+            optimizer = self.optimizers.get(phase.name) if phase.server_optimized else None
+            self.kept_rounds.save(
+                phase.name, rnd, given, result, self.ledger, optimizer_state(optimizer)
+            )
         self.catalog.journal(
             "round-end",
             self.task.name,
@@ -232,6 +242,33 @@ class TaskRun:
             list(result.rejected),
         )
         return result
+
+    @property
+    def kept_rounds(self) -> RoundStore:
+        """The task's finished rounds of the phase in flight."""
+        return RoundStore(self.catalog, self.task.name)
+
+    def _take_kept(
+        self, phase: PhaseSpec[Any, R], rnd: int, rounds: int, kept: KeptRound
+    ) -> RoundResult[R]:
+        """A round finished by an earlier run: its outcome, ledger and server optimiser."""
+        self.ledger = kept.ledger
+        if phase.server_optimized:
+            optimizer = ServerOptimizer(self.task.aggregation)
+            for key, tensors in kept.optimizer.items():
+                optimizer.restore(key, kept.result.states[key], tensors)
+            self.optimizers[phase.name] = optimizer
+        self.catalog.journal(
+            "round-restored", self.task.name, phase=phase.name, round=rnd, rounds=rounds
+        )
+        log.info(
+            "%s/%s round %d/%d: finished before, taken as kept",
+            self.task.name,
+            phase.name,
+            rnd,
+            rounds,
+        )
+        return kept.result  # type: ignore[return-value]
 
     def save_checkpoint(
         self, phase: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
@@ -268,6 +305,7 @@ class TaskRun:
         self.catalog.journal("phase-start", task, phase=step.name, sites=sites)
         start = time.perf_counter()
         state, summary = step.execute(self, state)
+        self.kept_rounds.drop(step.name)
         seconds = round(time.perf_counter() - start, 2)
         self.catalog.journal(
             "phase-end", task, phase=step.name, seconds=seconds, **self.ledger.to_json(), **summary

@@ -404,3 +404,49 @@ def test_only_the_phases_that_train_weights_over_rounds_take_the_server_optimize
         p.name for p in (BASE, TEACHER, SEARCH, DISTILL, CALIBRATE, EVALUATE) if p.server_optimized
     }
     assert stepped == {"base", "teacher", "distill"}
+
+
+@pytest.mark.parametrize("server", [{}, {"server_lr": 2.0, "server_momentum": 0.5}])
+def test_a_resumed_run_continues_the_phase_in_flight_from_its_last_finished_round(tmp_path, server):
+    def respond(site, kind, content):  # every site moves every weight by +1, each round
+        if RoundConfig.from_record(content[CONFIG]).round in stop_at:
+            raise RuntimeError("the server stopped")
+        return _answer(
+            content, SiteReply(TRAIN[site], 0.1), **{DECODER: _shifted(content, DECODER, 1.0)}
+        )
+
+    def run_teacher(folder):
+        run, state, federation = _run(folder, respond, rounds=4, **server)
+        return run.run(TEACHER, _frozen_state(run, state)).decoder.state_dict(), run, federation
+
+    stop_at: set[int] = set()
+    straight, _, _ = run_teacher(tmp_path / "straight")
+    stop_at.add(3)
+    with pytest.raises(RuntimeError, match="stopped"):
+        run_teacher(tmp_path / "stopped")
+    stop_at.clear()
+    resumed, run, federation = run_teacher(tmp_path / "stopped")
+    assert [RoundConfig.from_record(c[CONFIG]).round for *_, c in federation.sent] == [3, 3, 4, 4]
+    assert all(torch.allclose(resumed[k], v, atol=1e-5) for k, v in straight.items())
+    restored = [e["round"] for e in run.catalog.events() if e["event"] == "round-restored"]
+    assert restored == [1, 2]
+    assert not list((tmp_path / "stopped/catalog/checkpoints/abdomen").glob("teacher.round*"))
+    assert run.ledger.bytes_up["A"] > 0
+
+
+def test_kept_rounds_given_other_inputs_are_sent_again(tmp_path):
+    def respond(site, kind, content):
+        if RoundConfig.from_record(content[CONFIG]).round == 2 and stop:
+            raise RuntimeError("the server stopped")
+        return _answer(
+            content, SiteReply(TRAIN[site], 0.1), **{DECODER: _shifted(content, DECODER, 1.0)}
+        )
+
+    stop = True
+    run, state, _ = _run(tmp_path, respond, rounds=2)
+    with pytest.raises(RuntimeError):
+        run.run(TEACHER, _frozen_state(run, state))
+    stop = False
+    run, state, federation = _run(tmp_path, respond, rounds=2, lr=0.5)  # the plan changed
+    run.run(TEACHER, _frozen_state(run, state))
+    assert [RoundConfig.from_record(c[CONFIG]).round for *_, c in federation.sent] == [1, 1, 2, 2]
