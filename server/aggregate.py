@@ -113,6 +113,7 @@ def aggregate(
         raise RoundFailed(f"{len(accepted)} usable site(s), the task needs {min_sites}: {rejected}")
     weights = [float(min(m.examples, rule.max_site_cases)) for _, _, m in accepted]
     averaged = {}
+    clipped: dict[str, float] = {}
     for key, reference in templates.items():
         if key in phase.kept_apart:
             continue
@@ -122,6 +123,10 @@ def aggregate(
         else:
             trim = rule.aggregation == "robust"
             mean = robust_mean(sites, reference, rule.norm_bound, rule.trim_fraction, trim)
+            for (reply, _, _), scale in zip(accepted, mean.scales, strict=True):
+                if scale < 1.0:
+                    name = reply.site.name
+                    clipped[name] = round(min(scale, clipped.get(name, 1.0)), 6)
             if any(scale < 1.0 for scale in mean.scales):
                 log.warning("%s: updates clipped to norm %.3g: %s", key, mean.bound, mean.scales)
             averaged[key] = mean.state
@@ -134,4 +139,5 @@ def aggregate(
             key: {r.site.name: states[key] for r, states, _ in accepted}
             for key in phase.kept_apart & set(templates)
         },
+        clipped,
     )

@@ -93,6 +93,7 @@ class RoundStore:
             "replies": {site: reply.to_json() for site, reply in result.replies.items()},
             "rejected": dict(result.rejected),
             "bytes_up": dict(result.bytes_up),
+            "clipped": dict(result.clipped),
             "apart_sites": apart_sites,
             "ledger": ledger.to_json(),
         }
@@ -131,6 +132,7 @@ class RoundStore:
                 {str(k): str(v) for k, v in meta["rejected"].items()},
                 {str(k): int(v) for k, v in meta["bytes_up"].items()},
                 apart,
+                {str(k): float(v) for k, v in meta.get("clipped", {}).items()},
             )
             return KeptRound(result, Ledger.from_json(meta["ledger"]), optimizer)
         except (CatalogError, RecordError, KeyError, ValueError, TypeError) as e:

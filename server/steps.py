@@ -230,6 +230,7 @@ class TaskRun:
             rejected=list(result.rejected),
             left=gone,
             loss=result.loss,
+            clipped=dict(result.clipped),
         )
         log.info(
             "%s/%s round %d/%d: loss %s from %s, rejected %s",

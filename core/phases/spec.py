@@ -75,6 +75,8 @@ class RoundResult(Generic[R]):
     rejected: Mapping[str, str] = field(default_factory=dict)
     bytes_up: Mapping[str, int] = field(default_factory=dict)
     apart: Mapping[str, Mapping[str, Mapping[str, torch.Tensor]]] = field(default_factory=dict)
+    clipped: Mapping[str, float] = field(default_factory=dict)
+    """Sites whose update the server scaled down (by the smallest factor over the keys)."""
 
     @property
     def loss(self) -> float | None:

@@ -380,6 +380,8 @@ def test_a_bounded_plan_keeps_one_hostile_site_from_steering_the_average(tmp_pat
             for k, v in state.decoder.state_dict().items()
         )
         assert (shift < 0.1) is near, (rule, shift)
+        ends = [e for e in run.catalog.events() if e["event"] == "round-end"]
+        assert list(ends[0]["clipped"]) == (["D"] if near else []), rule  # journalled
 
 
 def test_a_server_optimizer_steps_from_what_each_round_sent(tmp_path):
