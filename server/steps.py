@@ -216,9 +216,9 @@ class TaskRun:
             result = dataclasses.replace(result, states=states)
         self.ledger.received(result.bytes_up, result.rejected)
         if rnd < rounds:  # the last round's outcome is the phase's own checkpoint
-            optimizer = self.optimizers.get(phase.name) if phase.server_optimized else None
+            server = self.optimizers.get(phase.name) if phase.server_optimized else None
             self.kept_rounds.save(
-                phase.name, rnd, given, result, self.ledger, optimizer_state(optimizer)
+                phase.name, rnd, given, result, self.ledger, optimizer_state(server)
             )
         self.catalog.journal(
             "round-end",
@@ -269,7 +269,7 @@ class TaskRun:
             rnd,
             rounds,
         )
-        return kept.result  # type: ignore[return-value]
+        return kept.result
 
     def save_checkpoint(
         self, phase: str, state: Mapping[str, torch.Tensor], meta: Mapping[str, Any]
