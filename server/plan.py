@@ -40,6 +40,7 @@ nearest known one.
 
 from __future__ import annotations
 
+import dataclasses
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -47,13 +48,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core import anatomy
-from core.data.transforms import Preprocessing
+from core.data.transforms import Augmentation, Preprocessing
 from core.describe import check_structures
 from core.device import DEFAULT_PRECISION, check_precision
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, PhaseSpec
 from core.protocol import Optimiser
 from core.records import Record, RecordError, check_unknown, keys_of, parse, setting
+from core.training import TrainSettings
 
 S = TypeVar("S", bound=Record)
 
@@ -226,6 +228,27 @@ class Plan:
     def task(self, name: str) -> TaskPlan:
         """The task of that name."""
         return next(t for t in self.tasks if t.name == name)
+
+    def train_settings(
+        self, task: TaskPlan | None = None, steps: int | None = None, progress: bool = False
+    ) -> TrainSettings:
+        """Local training as the plan sets it, for a loop run outside the federation.
+
+        ``task``'s optimiser (default: the first task's), the plan's batch, patch, seed and
+        precision; ``steps`` where given. (A site's round builds its own from its round
+        config: ``RoundConfig.train_settings``.)
+        """
+        optimiser = (task or self.tasks[0]).optimiser
+        settings = TrainSettings(
+            batch_size=self.training.batch_size,
+            lr=optimiser.lr,
+            weight_decay=optimiser.weight_decay,
+            augmentation=Augmentation(patch_size=self.patch),
+            seed=self.training.seed,
+            progress=progress,
+            precision=self.training.precision,
+        )
+        return settings if steps is None else dataclasses.replace(settings, steps=steps)
 
 
 def task_keys() -> set[str]:

@@ -18,7 +18,7 @@ from monai.losses import DiceLoss
 from torch import nn
 
 from core import anatomy
-from core.data.transforms import Augmentation, Preprocessing
+from core.data.transforms import Preprocessing
 from core.device import pick_device
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
 from core.model.blocks import init_he
@@ -263,16 +263,7 @@ def central_settings(plan: Plan, progress: bool = False) -> TrainSettings:
 
     Each method sets its steps per task (:attr:`TaskData.steps`).
     """
-    optimiser = plan.tasks[0].optimiser
-    return TrainSettings(
-        batch_size=plan.training.batch_size,
-        lr=optimiser.lr,
-        weight_decay=optimiser.weight_decay,
-        augmentation=Augmentation(patch_size=plan.patch),
-        seed=plan.training.seed,
-        progress=progress,
-        precision=plan.training.precision,
-    )
+    return plan.train_settings(progress=progress)
 
 
 def sequential(

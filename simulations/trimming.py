@@ -20,13 +20,12 @@ from typing import Any
 
 import numpy as np
 
-from core.data.transforms import Augmentation, Preprocessing
+from core.data.transforms import Preprocessing
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters, genotype_parameters
 from core.model.distill import distill_phase, inherit
 from core.model.genotype import WIDTH_CHOICES
 from core.phases import DISTILL
-from core.training import TrainSettings
 from server.catalog import Catalog
 from server.plan import Plan, TaskPlan, load_plan
 from simulations.evaluate import score_model
@@ -85,15 +84,7 @@ def compare_students(
     teacher_model = ContinualSegmenter(encoder)
     teacher_model.add_decoder(task.name, students.teacher)  # the KD source of the central students
     distill = task.of(DISTILL)
-    settings = TrainSettings(
-        steps=distill.rounds * distill.steps,
-        lr=task.optimiser.lr,
-        weight_decay=task.optimiser.weight_decay,
-        augmentation=Augmentation(patch_size=plan.patch),
-        seed=plan.training.seed,
-        progress=False,
-        precision=plan.training.precision,
-    )
+    settings = plan.train_settings(task, steps=distill.rounds * distill.steps)
     size = genotype_parameters(widths, students.searched, len(task.structures))
     alternatives = (
         ("searched + KD (central)", students.searched, distill.kd_weight),

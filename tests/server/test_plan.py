@@ -109,3 +109,16 @@ def test_adam_on_the_server_takes_no_momentum(tmp_path):
     path.write_text(text)
     with pytest.raises(PlanError, match="server_momentum: sgd's setting"):
         load_plan(path)
+
+
+def test_loops_outside_the_federation_train_as_the_plan_says(tmp_path):
+    path = tmp_path / "plan.toml"
+    path.write_text(
+        GOOD.replace("val_fraction = 0.3", "val_fraction = 0.3\nbatch_size = 3\nseed = 7")
+    )
+    plan = load_plan(path)
+    chest = plan.task("chest")
+    settings = plan.train_settings(chest, steps=40)
+    assert (settings.batch_size, settings.seed, settings.steps) == (3, 7, 40)
+    assert settings.lr == chest.optimiser.lr and settings.augmentation.patch_size == (32, 32, 32)
+    assert plan.train_settings().batch_size == 3  # the first task's optimiser, same batch
