@@ -8,6 +8,7 @@ fails after keeping what it trained, unless the plan's ``partial_runs`` allows i
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -140,12 +141,18 @@ class Outcome:
         return self.status in (TRAINED, KEPT)
 
 
-def last_run_summary(events: list[dict[str, Any]]) -> list[str]:
-    """The summary lines of the last run in a catalog's journal (none before a run ended)."""
+def last_run_summary(
+    events: list[dict[str, Any]], tasks: Collection[str] | None = None
+) -> list[str]:
+    """The summary lines of the last run in a catalog's journal (none before a run ended).
+
+    ``tasks``: only these (a simulated stage's; the others wait for their own stage).
+    """
     ends = [e for e in events if e.get("event") == "run-end" and "summary" in e]
     if not ends:
         return []
-    return [Outcome.from_json(t, o).line() for t, o in ends[-1]["summary"].items()]
+    summary = ends[-1]["summary"].items()
+    return [Outcome.from_json(t, o).line() for t, o in summary if tasks is None or t in tasks]
 
 
 class Orchestrator:

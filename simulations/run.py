@@ -210,7 +210,7 @@ def simulate(
             result = federation.run(APP_DIR, run_config, engine, watch=watcher)
             atomic_write_bytes(out / f"stage-{stage}.log", (result.stdout + result.stderr).encode())
             catalog = Catalog(catalog_dir)
-            for line in last_run_summary(catalog.events()):
+            for line in last_run_summary(catalog.events(), tasks):
                 say(f"  {line}")
             missing = [t for t in tasks if not catalog.has_task(t)]
             if result.returncode != 0 or missing:

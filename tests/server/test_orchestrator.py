@@ -4,7 +4,7 @@ import pytest
 
 from server import orchestrator
 from server.federation import SiteInfo
-from server.orchestrator import IncompleteRunError, NoSiteError, Orchestrator
+from server.orchestrator import IncompleteRunError, NoSiteError, Orchestrator, last_run_summary
 from server.plan import parse_plan
 from server.steps import Registration
 from simulations.run import plan_document
@@ -116,6 +116,9 @@ def test_a_skipped_task_makes_the_run_incomplete_unless_the_plan_allows_it(train
     allowed = FakeCatalog()
     assert Orchestrator(_plan(True), allowed, FakeFederation(sites)).run() == ["abdomen"]
     assert "error" not in _summary(allowed)
+    lines = last_run_summary(allowed.events)
+    assert [line.split(":")[0] for line in lines] == ["abdomen", "chest"]
+    assert last_run_summary(allowed.events, ["abdomen"]) == lines[:1]  # a stage's own tasks
 
 
 def test_a_task_trained_without_a_named_site_is_partial(training):
