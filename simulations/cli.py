@@ -233,21 +233,31 @@ def merge_report(
     pictures: Annotated[
         Path | None, typer.Option(help="Write a PNG per structure the merge fails in a case.")
     ] = None,
+    domain_weight: Annotated[float | None, typer.Option(help="Score with this weight.")] = None,
+    anomaly_weight: Annotated[float | None, typer.Option(help="Score with this weight.")] = None,
+    redo_domains: Annotated[
+        bool, typer.Option(help="Measure every decoder's domain again from its sites' CTs.")
+    ] = False,
 ) -> None:
     """Compare merge rules on the held-out cases, healthy and tumour-bearing apart.
 
     Needs a finished ``csfl simulate`` folder. Dice per structure for the confidence
     merge, its variants (no gating, with the anomaly term), highest probability, last decoder
-    wins, and the best decoder alone; overlapping structures are marked.
+    wins, and the best decoder alone; overlapping structures are marked. With a weight or
+    ``--redo-domains`` it scores a copy of the bundle so changed (``OUT/rebundled``).
     """
     from core.io import atomic_write_json
     from simulations.merge_report import format_merge_report
     from simulations.merge_report import merge_report as measure
+    from simulations.rebundle import rebundle
     from simulations.scenario import TEST_FOLDER, load_scenario
 
     with user_errors():
         spec = load_scenario(scenario)
-        result = measure(out / "catalog" / "bundle", spec, out / "sites" / TEST_FOLDER, pictures)
+        bundle = out / "catalog" / "bundle"
+        if redo_domains or domain_weight is not None or anomaly_weight is not None:
+            bundle = rebundle(out, spec, domain_weight, anomaly_weight, redo_domains)
+        result = measure(bundle, spec, out / "sites" / TEST_FOLDER, pictures)
     typer.echo(format_merge_report(result))
     if json_out is not None:
         atomic_write_json(json_out, result)

@@ -1,12 +1,13 @@
 """The evaluation module on 16^3 synthetic volumes, with networks that predict one class."""
 
+import shutil
 from types import SimpleNamespace
 
 import pytest
 import torch
 from torch import nn
 
-from core.bundle import Bundle, save_bundle
+from core.bundle import Bundle, load_bundle, save_bundle
 from core.data.transforms import Preprocessing
 from core.inference import volume_outputs
 from core.merge import MergeSettings
@@ -21,6 +22,7 @@ from simulations.evaluate import (
     task_labels,
 )
 from simulations.merge_report import COMPARED, merge_report
+from simulations.rebundle import rebundle
 from simulations.scenario import Scenario, TaskSpec
 from simulations.task_data import TaskData
 from tests.builders import SHAPE, nnunet_dataset
@@ -171,3 +173,17 @@ def test_the_merge_report_splits_cases_and_scores_a_decoder_only_on_its_structur
     assert liver["alone:abdomen"] == pytest.approx(ALL_LIVER) and liver["alone:tumour"] == 0.0
     lesion = report["dice"]["tumour"]["liver_tumor"]
     assert "alone:abdomen" not in lesion and lesion["alone:tumour"] == pytest.approx(ALL_LIVER)
+
+
+def test_a_run_is_rebundled_with_other_merge_weights_and_its_decoders_untouched(run, tmp_path):
+    catalog, scenario, _ = run
+    shutil.copytree(catalog / "bundle", tmp_path / "catalog" / "bundle")
+    copy = load_bundle(rebundle(tmp_path, scenario, domain_weight=1.5, anomaly_weight=0.3))
+    original = load_bundle(catalog / "bundle")
+    assert (copy.merge.domain_weight, copy.merge.anomaly_weight) == (1.5, 0.3)
+    assert copy.merge.rule == original.merge.rule
+    for task, decoder in original.model.items():
+        kept = copy.model.decoder(task).state_dict()
+        assert all(torch.equal(kept[k], v) for k, v in decoder.state_dict().items())
+    with pytest.raises(ValueError, match="domain_weight"):
+        rebundle(tmp_path, scenario, domain_weight=1000.0)
