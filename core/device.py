@@ -55,7 +55,7 @@ def safe_bf16(device: torch.device) -> bool:
     ``avx512_core_bf16`` kernels, and this project's training turned NaN at its second step
     in about one test-suite run in three on such an AMD EPYC, depending on what the
     process had run before (the same tests in fp32, or on AMX, never did). ``bf16`` named
-    explicitly still runs there; :func:`core.training.optimise` stops a phase whose loss or
+    explicitly still runs there; :func:`core.local.training.optimise` stops a phase whose loss or
     gradients turn non-finite.
     """
     if device.type == "cuda":

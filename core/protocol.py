@@ -16,9 +16,9 @@ from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import ProtocolError, check_sha256, check_structures
 from core.device import DEFAULT_PRECISION, check_precision
+from core.local.training import TrainSettings
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.records import Record, RecordError, flat, parse, setting
-from core.training import TrainSettings
 
 # Record keys inside a message's RecordDict.
 CONFIG = "config"  # the RoundConfig

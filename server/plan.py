@@ -51,11 +51,11 @@ from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import check_structures
 from core.device import DEFAULT_PRECISION, check_precision
+from core.local.training import TrainSettings
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, PhaseSpec
 from core.protocol import Optimiser
 from core.records import Record, RecordError, check_unknown, keys_of, parse, setting
-from core.training import TrainSettings
 
 S = TypeVar("S", bound=Record)
 

@@ -20,15 +20,15 @@ from torch import nn
 from core import anatomy
 from core.data.transforms import Preprocessing
 from core.device import pick_device
-from core.model import Decoder, Encoder, EncoderConfig, Genotype
-from core.model.blocks import init_he
-from core.training import (
+from core.local.training import (
     SegmentationLoss,
     TrainSettings,
     check_patch,
     optimise,
     patch_batches,
 )
+from core.model import Decoder, Encoder, EncoderConfig, Genotype
+from core.model.blocks import init_he
 from server.plan import Plan
 from simulations.task_data import TaskData
 

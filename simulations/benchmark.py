@@ -43,9 +43,9 @@ from core.data import Case
 from core.data.transforms import validation_transforms
 from core.inference import volume_outputs
 from core.io import atomic_write_bytes, atomic_write_json
+from core.local.training import TrainSettings
 from core.model import Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
-from core.training import TrainSettings
 from server.plan import Plan, parse_plan
 from simulations.baselines import GrowingSegmenter, central_settings, sequential, upper_bound
 from simulations.budget import (

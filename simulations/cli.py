@@ -381,7 +381,8 @@ def curve(
     OUT/curve-<method>-<task>.json (per budget: steps, CPU and wall seconds of the
     training, Dice) and a PNG; a rerun trains only the budgets still missing.
     """
-    from simulations.curves import CurveSettings, run_curve
+    from simulations.curve_trainers import run_curve
+    from simulations.curves import CurveSettings
 
     settings = CurveSettings(start_steps, max_doublings, tolerance)
     with user_errors():

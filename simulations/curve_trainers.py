@@ -2,30 +2,44 @@
 
 All use the scenario's plan (encoder, patch, preprocessing, optimiser, seed) as the
 benchmark's central methods do (:func:`simulations.baselines.central_settings`), and
-score by :func:`simulations.evaluate.score_model` on held-out cases.
+score by :func:`simulations.evaluate.score_model` on held-out cases. :func:`run_curve`
+(``csfl curve``) picks one and draws its curve with :mod:`simulations.curves`, which
+imports nothing from here.
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import torch
 
 from core.bundle import load_bundle
+from core.local.training import TrainSettings, train_phase
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.phases import BASE
-from core.training import TrainSettings, train_phase
 from server.catalog import INDEX, Catalog
 from server.plan import Plan, parse_plan
 from simulations.baselines import central_settings, upper_bound
-from simulations.curves import ALL_TASKS, CurveMethod, Dice, Trainer, machine_cpu_seconds
+from simulations.curves import (
+    ALL_TASKS,
+    CURVE_METHODS,
+    CurveMethod,
+    CurveSettings,
+    Dice,
+    Trainer,
+    curve_path,
+    learning_curve,
+    machine_cpu_seconds,
+    plot_curve,
+)
 from simulations.evaluate import score_model
 from simulations.joint import joint
-from simulations.run import link_sites, plan_document, simulate
-from simulations.scenario import Scenario
+from simulations.run import link_sites, plan_document, simulate, write_sites_once
+from simulations.scenario import Scenario, load_scenario, parse_settings, with_federation
 from simulations.task_data import TaskData, load_tasks
 
 
@@ -160,3 +174,66 @@ def federated_trainer(
         return {task: score_model(model, test, plan.preprocessing, plan.patch).means("dice")}
 
     return Trainer(train, score, machine_cpu_seconds)  # Flower's processes: the machine's
+
+
+def run_curve(
+    scenario_name: str,
+    method: CurveMethod,
+    task: str,
+    out: Path,
+    settings: CurveSettings,
+    sites: Path | None = None,
+    catalog: Path | None = None,
+    say: Callable[[str], None] = print,
+    progress: bool = False,
+    overrides: Sequence[str] = (),
+) -> dict[str, Any]:
+    """``csfl curve``: a method's learning curve on a scenario's task, JSON and PNG.
+
+    Args:
+        scenario_name: a built-in scenario or a TOML path.
+        method: ``upper_bound`` (a model for the task alone), ``joint`` (one model on
+            every task; ``task`` may be ``all``), ``decoder`` (a teacher decoder on
+            the frozen encoder of ``catalog``) or ``federated`` (the first task's encoder
+            and decoder by FedAvg over its sites, through Flower, runs kept in
+            ``OUT/federated-<task>-<steps>/``).
+        task: the task scored.
+        out: the curves' folder.
+        settings: budgets and stopping rule.
+        sites: the scenario's phantoms (default ``OUT/sites``, written once if missing).
+        catalog: a finished simulation's catalog (``decoder`` only).
+        say: progress lines.
+        progress: a progress bar while a budget trains.
+        overrides: ``KEY=VALUE`` settings of the scenario's federation table
+            (:func:`simulations.scenario.parse_settings`), part of the curve's identity.
+
+    Raises:
+        ScenarioError, ValueError: for an unknown task, method, setting or a missing
+            catalog.
+    """
+    changed = parse_settings(overrides)
+    spec = with_federation(load_scenario(scenario_name), changed)
+    parse_plan(plan_document(spec), f"scenario {spec.name}")  # a bad --set, before any work
+    if method not in CURVE_METHODS:
+        raise ValueError(f"--method: {method!r}; expected one of {', '.join(CURVE_METHODS)}")
+    names = [t.name for t in spec.tasks]
+    allowed = [*names, ALL_TASKS] if method == "joint" else names
+    if task not in allowed:
+        raise ValueError(f"--task: {task!r} is not one of {allowed}")
+    if (method == "decoder") != (catalog is not None):
+        raise ValueError("--catalog: a finished simulation's catalog, for --method decoder only")
+    if catalog is not None:
+        catalog_encoder(catalog)  # before the phantoms are written
+    sites = write_sites_once(spec, (sites or out / "sites").resolve(), say)
+    trainer = make_trainer(spec, method, task, sites, catalog, progress, out.resolve(), say)
+    identity = {
+        "method": method,
+        "task": task,
+        "scenario": spec.name,
+        "seed": spec.seed,
+        "settings": changed,
+    }
+    path = curve_path(out, method, task)
+    doc = learning_curve(path, identity, trainer, settings, say)
+    plot_curve(doc, path.with_suffix(".png"))
+    return doc

@@ -16,7 +16,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from statistics import fmean
@@ -258,71 +258,3 @@ def plot_curve(doc: dict[str, Any], path: Path) -> Path:
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
-
-
-def run_curve(
-    scenario_name: str,
-    method: CurveMethod,
-    task: str,
-    out: Path,
-    settings: CurveSettings,
-    sites: Path | None = None,
-    catalog: Path | None = None,
-    say: Callable[[str], None] = print,
-    progress: bool = False,
-    overrides: Sequence[str] = (),
-) -> dict[str, Any]:
-    """``csfl curve``: a method's learning curve on a scenario's task, JSON and PNG.
-
-    Args:
-        scenario_name: a built-in scenario or a TOML path.
-        method: ``upper_bound`` (a model for the task alone), ``joint`` (one model on
-            every task; ``task`` may be ``all``), ``decoder`` (a teacher decoder on
-            the frozen encoder of ``catalog``) or ``federated`` (the first task's encoder
-            and decoder by FedAvg over its sites, through Flower, runs kept in
-            ``OUT/federated-<task>-<steps>/``).
-        task: the task scored.
-        out: the curves' folder.
-        settings: budgets and stopping rule.
-        sites: the scenario's phantoms (default ``OUT/sites``, written once if missing).
-        catalog: a finished simulation's catalog (``decoder`` only).
-        say: progress lines.
-        progress: a progress bar while a budget trains.
-        overrides: ``KEY=VALUE`` settings of the scenario's federation table
-            (:func:`simulations.scenario.parse_settings`), part of the curve's identity.
-
-    Raises:
-        ScenarioError, ValueError: for an unknown task, method, setting or a missing
-            catalog.
-    """
-    from server.plan import parse_plan
-    from simulations.curve_trainers import catalog_encoder, make_trainer
-    from simulations.run import plan_document, write_sites_once
-    from simulations.scenario import load_scenario, parse_settings, with_federation
-
-    changed = parse_settings(overrides)
-    spec = with_federation(load_scenario(scenario_name), changed)
-    parse_plan(plan_document(spec), f"scenario {spec.name}")  # a bad --set, before any work
-    if method not in CURVE_METHODS:
-        raise ValueError(f"--method: {method!r}; expected one of {', '.join(CURVE_METHODS)}")
-    names = [t.name for t in spec.tasks]
-    allowed = [*names, ALL_TASKS] if method == "joint" else names
-    if task not in allowed:
-        raise ValueError(f"--task: {task!r} is not one of {allowed}")
-    if (method == "decoder") != (catalog is not None):
-        raise ValueError("--catalog: a finished simulation's catalog, for --method decoder only")
-    if catalog is not None:
-        catalog_encoder(catalog)  # before the phantoms are written
-    sites = write_sites_once(spec, (sites or out / "sites").resolve(), say)
-    trainer = make_trainer(spec, method, task, sites, catalog, progress, out.resolve(), say)
-    identity = {
-        "method": method,
-        "task": task,
-        "scenario": spec.name,
-        "seed": spec.seed,
-        "settings": changed,
-    }
-    path = curve_path(out, method, task)
-    doc = learning_curve(path, identity, trainer, settings, say)
-    plot_curve(doc, path.with_suffix(".png"))
-    return doc

@@ -1,7 +1,7 @@
 """Scoring on a task's held-out cases: a model's own prediction, and a bundle's merged one.
 
 Every report scores through this module, and every Dice comes from
-:func:`core.evaluation.score_prediction` (MONAI's ``DiceMetric``):
+:func:`core.local.evaluation.score_prediction` (MONAI's ``DiceMetric``):
 
 - :func:`score_model`: a network alone, in the preprocessed space. A unified model is
   scored through the task's own decoder (what continual learning must never change); a
@@ -30,8 +30,8 @@ import torch
 from core.bundle import Bundle, load_bundle
 from core.data import Case, load_case
 from core.data.transforms import Preprocessing, validation_transforms
-from core.evaluation import ScoreSums, evaluate_segmenter, score_prediction
 from core.inference import VolumeOutputs, merge_volume, restore, volume_outputs
+from core.local.evaluation import ScoreSums, evaluate_segmenter, score_prediction
 from core.merge import MergeSettings, output_structures
 from core.model import ContinualSegmenter, Encoder, EncoderConfig
 from core.model.cost import count_parameters

@@ -16,8 +16,8 @@ from typing import Any
 import torch
 
 from core.bundle import Bundle, load_bundle
-from core.evaluation import ScoreSums
 from core.inference import VolumeOutputs, combined_structures, merge_volume, volume_outputs
+from core.local.evaluation import ScoreSums
 from core.merge import MergeSettings
 from core.model.cost import count_parameters
 from server.catalog import Catalog

@@ -20,8 +20,7 @@ import torch
 
 from core.data.transforms import Preprocessing
 from core.device import pick_device
-from core.model import EncoderConfig
-from core.training import (
+from core.local.training import (
     SegmentationLoss,
     TrainSettings,
     check_patch,
@@ -29,6 +28,7 @@ from core.training import (
     optimise,
     patch_batches,
 )
+from core.model import EncoderConfig
 from simulations.baselines import GrowingSegmenter, StageLog
 from simulations.task_data import TaskData
 

@@ -15,8 +15,8 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from core.evaluation import ScoreSums
 from core.label_files import structure_color
+from core.local.evaluation import ScoreSums
 
 FAILING = 0.05  # Dice below the best decoder alone that makes a structure fail in a case
 

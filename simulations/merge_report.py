@@ -23,8 +23,8 @@ from core.bundle import Bundle, load_bundle
 from core.data import Case
 from core.data.nifti import read_header
 from core.data.transforms import IMAGE, prepare_image
-from core.evaluation import ScoreSums
 from core.inference import VolumeOutputs, combined_structures
+from core.local.evaluation import ScoreSums
 from core.merge import MergeSettings
 from core.vocabulary import Group
 from simulations.evaluate import LabelMap, merged_map, score_bundle_maps

@@ -1,7 +1,7 @@
 """A finished run's bundle again, with other merge settings or its domains measured anew.
 
 The merge is settled after training: its settings sit in the bundle's manifest, and each
-decoder's domain depends only on its sites' CTs and labels (``core.calibration``). So a
+decoder's domain depends only on its sites' CTs and labels (``core.local.calibration``). So a
 run trained before a change of either can be scored as if it had been made after it,
 without training again: :func:`rebundle` writes a copy of the run's bundle with the
 merge's ``domain_weight`` and ``anomaly_weight`` replaced and, where asked, every
@@ -15,9 +15,9 @@ import dataclasses
 from pathlib import Path
 
 from core.bundle import load_bundle, save_bundle
-from core.calibration import cases_domain
 from core.data import open_dataset, split_cases
 from core.domain import SiteDomain, join_domains
+from core.local.calibration import cases_domain
 from server.plan import parse_plan
 from simulations.run import plan_document
 from simulations.scenario import Scenario

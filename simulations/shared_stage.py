@@ -21,8 +21,8 @@ from safetensors.torch import load_file, save
 from core.data.transforms import Preprocessing
 from core.device import pick_device
 from core.io import atomic_write_bytes
+from core.local.training import TrainSettings
 from core.model import EncoderConfig
-from core.training import TrainSettings
 from simulations.baselines import GrowingSegmenter, upper_bound
 from simulations.task_data import TaskData
 

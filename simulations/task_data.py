@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import Case, LabelTable, open_dataset, split_cases
-from core.training import TrainSettings
+from core.local.training import TrainSettings
 from simulations.scenario import TEST_FOLDER, Scenario
 
 

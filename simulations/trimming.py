@@ -21,10 +21,11 @@ from typing import Any
 import numpy as np
 
 from core.data.transforms import Preprocessing
+from core.local.distill import distill_phase
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters, genotype_parameters
-from core.model.distill import distill_phase, inherit
 from core.model.genotype import WIDTH_CHOICES
+from core.model.inherit import inherit
 from core.phases import DISTILL
 from server.catalog import Catalog
 from server.plan import Plan, TaskPlan, load_plan

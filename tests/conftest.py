@@ -56,7 +56,7 @@ def trained_run(
     """
     from core.bundle import Bundle, save_bundle
     from core.data.transforms import Augmentation
-    from core.training import TrainSettings, train_phase
+    from core.local.training import TrainSettings, train_phase
     from tests.models import (
         PATCH,
         TRAINED_STEPS,

@@ -1,7 +1,7 @@
 """The ``calibrate`` phase: federated training of the decoder's confidence and anomaly heads.
 
 The server sends the decoder (after distillation: the student); each site trains only its
-calibration head (``core.calibration``) and returns that head and its domain: per row
+calibration head (``core.local.calibration``) and returns that head and its domain: per row
 (the decoder's background, then each structure) the centroids of the slab histograms of
 its CTs where it saw that row, and a held-out threshold (``core.domain``). The heads are
 averaged (FedAvg); the server joins the last round's domains row by row (median
@@ -21,8 +21,8 @@ from typing import Any
 import torch
 from flwr.app import RecordDict
 
-from core.calibration import calibrate_phase
 from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, VIEWS, SiteDomain, join_domains
+from core.local.calibration import calibrate_phase
 from core.merge import Calibration
 from core.model.decoder import DOMAIN_BUFFERS
 from core.payload import state_to_record

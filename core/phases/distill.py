@@ -15,8 +15,9 @@ from typing import Any
 
 from flwr.app import RecordDict
 
+from core.local.distill import distill_phase
 from core.model import ContinualSegmenter, Decoder, Genotype
-from core.model.distill import distill_phase, inherit
+from core.model.inherit import inherit
 from core.payload import record_to_state, state_to_record
 from core.phases.spec import (
     TRAIN,

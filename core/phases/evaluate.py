@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import MetricRecord, RecordDict
 
 from core.data import split_cases, validation_count
-from core.evaluation import ScoreSums, evaluate_task
+from core.local.evaluation import ScoreSums, evaluate_task
 from core.payload import state_to_record
 from core.phases.spec import (
     NoSettings,

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from flwr.app import RecordDict
 
+from core.local.search import LocalSearchSettings as LocalSearch
+from core.local.search import search_phase
 from core.model import Genotype
 from core.model.cost import genotype_parameters
-from core.model.search import SearchSettings as LocalSearch
-from core.model.search import SuperNet, search_phase
+from core.model.supernet import SuperNet
 from core.payload import record_to_state, state_to_record
 from core.phases.spec import (
     TRAIN,

@@ -14,6 +14,7 @@ from typing import Any, ClassVar
 
 from flwr.app import RecordDict
 
+from core.local.training import train_phase
 from core.payload import state_to_record
 from core.phases.spec import (
     TRAIN,
@@ -28,7 +29,6 @@ from core.phases.spec import (
 )
 from core.protocol import DECODER, ENCODER, RoundConfig, SiteReply
 from core.records import Record, setting
-from core.training import train_phase
 
 
 @dataclass(frozen=True)

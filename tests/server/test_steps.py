@@ -9,7 +9,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from core.domain import CENTROID_WIDTH, SITE_CENTROIDS
-from core.evaluation import ScoreSums
+from core.local.evaluation import ScoreSums
 from core.model import Encoder
 from core.payload import record_to_state, state_to_record
 from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER

@@ -6,8 +6,8 @@ import torch
 
 from core.anatomy import UnknownStructureError
 from core.data.transforms import Augmentation
+from core.local.training import TrainSettings, patch_batches
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
-from core.training import TrainSettings, patch_batches
 from simulations.baselines import (
     GrowingSegmenter,
     StageLoss,

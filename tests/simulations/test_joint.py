@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from core.data.transforms import Augmentation
+from core.local.training import TrainSettings, merged_logits
 from core.model import EncoderConfig
-from core.training import TrainSettings, merged_logits
 from simulations.baselines import StageLog
 from simulations.evaluate import score_model
 from simulations.joint import MarginalLoss, MixedBatches, joint

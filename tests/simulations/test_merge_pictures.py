@@ -1,6 +1,6 @@
 import torch
 
-from core.evaluation import ScoreSums
+from core.local.evaluation import ScoreSums
 from simulations.merge_pictures import failing, save_picture
 
 

@@ -5,8 +5,8 @@ import pytest
 import torch
 
 from core.data.transforms import Augmentation
+from core.local.training import TrainSettings
 from core.model import EncoderConfig
-from core.training import TrainSettings
 from simulations import shared_stage
 from simulations.baselines import sequential
 from simulations.shared_stage import FOLDER, first_stage, settings_key

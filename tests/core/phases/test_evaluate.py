@@ -2,7 +2,7 @@ import math
 
 import pytest
 
-from core.evaluation import ScoreSums
+from core.local.evaluation import ScoreSums
 from core.phases.evaluate import checked_scores
 from core.records import RecordError
 

@@ -3,12 +3,12 @@ import numpy as np
 import torch
 
 from core.bundle import load_bundle
-from core.calibration import balanced_bce, calibrate_phase, cases_domain, paste_anomalies
 from core.data.nifti import read_header
 from core.data.transforms import IMAGE, LABEL, Augmentation, prepare_image, validation_transforms
 from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, descriptors, domain_scores, join_domains
+from core.local.calibration import balanced_bce, calibrate_phase, cases_domain, paste_anomalies
+from core.local.training import TrainSettings
 from core.merge import MergeSettings
-from core.training import TrainSettings
 from simulations.phantoms.generate import make_case
 from tests.models import PATCH, abdomen_cases, held_out_set, native_prep
 

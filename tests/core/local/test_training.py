@@ -6,14 +6,14 @@ import torch
 
 from core.data.transforms import Augmentation
 from core.device import safe_bf16
-from core.model import Decoder, Genotype
-from core.training import (
+from core.local.training import (
     NonFiniteError,
     SegmentationLoss,
     TrainSettings,
     optimise,
     train_phase,
 )
+from core.model import Decoder, Genotype
 from tests.builders import nnunet_dataset
 from tests.models import PATCH, TINY, TRAINED_STEPS, native_prep, tiny_model
 

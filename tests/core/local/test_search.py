@@ -6,11 +6,12 @@ import torch
 
 from core.data import CaseArrays, write_nnunet
 from core.data.transforms import Augmentation, Preprocessing
+from core.local.search import LocalSearchSettings, search_phase
+from core.local.training import TrainSettings
 from core.model import Encoder, Genotype, Stage
 from core.model.cost import genotype_parameters
 from core.model.genotype import WIDTH_CHOICES
-from core.model.search import SearchSettings, SuperNet, search_phase
-from core.training import TrainSettings
+from core.model.supernet import SuperNet
 from tests.models import TINY
 
 STRUCTURES = ("liver", "spleen")
@@ -88,7 +89,7 @@ def test_search_moves_the_architecture_and_the_cost_term_shrinks_it(tmp_path):
         dataset.labels,
         dataset.cases,
         prep,
-        SearchSettings(train, int(0.1 * teacher), cost_weight=5.0),
+        LocalSearchSettings(train, int(0.1 * teacher), cost_weight=5.0),
     )
     assert net.alpha.detach().abs().max() > 1e-3 and net.beta.detach().abs().max() > 1e-3
     assert result.expected_parameters[-1] < start  # the cost term pulls the size down

@@ -30,8 +30,8 @@ from core import anatomy
 from core.data import Case, LabelTable
 from core.data.transforms import IMAGE, LABEL, Preprocessing, validation_transforms
 from core.domain import SiteDomain, site_domain
+from core.local.training import TrainSettings, check_patch, optimise, patch_batches
 from core.model import ContinualSegmenter
-from core.training import TrainSettings, check_patch, optimise, patch_batches
 from core.vocabulary import Group
 
 

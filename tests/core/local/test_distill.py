@@ -1,8 +1,9 @@
 import pytest
 import torch
 
+from core.local.distill import kd_loss
 from core.model import Decoder, Encoder, Genotype
-from core.model.distill import inherit, kd_loss
+from core.model.inherit import inherit
 from tests.models import TINY
 
 
@@ -38,10 +39,10 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
 ):
     from core.bundle import load_bundle
     from core.data.transforms import Augmentation
-    from core.evaluation import evaluate_task
+    from core.local.distill import distill_phase
+    from core.local.evaluation import evaluate_task
+    from core.local.training import TrainSettings
     from core.model.cost import count_parameters
-    from core.model.distill import distill_phase
-    from core.training import TrainSettings
     from tests.models import PATCH, abdomen_cases, held_out_set
 
     bundle = load_bundle(trained_bundle)

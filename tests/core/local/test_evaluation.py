@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 import torch
 
-from core.evaluation import ScoreSums, score_prediction
+from core.local.evaluation import ScoreSums, score_prediction
 
 STRUCTURES = ("liver", "spleen", "heart")
 

@@ -12,28 +12,16 @@ the most parameters until it fits the budget: it always respects the budget.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 
 import torch
 from monai.networks.blocks import UpSample
 from torch import nn
 
 from core import anatomy
-from core.data import Case, LabelTable, split_cases
-from core.data.transforms import Preprocessing
 from core.model.blocks import OPS, init_he, op_block
 from core.model.cost import genotype_parameters, head_parameters, stage_parameters
-from core.model.encoder import Encoder
 from core.model.genotype import WIDTH_CHOICES, Genotype, Stage
-from core.training import (
-    SegmentationLoss,
-    TrainSettings,
-    check_finite,
-    check_patch,
-    patch_batches,
-)
 
 
 def _width(base: int, fraction: float) -> int:
@@ -178,104 +166,3 @@ class SuperNet(nn.Module):
         while size(choice) <= budget and (larger := best_change(choice, shrink=False)):
             choice = larger
         return genotype(choice)
-
-
-@dataclass(frozen=True)
-class SearchSettings:
-    """Budget of a local search.
-
-    Attributes:
-        train: steps, batch, learning rate and patches of the weight updates.
-        budget: the decoder size (parameters) the cost term aims below.
-        arch_lr: Adam learning rate of the architecture parameters.
-        cost_weight: weight of the cost term ``relu(expected / budget - 1)``.
-        warmup: share of the steps that update weights only, before architecture steps.
-    """
-
-    train: TrainSettings
-    budget: int
-    arch_lr: float = 3e-2
-    cost_weight: float = 1.0
-    warmup: float = 0.3
-
-
-@dataclass
-class SearchResult:
-    """What a local search did."""
-
-    weight_losses: list[float]
-    arch_losses: list[float]
-    expected_parameters: list[float]
-    seconds: float
-
-
-def search_phase(
-    encoder: Encoder,
-    supernet: SuperNet,
-    table: LabelTable,
-    cases: Sequence[Case],
-    prep: Preprocessing,
-    settings: SearchSettings,
-) -> SearchResult:
-    """Alternate supernet weight steps and architecture steps on two halves of the cases.
-
-    Weights learn on one half (DiceCE), the architecture on the other (DiceCE plus the
-    cost term), as in differentiable architecture search; the first ``warmup`` share of
-    the steps trains weights only.
-
-    Raises:
-        ValueError: if the encoder is not frozen or there are no cases.
-    """
-    if not encoder.frozen:
-        raise ValueError("search phase: the encoder must be frozen")
-    if not cases:
-        raise ValueError("search phase: no training cases")
-    train = settings.train
-    check_patch(train.augmentation.patch_size, encoder.config.divisor)
-    torch.manual_seed(train.seed)
-    device = next(supernet.parameters()).device
-    weights_half, arch_half = (
-        split_cases(cases, 0.5, train.seed) if len(cases) > 1 else (cases, cases)
-    )
-    structures = supernet.structures
-    weight_batches = patch_batches(weights_half, table, structures, prep, train)
-    arch_batches = patch_batches(
-        arch_half, table, structures, prep, replace(train, seed=train.seed + 1)
-    )
-    loss_fn = SegmentationLoss()
-    w_opt = torch.optim.Adam(
-        supernet.weight_parameters(), lr=train.lr, weight_decay=train.weight_decay
-    )
-    w_sched = torch.optim.lr_scheduler.LambdaLR(w_opt, train.lr_factor)
-    a_opt = torch.optim.Adam(supernet.arch_parameters(), lr=settings.arch_lr, betas=(0.5, 0.999))
-    result = SearchResult([], [], [], 0.0)
-    start = time.perf_counter()
-    supernet.train()
-    for step in range(train.steps):
-        batch = next(weight_batches)
-        with torch.no_grad():
-            features = encoder(batch["image"].to(device))
-        loss = loss_fn(supernet(features), batch["label"].to(device))
-        w_opt.zero_grad(set_to_none=True)
-        loss.backward()  # type: ignore[no-untyped-call]
-        check_finite(loss, supernet.weight_parameters(), "search", step, train.steps)
-        w_opt.step()
-        w_sched.step()
-        result.weight_losses.append(float(loss.detach()))
-        if step >= settings.warmup * train.steps:
-            batch = next(arch_batches)
-            with torch.no_grad():
-                features = encoder(batch["image"].to(device))
-            expected = supernet.expected_parameters()
-            cost = torch.relu(expected / settings.budget - 1.0)
-            arch_loss = (
-                loss_fn(supernet(features), batch["label"].to(device)) + settings.cost_weight * cost
-            )
-            a_opt.zero_grad(set_to_none=True)
-            arch_loss.backward()  # type: ignore[no-untyped-call]
-            check_finite(arch_loss, supernet.arch_parameters(), "search", step, train.steps)
-            a_opt.step()
-            result.arch_losses.append(float(arch_loss.detach()))
-            result.expected_parameters.append(float(expected.detach()))
-    result.seconds = time.perf_counter() - start
-    return result
