@@ -173,7 +173,7 @@ class DecoderVote:
         skill: ``q_d(k)`` per structure (empty: 1 for all).
         foreground: ``(B, 1, ...)`` one minus the background probability, where kept
             (for probability maps; the merge does not use it).
-        domain_scale: the distance its domain score 1 stands for (``core.domain.scale``).
+        domain_scale: the distance its domain score 1 stands for (``core.domain.domain_scale``).
             A score is a distance over the decoder's own threshold, and a threshold says
             how varied its sites' CTs were (head and neck slabs vary more than thoracic
             ones), which decides how far its gate reaches but not whose sites saw CTs more

@@ -29,7 +29,6 @@ from core.protocol import RoundConfig
 from core.records import RecordError
 from server.catalog import Catalog, CatalogError
 from server.messages import Ledger
-from server.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
 
@@ -142,8 +141,3 @@ class RoundStore:
     def drop(self, phase: str) -> None:
         """Forget every kept round of ``phase`` (it has ended)."""
         self.catalog.drop_checkpoints(self.task, f"{phase}.round")
-
-
-def optimizer_state(optimizer: ServerOptimizer | None) -> dict[str, dict[str, torch.Tensor]]:
-    """A phase's server optimiser state to keep (nothing for plain FedAvg)."""
-    return {} if optimizer is None else optimizer.state()

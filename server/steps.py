@@ -31,7 +31,7 @@ from server.catalog import Catalog
 from server.federation import Federation, Reply, SiteInfo
 from server.messages import Ledger, array_bytes, round_messages
 from server.plan import Plan, TaskPlan
-from server.rounds import KeptRound, RoundStore, fingerprint, optimizer_state
+from server.rounds import KeptRound, RoundStore, fingerprint
 from server.server_optimizer import ServerOptimizer
 
 log = logging.getLogger(__name__)
@@ -179,8 +179,9 @@ class TaskRun:
         cfg = self.round_config(
             phase.name, rnd, rounds, state.encoder, genotype or state.decoder.genotype
         )
-        given = fingerprint(cfg, self.task.of(phase).to_json(), templates)
-        kept = self.kept_rounds.load(phase, rnd, given) if rnd < rounds else None
+        keep = rnd < rounds  # the last round's outcome is the phase's own checkpoint
+        given = fingerprint(cfg, self.task.of(phase).to_json(), templates) if keep else ""
+        kept = self.kept_rounds.load(phase, rnd, given) if keep else None
         if kept is not None:
             return self._take_kept(phase, rnd, rounds, kept)
         settings = phase.settings_record(self.task.of(phase))
@@ -215,11 +216,9 @@ class TaskRun:
             states = {k: optimizer.step(k, templates[k], v) for k, v in result.states.items()}
             result = dataclasses.replace(result, states=states)
         self.ledger.received(result.bytes_up, result.rejected)
-        if rnd < rounds:  # the last round's outcome is the phase's own checkpoint
-            server = self.optimizers.get(phase.name) if phase.server_optimized else None
-            self.kept_rounds.save(
-                phase.name, rnd, given, result, self.ledger, optimizer_state(server)
-            )
+        if keep:
+            server = self.optimizers[phase.name].state() if phase.server_optimized else {}
+            self.kept_rounds.save(phase.name, rnd, given, result, self.ledger, server)
         self.catalog.journal(
             "round-end",
             self.task.name,

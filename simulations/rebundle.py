@@ -6,7 +6,8 @@ run trained before a change of either can be scored as if it had been made after
 without training again: :func:`rebundle` writes a copy of the run's bundle with the
 merge's ``domain_weight`` and ``anomaly_weight`` replaced and, where asked, every
 decoder's domain recomputed from its simulated sites' training splits, as the calibrate
-phase computes it. ``csfl merge-report --rebundle`` scores that copy.
+phase computes it. ``csfl merge-report --domain-weight/--anomaly-weight/--redo-domains``
+scores that copy.
 """
 
 from __future__ import annotations
@@ -14,11 +15,11 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from core.bundle import load_bundle, save_bundle
+from core.bundle import Bundle, load_bundle, save_bundle
 from core.data import open_dataset, split_cases
 from core.domain import SiteDomain, join_domains
 from core.local.calibration import cases_domain
-from server.plan import parse_plan
+from server.plan import Plan, parse_plan
 from simulations.run import plan_document
 from simulations.scenario import Scenario
 
@@ -46,7 +47,8 @@ def rebundle(
         The folder of the copy.
 
     Raises:
-        ValueError: for a weight out of its range or a site whose data is missing.
+        ValueError: for a weight out of its range or a site whose data is missing or
+            unreadable (``core.data.DataError`` naming the folder).
     """
     bundle = load_bundle(run / "catalog" / "bundle")
     merge = bundle.merge
@@ -57,21 +59,11 @@ def rebundle(
     if redo_domains:
         plan = parse_plan(plan_document(scenario))
         for task, decoder in bundle.model.items():
-            domains: list[SiteDomain] = []
-            for site in scenario.sites_of(task):
-                folders = sorted((run / "sites" / site.name).glob("Dataset*"))
-                if not folders:
-                    raise ValueError(f"{run / 'sites' / site.name}: no dataset of {site.name}")
-                dataset = open_dataset(folders[0])
-                train, _ = split_cases(
-                    dataset.cases, plan.training.val_fraction, plan.training.seed
-                )
-                window = bundle.roi_size[2]
-                found = cases_domain(
-                    list(train), dataset.labels, bundle.preprocessing, decoder.structures, window
-                )
-                if found is not None:
-                    domains.append(found)
+            domains = [
+                domain
+                for site in scenario.sites_of(task)
+                if (domain := _site_domain(run, scenario, site.name, task, bundle, plan))
+            ]
             if domains:
                 centroids, thresholds = join_domains(domains)
                 decoder.domain_centroids.copy_(centroids)
@@ -79,3 +71,15 @@ def rebundle(
     out = run / REBUNDLED
     save_bundle(dataclasses.replace(bundle, merge=merge), out)
     return out
+
+
+def _site_domain(
+    run: Path, scenario: Scenario, site: str, task: str, bundle: Bundle, plan: Plan
+) -> SiteDomain | None:
+    """What a site's calibrate phase measures of ``task``'s decoder: its training split's domain."""
+    dataset = open_dataset(run / "sites" / site / scenario.dataset_folder(task))
+    train, _ = split_cases(dataset.cases, plan.training.val_fraction, plan.training.seed)
+    structures = bundle.model.decoder(task).structures
+    return cases_domain(
+        list(train), dataset.labels, bundle.preprocessing, structures, bundle.roi_size[2]
+    )

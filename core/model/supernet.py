@@ -1,4 +1,4 @@
-"""Differentiable architecture search of a decoder under a size budget.
+"""The supernet of the differentiable search of a decoder under a size budget.
 
 The supernet has, per decoder stage, every operation (3d, p3d, 2d) at full width; width
 choices are soft channel masks, so narrower students share the first channels. Each stage
@@ -7,7 +7,8 @@ stage output is the softmax(alpha)-weighted sum of the operations, times the
 softmax(beta)-weighted mask. The expected parameter count of the decoder under these
 distributions is differentiable, so a cost term can push it under the budget. The derived
 genotype takes each stage's most likely choice and then trades the least likely-loss for
-the most parameters until it fits the budget: it always respects the budget.
+the most parameters until it fits the budget: it always respects the budget. The site's
+search loop is :mod:`core.local.search`'s.
 """
 
 from __future__ import annotations
