@@ -1,7 +1,7 @@
 """The hospital's commands: ``csfl site check`` before joining, ``csfl predict`` after.
 
 Typed with typer; every heavy package (torch, MONAI, nibabel) is imported inside the
-command that needs it, so that ``csfl --help`` answers at once. ``simulations.cli``
+command that needs it, so that ``csfl --help`` answers at once. :mod:`csfl`
 puts these commands into ``csfl`` with :func:`add_commands`.
 """
 

@@ -3,7 +3,7 @@
 Also ``fleet-gate``, the hospitals' only door into the SuperLink (``server.gate``).
 
 Typed with typer; the catalog, the plan parser and Flower are imported inside the command
-that needs them, so that ``csfl --help`` answers at once. ``simulations.cli`` puts these
+that needs them, so that ``csfl --help`` answers at once. :mod:`csfl` puts these
 commands into ``csfl`` with :func:`add_commands`.
 """
 

@@ -107,10 +107,13 @@ class Scenario:
         return zlib.crc32(f"{self.seed}:{group}:{index}".encode())
 
 
+BUILTIN = Path(str(resources.files("simulations") / "scenarios"))
+"""The scenarios shipped with the package (the merge family in ``family/``)."""
+
+
 def builtin_scenarios() -> list[str]:
     """Names of the scenarios shipped with the package."""
-    folder = resources.files("simulations") / "scenarios"
-    return sorted(p.name[:-5] for p in folder.iterdir() if p.name.endswith(".toml"))
+    return sorted(p.name[:-5] for p in BUILTIN.iterdir() if p.name.endswith(".toml"))
 
 
 def scenario_path(name_or_path: str | Path) -> Path:
@@ -118,7 +121,7 @@ def scenario_path(name_or_path: str | Path) -> Path:
     path = Path(name_or_path)
     if path.suffix == ".toml" or path.exists():
         return path
-    candidate = Path(str(resources.files("simulations") / "scenarios" / f"{name_or_path}.toml"))
+    candidate = BUILTIN / f"{name_or_path}.toml"
     if not candidate.is_file():
         raise ScenarioError(
             f"no scenario {name_or_path!r}: built-in ones are {', '.join(builtin_scenarios())}"

@@ -114,7 +114,7 @@ def tiny_benchmark(tmp_path_factory: pytest.TempPathFactory) -> Path:
     the second start keeps the first stage and resumes the second from the catalog.
     """
     from server.catalog import Catalog
-    from simulations.benchmark import run_benchmark
+    from simulations.benchmarks.benchmark import run_benchmark
     from simulations.run import SimulationError
     from simulations.scenario import load_scenario
     from tests.integration.flower import kill_servers, wait_for

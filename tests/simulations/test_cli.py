@@ -7,7 +7,7 @@ import pytest
 import typer
 from typer.testing import CliRunner
 
-from simulations.cli import app
+from csfl import app
 
 runner = CliRunner()
 
@@ -34,7 +34,7 @@ def test_help_answers_without_importing_heavy_packages():
     code = (
         "import sys\n"
         "import client.cli, core.cli, server.cli\n"
-        "from simulations.cli import app\n"
+        "from csfl import app\n"
         "heavy = [m for m in ('torch', 'monai', 'flwr', 'nibabel') if m in sys.modules]\n"
         "print(','.join(heavy))\n"
     )

@@ -12,6 +12,8 @@ from core.data.transforms import Preprocessing
 from core.inference import volume_outputs
 from core.merge import MergeSettings
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
+from simulations.benchmarks.merge_report import COMPARED, merge_report
+from simulations.benchmarks.rebundle import rebundle
 from simulations.evaluate import (
     LabelMap,
     case_truth,
@@ -21,8 +23,6 @@ from simulations.evaluate import (
     score_model,
     task_labels,
 )
-from simulations.merge_report import COMPARED, merge_report
-from simulations.rebundle import rebundle
 from simulations.scenario import Scenario, TaskSpec
 from simulations.task_data import TaskData
 from tests.builders import SHAPE, nnunet_dataset

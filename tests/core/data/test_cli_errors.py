@@ -9,7 +9,7 @@ from typer.testing import CliRunner
 from core.bundle import Bundle, save_bundle
 from core.data.nifti import write_volume
 from core.data.transforms import Preprocessing
-from simulations.cli import app
+from csfl import app
 from tests.builders import AFFINE, SHAPE, nnunet_dataset, truncate, write_raw
 from tests.core.data.hostile import gzip_bomb, header_only
 from tests.models import tiny_model

@@ -1,9 +1,9 @@
-"""The methods a learning curve can train, each as a :class:`simulations.curves.Trainer`.
+"""The methods a learning curve can train, each as a :class:`simulations.benchmarks.curves.Trainer`.
 
 All use the scenario's plan (encoder, patch, preprocessing, optimiser, seed) as the
-benchmark's central methods do (:func:`simulations.baselines.central_settings`), and
+benchmark's central methods do (:func:`simulations.benchmarks.baselines.central_settings`), and
 score by :func:`simulations.evaluate.score_model` on held-out cases. :func:`run_curve`
-(``csfl curve``) picks one and draws its curve with :mod:`simulations.curves`, which
+(``csfl curve``) picks one and draws its curve with :mod:`simulations.benchmarks.curves`, which
 imports nothing from here.
 """
 
@@ -23,8 +23,8 @@ from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.phases import BASE
 from server.catalog import INDEX, Catalog
 from server.plan import Plan, parse_plan
-from simulations.baselines import central_settings, upper_bound
-from simulations.curves import (
+from simulations.benchmarks.baselines import central_settings, upper_bound
+from simulations.benchmarks.curves import (
     ALL_TASKS,
     CURVE_METHODS,
     CurveMethod,
@@ -36,8 +36,8 @@ from simulations.curves import (
     machine_cpu_seconds,
     plot_curve,
 )
+from simulations.benchmarks.joint import joint
 from simulations.evaluate import score_model
-from simulations.joint import joint
 from simulations.run import link_sites, plan_document, simulate, write_sites_once
 from simulations.scenario import Scenario, load_scenario, parse_settings, with_federation
 from simulations.task_data import TaskData, load_tasks

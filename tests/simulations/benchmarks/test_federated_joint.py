@@ -4,8 +4,8 @@ import pytest
 
 from core.phases import BASE
 from server.plan import parse_plan
-from simulations.budget import plateau_scenario
-from simulations.federated_joint import TASK, federated_joint, joint_scenario
+from simulations.benchmarks.budget import plateau_scenario
+from simulations.benchmarks.federated_joint import TASK, federated_joint, joint_scenario
 from simulations.run import PER_TASK, plan_document, write_sites_once
 from simulations.scenario import load_scenario, parse_settings, with_federation
 from simulations.task_data import load_tasks

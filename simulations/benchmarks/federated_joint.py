@@ -24,8 +24,8 @@ from core.model.cost import count_parameters
 from core.phases import BASE
 from server.catalog import Catalog
 from server.plan import Plan
+from simulations.benchmarks.joint import all_structures
 from simulations.evaluate import score_means, score_model, upload_summary
-from simulations.joint import all_structures
 from simulations.run import PER_TASK, link_sites, simulate
 from simulations.scenario import Scenario, TaskSpec
 from simulations.task_data import TaskData

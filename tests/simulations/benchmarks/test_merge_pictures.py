@@ -1,7 +1,7 @@
 import torch
 
 from core.local.evaluation import ScoreSums
-from simulations.merge_pictures import failing, save_picture
+from simulations.benchmarks.merge_pictures import failing, save_picture
 
 
 def _scores(**dice):

@@ -3,8 +3,8 @@ import json
 
 import pytest
 
-from simulations.benchmark import ORDER
-from simulations.report import summarize, upload_ratio
+from simulations.benchmarks.benchmark import ORDER
+from simulations.benchmarks.report import summarize, upload_ratio
 from simulations.scenario import load_scenario
 from tests.conftest import BENCHMARKED
 
@@ -46,7 +46,7 @@ def test_quick_benchmark_reports_every_method_consistently(tiny_benchmark):
 
 @pytest.mark.slow
 def test_a_rerun_reuses_finished_methods(tiny_benchmark):
-    from simulations.benchmark import run_benchmark
+    from simulations.benchmarks.benchmark import run_benchmark
 
     said = []
     before = (tiny_benchmark / "mib.json").read_text()
@@ -59,10 +59,10 @@ def test_a_rerun_reuses_finished_methods(tiny_benchmark):
 
 @pytest.mark.slow  # the central methods on tiny for 2-5 steps a task (no Flower)
 def test_plateau_budgets_reach_the_central_methods_which_share_the_first_stage(tmp_path):
-    from simulations.benchmark import run_benchmark
-    from simulations.curves import curve_path
+    from simulations.benchmarks.benchmark import run_benchmark
+    from simulations.benchmarks.curves import curve_path
+    from simulations.benchmarks.shared_stage import FOLDER
     from simulations.run import write_sites_once
-    from simulations.shared_stage import FOLDER
 
     tiny = load_scenario("tiny")
     small = {"encoder_widths": [4, 8, 16]}  # a smaller network than the scenario's

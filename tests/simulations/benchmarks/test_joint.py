@@ -6,9 +6,9 @@ import torch
 from core.data.transforms import Augmentation
 from core.local.training import TrainSettings, merged_logits
 from core.model import EncoderConfig
-from simulations.baselines import StageLog
+from simulations.benchmarks.baselines import StageLog
+from simulations.benchmarks.joint import MarginalLoss, MixedBatches, joint
 from simulations.evaluate import score_model
-from simulations.joint import MarginalLoss, MixedBatches, joint
 from simulations.task_data import TaskData
 from tests.models import abdomen_cases, held_out_set, native_prep
 

@@ -8,7 +8,7 @@ from core.anatomy import UnknownStructureError
 from core.data.transforms import Augmentation
 from core.local.training import TrainSettings, patch_batches
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
-from simulations.baselines import (
+from simulations.benchmarks.baselines import (
     GrowingSegmenter,
     StageLoss,
     lwf_kd,

@@ -29,7 +29,7 @@ from core.local.training import (
     patch_batches,
 )
 from core.model import EncoderConfig
-from simulations.baselines import GrowingSegmenter, StageLog
+from simulations.benchmarks.baselines import GrowingSegmenter, StageLog
 from simulations.task_data import TaskData
 
 

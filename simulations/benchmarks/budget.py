@@ -3,7 +3,7 @@
 Two budgets: ``scenario`` (the scenario's ``[federation]`` rounds, and the central
 methods as many steps as the method's decoder gets at all the task's sites together)
 and ``plateau`` (each task's plateau budget from the upper bound's learning curve,
-``simulations.curves``, for every central method, and the federated rounds scaled to
+``simulations.benchmarks.curves``, for every central method, and the federated rounds scaled to
 match it); and each method's kept result, checked against the steps it was trained
 for, with the time left at the rate measured so far.
 """
@@ -20,7 +20,7 @@ from typing import Any
 from core.phases import DISTILL, TEACHER
 from core.records import fields_of
 from server.plan import Plan, parse_plan
-from simulations.curves import Budget, duration
+from simulations.benchmarks.curves import Budget, duration
 from simulations.run import PER_TASK, plan_document
 from simulations.scenario import Scenario
 

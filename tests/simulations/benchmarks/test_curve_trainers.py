@@ -5,8 +5,8 @@ import pytest
 from core.data.transforms import Preprocessing
 from core.model import Encoder, EncoderConfig
 from server.catalog import Catalog
-from simulations.curve_trainers import run_curve
-from simulations.curves import CurveSettings
+from simulations.benchmarks.curve_trainers import run_curve
+from simulations.benchmarks.curves import CurveSettings
 from simulations.scenario import scenario_path
 
 SMALL = (4, 8, 16)  # a smaller network than the tiny scenario's (same 32^3 patch)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.model import EncoderConfig
-from simulations.network_profile import _train_step_times
+from simulations.benchmarks.network_profile import _train_step_times
 
 SMALL = EncoderConfig((4, 8, 16))
 

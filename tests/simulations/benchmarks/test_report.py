@@ -1,6 +1,6 @@
 """The benchmark report's headline table and its ratios to both references."""
 
-from simulations.report import markdown
+from simulations.benchmarks.report import markdown
 
 
 def _stages(*finals: dict[str, float]) -> list[dict]:

@@ -7,14 +7,14 @@ On one scenario, with the same phantoms, seeds and training budget:
   highest softmax probability; ``no_trim``: the method with full decoders (its own run);
 - two references: ``upper_bound``, one encoder + full decoder per task, trained on that
   task's pooled sites; ``joint``, one model over every task's structures trained on all
-  their data at once with a marginal loss (``simulations/joint.py``); and its federated
+  their data at once with a marginal loss (``simulations/benchmarks/joint.py``); and its federated
   peer ``federated_joint``, the same model by FedAvg over every site at once, each with
-  the marginal loss over what it labels (``simulations/federated_joint.py``, Flower);
+  the marginal loss over what it labels (``simulations/benchmarks/federated_joint.py``, Flower);
 - ``finetune``, ``lwf`` and ``mib``: one model with a growing head trained task after
-  task (``simulations/baselines.py``). Their first stage and the upper bound's first
-  model are one model, trained once (``simulations/shared_stage.py``).
+  task (``simulations/benchmarks/baselines.py``). Their first stage and the upper bound's first
+  model are one model, trained once (``simulations/benchmarks/shared_stage.py``).
 
-The budget (``simulations/budget.py``) is either the scenario's: central methods train
+The budget (``simulations/benchmarks/budget.py``) is either the scenario's: central methods train
 on the pooled training splits of a task's sites for as many steps as the method's
 decoder gets at all those sites together (training rounds x local steps, plus
 distillation, times sites), so they see as many patches; or each task's ``plateau``
@@ -47,8 +47,13 @@ from core.local.training import TrainSettings
 from core.model import Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
 from server.plan import Plan, parse_plan
-from simulations.baselines import GrowingSegmenter, central_settings, sequential, upper_bound
-from simulations.budget import (
+from simulations.benchmarks.baselines import (
+    GrowingSegmenter,
+    central_settings,
+    sequential,
+    upper_bound,
+)
+from simulations.benchmarks.budget import (
     Clock,
     central_steps,
     federated_scenario,
@@ -57,20 +62,20 @@ from simulations.budget import (
     reuse_result,
     stamp,
 )
-from simulations.curves import Budget, plateau_budgets
+from simulations.benchmarks.curves import Budget, plateau_budgets
+from simulations.benchmarks.federated_joint import federated_joint
+from simulations.benchmarks.federated_methods import Scores, federated
+from simulations.benchmarks.joint import joint
+from simulations.benchmarks.report import markdown, overlay_figure, plots
+from simulations.benchmarks.shared_stage import first_stage
 from simulations.evaluate import (
     merged_map,
     score_means,
     score_model,
     task_labels,
 )
-from simulations.federated_joint import federated_joint
-from simulations.federated_methods import Scores, federated
-from simulations.joint import joint
-from simulations.report import markdown, overlay_figure, plots
 from simulations.run import link_sites, plan_document, write_sites_once
 from simulations.scenario import Scenario
-from simulations.shared_stage import first_stage
 from simulations.task_data import TaskData, load_tasks
 
 ORDER = (
@@ -97,7 +102,7 @@ def central(
     """Train and evaluate a central method: a reference or a sequential baseline.
 
     The first task's model of ``upper_bound``, ``finetune``, ``lwf`` and ``mib`` is one
-    shared model (:mod:`simulations.shared_stage`, kept under ``folder``); its training
+    shared model (:mod:`simulations.benchmarks.shared_stage`, kept under ``folder``); its training
     time counts for each of them.
     """
     prep, roi, image = plan.preprocessing, plan.patch, tasks[0].test_cases[0].image
@@ -226,7 +231,7 @@ def run_benchmark(
         say: progress messages.
         progress: progress bars for central training.
         budget: ``scenario`` (the scenario's rounds) or ``plateau`` (each task's plateau
-            budget from the upper-bound curves in ``curves``; :mod:`simulations.budget`).
+            budget from the upper-bound curves in ``curves``; :mod:`simulations.benchmarks.budget`).
         curves: ``csfl curve``'s folder (``plateau`` only).
         cpus: cores the federated methods' simulated sites share (default: all).
         settings: the ``--set`` keys already applied to ``scenario``'s federation table

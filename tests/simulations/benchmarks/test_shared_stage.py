@@ -7,9 +7,9 @@ import torch
 from core.data.transforms import Augmentation
 from core.local.training import TrainSettings
 from core.model import EncoderConfig
-from simulations import shared_stage
-from simulations.baselines import sequential
-from simulations.shared_stage import FOLDER, first_stage, settings_key
+from simulations.benchmarks import shared_stage
+from simulations.benchmarks.baselines import sequential
+from simulations.benchmarks.shared_stage import FOLDER, first_stage, settings_key
 from simulations.task_data import TaskData
 from tests.models import abdomen_cases, held_out_set, native_prep
 
@@ -92,7 +92,7 @@ def test_the_first_stage_is_trained_once_and_is_every_method_s_first_stage(
 
 def test_a_first_stage_of_another_task_is_refused(tasks):
     abdomen, chest, prep = tasks
-    from simulations.baselines import GrowingSegmenter
+    from simulations.benchmarks.baselines import GrowingSegmenter
 
     with pytest.raises(ValueError, match="first stage"):
         sequential(

@@ -2,8 +2,15 @@ import json
 
 import pytest
 
-from simulations.merge_matrix import BEST, OWN, family, format_matrix, record, task_summary
-from simulations.merge_report import COMPARED
+from simulations.benchmarks.merge_matrix import (
+    BEST,
+    OWN,
+    family,
+    format_matrix,
+    record,
+    task_summary,
+)
+from simulations.benchmarks.merge_report import COMPARED
 
 
 def _row(merged, **alone):

@@ -18,11 +18,11 @@ from statistics import fmean
 from typing import Any
 
 from core.io import atomic_write_json
-from simulations.merge_report import ALONE, COMPARED, merge_report
+from simulations.benchmarks.merge_report import ALONE, COMPARED, merge_report
 from simulations.run import simulate
-from simulations.scenario import TEST_FOLDER, Scenario, load_scenario
+from simulations.scenario import BUILTIN, TEST_FOLDER, Scenario, load_scenario
 
-FAMILY = Path(__file__).parent / "scenarios" / "family"
+FAMILY = BUILTIN / "family"
 BEST = "best single decoder"
 MATRIX = "matrix.json"
 OWN = "own decoder"

@@ -1,7 +1,7 @@
 """The benchmark's shared first stage: one model on the first task, trained once.
 
 The upper bound's first model and the first stage of fine-tuning, LwF and MiB are the
-same model when seeds and recipe agree (:func:`simulations.baselines.upper_bound`). It
+same model when seeds and recipe agree (:func:`simulations.benchmarks.baselines.upper_bound`). It
 is trained once and its weights kept under the benchmark's folder, keyed by a hash of
 everything that determines it (the encoder, the task, the bytes of its training cases,
 the preprocessing and the training settings); every method starts from that file.
@@ -23,7 +23,7 @@ from core.device import pick_device
 from core.io import atomic_write_bytes
 from core.local.training import TrainSettings
 from core.model import EncoderConfig
-from simulations.baselines import GrowingSegmenter, upper_bound
+from simulations.benchmarks.baselines import GrowingSegmenter, upper_bound
 from simulations.task_data import TaskData
 
 FOLDER = "first-stage"  # under the benchmark's folder

@@ -27,8 +27,8 @@ from core.inference import VolumeOutputs, combined_structures
 from core.local.evaluation import ScoreSums
 from core.merge import MergeSettings
 from core.vocabulary import Group
+from simulations.benchmarks.merge_pictures import failing, save_picture
 from simulations.evaluate import LabelMap, merged_map, score_bundle_maps
-from simulations.merge_pictures import failing, save_picture
 from simulations.scenario import Scenario
 from simulations.task_data import load_test_set
 
@@ -126,7 +126,7 @@ def merge_report(
 
     A case is ``tumour`` when its ground truth holds one of the task's lesions. A decoder
     alone is scored only on the structures it segments. With ``pictures``, a PNG per
-    structure the merge fails in a case (``simulations.merge_pictures``) goes there.
+    structure the merge fails in a case (``simulations.benchmarks.merge_pictures``) goes there.
 
     Returns:
         ``{"overlap": [...], "cases": {kind: n}, "dice": {kind: {structure: {method:

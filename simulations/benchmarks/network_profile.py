@@ -261,7 +261,7 @@ def _measure_in_subprocess(
 ) -> dict[str, Any]:
     """Run one approach in a fresh process; stop it if its memory passes ``limit_gb``."""
     code = (
-        "import json, sys; from simulations.network_profile import measure_prediction; "
+        "import json, sys; from simulations.benchmarks.network_profile import measure_prediction; "
         "print(json.dumps(measure_prediction(*sys.argv[1:4])))"
     )
     argv = [sys.executable, "-c", code, approach, str(bundle), str(ct)]

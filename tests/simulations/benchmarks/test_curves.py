@@ -3,8 +3,8 @@ import json
 import pytest
 from typer.testing import CliRunner
 
-from simulations.cli import app
-from simulations.curves import (
+from csfl import app
+from simulations.benchmarks.curves import (
     CurveSettings,
     Trainer,
     curve_path,
@@ -153,7 +153,7 @@ def test_the_machine_s_cpu_clock_counts_work_done_in_any_process():
     import sys
     import time
 
-    from simulations.curves import machine_cpu_seconds
+    from simulations.benchmarks.curves import machine_cpu_seconds
 
     before, start = machine_cpu_seconds(), time.perf_counter()
     busy = "import time\nt = time.process_time()\nwhile time.process_time() - t < 0.5: pass"

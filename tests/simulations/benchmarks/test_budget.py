@@ -6,7 +6,13 @@ import pytest
 from core.phases import DISTILL, TEACHER
 from core.records import RecordError
 from server.plan import parse_plan
-from simulations.budget import budget_steps, central_steps, plateau_scenario, reuse_result, stamp
+from simulations.benchmarks.budget import (
+    budget_steps,
+    central_steps,
+    plateau_scenario,
+    reuse_result,
+    stamp,
+)
 from simulations.run import PER_TASK, plan_document
 from simulations.scenario import load_scenario
 
