@@ -62,6 +62,7 @@ class FieldSpec:
     lo: float | None
     hi: float | None
     fallback: str | None
+    doc: str = ""
 
     @property
     def wire(self) -> str:
@@ -91,6 +92,7 @@ def _fields(cls: Any) -> tuple[FieldSpec, ...]:
             f.metadata.get("lo"),
             f.metadata.get("hi"),
             f.metadata.get("fallback"),
+            f.metadata.get("doc", ""),
         )
         for f in dataclasses.fields(cls)
         if f.init and f.metadata.get("record", True)

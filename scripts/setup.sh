@@ -64,9 +64,9 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
 fi
 echo "setup: installing continual-segment-fl and its dependencies into $venv ..."
 if [ -x "$venv/bin/uv" ]; then
-  "${uv[@]}" -e ".[test]"
+  "${uv[@]}" -e ".[test,docs]"
 else
-  "${install[@]}" -e ".[test]"
+  "${install[@]}" -e ".[test,docs]"
 fi
 # Bytecode, once, for what the project's processes import, where PYTHONDONTWRITEBYTECODE is
 # set (as on our CI machines): nothing would be cached, and every Flower process (a ClientApp

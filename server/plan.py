@@ -55,7 +55,7 @@ from core.local.training import TrainSettings
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, PhaseSpec
 from core.protocol import Optimiser
-from core.records import Record, RecordError, check_unknown, keys_of, parse, setting
+from core.records import Record, RecordError, check_unknown, flat, keys_of, parse, setting
 
 S = TypeVar("S", bound=Record)
 
@@ -68,10 +68,30 @@ class PlanError(ValueError):
 class ModelSection(Record):
     """``[model]``: the encoder, the patch and the preprocessing."""
 
-    encoder_widths: tuple[int, ...] = setting((8, 16, 32, 64, 128), lo=1, hi=1024)
-    patch: tuple[int, int, int] = setting((64, 64, 64), lo=8, hi=256)
-    spacing_mm: tuple[float, float, float] = setting((1.5, 1.5, 1.5), lo=0.05, hi=50.0)
-    hu_window: tuple[float, float] = setting((-1000.0, 1000.0), lo=-4000.0, hi=30000.0)
+    encoder_widths: tuple[int, ...] = setting(
+        (8, 16, 32, 64, 128),
+        lo=1,
+        hi=1024,
+        doc="channels of the shared encoder's stages (one per stage; sets the depth)",
+    )
+    patch: tuple[int, int, int] = setting(
+        (64, 64, 64),
+        lo=8,
+        hi=256,
+        doc="training patch and sliding-window size, voxels (multiples of the encoder's divisor)",
+    )
+    spacing_mm: tuple[float, float, float] = setting(
+        (1.5, 1.5, 1.5),
+        lo=0.05,
+        hi=50.0,
+        doc="every CT is resampled to this voxel spacing (x, y, z)",
+    )
+    hu_window: tuple[float, float] = setting(
+        (-1000.0, 1000.0),
+        lo=-4000.0,
+        hi=30000.0,
+        doc="Hounsfield units mapped linearly onto [0, 1], clipped outside (low, high)",
+    )
 
     def __post_init__(self) -> None:
         encoder = EncoderConfig(self.encoder_widths)
@@ -87,10 +107,18 @@ class ModelSection(Record):
 class TrainingSection(Record):
     """``[training]``: what every task shares."""
 
-    batch_size: int = setting(2, lo=1, hi=64)
-    val_fraction: float = setting(0.2, lo=0.01, hi=0.99)
-    seed: int = setting(0, lo=0, hi=2**31 - 1)
-    max_payload_mb: float = setting(256.0, lo=1.0, hi=4096.0)
+    batch_size: int = setting(
+        2, lo=1, hi=64, doc="patches per local step (every task, every phase)"
+    )
+    val_fraction: float = setting(
+        0.2, lo=0.01, hi=0.99, doc="share of a site's cases kept apart for its own validation"
+    )
+    seed: int = setting(
+        0, lo=0, hi=2**31 - 1, doc="seed of every site's data split, sampling and initialisation"
+    )
+    max_payload_mb: float = setting(
+        256.0, lo=1.0, hi=4096.0, doc="largest reply the server accepts from a site"
+    )
     precision: str = setting(
         DEFAULT_PRECISION, lo=1, hi=8, doc='"auto", "fp32" or "bf16" (training)'
     )
@@ -114,9 +142,13 @@ class TrainingSection(Record):
 class TaskSection(Record):
     """A task's own keys besides its sites, optimiser and phase settings."""
 
-    name: str = setting(lo=1, hi=64)
-    structures: tuple[str, ...] = setting(lo=1, hi=64)
-    min_sites: int = setting(1, lo=1, hi=1000)
+    name: str = setting(
+        lo=1, hi=64, doc="the task's name (a file-safe identifier, unique in the plan)"
+    )
+    structures: tuple[str, ...] = setting(
+        lo=1, hi=64, doc="the structures its decoder segments (names of core.anatomy)"
+    )
+    min_sites: int = setting(1, lo=1, hi=1000, doc="the fewest usable site replies a round needs")
     trim: bool = setting(True, doc="search and distil a compact student")
     calibrate: bool = setting(True, doc="train confidence/anomaly heads, record the range")
     partial_labels: bool = setting(False, doc="sites may label only some structures")
@@ -152,9 +184,24 @@ class AggregationSettings(Record):
     aggregation: str = setting(
         "clipped", lo=1, hi=16, doc='"clipped", "robust" or "fedavg" (unbounded)'
     )
-    norm_bound: float = setting(3.0, lo=1.0, hi=1000.0)
-    trim_fraction: float = setting(0.2, lo=0.0, hi=0.45)
-    max_site_cases: int = setting(10_000, lo=1, hi=1_000_000)
+    norm_bound: float = setting(
+        3.0,
+        lo=1.0,
+        hi=1000.0,
+        doc="clipped/robust: largest update, in multiples of the round's median update norm",
+    )
+    trim_fraction: float = setting(
+        0.2,
+        lo=0.0,
+        hi=0.45,
+        doc="robust: share of sites trimmed at each end, per coordinate (3 sites or more)",
+    )
+    max_site_cases: int = setting(
+        10_000,
+        lo=1,
+        hi=1_000_000,
+        doc="a site's aggregation weight (its training cases) is capped here",
+    )
     server_optimizer: str = setting("sgd", lo=1, hi=16, doc='"sgd" or "adam"')
     server_lr: float = setting(1.0, lo=1e-4, hi=10.0, doc="the server's step on the average")
     server_momentum: float = setting(0.0, lo=0.0, hi=0.99, doc="sgd's momentum (FedAvgM)")
@@ -196,6 +243,31 @@ class TaskPlan:
         """The task's settings of ``phase``."""
         return self.phase_settings[phase.name]  # type: ignore[return-value]
 
+    def with_phase(self, phase: PhaseSpec[Any, Any], **changes: Any) -> TaskPlan:
+        """The task with ``changes`` to ``phase``'s settings.
+
+        Every phase whose settings are the same record (``base`` and ``teacher``) changes
+        with it, as they do when a plan sets their key.
+        """
+        kind = type(self.phase_settings[phase.name])
+        settings: dict[str, Record] = {
+            name: dataclasses.replace(value, **changes) if type(value) is kind else value  # type: ignore[type-var]
+            for name, value in self.phase_settings.items()
+        }
+        return dataclasses.replace(self, phase_settings=settings)
+
+    def document(self) -> dict[str, Any]:
+        """The task's ``[[tasks]]`` table, as :func:`parse_plan` reads it."""
+        table: dict[str, Any] = {
+            **flat(self.section),
+            "sites": "any" if self.sites is None else list(self.sites),
+            **flat(self.optimiser),
+            **flat(self.aggregation),
+        }
+        for settings in self.phase_settings.values():
+            table |= flat(settings)
+        return table
+
 
 @dataclass(frozen=True)
 class Plan:
@@ -228,6 +300,19 @@ class Plan:
     def task(self, name: str) -> TaskPlan:
         """The task of that name."""
         return next(t for t in self.tasks if t.name == name)
+
+    def with_task(self, task: TaskPlan) -> Plan:
+        """The plan with ``task`` in place of the task of its name."""
+        tasks = tuple(task if t.name == task.name else t for t in self.tasks)
+        return dataclasses.replace(self, tasks=tasks)
+
+    def document(self) -> dict[str, Any]:
+        """The plan as a TOML-ready document, which :func:`parse_plan` reads back equal."""
+        return {
+            "model": flat(self.model),
+            "training": flat(self.training),
+            "tasks": [t.document() for t in self.tasks],
+        }
 
     def train_settings(
         self, task: TaskPlan | None = None, steps: int | None = None, progress: bool = False

@@ -17,64 +17,18 @@ from pathlib import Path
 from typing import Any
 
 from core.io import atomic_write_bytes, atomic_write_json
-from core.records import RecordError, check_unknown, keys_of
 from server.catalog import JOURNAL, Catalog
 from server.local import APP_DIR, LocalFederation
 from server.orchestrator import last_run_summary, planned_rounds
-from server.plan import ModelSection, TrainingSection, parse_plan, task_keys
 from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.progress import JournalWatcher
 from simulations.scenario import TEST_FOLDER, Scenario, write_scenario
 
-PER_TASK = "per_task"  # [federation.per_task.<task>]: one task's budget keys
 COMPLETE = ".complete"  # marks a sites folder whose phantoms are all written
 
 
 class SimulationError(RuntimeError):
     """A stage that did not finish its tasks; the message says where the logs are."""
-
-
-def plan_document(scenario: Scenario) -> dict[str, Any]:
-    """The server's task plan for a scenario, as a TOML-ready document.
-
-    The scenario's ``[federation]`` table holds ``[model]`` and ``[training]`` keys and
-    every task's budget keys, all as the plan declares them (``server.plan``); an unknown
-    key is an error naming the nearest one. Its optional ``[federation.per_task.<task>]``
-    tables override budget keys for one task (``csfl benchmark --budget plateau`` writes
-    them). Each stage's run leaves the later stages' tasks waiting, so the plan allows
-    partial runs (``partial_runs``); :func:`simulate` checks each stage's own tasks.
-    """
-    fed = dict(scenario.federation)
-    per_task = fed.pop(PER_TASK, {})
-    where = f"scenario {scenario.name}: federation"
-    model_keys, training_keys = set(keys_of(ModelSection)), set(keys_of(TrainingSection)) - {"seed"}
-    budget_keys = task_keys() - {"name", "structures", "sites"}
-    check_unknown(fed, model_keys | training_keys | budget_keys, where)
-    names = [t.name for t in scenario.tasks]
-    if not isinstance(per_task, dict) or not all(isinstance(v, dict) for v in per_task.values()):
-        raise RecordError(f"{where}.{PER_TASK}: expected a table of tables, one per task")
-    check_unknown(per_task, set(names), f"{where}.{PER_TASK}")
-    for name, table in per_task.items():
-        check_unknown(table, budget_keys, f"{where}.{PER_TASK}.{name}")
-    tasks = [
-        {
-            "name": t.name,
-            "structures": list(t.structures),
-            "sites": [s.name for s in scenario.sites_of(t.name)],
-            **{k: v for k, v in fed.items() if k in budget_keys},
-            **per_task.get(t.name, {}),
-        }
-        for t in scenario.tasks
-    ]
-    return {
-        "model": {k: v for k, v in fed.items() if k in model_keys},
-        "training": {
-            "partial_runs": True,
-            **{k: v for k, v in fed.items() if k in training_keys},
-            "seed": scenario.seed,
-        },
-        "tasks": tasks,
-    }
 
 
 def to_toml(doc: dict[str, Any]) -> str:
@@ -177,9 +131,8 @@ def simulate(
     """
     out = out.resolve()
     sites_dir, catalog_dir = write_sites_once(scenario, out / "sites", say), out / "catalog"
-    plan = plan_document(scenario)
-    parsed = parse_plan(plan, f"scenario {scenario.name}: federation")
-    plan_path = atomic_write_bytes(out / "plan.toml", to_toml(plan).encode())
+    parsed = scenario.plan
+    plan_path = atomic_write_bytes(out / "plan.toml", to_toml(parsed.document()).encode())
     report = SimulationReport(scenario.name)
     finished = finished_stages(out, scenario)
     cores = cpus or os.cpu_count() or 1

@@ -24,6 +24,8 @@ from tqdm import tqdm
 
 from core import anatomy
 from core.data import CaseArrays, TaskDataset, open_dataset, write_nnunet
+from core.records import RecordError, check_unknown, keys_of
+from server.plan import ModelSection, Plan, TrainingSection, parse_plan, task_keys
 from simulations.phantoms import LESIONS, REGIONS, Scanner, make_case
 from simulations.phantoms.preview import write_preview
 
@@ -68,7 +70,11 @@ class Scenario:
     seed: int
     tasks: tuple[TaskSpec, ...]
     sites: tuple[SiteSpec, ...]
-    federation: dict[str, Any] = field(default_factory=dict)
+    federation: Mapping[str, Any]
+    """The ``[federation]`` table as written (``--set`` replaces its keys)."""
+    plan: Plan
+    """The server's plan, parsed once from ``federation`` (:func:`federation_plan`);
+    code that changes a budget replaces it with a typed copy, never a key of the table."""
 
     def task(self, name: str) -> TaskSpec:
         """The task of that name."""
@@ -107,6 +113,7 @@ class Scenario:
         return zlib.crc32(f"{self.seed}:{group}:{index}".encode())
 
 
+PER_TASK = "per_task"  # [federation.per_task.<task>]: one task's budget keys
 BUILTIN = Path(str(resources.files("simulations") / "scenarios"))
 """The scenarios shipped with the package (the merge family in ``family/``)."""
 
@@ -162,9 +169,73 @@ def parse_settings(settings: Sequence[str]) -> dict[str, Any]:
     return dict(sorted(updates.items()))
 
 
+def federation_plan(
+    name: str,
+    seed: int,
+    tasks: Sequence[TaskSpec],
+    sites: Sequence[SiteSpec],
+    federation: Mapping[str, Any],
+) -> Plan:
+    """The server's plan for a scenario's tasks and sites, from its ``[federation]`` table.
+
+    The table holds ``[model]`` and ``[training]`` keys and every task's budget keys, all
+    as the plan declares them (``server.plan``); an unknown key is an error naming the
+    nearest one. Its optional ``[federation.per_task.<task>]`` tables set budget keys for
+    one task. Each stage's run leaves the later stages' tasks waiting, so the plan allows
+    partial runs (``partial_runs``); ``simulations.run.simulate`` checks each stage's own
+    tasks. The plan's seed is the scenario's.
+
+    Raises:
+        ScenarioError: naming the key that is wrong.
+    """
+    fed = dict(federation)
+    per_task = fed.pop(PER_TASK, {})
+    where = f"scenario {name}: federation"
+    model_keys, training_keys = set(keys_of(ModelSection)), set(keys_of(TrainingSection)) - {"seed"}
+    budget_keys = task_keys() - {"name", "structures", "sites"}
+    names = [t.name for t in tasks]
+    try:
+        check_unknown(fed, model_keys | training_keys | budget_keys, where)
+        if not isinstance(per_task, dict) or not all(
+            isinstance(v, dict) for v in per_task.values()
+        ):
+            raise RecordError(f"{where}.{PER_TASK}: expected a table of tables, one per task")
+        check_unknown(per_task, set(names), f"{where}.{PER_TASK}")
+        for task, table in per_task.items():
+            check_unknown(table, budget_keys, f"{where}.{PER_TASK}.{task}")
+        doc = {
+            "model": {k: v for k, v in fed.items() if k in model_keys},
+            "training": {
+                "partial_runs": True,
+                **{k: v for k, v in fed.items() if k in training_keys},
+                "seed": seed,
+            },
+            "tasks": [
+                {
+                    "name": t.name,
+                    "structures": list(t.structures),
+                    "sites": [s.name for s in sites if s.task == t.name],
+                    **{k: v for k, v in fed.items() if k in budget_keys},
+                    **per_task.get(t.name, {}),
+                }
+                for t in tasks
+            ],
+        }
+        return parse_plan(doc, where)
+    except ValueError as e:
+        raise ScenarioError(str(e)) from None
+
+
 def with_federation(scenario: Scenario, updates: Mapping[str, Any]) -> Scenario:
-    """The scenario with ``updates`` replacing keys of its ``[federation]`` table."""
-    return dataclasses.replace(scenario, federation={**scenario.federation, **updates})
+    """The scenario with ``updates`` replacing keys of its ``[federation]`` table.
+
+    Raises:
+        ScenarioError: for a key or value the plan refuses.
+    """
+    federation = {**scenario.federation, **updates}
+    s = scenario
+    plan = federation_plan(s.name, s.seed, s.tasks, s.sites, federation)
+    return dataclasses.replace(scenario, federation=federation, plan=plan)
 
 
 def load_scenario(name_or_path: str | Path) -> Scenario:
@@ -236,14 +307,17 @@ def load_scenario(name_or_path: str | Path) -> Scenario:
     federation = doc.get("federation", {})
     if not isinstance(federation, dict):
         raise ScenarioError(f"{where}.federation: expected a table")
+    name, seed = _get(doc, "name", str, where), int(doc.get("seed", 0))
+    plan = federation_plan(name, seed, tasks, sites, federation)
     return Scenario(
-        _get(doc, "name", str, where),
+        name,
         str(doc.get("description", "")),
         size,
-        int(doc.get("seed", 0)),
+        seed,
         tuple(tasks),
         tuple(sites),
         federation,
+        plan,
     )
 
 

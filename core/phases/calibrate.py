@@ -50,8 +50,21 @@ CENTROIDS, THRESHOLDS = "centroids", "thresholds"  # the arrays of a DOMAIN reco
 class CalibrateSettings(Record):
     """Calibration rounds and steps."""
 
-    rounds: int = setting(1, lo=1, hi=1000, key="calibrate_rounds")
-    steps: int = setting(50, lo=1, hi=100_000, key="calibrate_steps", fallback="local_steps")
+    rounds: int = setting(
+        1,
+        lo=1,
+        hi=1000,
+        key="calibrate_rounds",
+        doc="rounds of training the confidence and anomaly heads",
+    )
+    steps: int = setting(
+        50,
+        lo=1,
+        hi=100_000,
+        key="calibrate_steps",
+        fallback="local_steps",
+        doc="local steps per calibration round",
+    )
 
 
 @dataclass(frozen=True)

@@ -37,10 +37,28 @@ from core.records import Record, setting
 class DistillSettings(Record):
     """Distillation rounds and steps, and the KD term's weight and temperature."""
 
-    rounds: int = setting(3, lo=1, hi=1000, key="distill_rounds", fallback="rounds")
-    steps: int = setting(50, lo=1, hi=100_000, key="distill_steps", fallback="local_steps")
-    kd_weight: float = setting(1.0, lo=0.0, hi=100.0)
-    temperature: float = setting(2.0, lo=0.1, hi=100.0)
+    rounds: int = setting(
+        3,
+        lo=1,
+        hi=1000,
+        key="distill_rounds",
+        fallback="rounds",
+        doc="rounds of distilling the student",
+    )
+    steps: int = setting(
+        50,
+        lo=1,
+        hi=100_000,
+        key="distill_steps",
+        fallback="local_steps",
+        doc="local steps per distillation round",
+    )
+    kd_weight: float = setting(
+        1.0, lo=0.0, hi=100.0, doc="weight of the distillation loss against the labels' loss"
+    )
+    temperature: float = setting(
+        2.0, lo=0.1, hi=100.0, doc="softening of the teacher's and student's logits"
+    )
 
 
 @dataclass(frozen=True)

@@ -40,8 +40,17 @@ from core.records import Record, setting
 class SearchSettings(Record):
     """Search rounds, steps and the student's size budget."""
 
-    rounds: int = setting(1, lo=1, hi=1000, key="search_rounds")
-    steps: int = setting(50, lo=1, hi=100_000, key="search_steps", fallback="local_steps")
+    rounds: int = setting(
+        1, lo=1, hi=1000, key="search_rounds", doc="rounds of the architecture search"
+    )
+    steps: int = setting(
+        50,
+        lo=1,
+        hi=100_000,
+        key="search_steps",
+        fallback="local_steps",
+        doc="local steps per search round",
+    )
     size_budget: float = setting(
         0.25, lo=0.01, hi=1.0, doc="student parameters / teacher decoder parameters"
     )

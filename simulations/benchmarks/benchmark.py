@@ -46,7 +46,8 @@ from core.io import atomic_write_bytes, atomic_write_json
 from core.local.training import TrainSettings
 from core.model import Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
-from server.plan import Plan, parse_plan
+from core.phases import CALIBRATE, DISTILL, SEARCH, TEACHER
+from server.plan import Plan
 from simulations.benchmarks.baselines import (
     GrowingSegmenter,
     central_settings,
@@ -74,7 +75,7 @@ from simulations.evaluate import (
     score_model,
     task_labels,
 )
-from simulations.run import link_sites, plan_document, write_sites_once
+from simulations.run import link_sites, write_sites_once
 from simulations.scenario import Scenario
 from simulations.task_data import TaskData, load_tasks
 
@@ -204,8 +205,23 @@ def one_model_parameters(plan: Plan, structures: tuple[str, ...]) -> int:
 
 QUICK_STEPS = 5
 """``--quick``: each central method's optimiser steps per task."""
-QUICK_FEDERATION = {"rounds": 1, "local_steps": 3, "search_steps": 2, "distill_steps": 3}
-"""``--quick``: the federated methods' budget, one short round per phase."""
+
+
+def quick_plan(plan: Plan) -> Plan:
+    """``--quick``: the federated methods' budget, one short round of each training phase.
+
+    One round of 3 local steps (base, teacher), search steps 2, distillation and
+    calibration steps 3; every other setting is the plan's.
+    """
+    for task in plan.tasks:
+        task = (
+            task.with_phase(TEACHER, rounds=1, steps=3)
+            .with_phase(SEARCH, steps=2)
+            .with_phase(DISTILL, steps=3)
+            .with_phase(CALIBRATE, steps=3)
+        )
+        plan = plan.with_task(task)
+    return plan
 
 
 def run_benchmark(
@@ -226,7 +242,7 @@ def run_benchmark(
         scenario: the scenario; its ``[federation]`` table is the method's budget.
         out: the benchmark folder (``<method>/`` runs, ``<method>.json`` results).
         quick: a smoke test of the whole pipeline: central methods train
-            :data:`QUICK_STEPS` steps per task, federated ones :data:`QUICK_FEDERATION`.
+            :data:`QUICK_STEPS` steps per task, federated ones :func:`quick_plan`.
         methods: which of :data:`ORDER` to run.
         say: progress messages.
         progress: progress bars for central training.
@@ -250,10 +266,8 @@ def run_benchmark(
     if budget == "plateau":
         scenario = plateau_scenario(scenario, plateau)  # the federated methods' rounds
     if quick:
-        scenario = dataclasses.replace(
-            scenario, federation={**scenario.federation, **QUICK_FEDERATION}
-        )
-    plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
+        scenario = dataclasses.replace(scenario, plan=quick_plan(scenario.plan))
+    plan = scenario.plan
     steps = central_steps(scenario, plan, budget, plateau)
     if quick:
         steps = dict.fromkeys(steps, QUICK_STEPS)

@@ -18,10 +18,8 @@ from pathlib import Path
 from typing import Any
 
 from core.phases import DISTILL, TEACHER
-from core.records import fields_of
-from server.plan import Plan, parse_plan
+from server.plan import Plan
 from simulations.benchmarks.curves import Budget, duration
-from simulations.run import PER_TASK, plan_document
 from simulations.scenario import Scenario
 
 
@@ -40,11 +38,6 @@ def budget_steps(plan: Plan, task: str, sites: int) -> int:
     return steps * sites
 
 
-def _key(record: type, field: str) -> str:
-    """The plan key of a record's field (declared once, in the record)."""
-    return next(f.key for f in fields_of(record) if f.name == field)
-
-
 def _check_plateau(scenario: Scenario, plateau: Mapping[str, int]) -> None:
     missing = [t.name for t in scenario.tasks if t.name not in plateau]
     if missing:
@@ -57,28 +50,21 @@ def plateau_scenario(scenario: Scenario, plateau: Mapping[str, int]) -> Scenario
     A task's training rounds become ``round(plateau / (local_steps x sites))`` (at least
     1), so that rounds x local steps x sites is about its plateau budget, as the central
     methods get; its distillation rounds scale by the same factor (the student keeps
-    its share of the teacher's training). Written as ``[federation.per_task.<task>]``
-    tables; every other setting is the scenario's.
+    its share of the teacher's training). Every other setting is the scenario's.
 
     Raises:
         ValueError: if a task has no plateau budget.
     """
     _check_plateau(scenario, plateau)
-    plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
-    training_type, distill_type = TEACHER.settings_type, DISTILL.settings_type
-    per_task: dict[str, dict[str, Any]] = {
-        k: dict(v) for k, v in scenario.federation.get(PER_TASK, {}).items()
-    }
-    for task in scenario.tasks:
-        training, distill = plan.task(task.name).of(TEACHER), plan.task(task.name).of(DISTILL)
+    plan = scenario.plan
+    for task in plan.tasks:
+        training, distill = task.of(TEACHER), task.of(DISTILL)
         sites = len(scenario.sites_of(task.name))
         rounds = max(1, round(plateau[task.name] / (training.steps * sites)))
         distill_rounds = max(1, round(distill.rounds * rounds / training.rounds))
-        per_task.setdefault(task.name, {}).update(
-            {_key(training_type, "rounds"): rounds, _key(distill_type, "rounds"): distill_rounds}
-        )
-    federation = {**scenario.federation, PER_TASK: per_task}
-    return dataclasses.replace(scenario, federation=federation)
+        task = task.with_phase(TEACHER, rounds=rounds).with_phase(DISTILL, rounds=distill_rounds)
+        plan = plan.with_task(task)
+    return dataclasses.replace(scenario, plan=plan)
 
 
 def central_steps(
@@ -100,7 +86,12 @@ def federated_scenario(scenario: Scenario, method: str) -> Scenario:
     """The scenario a federated method runs (``no_trim``: with full decoders)."""
     if method != "no_trim":
         return scenario
-    return dataclasses.replace(scenario, federation={**scenario.federation, "trim": False})
+    plan = scenario.plan
+    for task in plan.tasks:
+        plan = plan.with_task(
+            dataclasses.replace(task, section=dataclasses.replace(task.section, trim=False))
+        )
+    return dataclasses.replace(scenario, plan=plan)
 
 
 def method_steps(method: str, scenario: Scenario, central: dict[str, int]) -> dict[str, int]:
@@ -108,7 +99,7 @@ def method_steps(method: str, scenario: Scenario, central: dict[str, int]) -> di
     if method not in FEDERATED:
         return central
     spec = federated_scenario(scenario, method)
-    return central_steps(spec, parse_plan(plan_document(spec), spec.name), "scenario", {})
+    return central_steps(spec, spec.plan, "scenario", {})
 
 
 def stamp(

@@ -22,7 +22,7 @@ from core.local.training import TrainSettings, train_phase
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.phases import BASE
 from server.catalog import INDEX, Catalog
-from server.plan import Plan, parse_plan
+from server.plan import Plan
 from simulations.benchmarks.baselines import central_settings, upper_bound
 from simulations.benchmarks.curves import (
     ALL_TASKS,
@@ -38,7 +38,7 @@ from simulations.benchmarks.curves import (
 )
 from simulations.benchmarks.joint import joint
 from simulations.evaluate import score_model
-from simulations.run import link_sites, plan_document, simulate, write_sites_once
+from simulations.run import link_sites, simulate, write_sites_once
 from simulations.scenario import Scenario, load_scenario, parse_settings, with_federation
 from simulations.task_data import TaskData, load_tasks
 
@@ -62,7 +62,7 @@ def make_trainer(
         ValueError: for ``decoder`` without a catalog holding a trained encoder, or
             ``federated`` on a task other than the first.
     """
-    plan = parse_plan(plan_document(scenario), f"scenario {scenario.name}")
+    plan = scenario.plan
     if method == "federated":
         return federated_trainer(scenario, plan, task, sites, work or sites.parent, say)
     tasks = load_tasks(scenario, sites, plan.training.val_fraction, plan.training.seed)
@@ -160,11 +160,12 @@ def federated_trainer(
                 f"{steps} steps: a federated budget is whole rounds of {per_round} steps"
                 f" ({len(members)} sites x {per_round // len(members)} local steps)"
             )
-        federation = {**scenario.federation, "rounds": steps // per_round}
-        federation.update(trim=False, calibrate=False)
-        alone = dataclasses.replace(
-            scenario, tasks=(first,), sites=tuple(members), federation=federation
+        task = plan.task(first.name).with_phase(BASE, rounds=steps // per_round)
+        task = dataclasses.replace(
+            task, section=dataclasses.replace(task.section, trim=False, calibrate=False)
         )
+        alone_plan = dataclasses.replace(plan, tasks=(task,))
+        alone = dataclasses.replace(scenario, tasks=(first,), sites=tuple(members), plan=alone_plan)
         run = work / f"federated-{task}-{steps}"
         link_sites(run, sites)  # the curve's phantoms, not a new drawing
         simulate(alone, run, say)
@@ -212,8 +213,7 @@ def run_curve(
             catalog.
     """
     changed = parse_settings(overrides)
-    spec = with_federation(load_scenario(scenario_name), changed)
-    parse_plan(plan_document(spec), f"scenario {spec.name}")  # a bad --set, before any work
+    spec = with_federation(load_scenario(scenario_name), changed)  # a bad --set fails here
     if method not in CURVE_METHODS:
         raise ValueError(f"--method: {method!r}; expected one of {', '.join(CURVE_METHODS)}")
     names = [t.name for t in spec.tasks]

@@ -23,10 +23,10 @@ from core.bundle import load_bundle
 from core.model.cost import count_parameters
 from core.phases import BASE
 from server.catalog import Catalog
-from server.plan import Plan
+from server.plan import Plan, TaskSection
 from simulations.benchmarks.joint import all_structures
 from simulations.evaluate import score_means, score_model, upload_summary
-from simulations.run import PER_TASK, link_sites, simulate
+from simulations.run import link_sites, simulate
 from simulations.scenario import Scenario, TaskSpec
 from simulations.task_data import TaskData
 
@@ -37,22 +37,22 @@ def joint_scenario(scenario: Scenario, plan: Plan, steps: int) -> Scenario:
     """One task over every structure, served by every site with partial labels.
 
     Its rounds are ``steps / (sites x local_steps)`` (at least 1); no trimming and no
-    calibration (both need every structure labelled at every site). The scenario's
-    per-task tables (a plateau budget's rounds) name tasks this run does not have: its
-    one budget is ``steps``.
+    calibration (both need every structure labelled at every site); every other setting
+    is the first task's (a plateau budget's rounds aside: its one budget is ``steps``).
     """
     structures = all_structures(scenario.tasks)
     sites = tuple(dataclasses.replace(site, task=TASK) for site in scenario.sites)
-    per_round = len(sites) * plan.tasks[0].of(BASE).steps
-    federation = {
-        **{k: v for k, v in scenario.federation.items() if k != PER_TASK},
-        "rounds": max(1, round(steps / per_round)),
-        "trim": False,
-        "calibrate": False,
-        "partial_labels": True,
-    }
+    first = plan.tasks[0]
+    per_round = len(sites) * first.of(BASE).steps
+    section = TaskSection(TASK, structures, trim=False, calibrate=False, partial_labels=True)
+    joint = dataclasses.replace(
+        first.with_phase(BASE, rounds=max(1, round(steps / per_round))),
+        section=section,
+        sites=tuple(s.name for s in sites),
+    )
     task = TaskSpec(TASK, 1, structures, test_cases=0)
-    return dataclasses.replace(scenario, tasks=(task,), sites=sites, federation=federation)
+    joint_plan = dataclasses.replace(plan, tasks=(joint,))
+    return dataclasses.replace(scenario, tasks=(task,), sites=sites, plan=joint_plan)
 
 
 def federated_joint(

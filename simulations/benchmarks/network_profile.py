@@ -221,11 +221,9 @@ def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[s
 
 def _scale_bundle(scenario: str, folder: Path) -> tuple[Path, int]:
     """A bundle of the scenario plan's network and tasks, random weights; its structures."""
-    from server.plan import parse_plan
-    from simulations.run import plan_document
     from simulations.scenario import load_scenario
 
-    plan = parse_plan(plan_document(load_scenario(scenario)))
+    plan = load_scenario(scenario).plan
     model = ContinualSegmenter(Encoder(plan.encoder))
     depth = len(plan.encoder.widths) - 1
     for task in plan.tasks:

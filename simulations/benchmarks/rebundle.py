@@ -19,8 +19,7 @@ from core.bundle import Bundle, load_bundle, save_bundle
 from core.data import open_dataset, split_cases
 from core.domain import SiteDomain, join_domains
 from core.local.calibration import cases_domain
-from server.plan import Plan, parse_plan
-from simulations.run import plan_document
+from server.plan import Plan
 from simulations.scenario import Scenario
 
 REBUNDLED = "rebundled"
@@ -57,7 +56,7 @@ def rebundle(
     if anomaly_weight is not None:
         merge = dataclasses.replace(merge, anomaly_weight=anomaly_weight)
     if redo_domains:
-        plan = parse_plan(plan_document(scenario))
+        plan = scenario.plan
         for task, decoder in bundle.model.items():
             domains = [
                 domain

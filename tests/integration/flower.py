@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from server.processes import home_processes, process_groups, process_tree
-from simulations.run import plan_document, to_toml
+from simulations.run import to_toml
 from simulations.scenario import WrittenSite, load_scenario
 
 
@@ -51,7 +51,7 @@ def one_task_plan(folder: Path, rounds=1, steps=4, **task):
 
     As a hospital's plan: a run that loses a named site does not complete.
     """
-    doc = plan_document(load_scenario("tiny"))
+    doc = load_scenario("tiny").plan.document()
     doc["training"]["partial_runs"] = False
     doc["tasks"] = doc["tasks"][:1]
     doc["tasks"][0].update(rounds=rounds, local_steps=steps, trim=False, calibrate=False, **task)

@@ -7,7 +7,6 @@ from server.federation import SiteInfo
 from server.orchestrator import IncompleteRunError, NoSiteError, Orchestrator, last_run_summary
 from server.plan import parse_plan
 from server.steps import Registration
-from simulations.run import plan_document
 from simulations.scenario import load_scenario
 
 
@@ -47,7 +46,7 @@ def _site(name, node, structures):
 
 
 def _plan(partial_runs=False, **abdomen):
-    doc = plan_document(load_scenario("tiny"))
+    doc = load_scenario("tiny").plan.document()
     doc["training"]["partial_runs"] = partial_runs
     doc["tasks"][0].update(abdomen)
     return parse_plan(doc)

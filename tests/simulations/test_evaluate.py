@@ -23,7 +23,7 @@ from simulations.evaluate import (
     score_model,
     task_labels,
 )
-from simulations.scenario import Scenario, TaskSpec
+from simulations.scenario import Scenario, SiteSpec, TaskSpec, federation_plan
 from simulations.task_data import TaskData
 from tests.builders import SHAPE, nnunet_dataset
 
@@ -147,7 +147,9 @@ def run(abdomen, tumour, tmp_path_factory):
         TaskSpec("abdomen", 1, ("liver", "spleen")),
         TaskSpec("tumour", 2, ("liver", "liver_tumor")),
     )
-    scenario = Scenario("synthetic", "", 32, 0, tasks, ())
+    sites = (SiteSpec("a", "abdomen", "abdomen", 1), SiteSpec("b", "tumour", "abdomen", 1))
+    plan = federation_plan("synthetic", 0, tasks, sites, {})
+    scenario = Scenario("synthetic", "", 32, 0, tasks, sites, {}, plan)
     return catalog, scenario, abdomen.test_cases[0].image.parent.parent.parent
 
 

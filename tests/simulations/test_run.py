@@ -1,17 +1,19 @@
 import json
 import tomllib
 
+import pytest
+
 from server.catalog import Catalog
 from server.plan import parse_plan
-from simulations.run import finished_stages, plan_document, to_toml
-from simulations.scenario import load_scenario, parse_settings, with_federation
+from simulations.run import finished_stages, to_toml
+from simulations.scenario import ScenarioError, load_scenario, parse_settings, with_federation
 
 
 def test_every_scenario_becomes_a_valid_plan():
     for name in ("tiny", "default", "wholebody143"):
         scenario = load_scenario(name)
-        doc = plan_document(scenario)
-        plan = parse_plan(tomllib.loads(to_toml(doc)), name)
+        plan = parse_plan(tomllib.loads(to_toml(scenario.plan.document())), name)
+        assert plan == scenario.plan  # the plan the simulation's server reads is the scenario's
         assert [t.name for t in plan.tasks] == [t.name for t in scenario.tasks]
         for task in plan.tasks:
             assert set(task.sites or ()) == {s.name for s in scenario.sites_of(task.name)}
@@ -36,8 +38,9 @@ def test_a_restart_keeps_only_the_stages_that_finished(tmp_path, monkeypatch):
 def test_set_replaces_federation_keys_with_toml_values():
     settings = ["server_lr=3", "precision=bf16", 'aggregation="robust"', "trim=false"]
     spec = with_federation(load_scenario("tiny"), parse_settings(settings))
-    assert spec.federation["server_lr"] == 3 and spec.federation["trim"] is False
-    assert spec.federation["precision"] == "bf16" and spec.federation["aggregation"] == "robust"
-    plan = parse_plan(plan_document(spec))
+    plan, kept = spec.plan, load_scenario("tiny").plan
     assert plan.training.precision == "bf16" and plan.tasks[0].aggregation.server_lr == 3.0
-    assert load_scenario("tiny").federation.get("server_lr") is None  # the scenario is kept
+    assert plan.tasks[0].aggregation.aggregation == "robust" and not plan.tasks[0].section.trim
+    assert kept.tasks[0].aggregation.server_lr == 1.0 and kept.tasks[0].section.trim  # kept
+    with pytest.raises(ScenarioError, match="did you mean 'server_lr'"):
+        with_federation(load_scenario("tiny"), {"server_rl": 3})

@@ -1,11 +1,10 @@
-import dataclasses
 import json
 
 import pytest
 
 from simulations.benchmarks.benchmark import ORDER
 from simulations.benchmarks.report import summarize, upload_ratio
-from simulations.scenario import load_scenario
+from simulations.scenario import load_scenario, with_federation
 from tests.conftest import BENCHMARKED
 
 
@@ -66,7 +65,7 @@ def test_plateau_budgets_reach_the_central_methods_which_share_the_first_stage(t
 
     tiny = load_scenario("tiny")
     small = {"encoder_widths": [4, 8, 16]}  # a smaller network than the scenario's
-    tiny = dataclasses.replace(tiny, federation={**tiny.federation, **small})
+    tiny = with_federation(tiny, small)
     out, curves = tmp_path / "bench", tmp_path / "curves"
     write_sites_once(tiny, out / "continual" / "sites", print)  # what continual would write
     plateau = {"abdomen": 2, "chest": 1}

@@ -1,11 +1,8 @@
-import dataclasses
 import json
 
 import pytest
 
 from core.phases import DISTILL, TEACHER
-from core.records import RecordError
-from server.plan import parse_plan
 from simulations.benchmarks.budget import (
     budget_steps,
     central_steps,
@@ -13,19 +10,14 @@ from simulations.benchmarks.budget import (
     reuse_result,
     stamp,
 )
-from simulations.run import PER_TASK, plan_document
-from simulations.scenario import load_scenario
+from simulations.scenario import PER_TASK, ScenarioError, load_scenario, with_federation
 
 PLATEAU = {"wholebody": 2000, "head_neck": 1000, "thorax": 1000, "abdomen_tumor": 500}
 
 
-def _plan(scenario):
-    return parse_plan(plan_document(scenario), scenario.name)
-
-
 def test_central_methods_get_the_steps_of_all_a_task_s_sites():
     default = load_scenario("default")
-    plan = _plan(default)
+    plan = default.plan
     # 6 rounds x 50 training steps + 2 x 50 distillation steps, at each of the task's sites
     assert budget_steps(plan, "wholebody", 3) == 3 * 400  # hosp_a, hosp_b, hosp_c
     assert budget_steps(plan, "thorax", 1) == 400
@@ -36,7 +28,7 @@ def test_central_methods_get_the_steps_of_all_a_task_s_sites():
 def test_plateau_budgets_scale_each_task_s_federated_rounds():
     default = load_scenario("default")
     scaled = plateau_scenario(default, PLATEAU)
-    plan = _plan(scaled)
+    plan = scaled.plan
     for task in default.tasks:
         sites = len(default.sites_of(task.name))
         training = plan.task(task.name).of(TEACHER)
@@ -50,11 +42,11 @@ def test_plateau_budgets_scale_each_task_s_federated_rounds():
     assert plan.task("thorax").of(TEACHER).rounds == 20
     assert plan.task("abdomen_tumor").of(DISTILL).rounds == 3  # 10 training rounds
     # every other setting is the scenario's own
-    before, after = _plan(default), plan
+    before, after = default.plan, plan
     assert before.model == after.model and before.training == after.training
     assert plan.task("thorax").of(DISTILL).steps == 50
     assert central_steps(scaled, plan, "plateau", PLATEAU) == PLATEAU
-    assert default.federation.get(PER_TASK) is None  # the scenario itself is untouched
+    assert default.plan == load_scenario("default").plan  # the scenario itself is untouched
 
 
 def test_a_task_without_a_plateau_is_refused():
@@ -63,13 +55,12 @@ def test_a_task_without_a_plateau_is_refused():
     with pytest.raises(ValueError, match="thorax"):
         plateau_scenario(default, partial)
     with pytest.raises(ValueError, match="thorax"):
-        central_steps(default, _plan(default), "plateau", partial)
+        central_steps(default, default.plan, "plateau", partial)
 
 
 def test_per_task_federation_tables_override_one_task_and_are_checked():
     tiny = load_scenario("tiny")
-    chest = {**tiny.federation, PER_TASK: {"chest": {"rounds": 7, "lr": 0.02}}}
-    plan = _plan(dataclasses.replace(tiny, federation=chest))
+    plan = with_federation(tiny, {PER_TASK: {"chest": {"rounds": 7, "lr": 0.02}}}).plan
     assert plan.task("chest").of(TEACHER).rounds == 7 and plan.task("chest").optimiser.lr == 0.02
     assert plan.task("abdomen").of(TEACHER).rounds == 2  # the scenario's
     for bad, message in [
@@ -77,9 +68,8 @@ def test_per_task_federation_tables_override_one_task_and_are_checked():
         ({"chest": {"round": 2}}, "did you mean 'rounds'"),
         ({"chest": 3}, "table of tables"),
     ]:
-        spec = dataclasses.replace(tiny, federation={**tiny.federation, PER_TASK: bad})
-        with pytest.raises(RecordError, match=message):
-            plan_document(spec)
+        with pytest.raises(ScenarioError, match=message):
+            with_federation(tiny, {PER_TASK: bad})
 
 
 def test_a_kept_result_of_other_step_counts_is_refused(tmp_path):

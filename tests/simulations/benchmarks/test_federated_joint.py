@@ -6,38 +6,39 @@ from core.phases import BASE
 from server.plan import parse_plan
 from simulations.benchmarks.budget import plateau_scenario
 from simulations.benchmarks.federated_joint import TASK, federated_joint, joint_scenario
-from simulations.run import PER_TASK, plan_document, write_sites_once
+from simulations.run import write_sites_once
 from simulations.scenario import load_scenario, parse_settings, with_federation
 from simulations.task_data import load_tasks
 
 
 def test_one_task_over_every_structure_served_by_every_site_for_the_joint_budget():
     tiny = load_scenario("tiny")  # 3 sites, 10 local steps: 30 steps a round
-    plan = parse_plan(plan_document(tiny))
+    plan = tiny.plan
     spec = joint_scenario(tiny, plan, steps=100)
     (task,) = spec.tasks
     assert task.name == TASK and len(task.structures) == 7  # abdomen's 4, chest's 3
     assert {s.task for s in spec.sites} == {TASK} and len(spec.sites) == 3
-    joint = parse_plan(plan_document(spec)).tasks[0]
+    joint = spec.plan.tasks[0]
+    assert joint.sites == tuple(s.name for s in spec.sites)
     assert joint.section.partial_labels and not joint.section.trim
     assert joint.of(BASE).rounds == 3  # round(100 / 30)
-    one = parse_plan(plan_document(joint_scenario(tiny, plan, 5))).tasks[0]
+    one = joint_scenario(tiny, plan, 5).plan.tasks[0]
     assert one.of(BASE).rounds == 1  # at least one round
 
 
 def test_the_plateau_budgets_per_task_rounds_give_way_to_the_joint_budget():
     tiny = load_scenario("tiny")
     plateau = plateau_scenario(tiny, {"abdomen": 300, "chest": 30})
-    spec = joint_scenario(plateau, parse_plan(plan_document(plateau)), steps=330)
-    assert PER_TASK not in spec.federation
-    assert parse_plan(plan_document(spec)).tasks[0].of(BASE).rounds == 11  # round(330 / 30)
+    spec = joint_scenario(plateau, plateau.plan, steps=330)
+    assert spec.plan.tasks[0].of(BASE).rounds == 11  # round(330 / 30)
+    assert parse_plan(spec.plan.document()) == spec.plan  # what the simulation's server reads
 
 
 @pytest.mark.slow  # one Flower simulation: one round at three sites, one local step each
 def test_every_site_trains_the_joint_model_on_what_it_labels(tmp_path):
     small = parse_settings(["local_steps=1", "encoder_widths=[4, 8, 16]"])
     tiny = with_federation(load_scenario("tiny"), small)
-    plan = parse_plan(plan_document(tiny))
+    plan = tiny.plan
     sites = write_sites_once(tiny, tmp_path / "sites", print)
     tasks = load_tasks(tiny, sites, plan.training.val_fraction, plan.training.seed)
     run = tmp_path / "run"
