@@ -145,6 +145,10 @@ def predict(
         naming = DicomNaming(CONTENT_CREATOR if creator is None else creator, RoiNames(roi_names))
         check_input(input_path)
         check_format(chosen, input_path)
+        if maps is not None and reads_as_dicom(input_path):
+            raise ValueError(
+                f"--maps: {input_path} is a DICOM series; maps are written for NIfTI input only"
+            )
         loaded = load_bundle(bundle, torch_device)
         settings = dataclasses.replace(loaded.merge, rule=merge or loaded.merge.rule, gating=gating)
         if reads_as_dicom(input_path):

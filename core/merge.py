@@ -63,7 +63,7 @@ class MergeSettings:
         anomaly_weight: ``w_a`` in [0, 1]: how much a healthy-only decoder's anomaly score
             lowers its trust (0, the default, ignores the anomaly head: measured, the term
             changed nothing where the head had learnt nothing, and cost thorax_first's
-            pelvis 0.05 Dice where a head flagged healthy organs).
+            pelvis 0.026 Dice where a head flagged healthy organs).
         gating: silence decoders outside their domain.
         domain_factor: the domain score (1: the sites' own held-out threshold) above which
             a decoder's claim is silenced; above 1 leaves room for CTs a little unlike any

@@ -28,7 +28,7 @@ ENCODER = "encoder"
 TEACHER = "teacher"  # the full decoder a student distils from
 ARCH = "arch"  # architecture parameters of the search: alpha and beta
 HEADS = "heads"  # a decoder's calibration head (confidence and anomaly)
-DOMAIN = "domain"  # a site's feature moments over its CTs (core.domain)
+DOMAIN = "domain"  # where a site's CTs hold each structure: centroids, thresholds (core.domain)
 METRICS = "metrics"
 ENCODER_SHA = "encoder-sha256"
 

@@ -1,4 +1,4 @@
-"""Decoder-only averaging of a round's replies, after every reply has been checked.
+"""Averaging of a round's replies (decoder weights; in `base` the encoder's too), once checked.
 
 A bad reply (an error, malformed metrics, a case count its description does not imply,
 NaN, a wrong shape or dtype, the wrong encoder, too large) is rejected with a logged

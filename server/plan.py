@@ -150,7 +150,9 @@ class TaskSection(Record):
     )
     min_sites: int = setting(1, lo=1, hi=1000, doc="the fewest usable site replies a round needs")
     trim: bool = setting(True, doc="search and distil a compact student")
-    calibrate: bool = setting(True, doc="train confidence/anomaly heads, record the range")
+    calibrate: bool = setting(
+        True, doc="train the confidence and anomaly heads, learn the decoder's domain"
+    )
     partial_labels: bool = setting(False, doc="sites may label only some structures")
 
     def __post_init__(self) -> None:

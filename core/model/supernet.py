@@ -7,7 +7,8 @@ stage output is the softmax(alpha)-weighted sum of the operations, times the
 softmax(beta)-weighted mask. The expected parameter count of the decoder under these
 distributions is differentiable, so a cost term can push it under the budget. The derived
 genotype takes each stage's most likely choice and then trades the least likely-loss for
-the most parameters until it fits the budget: it always respects the budget. The site's
+the most parameters until it fits the budget (if even the smallest genotype is over the
+budget, the smallest is taken). The site's
 search loop is :mod:`core.local.search`'s.
 """
 

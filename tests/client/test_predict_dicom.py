@@ -99,6 +99,7 @@ def test_seg_and_rtstruct_hold_the_predicted_structures(setup, tmp_path):
         ("series", "x.nii.gz", ["--format", "rtstruct"], "end it in .dcm"),
         ("series", "x.nii.gz", ["--format", "png"], "expected one of nifti, seg, rtstruct"),
         ("series", "x.nii.gz", ["--series", "1.2.3"], "1.2.3"),
+        ("series", "x.nii.gz", ["--maps", "maps"], "maps are written for NIfTI input only"),
     ],
 )
 def test_dicom_mistakes_are_one_line_and_exit_2(setup, tmp_path, source, out, extra, message):
