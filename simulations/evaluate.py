@@ -31,10 +31,11 @@ from core.bundle import Bundle, load_bundle
 from core.data import Case, load_case
 from core.data.transforms import Preprocessing, validation_transforms
 from core.inference import VolumeOutputs, merge_volume, restore, volume_outputs
-from core.local.evaluation import ScoreSums, evaluate_segmenter, score_prediction
+from core.local.evaluation import evaluate_segmenter, score_prediction
 from core.merge import MergeSettings, output_structures
 from core.model import ContinualSegmenter, Encoder, EncoderConfig
 from core.model.cost import count_parameters
+from core.scores import ScoreSums, task_mean
 from server.catalog import Catalog
 from simulations.scenario import Scenario
 from simulations.task_data import TaskData, load_test_set
@@ -210,12 +211,6 @@ def evaluate_catalog(
     return out
 
 
-def task_mean(structures: dict[str, dict[str, float | None]], kind: str) -> float | None:
-    """Mean Dice over a task's structures that were scored."""
-    values = [float(x) for v in structures.values() if (x := v[kind]) is not None]
-    return float(np.mean(values)) if values else None
-
-
 def format_table(dice: dict[str, dict[str, dict[str, float | None]]]) -> str:
     """A Markdown table: task, structure, decoder Dice, merged Dice, and each task's mean."""
 
@@ -228,7 +223,10 @@ def format_table(dice: dict[str, dict[str, dict[str, float | None]]]) -> str:
             rows.append(
                 f"| {task} | {name} | {show(scores['decoder'])} | {show(scores['merged'])} |"
             )
-        means = {kind: task_mean(structures, kind) for kind in ("decoder", "merged")}
+        means = {
+            kind: task_mean({s: v[kind] for s, v in structures.items()})
+            for kind in ("decoder", "merged")
+        }
         rows.append(f"| {task} | **mean** | {show(means['decoder'])} | {show(means['merged'])} |")
     return "\n".join(rows)
 

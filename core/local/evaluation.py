@@ -7,10 +7,8 @@ per-case values) and the server can pool them weighted by the number of cases.
 from __future__ import annotations
 
 import warnings
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Callable, Sequence
 
-import numpy as np
 import torch
 from monai.inferers import sliding_window_inference
 from monai.metrics import DiceMetric, compute_hausdorff_distance
@@ -19,55 +17,7 @@ from monai.networks.utils import one_hot
 from core.data import Case, LabelTable
 from core.data.transforms import Preprocessing, validation_transforms
 from core.model import ContinualSegmenter
-
-
-@dataclass
-class ScoreSums:
-    """Per structure: sum and count of Dice, and of HD95 (mm) where it is defined."""
-
-    dice: dict[str, list[float]] = field(default_factory=dict)
-    hd95: dict[str, list[float]] = field(default_factory=dict)
-
-    def add(self, metric: str, structure: str, value: float) -> None:
-        """Add one case's value (NaN values are skipped: the structure was absent)."""
-        if np.isfinite(value):
-            pair = getattr(self, metric).setdefault(structure, [0.0, 0.0])
-            pair[0] += float(value)
-            pair[1] += 1.0
-
-    def merge(self, other: ScoreSums) -> ScoreSums:
-        """Pool another site's sums into these."""
-        for metric in ("dice", "hd95"):
-            for structure, (total, n) in getattr(other, metric).items():
-                pair = getattr(self, metric).setdefault(structure, [0.0, 0.0])
-                pair[0] += total
-                pair[1] += n
-        return self
-
-    def means(self, metric: str = "dice") -> dict[str, float | None]:
-        """Mean per structure (``None`` where no case had it)."""
-        return {s: (t / n if n else None) for s, (t, n) in getattr(self, metric).items()}
-
-    def to_flat(self) -> dict[str, float]:
-        """Flat ``metric-sum/structure`` and ``metric-n/structure`` entries (a MetricRecord)."""
-        out = {}
-        for metric in ("dice", "hd95"):
-            for structure, (total, n) in getattr(self, metric).items():
-                out[f"{metric}-sum/{structure}"] = total
-                out[f"{metric}-n/{structure}"] = n
-        return out
-
-    @classmethod
-    def from_flat(cls, flat: Mapping[str, float]) -> ScoreSums:
-        """Rebuild from :meth:`to_flat` (other keys are ignored)."""
-        out = cls()
-        for key, value in flat.items():
-            if "-sum/" in key:
-                metric, structure = key.split("-sum/", 1)
-                n = flat.get(f"{metric}-n/{structure}", 0.0)
-                if metric in ("dice", "hd95"):
-                    getattr(out, metric)[structure] = [float(value), float(n)]
-        return out
+from core.scores import ScoreSums
 
 
 def score_prediction(

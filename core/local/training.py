@@ -22,8 +22,9 @@ from tqdm import tqdm
 from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
 from core.device import DEFAULT_PRECISION, autocast
-from core.local.evaluation import ScoreSums, evaluate_task
+from core.local.evaluation import evaluate_task
 from core.model import ContinualSegmenter
+from core.scores import ScoreSums
 
 
 class NonFiniteError(RuntimeError):

@@ -16,7 +16,7 @@ from typing import Any
 from flwr.app import MetricRecord, RecordDict
 
 from core.data import split_cases, validation_count
-from core.local.evaluation import ScoreSums, evaluate_task
+from core.local.evaluation import evaluate_task
 from core.payload import state_to_record
 from core.phases.spec import (
     NoSettings,
@@ -29,6 +29,7 @@ from core.phases.spec import (
 )
 from core.protocol import DECODER, RoundConfig, SiteReply
 from core.records import RecordError, flat, setting
+from core.scores import ScoreSums
 
 log = logging.getLogger(__name__)
 

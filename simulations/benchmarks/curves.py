@@ -23,6 +23,7 @@ from statistics import fmean
 from typing import Any, Generic, Literal, TypeVar, get_args
 
 from core.io import atomic_write_json
+from core.scores import task_mean
 
 CurveMethod = Literal["upper_bound", "joint", "decoder", "federated"]
 CURVE_METHODS: tuple[str, ...] = get_args(CurveMethod)
@@ -94,17 +95,17 @@ def curve_path(out: Path, method: str, task: str) -> Path:
 
 
 def mean_dice(dice: Dice) -> float:
-    """Mean over tasks of each task's mean Dice over its scored structures.
+    """Mean over tasks of each task's mean Dice (:func:`core.local.evaluation.task_mean`).
 
     Raises:
         ValueError: if a task has no scored structure.
     """
     means = []
     for task, structures in dice.items():
-        values = [v for v in structures.values() if v is not None]
-        if not values:
+        mean = task_mean(structures)
+        if mean is None:
             raise ValueError(f"{task}: no structure was scored on the held-out cases")
-        means.append(fmean(values))
+        means.append(mean)
     return fmean(means)
 
 

@@ -17,9 +17,9 @@ import torch
 
 from core.bundle import Bundle, load_bundle
 from core.inference import VolumeOutputs, combined_structures, merge_volume, volume_outputs
-from core.local.evaluation import ScoreSums
 from core.merge import MergeSettings
 from core.model.cost import count_parameters
+from core.scores import ScoreSums
 from server.catalog import Catalog
 from server.plan import Plan
 from simulations.evaluate import (

@@ -16,7 +16,7 @@ import torch
 from numpy.typing import NDArray
 
 from core.label_files import structure_color
-from core.local.evaluation import ScoreSums
+from core.scores import ScoreSums
 
 FAILING = 0.05  # Dice below the best decoder alone that makes a structure fail in a case
 

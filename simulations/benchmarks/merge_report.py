@@ -24,8 +24,8 @@ from core.data import Case
 from core.data.nifti import read_header
 from core.data.transforms import IMAGE, prepare_image
 from core.inference import VolumeOutputs, combined_structures
-from core.local.evaluation import ScoreSums
 from core.merge import MergeSettings
+from core.scores import ScoreSums
 from core.vocabulary import Group
 from simulations.benchmarks.merge_pictures import failing, save_picture
 from simulations.evaluate import LabelMap, merged_map, score_bundle_maps

@@ -7,6 +7,8 @@ from typing import Any
 
 import numpy as np
 
+from core.scores import task_mean
+
 LABELS = {
     "continual": "this method",
     "naive_merge": "this method, naive merge",
@@ -21,9 +23,8 @@ LABELS = {
 
 
 def task_dice(scores: dict[str, Any]) -> float | None:
-    """Mean Dice over a task's scored structures."""
-    values = [v for v in scores["dice"].values() if v is not None]
-    return float(np.mean(values)) if values else None
+    """A task's mean Dice in a kept result (:func:`core.local.evaluation.task_mean`)."""
+    return task_mean(scores["dice"])
 
 
 def summarize(method: dict[str, Any], tasks: list[str], key: str = "stages") -> dict[str, Any]:

@@ -18,8 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from core.data.transforms import Preprocessing
 from core.local.distill import distill_phase
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
@@ -27,6 +25,7 @@ from core.model.cost import count_parameters, genotype_parameters
 from core.model.genotype import WIDTH_CHOICES
 from core.model.inherit import inherit
 from core.phases import DISTILL
+from core.scores import task_mean
 from server.catalog import Catalog
 from server.plan import Plan, TaskPlan, load_plan
 from simulations.evaluate import score_model
@@ -64,12 +63,11 @@ def _score(
 ) -> dict[str, Any]:
     model = ContinualSegmenter(encoder)
     model.add_decoder(data.name, decoder)
-    dice = score_model(model, data, prep, roi).means("dice")
-    mean = float(np.mean([v or 0.0 for v in dice.values()])) if dice else 0.0
+    mean = task_mean(score_model(model, data, prep, roi).means("dice"))
     return {
         "genotype": str(decoder.genotype),
         "parameters": count_parameters(decoder),
-        "dice": mean,
+        "dice": 0.0 if mean is None else mean,
     }
 
 

@@ -1,4 +1,4 @@
-from core.local.evaluation import ScoreSums
+from core.scores import ScoreSums
 from server.catalog_checks import metric_problems
 
 STRUCTURES = ("liver", "spleen")

@@ -9,7 +9,6 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from core.domain import CENTROID_WIDTH, SITE_CENTROIDS
-from core.local.evaluation import ScoreSums
 from core.model import Encoder
 from core.payload import record_to_state, state_to_record
 from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER
@@ -32,6 +31,7 @@ from core.protocol import (
     SiteReply,
 )
 from core.protocol import TEACHER as TEACHER_RECORD
+from core.scores import ScoreSums
 from server.aggregate import RoundFailed
 from server.catalog import Catalog
 from server.federation import Reply, SiteInfo

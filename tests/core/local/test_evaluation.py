@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from core.local.evaluation import ScoreSums, score_prediction
+from core.local.evaluation import score_prediction
+from core.scores import ScoreSums
 
 STRUCTURES = ("liver", "spleen", "heart")
 

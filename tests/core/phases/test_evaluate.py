@@ -2,9 +2,9 @@ import math
 
 import pytest
 
-from core.local.evaluation import ScoreSums
 from core.phases.evaluate import checked_scores
 from core.records import RecordError
+from core.scores import ScoreSums
 
 STRUCTURES = ("liver", "spleen")
 

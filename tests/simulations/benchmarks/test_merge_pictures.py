@@ -1,6 +1,6 @@
 import torch
 
-from core.local.evaluation import ScoreSums
+from core.scores import ScoreSums
 from simulations.benchmarks.merge_pictures import failing, save_picture
 
 
