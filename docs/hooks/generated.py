@@ -13,6 +13,7 @@ So a setting or a flag is declared once, in the code, and the docs cannot drift 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import sys
 import types
 import typing
@@ -66,12 +67,16 @@ def _value(value: Any) -> str:
     return f"{value:g}" if isinstance(value, float) else str(value)
 
 
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
 def _bounds(field: Any) -> str:
     if field.lo is None and field.hi is None:
         return ""
     unit = " characters" if field.kind is str else ""
-    lo = "" if field.lo is None else f"{field.lo:g}"
-    hi = "" if field.hi is None else f"{field.hi:g}"
+    lo = "" if field.lo is None else _number(field.lo)
+    hi = "" if field.hi is None else _number(field.hi)
     return f"{lo} to {hi}{unit}"
 
 
@@ -128,6 +133,7 @@ def _command_section(path: str, command: Any, ctx: Any) -> list[str]:
             out += _command_section(f"{path} {name}", sub, sub_ctx)
         return out
     usage = " ".join(command.collect_usage_pieces(ctx))
+    argument_help = _argument_help(command)
     lines = [f"## `{path}`", "", f"```\n{path} {usage}\n```", "", (command.help or "").strip(), ""]
     rows = []
     for param in command.params:
@@ -138,11 +144,23 @@ def _command_section(path: str, command: Any, ctx: Any) -> list[str]:
             names = f"`{param.human_readable_name}` (argument)"
         default = param.default if not callable(param.default) else None
         shown = "" if default in (None, (), []) or param.required else f"`{default}`"
-        help_text = (getattr(param, "help", None) or "").replace("|", "\\|").replace("\n", " ")
+        text = getattr(param, "help", None) or argument_help.get(param.name or "", "")
+        help_text = text.replace("|", "\\|").replace("\n", " ")
         rows.append(f"| {names} | {help_text} | {shown} |")
     if rows:
         lines += ["| option | meaning | default |", "|---|---|---|", *rows, ""]
     return lines
+
+
+def _argument_help(command: Any) -> dict[str, str]:
+    """Typer keeps an argument's help in the annotation of the command's function."""
+    function = inspect.unwrap(command.callback)
+    out = {}
+    for name, hint in typing.get_type_hints(function, include_extras=True).items():
+        infos = [m for m in getattr(hint, "__metadata__", ()) if getattr(m, "help", None)]
+        if infos:
+            out[name] = infos[0].help
+    return out
 
 
 def cli_reference() -> str:
