@@ -16,7 +16,7 @@ from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import ProtocolError, check_sha256, check_structures
 from core.device import DEFAULT_PRECISION, check_precision
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.records import Record, RecordError, flat, parse, setting
 
@@ -38,9 +38,9 @@ class Optimiser(Record):
     """How every phase of a task optimises (plan keys ``lr``, ``weight_decay``)."""
 
     # the defaults are local training's own (one place)
-    lr: float = setting(TrainSettings.lr, lo=1e-6, hi=1.0, doc="Adam's initial learning rate")
+    lr: float = setting(LocalTrainSettings.lr, lo=1e-6, hi=1.0, doc="Adam's initial learning rate")
     weight_decay: float = setting(
-        TrainSettings.weight_decay, lo=0.0, hi=0.1, doc="Adam's L2 penalty"
+        LocalTrainSettings.weight_decay, lo=0.0, hi=0.1, doc="Adam's L2 penalty"
     )
 
 
@@ -122,9 +122,9 @@ class RoundConfig(Record):
                 f"this site allows {max_bytes / 2**30:.1f} GiB"
             )
 
-    def train_settings(self, steps: int) -> TrainSettings:
+    def train_settings(self, steps: int) -> LocalTrainSettings:
         """Local optimisation for this round: one LR schedule runs across the rounds."""
-        return TrainSettings(
+        return LocalTrainSettings(
             steps=steps,
             batch_size=self.batch_size,
             lr=self.optimiser.lr,

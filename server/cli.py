@@ -133,9 +133,7 @@ def plan_check(plan: Annotated[Path, typer.Argument(help="The plan TOML.")]) -> 
         sites = "any site that labels them" if t.sites is None else ", ".join(t.sites)
         phases = [PHASES[s.name] for s in lifecycle(t, i == 0) if s.name in PHASES]
         budget = ", ".join(
-            f"{p.name} {t.of(p).rounds}x{t.of(p).steps}"
-            for p in phases
-            if hasattr(t.of(p), "steps")
+            f"{p.name} {t.of(p).rounds}x{t.of(p).steps}" for p in phases if t.of(p).steps
         )
         typer.echo(
             f"{t.name}: {len(t.structures)} structures; {budget}; lr {t.optimiser.lr}; "

@@ -44,7 +44,7 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[Step]:
 def planned_rounds(task: TaskPlan, first_task: bool) -> int:
     """How many federated rounds a task's lifecycle has (evaluation counts one)."""
     settings = [task.of(PHASES[s.name]) for s in lifecycle(task, first_task) if s.name in PHASES]
-    return sum(int(getattr(s, "rounds", 1)) for s in settings)
+    return sum(s.rounds for s in settings)
 
 
 def initial_decoder(plan: Plan, task: TaskPlan) -> Decoder:

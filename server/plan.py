@@ -51,13 +51,13 @@ from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import check_structures
 from core.device import DEFAULT_PRECISION, check_precision
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig, check_task_name
-from core.phases import PHASES, PhaseSpec
+from core.phases import PHASES, PhaseSettings, PhaseSpec
 from core.protocol import Optimiser
 from core.records import Record, RecordError, check_unknown, flat, keys_of, parse, setting
 
-S = TypeVar("S", bound=Record)
+S = TypeVar("S", bound=PhaseSettings)
 
 
 class PlanError(ValueError):
@@ -229,7 +229,7 @@ class TaskPlan:
     sites: tuple[str, ...] | None
     optimiser: Optimiser
     aggregation: AggregationSettings
-    phase_settings: Mapping[str, Record]
+    phase_settings: Mapping[str, PhaseSettings]
 
     @property
     def name(self) -> str:
@@ -252,8 +252,8 @@ class TaskPlan:
         with it, as they do when a plan sets their key.
         """
         kind = type(self.phase_settings[phase.name])
-        settings: dict[str, Record] = {
-            name: dataclasses.replace(value, **changes) if type(value) is kind else value  # type: ignore[type-var]
+        settings: dict[str, PhaseSettings] = {
+            name: dataclasses.replace(value, **changes) if type(value) is kind else value
             for name, value in self.phase_settings.items()
         }
         return dataclasses.replace(self, phase_settings=settings)
@@ -318,7 +318,7 @@ class Plan:
 
     def train_settings(
         self, task: TaskPlan | None = None, steps: int | None = None, progress: bool = False
-    ) -> TrainSettings:
+    ) -> LocalTrainSettings:
         """Local training as the plan sets it, for a loop run outside the federation.
 
         ``task``'s optimiser (default: the first task's), the plan's batch, patch, seed and
@@ -326,7 +326,7 @@ class Plan:
         config: ``RoundConfig.train_settings``.)
         """
         optimiser = (task or self.tasks[0]).optimiser
-        settings = TrainSettings(
+        settings = LocalTrainSettings(
             batch_size=self.training.batch_size,
             lr=optimiser.lr,
             weight_decay=optimiser.weight_decay,

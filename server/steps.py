@@ -23,9 +23,8 @@ from flwr.app import ArrayRecord, RecordDict
 from core.model import Encoder, Genotype
 from core.model.cost import genotype_parameters
 from core.phases import PHASES
-from core.phases.spec import PhaseSpec, RoundResult, TaskState
+from core.phases.spec import PhaseSettings, PhaseSpec, RoundResult, TaskState
 from core.protocol import RoundConfig, SiteReply
-from core.records import Record
 from server.aggregate import RoundFailed, aggregate
 from server.catalog import Catalog
 from server.federation import Federation, Reply, SiteInfo
@@ -42,7 +41,7 @@ ROUND_BASE_SECONDS = 120.0  # start-up, data loading and caching at a site
 SECONDS_PER_STEP = 10.0  # ~10x a CPU step of the default network (NOTES: 0.3-1 s)
 EVALUATE_SECONDS = 900.0  # sliding-window validation of a site's cases
 
-S = TypeVar("S", bound=Record)
+S = TypeVar("S", bound=PhaseSettings)
 R = TypeVar("R", bound=SiteReply)
 
 
@@ -322,13 +321,13 @@ class TaskRun:
         )
 
 
-def round_timeout(settings: Record) -> float:
+def round_timeout(settings: PhaseSettings) -> float:
     """How long a round waits for its sites: a fixed allowance plus a generous time per step.
 
     A site that hangs is dropped from the round after this, and the round completes with
     the rest if the task's minimum remains.
     """
-    steps = getattr(settings, "steps", 0)
+    steps = settings.steps
     return ROUND_BASE_SECONDS + SECONDS_PER_STEP * steps if steps else EVALUATE_SECONDS
 
 
@@ -351,7 +350,7 @@ class Registration:
         task = run.task
         if not run.catalog.has_task(task.name):
             settings = {name: task.of(PHASES[name]) for name in self.phases}
-            rounds = {name: s.rounds for name, s in settings.items() if hasattr(s, "rounds")}
+            rounds = {name: s.rounds for name, s in settings.items() if s.steps}
             provenance = {
                 "sites": [s.name for s in run.sites],
                 "rounds": rounds,

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from core.data import Case, LabelTable, open_dataset, split_cases
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from simulations.scenario import TEST_FOLDER, Scenario
 
 
@@ -48,7 +48,7 @@ class TaskData:
             if missing:
                 raise ValueError(f"{self.name}: the {kind} labels lack {missing}")
 
-    def budget(self, settings: TrainSettings) -> TrainSettings:
+    def budget(self, settings: LocalTrainSettings) -> LocalTrainSettings:
         """``settings`` with this task's step count."""
         return settings if self.steps is None else dataclasses.replace(settings, steps=self.steps)
 

@@ -56,7 +56,7 @@ def trained_run(
     """
     from core.bundle import Bundle, save_bundle
     from core.data.transforms import Augmentation
-    from core.local.training import TrainSettings, train_phase
+    from core.local.training import LocalTrainSettings, train_phase
     from tests.models import (
         PATCH,
         TRAINED_STEPS,
@@ -72,7 +72,7 @@ def trained_run(
     # liver is still unlearnt after 200 steps; seed 1 shows what learning reaches
     model = tiny_model(dataset.labels.structures, seed=1)
     prep = native_prep(dataset)
-    settings = TrainSettings(
+    settings = LocalTrainSettings(
         steps=TRAINED_STEPS, augmentation=Augmentation(patch_size=PATCH), progress=False
     )
     result = train_phase(

@@ -30,7 +30,7 @@ from core import anatomy
 from core.data import Case, LabelTable
 from core.data.transforms import IMAGE, LABEL, Preprocessing, validation_transforms
 from core.domain import SiteDomain, site_domain
-from core.local.training import TrainSettings, check_patch, optimise, patch_batches
+from core.local.training import LocalTrainSettings, check_patch, optimise, patch_batches
 from core.model import ContinualSegmenter
 from core.vocabulary import Group
 
@@ -135,7 +135,7 @@ def calibrate_phase(
     table: LabelTable,
     cases: Sequence[Case],
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
 ) -> CalibrationResult:
     """Train the calibration head of ``task``'s decoder on a site's cases.
 

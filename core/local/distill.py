@@ -17,8 +17,8 @@ import torch.nn.functional as F
 from core.data import Case, LabelTable
 from core.data.transforms import Preprocessing
 from core.local.training import (
+    LocalTrainSettings,
     SegmentationLoss,
-    TrainSettings,
     check_patch,
     optimise,
     patch_batches,
@@ -51,7 +51,7 @@ def distill_phase(
     table: LabelTable,
     cases: Sequence[Case],
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
     kd_weight: float = 1.0,
     temperature: float = 2.0,
 ) -> DistillResult:

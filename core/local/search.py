@@ -16,8 +16,8 @@ import torch
 from core.data import Case, LabelTable, split_cases
 from core.data.transforms import Preprocessing
 from core.local.training import (
+    LocalTrainSettings,
     SegmentationLoss,
-    TrainSettings,
     check_finite,
     check_patch,
     patch_batches,
@@ -38,7 +38,7 @@ class LocalSearchSettings:
         warmup: share of the steps that update weights only, before architecture steps.
     """
 
-    train: TrainSettings
+    train: LocalTrainSettings
     budget: int
     arch_lr: float = 3e-2
     cost_weight: float = 1.0

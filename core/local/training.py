@@ -70,7 +70,7 @@ def check_finite(
 
 
 @dataclass(frozen=True)
-class TrainSettings:
+class LocalTrainSettings:
     """Budget and optimiser of one local training phase.
 
     Attributes:
@@ -141,7 +141,7 @@ def patch_batches(
     table: LabelTable,
     classes: Sequence[str],
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
 ) -> Iterator[dict[str, Any]]:
     """Endless batches of augmented patches; preprocessed volumes are cached in memory."""
     aug = settings.augmentation
@@ -162,7 +162,7 @@ def patch_batches(
 
 def optimise(
     params: list[torch.nn.Parameter],
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
     batches: Iterator[dict[str, Any]],
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     device: torch.device,
@@ -227,7 +227,7 @@ def train_phase(
     train_cases: Sequence[Case],
     val_cases: Sequence[Case],
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
     train_encoder: bool = False,
     proximal_mu: float = 0.0,
     partial: bool = False,

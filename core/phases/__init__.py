@@ -13,7 +13,7 @@ from core.phases.calibrate import Calibrate
 from core.phases.distill import Distill
 from core.phases.evaluate import Evaluate
 from core.phases.search import Search
-from core.phases.spec import PhaseSpec, ServerSteps, SiteResources, TaskState
+from core.phases.spec import PhaseSettings, PhaseSpec, ServerSteps, SiteResources, TaskState
 from core.phases.training import Base, Teacher
 
 BASE, TEACHER, SEARCH, DISTILL, CALIBRATE, EVALUATE = (
@@ -29,4 +29,11 @@ PHASES: dict[str, PhaseSpec[Any, Any]] = {
     p.name: p for p in (BASE, TEACHER, SEARCH, DISTILL, CALIBRATE, EVALUATE)
 }
 
-__all__ = ["PHASES", "PhaseSpec", "ServerSteps", "SiteResources", "TaskState"]
+__all__ = [
+    "PHASES",
+    "PhaseSettings",
+    "PhaseSpec",
+    "ServerSteps",
+    "SiteResources",
+    "TaskState",
+]

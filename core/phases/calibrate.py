@@ -28,6 +28,7 @@ from core.model.decoder import DOMAIN_BUFFERS
 from core.payload import state_to_record
 from core.phases.spec import (
     TRAIN,
+    PhaseSettings,
     PhaseSpec,
     ServerSteps,
     SiteResources,
@@ -38,7 +39,7 @@ from core.phases.spec import (
     training_cases,
 )
 from core.protocol import DECODER, DOMAIN, HEADS, RoundConfig, SiteReply
-from core.records import Record, setting
+from core.records import setting
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,7 @@ CENTROIDS, THRESHOLDS = "centroids", "thresholds"  # the arrays of a DOMAIN reco
 
 
 @dataclass(frozen=True)
-class CalibrateSettings(Record):
+class CalibrateSettings(PhaseSettings):
     """Calibration rounds and steps."""
 
     rounds: int = setting(

@@ -21,6 +21,7 @@ from core.model.inherit import inherit
 from core.payload import record_to_state, state_to_record
 from core.phases.spec import (
     TRAIN,
+    PhaseSettings,
     PhaseSpec,
     ServerSteps,
     SiteResources,
@@ -30,11 +31,11 @@ from core.phases.spec import (
     training_cases,
 )
 from core.protocol import DECODER, ENCODER, TEACHER, RoundConfig, SiteReply
-from core.records import Record, setting
+from core.records import setting
 
 
 @dataclass(frozen=True)
-class DistillSettings(Record):
+class DistillSettings(PhaseSettings):
     """Distillation rounds and steps, and the KD term's weight and temperature."""
 
     rounds: int = setting(

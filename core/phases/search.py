@@ -24,6 +24,7 @@ from core.model.supernet import SuperNet
 from core.payload import record_to_state, state_to_record
 from core.phases.spec import (
     TRAIN,
+    PhaseSettings,
     PhaseSpec,
     ServerSteps,
     SiteResources,
@@ -33,11 +34,11 @@ from core.phases.spec import (
     training_cases,
 )
 from core.protocol import ARCH, RoundConfig, SiteReply
-from core.records import Record, setting
+from core.records import setting
 
 
 @dataclass(frozen=True)
-class SearchSettings(Record):
+class SearchSettings(PhaseSettings):
     """Search rounds, steps and the student's size budget."""
 
     rounds: int = setting(

@@ -27,14 +27,26 @@ from core.payload import record_to_state
 from core.protocol import CONFIG, DECODER, ENCODER, ENCODER_SHA, METRICS, RoundConfig, SiteReply
 from core.records import Record, flat, parse
 
-S = TypeVar("S", bound=Record)
+S = TypeVar("S", bound="PhaseSettings")
 R = TypeVar("R", bound=SiteReply)
 
 TRAIN = "train"  # message category of the training phases: train.<phase>
 
 
 @dataclass(frozen=True)
-class NoSettings(Record):
+class PhaseSettings(Record):
+    """The budget every phase's settings state: federated rounds and local steps per round.
+
+    A phase with a budget declares both again as plan keys (:func:`core.records.setting`);
+    one without (``evaluate``) runs one round of no local steps, and neither is a key.
+    """
+
+    rounds: int = field(default=1, metadata={"record": False})
+    steps: int = field(default=0, metadata={"record": False})
+
+
+@dataclass(frozen=True)
+class NoSettings(PhaseSettings):
     """A phase without settings of its own."""
 
 
@@ -157,7 +169,7 @@ class PhaseSpec(ABC, Generic[S, R]):
 
     name: ClassVar[str]
     message_type: ClassVar[str]
-    settings_type: ClassVar[type[Record]]
+    settings_type: ClassVar[type[PhaseSettings]]
     reply_type: ClassVar[type[SiteReply]]
     server_optimized: ClassVar[bool] = False
     kept_apart: ClassVar[frozenset[str]] = frozenset()

@@ -18,6 +18,7 @@ from core.local.training import train_phase
 from core.payload import state_to_record
 from core.phases.spec import (
     TRAIN,
+    PhaseSettings,
     PhaseSpec,
     ServerSteps,
     SiteResources,
@@ -28,11 +29,11 @@ from core.phases.spec import (
     training_cases,
 )
 from core.protocol import DECODER, ENCODER, RoundConfig, SiteReply
-from core.records import Record, setting
+from core.records import setting
 
 
 @dataclass(frozen=True)
-class TrainingSettings(Record):
+class TrainingSettings(PhaseSettings):
     """A task's training rounds (plan keys ``rounds``, ``local_steps``, ``proximal_mu``)."""
 
     rounds: int = setting(3, lo=1, hi=1000, doc="FedAvg rounds")

@@ -21,8 +21,8 @@ from core import anatomy
 from core.data.transforms import Preprocessing
 from core.device import pick_device
 from core.local.training import (
+    LocalTrainSettings,
     SegmentationLoss,
-    TrainSettings,
     check_patch,
     optimise,
     patch_batches,
@@ -221,7 +221,7 @@ def upper_bound(
     task: TaskData,
     encoder_config: EncoderConfig,
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
     device: torch.device | str | None = None,
     log: list[StageLog] | None = None,
 ) -> GrowingSegmenter:
@@ -258,7 +258,7 @@ def upper_bound(
     return model
 
 
-def central_settings(plan: Plan, progress: bool = False) -> TrainSettings:
+def central_settings(plan: Plan, progress: bool = False) -> LocalTrainSettings:
     """The central methods' optimiser, batch, patch and seed: the plan's first task's.
 
     Each method sets its steps per task (:attr:`TaskData.steps`).
@@ -271,7 +271,7 @@ def sequential(
     tasks: Sequence[TaskData],
     encoder_config: EncoderConfig,
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
     kd_weight: float = 1.0,
     temperature: float = 2.0,
     on_stage: Callable[[int, GrowingSegmenter], None] | None = None,

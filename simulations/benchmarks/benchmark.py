@@ -43,7 +43,7 @@ from core.data import Case
 from core.data.transforms import validation_transforms
 from core.inference import volume_outputs
 from core.io import atomic_write_bytes, atomic_write_json
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from core.model import Decoder, Encoder, Genotype
 from core.model.cost import count_parameters
 from core.phases import CALIBRATE, DISTILL, SEARCH, TEACHER
@@ -96,7 +96,7 @@ def central(
     method: str,
     plan: Plan,
     tasks: list[TaskData],
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
     say: Callable[[str], None],
     folder: Path,
 ) -> dict[str, Any]:

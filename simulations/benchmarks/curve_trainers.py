@@ -18,7 +18,7 @@ from typing import Any
 import torch
 
 from core.bundle import load_bundle
-from core.local.training import TrainSettings, train_phase
+from core.local.training import LocalTrainSettings, train_phase
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.phases import BASE
 from server.catalog import INDEX, Catalog
@@ -73,7 +73,7 @@ def make_trainer(
         prep, roi = plan.preprocessing, plan.patch
         return {t.name: score_model(model, t, prep, roi).means("dice") for t in scored}
 
-    def budget(steps: int) -> TrainSettings:
+    def budget(steps: int) -> LocalTrainSettings:
         return dataclasses.replace(settings, steps=steps)
 
     if method == "upper_bound":
@@ -111,7 +111,7 @@ def catalog_encoder(catalog: Path | None) -> Encoder:
 
 
 def teacher_decoder(
-    task: TaskData, encoder: Encoder, plan: Plan, settings: TrainSettings
+    task: TaskData, encoder: Encoder, plan: Plan, settings: LocalTrainSettings
 ) -> ContinualSegmenter:
     """A full (teacher) decoder trained centrally on a frozen encoder, as ``teacher`` does."""
     torch.manual_seed(settings.seed)

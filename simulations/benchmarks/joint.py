@@ -21,8 +21,8 @@ import torch
 from core.data.transforms import Preprocessing
 from core.device import pick_device
 from core.local.training import (
+    LocalTrainSettings,
     SegmentationLoss,
-    TrainSettings,
     check_patch,
     merged_logits,
     optimise,
@@ -72,7 +72,7 @@ class MixedBatches:
     """
 
     def __init__(
-        self, tasks: Sequence[TaskData], prep: Preprocessing, settings: TrainSettings
+        self, tasks: Sequence[TaskData], prep: Preprocessing, settings: LocalTrainSettings
     ) -> None:
         self.streams = [
             patch_batches(t.train_cases, t.table, t.structures, prep, settings) for t in tasks
@@ -93,7 +93,7 @@ def joint(
     tasks: Sequence[TaskData],
     encoder_config: EncoderConfig,
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
     device: torch.device | str | None = None,
     log: list[StageLog] | None = None,
 ) -> GrowingSegmenter:

@@ -21,7 +21,7 @@ from safetensors.torch import load_file, save
 from core.data.transforms import Preprocessing
 from core.device import pick_device
 from core.io import atomic_write_bytes
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig
 from simulations.benchmarks.baselines import GrowingSegmenter, upper_bound
 from simulations.task_data import TaskData
@@ -31,7 +31,7 @@ SECONDS = "train_seconds"  # metadata: how long the training took, charged to ev
 
 
 def settings_key(
-    task: TaskData, encoder: EncoderConfig, prep: Preprocessing, settings: TrainSettings
+    task: TaskData, encoder: EncoderConfig, prep: Preprocessing, settings: LocalTrainSettings
 ) -> str:
     """A hash of everything the first stage's weights depend on."""
     digest = hashlib.sha256()
@@ -56,7 +56,7 @@ def first_stage(
     task: TaskData,
     encoder: EncoderConfig,
     prep: Preprocessing,
-    settings: TrainSettings,
+    settings: LocalTrainSettings,
 ) -> tuple[GrowingSegmenter, float]:
     """The first task's model, trained now or read back; and the seconds its training took.
 

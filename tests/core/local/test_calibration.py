@@ -7,7 +7,7 @@ from core.data.nifti import read_header
 from core.data.transforms import IMAGE, LABEL, Augmentation, prepare_image, validation_transforms
 from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, descriptors, domain_scores, join_domains
 from core.local.calibration import balanced_bce, calibrate_phase, cases_domain, paste_anomalies
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from core.merge import MergeSettings
 from simulations.phantoms.generate import make_case
 from tests.models import PATCH, abdomen_cases, held_out_set, native_prep
@@ -37,7 +37,7 @@ def test_calibration_trains_the_heads_only_and_measures_the_domain(trained_bundl
     dataset = tiny_sites["hospA"].dataset
     decoder = model.decoder("abdomen")
     frozen = {k: v.clone() for k, v in decoder.state_dict().items() if "calibration" not in k}
-    settings = TrainSettings(
+    settings = LocalTrainSettings(
         steps=40, augmentation=Augmentation(patch_size=PATCH), progress=False, lr=3e-3
     )
     cases = abdomen_cases(tiny_sites)

@@ -41,7 +41,7 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     from core.data.transforms import Augmentation
     from core.local.distill import distill_phase
     from core.local.evaluation import evaluate_task
-    from core.local.training import TrainSettings
+    from core.local.training import LocalTrainSettings
     from core.model.cost import count_parameters
     from tests.models import PATCH, abdomen_cases, held_out_set
 
@@ -56,13 +56,17 @@ def test_distillation_lowers_kd_loss_and_the_student_approaches_the_teacher(
     widths, cases = model.encoder.config.widths, abdomen_cases(tiny_sites)
     torch.manual_seed(1)
     scratch = Decoder(widths, genotype, teacher.structures)
-    short = TrainSettings(steps=30, augmentation=Augmentation(patch_size=PATCH), progress=False)
+    short = LocalTrainSettings(
+        steps=30, augmentation=Augmentation(patch_size=PATCH), progress=False
+    )
     result = distill_phase(model, "abdomen", scratch, dataset.labels, cases, prep, short)
     assert sum(result.kd_losses[-10:]) < 0.7 * sum(result.kd_losses[:10])  # KD is learnt
 
     student = inherit(Decoder(widths, genotype, teacher.structures), teacher)
     assert count_parameters(student) < 0.25 * count_parameters(teacher)
-    settings = TrainSettings(steps=50, augmentation=Augmentation(patch_size=PATCH), progress=False)
+    settings = LocalTrainSettings(
+        steps=50, augmentation=Augmentation(patch_size=PATCH), progress=False
+    )
     distill_phase(model, "abdomen", student, dataset.labels, cases, prep, settings)
     scores = {}
     for name, decoder in (("teacher", teacher), ("student", student)):

@@ -7,7 +7,7 @@ import torch
 from core.data import CaseArrays, write_nnunet
 from core.data.transforms import Augmentation, Preprocessing
 from core.local.search import LocalSearchSettings, search_phase
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from core.model import Encoder, Genotype, Stage
 from core.model.cost import genotype_parameters
 from core.model.genotype import WIDTH_CHOICES
@@ -78,7 +78,7 @@ def test_search_moves_the_architecture_and_the_cost_term_shrinks_it(tmp_path):
     encoder = Encoder(TINY).freeze()
     teacher = genotype_parameters(TINY.widths, Genotype.teacher(3), len(STRUCTURES))
     prep = Preprocessing((2.0, 2.0, 2.0))
-    train = TrainSettings(
+    train = LocalTrainSettings(
         steps=12, augmentation=Augmentation(patch_size=(16, 16, 16)), progress=False
     )
     net = SuperNet(TINY.widths, STRUCTURES)

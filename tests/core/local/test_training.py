@@ -7,9 +7,9 @@ import torch
 from core.data.transforms import Augmentation
 from core.device import safe_bf16
 from core.local.training import (
+    LocalTrainSettings,
     NonFiniteError,
     SegmentationLoss,
-    TrainSettings,
     optimise,
     train_phase,
 )
@@ -19,7 +19,7 @@ from tests.models import PATCH, TINY, TRAINED_STEPS, native_prep, tiny_model
 
 
 def _settings(steps, patch=PATCH, **kw):
-    return TrainSettings(
+    return LocalTrainSettings(
         steps=steps, augmentation=Augmentation(patch_size=patch), progress=False, **kw
     )
 
@@ -194,7 +194,7 @@ def test_a_phase_stops_at_its_first_non_finite_step_before_the_weights_take_it(
     loss_of, scales, what, step
 ):
     p = torch.nn.Parameter(torch.ones(3))
-    settings = TrainSettings(steps=len(scales), progress=False, precision="fp32")
+    settings = LocalTrainSettings(steps=len(scales), progress=False, precision="fp32")
     with pytest.raises(NonFiniteError, match=f"test: the {what} turned non-finite at step {step}"):
         optimise([p], settings, _stream(*scales), lambda x, _: loss_of(p, x), p.device, "test")
     assert torch.isfinite(p).all()

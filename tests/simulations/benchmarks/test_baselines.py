@@ -6,7 +6,7 @@ import torch
 
 from core.anatomy import UnknownStructureError
 from core.data.transforms import Augmentation
-from core.local.training import TrainSettings, patch_batches
+from core.local.training import LocalTrainSettings, patch_batches
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
 from simulations.benchmarks.baselines import (
     GrowingSegmenter,
@@ -29,7 +29,7 @@ CHEST = ("heart", "lung_left", "lung_right")
 
 
 def _settings(steps, **kw):
-    return TrainSettings(
+    return LocalTrainSettings(
         steps=steps, augmentation=Augmentation(patch_size=PATCH), progress=False, **kw
     )
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from core.data.transforms import Augmentation
-from core.local.training import TrainSettings, merged_logits
+from core.local.training import LocalTrainSettings, merged_logits
 from core.model import EncoderConfig
 from simulations.benchmarks.baselines import StageLog
 from simulations.benchmarks.joint import MarginalLoss, MixedBatches, joint
@@ -88,7 +88,9 @@ def tasks(tiny_sites):
 @pytest.mark.slow  # caches both tasks' volumes and trains 2 steps
 def test_the_joint_model_trains_on_every_task_and_is_scored_on_each(tasks):
     abdomen, chest, prep = tasks
-    settings = TrainSettings(steps=2, augmentation=Augmentation(patch_size=PATCH), progress=False)
+    settings = LocalTrainSettings(
+        steps=2, augmentation=Augmentation(patch_size=PATCH), progress=False
+    )
     mixed = MixedBatches([abdomen, chest], prep, settings)
     drawn = []
     for _ in range(12):
@@ -111,4 +113,4 @@ def test_joint_refuses_a_task_without_training_cases(tasks):
     abdomen, chest, prep = tasks
     empty = TaskData("chest", CHEST, chest.table, [], chest.test_cases, chest.test_table)
     with pytest.raises(ValueError, match="training cases"):
-        joint([abdomen, empty], SMALL, prep, TrainSettings(steps=1))
+        joint([abdomen, empty], SMALL, prep, LocalTrainSettings(steps=1))

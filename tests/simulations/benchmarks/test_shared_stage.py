@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from core.data.transforms import Augmentation
-from core.local.training import TrainSettings
+from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig
 from simulations.benchmarks import shared_stage
 from simulations.benchmarks.baselines import sequential
@@ -20,7 +20,7 @@ CHEST = ("heart", "lung_left", "lung_right")
 
 
 def _settings(steps, seed=0):
-    return TrainSettings(
+    return LocalTrainSettings(
         steps=steps, augmentation=Augmentation(patch_size=PATCH), progress=False, seed=seed
     )
 
