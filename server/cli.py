@@ -165,7 +165,8 @@ def deploy_local(
     """
     from core.describe import SITE_NAME
     from server.catalog import JOURNAL
-    from server.local import APP_DIR, LocalFederation
+    from server.local import LocalFederation
+    from server.local_env import APP_DIR
     from server.orchestrator import last_run_summary
 
     nodes = []
@@ -200,7 +201,7 @@ def app_folder(
     ``flwr run`` reads every file under the folder it is given before it keeps the app's,
     a virtual environment inside the project included (about 10 s per run).
     """
-    from server.local import APP_DIR, stage_app
+    from server.local_env import APP_DIR, stage_app
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         fail(f"{out}: expected a new or empty folder")

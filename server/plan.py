@@ -4,38 +4,23 @@
 [model]
 encoder_widths = [8, 16, 32, 64, 128]
 patch = [64, 64, 64]
-spacing_mm = [1.5, 1.5, 1.5]
-hu_window = [-1000.0, 1000.0]
 
 [training]
 batch_size = 2
-val_fraction = 0.2
-seed = 0
-max_payload_mb = 256
-partial_runs = false   # true: a run that skips a task or loses a named site still completes
-rejoin_grace_s = 600   # a round short of sites waits this long for them to come back
 
 [[tasks]]
 name = "abdomen"
 structures = ["liver", "spleen", "kidney_left", "kidney_right"]
 sites = ["hospA", "hospB"]   # or "any": every site whose data labels these structures
-min_sites = 1
 rounds = 3
 local_steps = 50
-lr = 0.01
-weight_decay = 3e-5
 trim = true            # search a compact student and distil the teacher into it
-size_budget = 0.25     # the student's parameters, as a share of the teacher decoder's
-search_rounds = 1      # search_steps, distill_rounds, distill_steps default to the above
-kd_weight = 1.0
-temperature = 2.0
 calibrate = true       # train the confidence and anomaly heads, learn the decoder's domain
-calibrate_rounds = 1   # calibrate_steps defaults to local_steps
 ```
 
-Every key, its default and its bounds are declared once, in the record classes below and
-in each phase's settings (``core.phases``); an unknown key is an error that names the
-nearest known one.
+Every key, its default, bounds and meaning are declared once, in the record classes below
+and in each phase's settings (``core.phases``), and the documentation's plan reference is
+generated from them; an unknown key is an error that names the nearest known one.
 """
 
 from __future__ import annotations

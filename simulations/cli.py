@@ -49,7 +49,8 @@ def phantoms(
     Also writes each task's held-out test cases under OUT/test. The same scenario and
     seed give the same bytes.
     """
-    from simulations.scenario import load_scenario, write_scenario
+    from simulations.scenario import load_scenario
+    from simulations.sites import write_scenario
 
     with user_errors():
         spec = load_scenario(scenario)

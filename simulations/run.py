@@ -18,11 +18,13 @@ from typing import Any
 
 from core.io import atomic_write_bytes, atomic_write_json
 from server.catalog import JOURNAL, Catalog
-from server.local import APP_DIR, LocalFederation
+from server.local import LocalFederation
+from server.local_env import APP_DIR
 from server.orchestrator import last_run_summary, planned_rounds
 from simulations.evaluate import evaluate_catalog, upload_summary
 from simulations.progress import JournalWatcher
-from simulations.scenario import TEST_FOLDER, Scenario, write_scenario
+from simulations.scenario import TEST_FOLDER, Scenario
+from simulations.sites import write_scenario
 
 COMPLETE = ".complete"  # marks a sites folder whose phantoms are all written
 

@@ -2,7 +2,7 @@
 
 Every report that trains or scores centrally (the benchmark's baselines, ``trim-report``,
 the held-out evaluation of ``simulate`` and ``merge-report``) reads a task through
-:class:`TaskData`, from the folders :func:`simulations.scenario.write_scenario` wrote.
+:class:`TaskData`, from the folders :func:`simulations.sites.write_scenario` wrote.
 """
 
 from __future__ import annotations

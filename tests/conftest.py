@@ -16,7 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from core.data import TaskDataset
-    from simulations.scenario import WrittenSite
+    from simulations.sites import WrittenSite
 
 
 @pytest.fixture(scope="session")
@@ -29,7 +29,8 @@ def tiny_sites(tmp_path_factory: pytest.TempPathFactory) -> dict[str, WrittenSit
     from filelock import FileLock
 
     from simulations.run import write_sites_once
-    from simulations.scenario import load_scenario, open_written
+    from simulations.scenario import load_scenario
+    from simulations.sites import open_written
 
     base = tmp_path_factory.getbasetemp()
     root = (base.parent if "PYTEST_XDIST_WORKER" in os.environ else base) / "tiny-sites"

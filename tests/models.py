@@ -8,7 +8,8 @@ from core.data import Case, TaskDataset, open_dataset
 from core.data.nifti import read_header
 from core.data.transforms import Preprocessing
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
-from simulations.scenario import TEST_FOLDER, WrittenSite
+from simulations.scenario import TEST_FOLDER
+from simulations.sites import WrittenSite
 
 TINY = EncoderConfig((8, 16, 32, 64))
 PATCH = (24, 24, 24)

@@ -5,7 +5,9 @@ A page holds a marker line and the build puts the generated text in its place:
 - ``<!-- generated: plan-keys -->``: every plan key, from the typed plan's own records
   (:mod:`server.plan`, the phases' settings), with its type, default, bounds and meaning;
 - ``<!-- generated: cli -->``: every ``csfl`` command with its usage, help and options,
-  from the typer application that :mod:`csfl` composes.
+  from the typer application that :mod:`csfl` composes;
+- ``<!-- generated: api PACKAGE -->``: a mkdocstrings block for every module of the
+  package, so a new module is in the API reference without anyone listing it.
 
 So a setting or a flag is declared once, in the code, and the docs cannot drift from it.
 """
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import re
 import sys
 import types
 import typing
@@ -22,13 +25,16 @@ from typing import Any
 
 PLAN_MARKER = "<!-- generated: plan-keys -->"
 CLI_MARKER = "<!-- generated: cli -->"
+API_MARKER = re.compile(r"<!-- generated: api (\S+) -->")
+
+
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def on_config(config: Any) -> None:
     """Read the code of the checkout the docs are built from, not an installed copy."""
-    root = str(Path(config.config_file_path).resolve().parent)
-    if root not in sys.path:
-        sys.path.insert(0, root)
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
 
 
 def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
@@ -37,7 +43,18 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         markdown = markdown.replace(PLAN_MARKER, plan_keys())
     if CLI_MARKER in markdown:
         markdown = markdown.replace(CLI_MARKER, cli_reference())
-    return markdown
+    return API_MARKER.sub(lambda m: api_blocks(m.group(1)), markdown)
+
+
+def api_blocks(package: str) -> str:
+    """``::: module`` for every module of ``package`` (its ``__init__`` aside), in path order."""
+    folder = ROOT / package.replace(".", "/")
+    modules = [
+        ".".join(path.relative_to(ROOT).with_suffix("").parts)
+        for path in sorted(folder.rglob("*.py"))
+        if path.name != "__init__.py" and "__pycache__" not in path.parts
+    ]
+    return "\n\n".join(f"::: {module}" for module in modules)
 
 
 def _type_name(kind: Any) -> str:

@@ -8,7 +8,8 @@ from pathlib import Path
 
 from server.processes import home_processes, process_groups, process_tree
 from simulations.run import to_toml
-from simulations.scenario import WrittenSite, load_scenario
+from simulations.scenario import load_scenario
+from simulations.sites import WrittenSite
 
 
 def _servers(under: Path) -> list[tuple[int, str]]:

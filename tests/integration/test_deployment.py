@@ -27,7 +27,8 @@ from cryptography.hazmat.primitives.asymmetric import ed25519
 
 from server.catalog import Catalog
 from server.credentials import write_node_key
-from server.local import APP_DIR, CONNECTION, LocalFederation, flower_env, stage_app
+from server.local import CONNECTION, LocalFederation
+from server.local_env import APP_DIR, flower_env, stage_app
 from tests.integration.flower import flower_processes, one_task_plan, site_config, wait_for
 
 pytestmark = pytest.mark.slow

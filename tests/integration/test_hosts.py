@@ -31,15 +31,8 @@ import pytest
 
 from server.catalog import Catalog
 from server.credentials import write_node_key, write_server_credentials
-from server.local import (
-    APP_DIR,
-    COMPLETED,
-    CONNECTION,
-    NODE_CONNECTED,
-    flower_env,
-    overrides,
-    stage_app,
-)
+from server.local import COMPLETED, CONNECTION, NODE_CONNECTED
+from server.local_env import APP_DIR, flower_env, overrides, stage_app
 from server.processes import process_tree
 from simulations.run import to_toml
 from tests.integration import netns

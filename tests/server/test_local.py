@@ -11,7 +11,7 @@ import zipfile
 import pytest
 from flwr.cli.build import build_fab_from_disk
 
-from server.local import APP_DIR, stage_app
+from server.local_env import APP_DIR, stage_app
 from server.processes import home_processes
 
 
@@ -57,7 +57,7 @@ def test_a_home_s_processes_include_orphans_and_never_the_caller(tmp_path):
 def test_a_free_port_lies_below_the_kernel_s_ephemeral_range_and_is_free():
     import socket
 
-    from server.local import _ephemeral_ports, free_port
+    from server.local_env import _ephemeral_ports, free_port
 
     low, _ = _ephemeral_ports()
     ports = {free_port() for _ in range(20)}

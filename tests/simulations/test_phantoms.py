@@ -7,7 +7,8 @@ from core.data import open_dataset
 from core.data.check import check_site
 from simulations.phantoms import LESIONS, drawable_structures, make_case
 from simulations.phantoms.render import NOT_ONE_PIECE, SUPERFICIAL
-from simulations.scenario import ScenarioError, load_scenario, write_scenario
+from simulations.scenario import ScenarioError, load_scenario
+from simulations.sites import write_scenario
 
 FULL = np.ones((3, 3, 3), bool)
 
