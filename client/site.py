@@ -86,7 +86,7 @@ class Site:
         about = SiteRecord(self.name, tuple(cached), len(self.datasets))
         record[SITE] = ConfigRecord(flat(about, wire=True))
         for i, ds in enumerate(self.datasets):
-            dataset = DatasetRecord(ds.name, ds.labels.structures, len(ds.cases))
+            dataset = DatasetRecord(ds.labels.structures, len(ds.cases))
             record[DatasetRecord.key(i)] = ConfigRecord(flat(dataset, wire=True))
         return record
 

@@ -88,9 +88,12 @@ class SiteRecord(Record):
 
 @dataclass(frozen=True)
 class DatasetRecord(Record):
-    """One dataset a site holds (record ``dataset-<i>``): aggregates only."""
+    """One dataset a site holds (record ``dataset-<i>``): aggregates only.
 
-    name: str = setting(lo=1, hi=128)
+    Neither its name nor its folder is sent: the server needs only what it labels and
+    how many cases it has, and a folder's name is the site's own business.
+    """
+
     structures: tuple[str, ...] = setting(lo=1, hi=64)
     cases: int = setting(lo=0, hi=1_000_000)
 

@@ -3,7 +3,8 @@
 Run config (absolute paths: the ServerApp runs in the SuperLink's working directory):
 ``plan`` (the task plan TOML) and ``catalog`` (the catalog folder); optional
 ``round-timeout`` in seconds (0: each round's own, derived from its steps, see
-``server.steps.round_timeout``).
+``server.steps.round_timeout``) and ``wire-log`` (an absolute path: every message sent and
+received, summarised, :mod:`server.wire`; empty: none).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from server.catalog import Catalog
 from server.federation import Federation
 from server.orchestrator import Orchestrator
 from server.plan import load_plan
+from server.wire import WireLog
 
 app = ServerApp()
 
@@ -36,5 +38,9 @@ def main(grid: Grid, context: Context) -> None:
     plan = load_plan(str(config["plan"]))
     catalog = Catalog(str(config["catalog"]))
     timeout = float(config.get("round-timeout", 0)) or None
-    finished = Orchestrator(plan, catalog, Federation(grid, timeout)).run()
+    wire_log = str(config.get("wire-log", ""))
+    if wire_log and not Path(wire_log).is_absolute():
+        raise ValueError(f"run config 'wire-log' must be an absolute path (got {wire_log!r})")
+    wire = WireLog(wire_log) if wire_log else None
+    finished = Orchestrator(plan, catalog, Federation(grid, timeout, wire)).run()
     logging.getLogger(__name__).info("finished tasks in this run: %s", finished)

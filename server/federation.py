@@ -13,6 +13,7 @@ from flwr.serverapp import Grid
 from core import anatomy
 from core.describe import DESCRIBE, SITE, DatasetRecord, SiteRecord, serves
 from core.records import RecordError, parse
+from server.wire import RECEIVED, SENT, WireLog
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,7 @@ class SiteInfo:
 
     node_id: int
     name: str
-    datasets: list[tuple[str, tuple[str, ...], int]]
+    datasets: list[tuple[tuple[str, ...], int]]
     encoders: set[str] = field(default_factory=set)
 
     def cases_for(self, structures: tuple[str, ...], partial: bool = False) -> int:
@@ -34,7 +35,7 @@ class SiteInfo:
         The first dataset that labels all of them; with ``partial``, the first that labels
         any (:func:`core.describe.serves`).
         """
-        for _, labelled, cases in self.datasets:
+        for labelled, cases in self.datasets:
             if serves(labelled, structures, partial):
                 return cases
         return 0
@@ -56,7 +57,7 @@ def parse_description(node: int, content: RecordDict) -> SiteInfo:
         if record is None:
             raise RecordError(f"no {DatasetRecord.key(i)!r} record")
         ds = parse(DatasetRecord, dict(record), DatasetRecord.key(i), wire=True)
-        datasets.append((ds.name, ds.structures, ds.cases))
+        datasets.append((ds.structures, ds.cases))
     return SiteInfo(node, site.name, datasets, set(site.encoders))
 
 
@@ -84,10 +85,16 @@ class Reply:
 class Federation:
     """The sites reachable through a Grid."""
 
-    def __init__(self, grid: Grid, timeout: float | None = None) -> None:
-        """Talk through ``grid``; ``timeout`` (seconds) overrides every round's own."""
+    def __init__(
+        self, grid: Grid, timeout: float | None = None, wire: WireLog | None = None
+    ) -> None:
+        """Talk through ``grid``; ``timeout`` (seconds) overrides every round's own.
+
+        With ``wire``, every message sent and received is logged there.
+        """
         self.grid = grid
         self.timeout = timeout
+        self.wire = wire
 
     def online_node_ids(self) -> set[int]:
         """The nodes the SuperLink sees online now."""
@@ -108,9 +115,13 @@ class Federation:
             log.error("no node is connected")
             return []
         messages = [Message(RecordDict(), dst_node_id=n, message_type=DESCRIBE) for n in nodes]
+        for n in nodes if self.wire else ():
+            self._log(SENT, DESCRIBE, f"node {n}", RecordDict())
         sites = []
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout or DESCRIBE_TIMEOUT):
             node = reply.metadata.src_node_id
+            error = str(reply.error.reason) if reply.has_error() else None
+            self._log(RECEIVED, DESCRIBE, f"node {node}", None if error else reply.content, error)
             if reply.has_error():
                 log.warning("node %s could not describe itself: %s", node, reply.error.reason)
                 continue
@@ -154,6 +165,8 @@ class Federation:
             )
             for s in sites
         ]
+        for s in sites:
+            self._log(SENT, message_type, s.name, contents[s.node_id])
         replies: dict[int, Reply] = {}
         limit = self.timeout or timeout
         start = time.monotonic()
@@ -164,8 +177,10 @@ class Federation:
             if msg.has_error():
                 reason = str(msg.error.reason or f"error {msg.error.code}")
                 replies[site.node_id] = Reply(site, None, reason[:MAX_REASON_CHARS])
+                self._log(RECEIVED, message_type, site.name, None, reason[:MAX_REASON_CHARS])
             else:
                 replies[site.node_id] = Reply(site, msg.content)
+                self._log(RECEIVED, message_type, site.name, msg.content)
         waited = time.monotonic() - start
         silent = (
             f"no reply before the timeout ({limit:.0f} s)"
@@ -173,3 +188,14 @@ class Federation:
             else f"no reply: the node went offline after {waited:.0f} s (link lost or stopped)"
         )
         return [replies.get(s.node_id, Reply(s, None, silent)) for s in sites]
+
+    def _log(
+        self,
+        direction: str,
+        message_type: str,
+        site: str,
+        content: RecordDict | None,
+        error: str | None = None,
+    ) -> None:
+        if self.wire is not None:
+            self.wire.write(direction, message_type, site, content, error)

@@ -26,6 +26,7 @@ from simulations.progress import JournalWatcher
 from simulations.scenario import TEST_FOLDER, Scenario
 from simulations.sites import write_scenario
 
+WIRE_LOG = "wire.jsonl"  # every message of the run, summarised (server.wire)
 COMPLETE = ".complete"  # marks a sites folder whose phantoms are all written
 
 
@@ -154,6 +155,7 @@ def simulate(
                 "sim-sites": ",".join(sites),
                 "sim-data-root": str(sites_dir),
                 "threads": share,
+                "wire-log": str(out / WIRE_LOG),
             }
             engine = {
                 "num-supernodes": len(sites),

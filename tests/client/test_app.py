@@ -46,3 +46,19 @@ def test_a_phase_message_reaches_its_phase_handler(tmp_path):
         app(message("train.base"), context(str(tmp_path)))
     with pytest.raises(ValueError, match="No train function registered with name 'nothing'"):
         app(message("train.nothing"), context(str(tmp_path)))
+
+
+def test_an_error_reaches_the_server_without_the_site_s_paths():
+    from client.app import SiteFailure, redact, reporting
+
+    text = "cannot read /data/hospA/Dataset001_abdomen/imagesTr/hospA_003_0000.nii.gz: truncated"
+    assert redact(text) == "cannot read <path>: truncated"
+    assert redact(r"C:\data\x.nii.gz missing; 3/4 cases") == "<path> missing; 3/4 cases"
+
+    def failing(msg, ctx):
+        raise FileNotFoundError("/data/hospA/labelsTr/hospA_003.nii.gz: no such file")
+
+    with pytest.raises(SiteFailure) as raised:
+        reporting(failing)(message("train.teacher"), context("/data/hospA"))
+    assert str(raised.value) == "FileNotFoundError: <path>: no such file"
+    assert raised.value.__cause__ is None  # the original, with its paths, stays at the site

@@ -5,10 +5,16 @@ import json
 import pytest
 import torch
 
+from client.app import PATH
 from core.bundle import load_bundle
+from core.describe import DESCRIBE
 from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, VIEWS
 from core.model import Genotype
+from core.phases import PHASES
+from core.protocol import ENCODER_SHA
 from server.catalog import Catalog
+from server.wire import RECEIVED, SENT, read_wire_log
+from simulations.run import WIRE_LOG
 from tests.integration.flower import flower_processes
 
 pytestmark = pytest.mark.slow
@@ -77,3 +83,47 @@ def test_a_killed_server_resumes_without_redoing_finished_phases(tiny_benchmark)
     # stage 1; stage 2 cut short; stage 2 resumed (the second start kept stage 1)
     assert runs == ["run-start", "run-end", "run-start", "run-start", "run-end"]
     assert all(torch.isfinite(p).all() for p in catalog.model().parameters())
+
+
+def _site_private_names(sites):
+    """What only a site knows: its data root, its datasets' folders and its case identifiers."""
+    root = sites.resolve()
+    names = {str(root)}
+    for dataset in root.glob("*/Dataset*"):
+        names.add(dataset.name)
+        names |= {p.name.split("_0000")[0] for p in (dataset / "imagesTr").glob("*.nii.gz")}
+    return names
+
+
+def _strings(value):
+    if isinstance(value, str):
+        yield value
+    elif isinstance(value, list | dict):
+        for item in value.values() if isinstance(value, dict) else value:
+            yield from _strings(item)
+
+
+def test_only_weights_architecture_and_bounded_aggregates_cross_the_wire(tiny_benchmark):
+    """Every message of a real run, both ways: no image-shaped array, no path, no case."""
+    run = tiny_benchmark / "continual"
+    log = read_wire_log(run / WIRE_LOG)
+    assert {m["direction"] for m in log} == {SENT, RECEIVED}
+    every_type = {DESCRIBE, *(p.message_type for p in PHASES.values())}
+    assert {m["type"] for m in log if m["direction"] == RECEIVED} == every_type
+    private = _site_private_names(run / "sites")
+    assert len(private) > 10  # the data root, 3 datasets and their cases
+    for m in log:
+        assert "error" not in m, m  # nothing failed in this run
+        for name, record in m.get("content", {}).items():
+            where = (m["direction"], m["type"], m["site"], name)
+            for key, array in record.get("arrays", {}).items():
+                assert sum(side >= 8 for side in array["shape"]) < 3, (where, key, array)
+            if m["direction"] == RECEIVED:  # from a site: numbers, or its description
+                metrics = record.get("metrics", {})
+                assert all(isinstance(v, int | float) for v in metrics.values()), where
+                config = record.get("config", {})
+                if m["type"] != DESCRIBE:  # a reply names only the encoder it worked on
+                    assert set(config) <= {ENCODER_SHA}, where
+            for text in [*_strings(record), *(k for r in record.values() for k in r)]:
+                assert not any(p in text for p in private), (where, text)
+                assert not PATH.search(text), (where, text)  # no path of any machine

@@ -11,7 +11,7 @@ SHA = "ab" * 32
 
 def _description(**site):
     about = {"name": "hospA", "encoders": [SHA], "datasets": 1} | site
-    dataset = {"name": "Dataset001_abdomen", "structures": ["liver", "spleen"], "cases": 4}
+    dataset = {"structures": ["liver", "spleen"], "cases": 4}
     return RecordDict({"site": ConfigRecord(about), "dataset-0": ConfigRecord(dataset)})
 
 
@@ -33,7 +33,7 @@ def test_a_partial_labels_task_is_served_by_sites_that_label_some_of_it():
         parse_description(1, _description()),
         parse_description(2, _description(name="hospB")),
     ]
-    sites[1].datasets = [("Dataset002_chest", ("lung_left",), 5)]
+    sites[1].datasets = [(("lung_left",), 5)]
     assert match_sites(parse_plan(doc).tasks[0], sites) == []
     partial = parse_plan({**doc, "tasks": [{**task, "partial_labels": True}]}).tasks[0]
     assert [s.name for s in match_sites(partial, sites)] == ["hospA"]
@@ -82,7 +82,7 @@ def test_a_missing_reply_says_whether_the_node_went_offline_or_the_round_timed_o
     from server.federation import Federation
 
     monkeypatch.setattr(federation, "Message", lambda *args, **kwargs: (args, kwargs))
-    site = SiteInfo(7, "hospB", [("ds", ("liver",), 3)])
+    site = SiteInfo(7, "hospB", [(("liver",), 3)])
     offline = Federation(_SilentGrid()).exchange("train", {7: RecordDict()}, [site], "g", 300.0)
     assert offline[0].content is None
     assert offline[0].error.startswith("no reply: the node went offline after 0 s")

@@ -42,7 +42,7 @@ class FakeFederation:
 
 
 def _site(name, node, structures):
-    return SiteInfo(node, name, [(f"Dataset00{node}", tuple(structures), 4)])
+    return SiteInfo(node, name, [(tuple(structures), 4)])
 
 
 def _plan(partial_runs=False, **abdomen):

@@ -84,9 +84,7 @@ TRAIN = {site: n - 1 for site, n in CASES.items()}
 
 
 def _sites(*names):
-    return tuple(
-        SiteInfo(i + 1, n, [("ds", ("liver", "spleen"), CASES[n])]) for i, n in enumerate(names)
-    )
+    return tuple(SiteInfo(i + 1, n, [(("liver", "spleen"), CASES[n])]) for i, n in enumerate(names))
 
 
 def _run(tmp_path, respond, sites=("A", "B"), min_sites=1, training=None, **task):
