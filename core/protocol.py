@@ -30,6 +30,7 @@ ARCH = "arch"  # architecture parameters of the search: alpha and beta
 HEADS = "heads"  # a decoder's calibration head (confidence and anomaly)
 DOMAIN = "domain"  # where a site's CTs hold each structure: centroids, thresholds (core.domain)
 METRICS = "metrics"
+PRIVACY = "privacy"  # a DP task's spent (epsilon, delta) per site, in its provenance
 ENCODER_SHA = "encoder-sha256"
 
 

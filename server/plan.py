@@ -38,7 +38,8 @@ from core.describe import check_structures
 from core.device import DEFAULT_PRECISION, check_precision
 from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig, check_task_name
-from core.phases import PHASES, PhaseSettings, PhaseSpec
+from core.phases import PHASES, TEACHER, PhaseSettings, PhaseSpec
+from core.phases.training import TrainingSettings
 from core.protocol import Optimiser
 from core.records import Record, RecordError, check_unknown, flat, keys_of, parse, setting
 
@@ -361,6 +362,7 @@ def _task(table: Mapping[str, Any], where: str) -> TaskPlan:
     if sites != "any" and section.min_sites > len(sites):
         raise PlanError(f"{where}.min_sites: {section.min_sites} > the {len(sites)} sites named")
     settings = {name: parse(p.settings_type, table, where) for name, p in PHASES.items()}
+    check_privacy(section, settings[TEACHER.name], where)
     return TaskPlan(
         section,
         None if sites == "any" else tuple(sites),
@@ -368,6 +370,27 @@ def _task(table: Mapping[str, Any], where: str) -> TaskPlan:
         parse(AggregationSettings, table, where),
         settings,
     )
+
+
+def check_privacy(section: TaskSection, training: PhaseSettings, where: str) -> None:
+    """Refuse a DP task whose other phases would read its patients without DP.
+
+    Search, distillation and calibration train on the site's patients too, and FedProx's
+    term is not clipped per patient; until they run under DP-SGD, a private task trains
+    its teacher alone.
+
+    Raises:
+        PlanError: naming the key to change.
+    """
+    if not isinstance(training, TrainingSettings) or training.privacy is None:
+        return
+    if section.trim or section.calibrate:
+        raise PlanError(
+            f"{where}.dp_noise_multiplier: search, distill and calibrate read the site's "
+            "patients without differential privacy; set trim = false and calibrate = false"
+        )
+    if training.proximal_mu:
+        raise PlanError(f"{where}.proximal_mu: FedProx's term is not clipped per patient (DP)")
 
 
 def _table(doc: Mapping[str, Any], key: str, where: str) -> Mapping[str, Any]:

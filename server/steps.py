@@ -24,7 +24,8 @@ from core.model import Encoder, Genotype
 from core.model.cost import genotype_parameters
 from core.phases import PHASES
 from core.phases.spec import PhaseSettings, PhaseSpec, RoundResult, TaskState
-from core.protocol import RoundConfig, SiteReply
+from core.phases.training import Training
+from core.protocol import PRIVACY, RoundConfig, SiteReply
 from server.aggregate import RoundFailed, aggregate
 from server.catalog import Catalog
 from server.federation import Federation, Reply, SiteInfo
@@ -357,6 +358,11 @@ class Registration:
                 "teacher_parameters": teacher_parameters(run.plan, task),
                 **run.ledger.to_json(),
             }
+            trained = [p for p in self.phases if isinstance(PHASES[p], Training)]
+            for phase in trained:  # a DP task's spent (epsilon, delta) per site
+                if run.catalog.has_checkpoint(task.name, phase):
+                    kept = run.catalog.load_checkpoint(task.name, phase)[1]
+                    provenance |= {PRIVACY: kept[PRIVACY]} if PRIVACY in kept else {}
             dice = state.metrics.get("dice", {})
             skill = {s: float(v) for s, v in dice.items() if v is not None}
             calibration = dataclasses.replace(state.calibration, skill=skill)

@@ -23,6 +23,7 @@ from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
 from core.device import DEFAULT_PRECISION, autocast
 from core.local.evaluation import evaluate_task
+from core.local.private import Privacy, private_gradient, sample_rate
 from core.model import ContinualSegmenter
 from core.scores import ScoreSums
 
@@ -136,6 +137,19 @@ class PhaseResult:
         }
 
 
+def patch_dataset(
+    cases: Sequence[Case],
+    table: LabelTable,
+    classes: Sequence[str],
+    prep: Preprocessing,
+    settings: LocalTrainSettings,
+) -> CacheDataset:
+    """The cases, preprocessed once and cached; each read draws augmented patches anew."""
+    aug = settings.augmentation
+    chain = training_transforms(prep, aug, table, seed=settings.seed, classes=classes)
+    return CacheDataset([{"case": c} for c in cases], chain, num_workers=0, progress=False)
+
+
 def patch_batches(
     cases: Sequence[Case],
     table: LabelTable,
@@ -145,8 +159,7 @@ def patch_batches(
 ) -> Iterator[dict[str, Any]]:
     """Endless batches of augmented patches; preprocessed volumes are cached in memory."""
     aug = settings.augmentation
-    chain = training_transforms(prep, aug, table, seed=settings.seed, classes=classes)
-    dataset = CacheDataset([{"case": c} for c in cases], chain, num_workers=0, progress=False)
+    dataset = patch_dataset(cases, table, classes, prep, settings)
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(
         dataset,
@@ -193,6 +206,59 @@ def optimise(
     return losses
 
 
+def private_optimise(
+    params: list[torch.nn.Parameter],
+    settings: LocalTrainSettings,
+    dataset: CacheDataset,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    device: torch.device,
+    desc: str,
+    privacy: Privacy,
+) -> list[float]:
+    """:func:`optimise` under DP-SGD (:mod:`core.local.private`): one patient per unit.
+
+    Each step samples every case with probability ``batch_size / cases`` and draws one
+    patch from each sampled case; returns each step's mean loss over the sampled cases
+    (NaN for a step that sampled none), which stays at the site.
+
+    Raises:
+        NonFiniteError: at the first step whose loss or gradients are not finite.
+    """
+    optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
+    cases = len(dataset)
+    rate = sample_rate(settings.batch_size, cases)
+    generator = torch.Generator().manual_seed(settings.seed)
+    mixed = autocast(device, settings.precision)
+    losses: list[float] = []
+    bar = tqdm(range(settings.steps), desc=f"{desc} (DP)", disable=not settings.progress)
+    for step in bar:
+        chosen = torch.nonzero(torch.rand(cases, generator=generator) < rate).flatten()
+
+        def case_loss(index: int) -> Callable[[], torch.Tensor]:
+            def loss() -> torch.Tensor:
+                drawn = dataset[index]
+                patch = drawn[0] if isinstance(drawn, list) else drawn
+                with mixed:
+                    image, label = patch["image"][None].to(device), patch["label"][None].to(device)
+                    return loss_of(image, label)
+
+            return loss
+
+        grads, seen = private_gradient(
+            params, [case_loss(int(i)) for i in chosen], privacy, rate * cases, generator
+        )
+        optimizer.zero_grad(set_to_none=True)
+        for p, g in zip(params, grads, strict=True):
+            p.grad = g.to(p.dtype)
+        mean = torch.tensor(sum(seen) / len(seen) if seen else float("nan"))
+        check_finite(torch.nan_to_num(mean), params, desc, step, settings.steps)
+        optimizer.step()
+        schedule.step()
+        losses.append(float(mean))
+    return losses
+
+
 def merged_logits(logits: torch.Tensor, labelled: Sequence[int]) -> torch.Tensor:
     """Logits whose softmax is the marginal distribution of a partially labelled task.
 
@@ -231,6 +297,7 @@ def train_phase(
     train_encoder: bool = False,
     proximal_mu: float = 0.0,
     partial: bool = False,
+    privacy: Privacy | None = None,
 ) -> PhaseResult:
     """Train a task's decoder (and, in ``base``, the encoder) on a site's cases.
 
@@ -240,10 +307,12 @@ def train_phase(
     keeps a site's many local steps from drifting towards its own data. With ``partial``
     the table may label only some of the decoder's structures (at least one): the loss is
     marginal (:func:`merged_logits`: the others count with the background), and only
-    those are validated.
+    those are validated. With ``privacy`` it trains under DP-SGD, one patient as the unit
+    (:func:`private_optimise`; FedProx's term, which is not a patient's, is then refused).
 
     Raises:
-        ValueError: if ``train_encoder`` does not fit the model's state (a frozen encoder
+        ValueError: if ``privacy`` comes with ``proximal_mu``, ``train_encoder`` does not
+            fit the model's state (a frozen encoder
             to train, or a trainable one to keep fixed), the label table lacks one
             of the decoder's structures, or the patch does not fit the encoder depth.
     """
@@ -260,6 +329,8 @@ def train_phase(
     check_patch(patch, model.encoder.config.divisor)
     if not train_cases:
         raise ValueError(f"{task}: no training cases")
+    if privacy is not None and proximal_mu:
+        raise ValueError("proximal_mu: FedProx's term is not clipped per patient; not with DP")
 
     torch.manual_seed(settings.seed)
     device = next(model.parameters()).device
@@ -283,14 +354,12 @@ def train_phase(
 
     model.train()
     start = time.perf_counter()
-    losses = optimise(
-        params,
-        settings,
-        batches,
-        loss_of,
-        device,
-        f"{'base' if train_encoder else 'teacher'} {task}",
-    )
+    desc = f"{'base' if train_encoder else 'teacher'} {task}"
+    if privacy is None:
+        losses = optimise(params, settings, batches, loss_of, device, desc)
+    else:
+        dataset = patch_dataset(train_cases, table, labelled, prep, settings)
+        losses = private_optimise(params, settings, dataset, loss_of, device, desc, privacy)
     seconds = time.perf_counter() - start
     scores = (
         evaluate_task(model, task, val_cases, table, prep, patch, device, labelled)

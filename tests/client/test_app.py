@@ -42,7 +42,9 @@ def test_describe_imports_neither_torch_nor_monai(tiny_sites):
 def test_a_phase_message_reaches_its_phase_handler(tmp_path):
     from client.app import app
 
-    with pytest.raises(KeyError, match="config"):  # the base phase's handler: no round config
+    from client.app import SiteFailure
+
+    with pytest.raises(SiteFailure, match="KeyError: 'config'"):  # base's handler: no config
         app(message("train.base"), context(str(tmp_path)))
     with pytest.raises(ValueError, match="No train function registered with name 'nothing'"):
         app(message("train.nothing"), context(str(tmp_path)))

@@ -1,6 +1,6 @@
 import pytest
 
-from core.phases import CALIBRATE
+from core.phases import CALIBRATE, TEACHER
 from server.plan import PlanError, load_plan
 
 GOOD = """
@@ -122,3 +122,19 @@ def test_loops_outside_the_federation_train_as_the_plan_says(tmp_path):
     assert (settings.batch_size, settings.seed, settings.steps) == (3, 7, 40)
     assert settings.lr == chest.optimiser.lr and settings.augmentation.patch_size == (32, 32, 32)
     assert plan.train_settings().batch_size == 3  # the first task's optimiser, same batch
+
+
+def test_a_private_task_trains_its_teacher_alone_and_without_fedprox(tmp_path):
+    path = tmp_path / "plan.toml"
+    private = GOOD.replace("calibrate_rounds = 2", "dp_noise_multiplier = 1.1\ndp_epsilon = 8")
+    path.write_text(private)
+    with pytest.raises(PlanError, match="set trim = false and calibrate = false"):
+        load_plan(path)
+    alone = private.replace("dp_epsilon = 8", "dp_epsilon = 8\ntrim = false\ncalibrate = false")
+    path.write_text(alone)
+    training = load_plan(path).tasks[0].of(TEACHER)
+    assert training.privacy is not None and training.privacy.epsilon_budget == 8.0
+    assert load_plan(path).tasks[1].of(TEACHER).privacy is None  # DP is per task, off by default
+    path.write_text(alone.replace("trim = false", "trim = false\nproximal_mu = 0.01"))
+    with pytest.raises(PlanError, match="proximal_mu"):
+        load_plan(path)

@@ -17,6 +17,7 @@ from core.phases.distill import DistillReply
 from core.phases.evaluate import EvaluateReply
 from core.phases.search import SearchReply
 from core.phases.spec import TaskState
+from core.phases.training import TrainingReply
 from core.protocol import (
     ARCH,
     CONFIG,
@@ -26,6 +27,7 @@ from core.protocol import (
     ENCODER_SHA,
     HEADS,
     METRICS,
+    PRIVACY,
     SETTINGS,
     RoundConfig,
     SiteReply,
@@ -450,3 +452,21 @@ def test_kept_rounds_given_other_inputs_are_sent_again(tmp_path):
     run, state, federation = _run(tmp_path, respond, rounds=2, lr=0.5)  # the plan changed
     run.run(TEACHER, _frozen_state(run, state))
     assert [RoundConfig.from_record(c[CONFIG]).round for *_, c in federation.sent] == [1, 1, 2, 2]
+
+
+def test_a_private_task_keeps_each_site_s_spent_epsilon_in_its_provenance(tmp_path):
+    spent = {"A": 1.5, "B": 2.5}
+
+    def respond(site, kind, content):
+        if kind == "evaluate":
+            return _answer(content, EvaluateReply(1, scores=ScoreSums()))
+        assert kind == "train.teacher"
+        reply = TrainingReply(TRAIN[site], 0.0, 1.0, spent[site])  # under DP: no loss
+        return _answer(content, reply, **{DECODER: _shifted(content, DECODER, 0)})
+
+    dp = {"trim": False, "calibrate": False, "dp_noise_multiplier": 1.0, "dp_delta": 1e-4}
+    run, state, _ = _run(tmp_path, respond, **dp)
+    state = run.run(EVALUATE, run.run(TEACHER, _frozen_state(run, state)))
+    run.run(Registration(["teacher", "evaluate"]), state)
+    provenance = run.catalog.tasks()[0]["versions"][0]["provenance"]
+    assert provenance[PRIVACY] == {"delta": 1e-4, "epsilon": spent}
