@@ -44,6 +44,7 @@ def test_a_site_refuses_a_round_past_its_budget_or_with_a_delta_too_large():
         check_round(privacy, cases=1000, rate=0.002, steps_after=50)
 
 
+@pytest.mark.slow  # trains the tiny network three steps under DP-SGD
 def test_a_private_phase_trains_one_patch_per_sampled_patient(tmp_path):
     data = nnunet_dataset(tmp_path / "A", n_cases=3, structures=("liver", "spleen"))
     model = tiny_model(data.labels.structures)
