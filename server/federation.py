@@ -94,7 +94,7 @@ class Federation:
         """
         self.grid = grid
         self.timeout = timeout
-        self.wire = wire
+        self.wire = wire or WireLog(None)
 
     def online_node_ids(self) -> set[int]:
         """The nodes the SuperLink sees online now."""
@@ -115,13 +115,15 @@ class Federation:
             log.error("no node is connected")
             return []
         messages = [Message(RecordDict(), dst_node_id=n, message_type=DESCRIBE) for n in nodes]
-        for n in nodes if self.wire else ():
-            self._log(SENT, DESCRIBE, f"node {n}", RecordDict())
+        for n in nodes:
+            self.wire.write(SENT, DESCRIBE, f"node {n}", RecordDict())
         sites = []
         for reply in self.grid.send_and_receive(messages, timeout=self.timeout or DESCRIBE_TIMEOUT):
             node = reply.metadata.src_node_id
             error = str(reply.error.reason) if reply.has_error() else None
-            self._log(RECEIVED, DESCRIBE, f"node {node}", None if error else reply.content, error)
+            self.wire.write(
+                RECEIVED, DESCRIBE, f"node {node}", None if error else reply.content, error
+            )
             if reply.has_error():
                 log.warning("node %s could not describe itself: %s", node, reply.error.reason)
                 continue
@@ -166,7 +168,7 @@ class Federation:
             for s in sites
         ]
         for s in sites:
-            self._log(SENT, message_type, s.name, contents[s.node_id])
+            self.wire.write(SENT, message_type, s.name, contents[s.node_id])
         replies: dict[int, Reply] = {}
         limit = self.timeout or timeout
         start = time.monotonic()
@@ -177,10 +179,10 @@ class Federation:
             if msg.has_error():
                 reason = str(msg.error.reason or f"error {msg.error.code}")
                 replies[site.node_id] = Reply(site, None, reason[:MAX_REASON_CHARS])
-                self._log(RECEIVED, message_type, site.name, None, reason[:MAX_REASON_CHARS])
+                self.wire.write(RECEIVED, message_type, site.name, None, reason[:MAX_REASON_CHARS])
             else:
                 replies[site.node_id] = Reply(site, msg.content)
-                self._log(RECEIVED, message_type, site.name, msg.content)
+                self.wire.write(RECEIVED, message_type, site.name, msg.content)
         waited = time.monotonic() - start
         silent = (
             f"no reply before the timeout ({limit:.0f} s)"
@@ -188,14 +190,3 @@ class Federation:
             else f"no reply: the node went offline after {waited:.0f} s (link lost or stopped)"
         )
         return [replies.get(s.node_id, Reply(s, None, silent)) for s in sites]
-
-    def _log(
-        self,
-        direction: str,
-        message_type: str,
-        site: str,
-        content: RecordDict | None,
-        error: str | None = None,
-    ) -> None:
-        if self.wire is not None:
-            self.wire.write(direction, message_type, site, content, error)

@@ -45,10 +45,11 @@ def summarise(content: RecordDict) -> dict[str, Any]:
 class WireLog:
     """Appends one line per message to a file (thread-safe; a line is written whole)."""
 
-    def __init__(self, path: str | Path) -> None:
-        """Log to ``path`` (its folder is made; an existing log is appended to)."""
-        self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+    def __init__(self, path: str | Path | None) -> None:
+        """Log to ``path`` (its folder is made; an existing log is appended to); None: off."""
+        self.path = None if path is None else Path(path)
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
 
     def write(
@@ -60,6 +61,8 @@ class WireLog:
         error: str | None = None,
     ) -> None:
         """Log one message (``content`` None: a reply that carried an error instead)."""
+        if self.path is None:
+            return
         line: dict[str, Any] = {"direction": direction, "type": message_type, "site": site}
         if content is not None:
             line["content"] = summarise(content)

@@ -40,9 +40,7 @@ def test_describe_imports_neither_torch_nor_monai(tiny_sites):
 
 
 def test_a_phase_message_reaches_its_phase_handler(tmp_path):
-    from client.app import app
-
-    from client.app import SiteFailure
+    from client.app import SiteFailure, app
 
     with pytest.raises(SiteFailure, match="KeyError: 'config'"):  # base's handler: no config
         app(message("train.base"), context(str(tmp_path)))
