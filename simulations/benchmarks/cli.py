@@ -25,6 +25,16 @@ def profile(
         bool, typer.Option("--gpu-widths", help="Profile nnU-Net's widths, not the CPU default.")
     ] = False,
     predict_size: Annotated[int, typer.Option(min=32, help="Side of the volume predicted.")] = 160,
+    throughput: Annotated[
+        bool,
+        typer.Option(
+            help="FLOPs and GFLOP/s of a training step (broken down) and a prediction "
+            "window, against a 3D convolution's GFLOP/s in the same process."
+        ),
+    ] = True,
+    patch: Annotated[
+        int, typer.Option(min=16, max=256, help="Training patch side for --throughput.")
+    ] = 48,
     compile_step: Annotated[
         bool,
         typer.Option(
@@ -66,6 +76,8 @@ def profile(
     """
     from dataclasses import replace
 
+    import torch
+
     from core.io import atomic_write_json
     from core.model import EncoderConfig
     from simulations.benchmarks.network_profile import (
@@ -84,6 +96,14 @@ def profile(
         result |= profile_network(
             ProfileSettings(config=config, predict_size=predict_size, compile=compile_step)
         )
+    if throughput:
+        from core.device import native_bf16
+        from simulations.benchmarks.throughput import profile_throughput
+
+        config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
+        precision = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
+        with user_errors():
+            result["throughput"] = profile_throughput(config, patch, 64, precision)
     if phantoms:
         result["phantoms"] = profile_phantoms()
     if scale:

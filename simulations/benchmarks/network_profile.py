@@ -359,9 +359,16 @@ def profile_phantoms(sizes: tuple[int, ...] = (64, 128)) -> dict[str, Any]:
 def format_profile(result: dict[str, Any]) -> str:
     """The figures as a Markdown table."""
     rows = ["| figure | value |", "|---|---|"]
-    sections = ("parameters", "train_seconds_per_step", "predict_seconds", "phantoms", "prediction")
+    sections = (
+        "parameters",
+        "train_seconds_per_step",
+        "predict_seconds",
+        "throughput",
+        "phantoms",
+        "prediction",
+    )
     for section in (s for s in sections if s in result):
-        for key, value in result[section].items():
+        for key, value in _flat(result[section]).items():
             shown = (
                 f"{value:,}"
                 if isinstance(value, int)
@@ -374,6 +381,17 @@ def format_profile(result: dict[str, Any]) -> str:
     if "encoder_widths" in result:
         head += f"; encoder {result['encoder_widths']}"
     return head + "\n\n" + "\n".join(rows)
+
+
+def _flat(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested figures as ``a: b: c`` keys."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, dict):
+            out |= _flat(value, f"{prefix}{key}: ")
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def machine() -> str:
