@@ -34,6 +34,7 @@ from server.processes import alive, home_processes, process_groups, process_tree
 
 CONNECTION = "csfl"
 WATCH_SECONDS = 2.0  # how often a long flwr command's watcher is called
+STATUS_TRIES = 3  # times a finished run's status is asked for before giving up
 NODE_CONNECTED = "SuperNode ID:"
 """What a SuperNode logs once the SuperLink has accepted it (Flower 1.42)."""
 COMPLETED = "finished:completed"
@@ -357,7 +358,13 @@ class LocalFederation:
         started = re.search(r"Successfully started run (\d+)", result.stdout)
         if result.returncode != 0 or started is None:
             return result
-        (run,) = self._flwr_json("ls", CONNECTION, "--run-id", started[1])["runs"]
+        for attempt in range(1, STATUS_TRIES + 1):  # a loaded machine can be slow to say
+            try:
+                (run,) = self._flwr_json("ls", CONNECTION, "--run-id", started[1])["runs"]
+                break
+            except subprocess.TimeoutExpired:
+                if attempt == STATUS_TRIES:
+                    raise
         if run["status"] != COMPLETED:
             result.returncode = 1
             result.stderr += f"\nrun {started[1]}: {run['status']} {run['status-details']}\n"
