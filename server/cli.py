@@ -43,6 +43,8 @@ def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.
 
     A version that fails the checks is flagged and its figures are not shown.
     """
+    from core.protocol import PRIVACY
+    from core.scores import task_mean
     from server.catalog import INDEX, CatalogError
 
     with user_errors(CatalogError):
@@ -58,12 +60,19 @@ def catalog_ls(catalog: Annotated[Path, typer.Argument(help="The catalog folder.
         if any(p.startswith(mine) for p in problems):
             typer.echo(f"{task['name']:<20} v{latest['version']}  fails its checks (below)")
             continue
-        dice = [v for v in latest["metrics"].get("dice", {}).values() if v is not None]
-        mean = f"{sum(dice) / len(dice):.3f}" if dice else "-"
+        dice = task_mean(latest["metrics"].get("dice", {}))
+        mean = "-" if dice is None else f"{dice:.3f}"
         sites = ", ".join(latest["provenance"].get("sites", []))
+        privacy = latest["provenance"].get(PRIVACY)
+        spent = (
+            f"  DP: epsilon <= {max(privacy['epsilon'].values(), default=0.0):.2f} "
+            f"at delta {privacy['delta']:g}"
+            if privacy
+            else ""
+        )
         typer.echo(
             f"{task['name']:<20} v{latest['version']}  {len(task['structures'])} structures  "
-            f"mean Dice {mean}  sites: {sites}"
+            f"mean Dice {mean}  sites: {sites}{spent}"
         )
     if not tasks and events:
         typer.echo(f"no model registered yet; last journal event: {events[-1].get('event')}")

@@ -105,3 +105,19 @@ def test_a_catalog_holding_only_a_journal_is_a_run_before_its_first_registration
     assert verified.exit_code == 0 and verified.output.strip().endswith(": ok")
     nothing = runner.invoke(app, ["catalog", "ls", str(tmp_path / "nothing")])
     assert nothing.exit_code == 2 and not (tmp_path / "nothing").exists()
+
+
+def test_catalog_ls_shows_a_private_task_s_largest_spent_epsilon(tmp_path):
+    from core.model import Decoder, Genotype
+    from tests.models import TINY
+
+    catalog, _, _ = _filled(tmp_path / "catalog")
+    private = {
+        "sites": ["hospB", "hospC"],
+        "privacy": {"delta": 1e-5, "epsilon": {"hospB": 2.5, "hospC": 3.25}},
+    }
+    decoder = Decoder(TINY.widths, Genotype.teacher(3), ("heart",))
+    catalog.register("chest", decoder, {"dice": {"heart": 0.5}}, private)
+    listed = runner.invoke(app, ["catalog", "ls", str(tmp_path / "catalog")]).output
+    assert "DP: epsilon <= 3.25 at delta 1e-05" in listed
+    assert "DP" not in listed.split("chest")[0]  # the task without DP says nothing of it
