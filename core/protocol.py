@@ -9,6 +9,7 @@ and reply are declared in its module (``core.phases``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from flwr.app import ConfigRecord, MetricRecord
 
@@ -42,6 +43,26 @@ class Optimiser(Record):
     lr: float = setting(LocalTrainSettings.lr, lo=1e-6, hi=1.0, doc="Adam's initial learning rate")
     weight_decay: float = setting(
         LocalTrainSettings.weight_decay, lo=0.0, hi=0.1, doc="Adam's L2 penalty"
+    )
+
+
+def local_settings(
+    optimiser: Optimiser,
+    batch_size: int,
+    patch: tuple[int, int, int],
+    seed: int,
+    precision: str,
+    **schedule: Any,
+) -> LocalTrainSettings:
+    """The one place a plan's settings become a local loop's (steps, schedule as given)."""
+    return LocalTrainSettings(
+        batch_size=batch_size,
+        lr=optimiser.lr,
+        weight_decay=optimiser.weight_decay,
+        augmentation=Augmentation(patch_size=patch),
+        seed=seed,
+        precision=precision,
+        **schedule,
     )
 
 
@@ -125,17 +146,16 @@ class RoundConfig(Record):
 
     def train_settings(self, steps: int) -> LocalTrainSettings:
         """Local optimisation for this round: one LR schedule runs across the rounds."""
-        return LocalTrainSettings(
+        return local_settings(
+            self.optimiser,
+            self.batch_size,
+            self.patch,
+            self.seed * 1000 + self.round,
+            self.precision,
             steps=steps,
-            batch_size=self.batch_size,
-            lr=self.optimiser.lr,
-            weight_decay=self.optimiser.weight_decay,
-            augmentation=Augmentation(patch_size=self.patch),
-            seed=self.seed * 1000 + self.round,
             progress=False,
             schedule_start=(self.round - 1) * steps,
             schedule_total=self.rounds * steps,
-            precision=self.precision,
         )
 
 

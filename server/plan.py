@@ -33,14 +33,14 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from core import anatomy
-from core.data.transforms import Augmentation, Preprocessing
+from core.data.transforms import Preprocessing
 from core.describe import check_structures
 from core.device import DEFAULT_PRECISION, check_precision
 from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, TEACHER, PhaseSettings, PhaseSpec
 from core.phases.training import TrainingSettings
-from core.protocol import Optimiser
+from core.protocol import Optimiser, local_settings
 from core.records import Record, RecordError, check_unknown, flat, keys_of, parse, setting
 
 S = TypeVar("S", bound=PhaseSettings)
@@ -312,14 +312,14 @@ class Plan:
         config: ``RoundConfig.train_settings``.)
         """
         optimiser = (task or self.tasks[0]).optimiser
-        settings = LocalTrainSettings(
-            batch_size=self.training.batch_size,
-            lr=optimiser.lr,
-            weight_decay=optimiser.weight_decay,
-            augmentation=Augmentation(patch_size=self.patch),
-            seed=self.training.seed,
+        training = self.training
+        settings = local_settings(
+            optimiser,
+            training.batch_size,
+            self.patch,
+            training.seed,
+            training.precision,
             progress=progress,
-            precision=self.training.precision,
         )
         return settings if steps is None else dataclasses.replace(settings, steps=steps)
 
