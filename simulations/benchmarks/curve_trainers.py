@@ -160,11 +160,11 @@ def federated_trainer(
                 f"{steps} steps: a federated budget is whole rounds of {per_round} steps"
                 f" ({len(members)} sites x {per_round // len(members)} local steps)"
             )
-        task = plan.task(first.name).with_phase(BASE, rounds=steps // per_round)
-        task = dataclasses.replace(
-            task, section=dataclasses.replace(task.section, trim=False, calibrate=False)
+        trained = plan.task(first.name).with_phase(BASE, rounds=steps // per_round)
+        trained = dataclasses.replace(
+            trained, section=dataclasses.replace(trained.section, trim=False, calibrate=False)
         )
-        alone_plan = dataclasses.replace(plan, tasks=(task,))
+        alone_plan = dataclasses.replace(plan, tasks=(trained,))
         alone = dataclasses.replace(scenario, tasks=(first,), sites=tuple(members), plan=alone_plan)
         run = work / f"federated-{task}-{steps}"
         link_sites(run, sites)  # the curve's phantoms, not a new drawing
