@@ -92,6 +92,9 @@ def simulate(
         typer.echo(
             f"  {task}: {sent / 2**20:.2f} MiB vs {full / 2**20:.2f} MiB ({up['ratio']:.0%})"
         )
+    for task, spent in last.get("privacy", {}).items():
+        epsilon = ", ".join(f"{site} {e:.2f}" for site, e in spent["epsilon"].items())
+        typer.echo(f"  {task}: trained under DP, epsilon {epsilon} at delta {spent['delta']:g}")
     typer.echo(
         f"\nTotal {time.perf_counter() - start:.0f} s; results in {out / 'results.json'}, "
         f"model bundle in {out / 'catalog' / 'bundle'}"

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from core.io import atomic_write_bytes, atomic_write_json
+from core.protocol import PRIVACY
 from server.catalog import JOURNAL, Catalog
 from server.local import LocalFederation
 from server.local_env import APP_DIR
@@ -178,6 +179,11 @@ def simulate(
             seconds = time.perf_counter() - start
             dice = evaluate_catalog(catalog, scenario, sites_dir / TEST_FOLDER) if score else {}
             uploads = upload_summary(catalog)
+            privacy = {
+                t["name"]: t["versions"][-1]["provenance"][PRIVACY]
+                for t in catalog.tasks()
+                if PRIVACY in t["versions"][-1]["provenance"]
+            }
             report.stages.append(
                 {
                     "stage": stage,
@@ -186,6 +192,7 @@ def simulate(
                     "seconds": round(seconds, 1),
                     "dice": dice,
                     "uploads": uploads,
+                    "privacy": privacy,
                 }
             )
             atomic_write_json(out / "results.json", report.to_json())

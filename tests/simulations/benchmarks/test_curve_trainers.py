@@ -5,8 +5,10 @@ import pytest
 from core.data.transforms import Preprocessing
 from core.model import Encoder, EncoderConfig
 from server.catalog import Catalog
+from server.wire import RECEIVED, read_wire_log
 from simulations.benchmarks.curve_trainers import run_curve
 from simulations.benchmarks.curves import CurveSettings
+from simulations.run import WIRE_LOG
 from simulations.scenario import scenario_path
 
 SMALL = (4, 8, 16)  # a smaller network than the tiny scenario's (same 32^3 patch)
@@ -75,8 +77,10 @@ def test_the_federated_curve_refuses_what_it_cannot_train(small_tiny, task, step
 
 @pytest.mark.slow  # one Flower simulation of one round (2 sites x 1 local step)
 def test_the_federated_curve_trains_the_first_task_through_flower(small_tiny):
+    """Also a real run of a private task: DP-SGD at both sites, their epsilon kept."""
     text = (small_tiny / "tiny.toml").read_text().replace("local_steps = 10", "local_steps = 1")
-    (small_tiny / "fed.toml").write_text(text)
+    private = "trim = false\ncalibrate = false\ndp_noise_multiplier = 1.0\ndp_delta = 0.01\n"
+    (small_tiny / "fed.toml").write_text(text.replace("[federation]\n", "[federation]\n" + private))
     out = small_tiny / "fed-curve"
     doc = run_curve(str(small_tiny / "fed.toml"), "federated", "abdomen", out, CurveSettings(2, 0))
     (point,) = doc["points"]
@@ -88,3 +92,10 @@ def test_the_federated_curve_trains_the_first_task_through_flower(small_tiny):
     assert [(e["round"], sorted(e["sites"])) for e in rounds] == [(1, ["hospA", "hospB"])]
     assert not any(e.get("phase") in ("search", "distill", "calibrate") for e in events)
     assert (run / "sites").resolve() == (out / "sites").resolve()  # the curve's phantoms
+    (task,) = Catalog(run / "catalog").tasks()
+    spent = task["versions"][-1]["provenance"]["privacy"]
+    assert spent["delta"] == 0.01 and set(spent["epsilon"]) == {"hospA", "hospB"}
+    assert all(e > 0 for e in spent["epsilon"].values())
+    replies = [m for m in read_wire_log(run / WIRE_LOG) if m["direction"] == RECEIVED]
+    trained = [m["content"]["metrics"]["metrics"] for m in replies if m["type"] == "train.base"]
+    assert trained and all(r["epsilon"] > 0 and r["loss"] == 0.0 for r in trained)
