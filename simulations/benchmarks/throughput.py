@@ -90,7 +90,7 @@ def training_step(
     loss_fn = SegmentationLoss()
     cpu = torch.device("cpu")
     with tempfile.TemporaryDirectory(prefix="csfl-throughput-") as tmp:
-        batches = _phantom_batches(patch, max(patch + 16, 64), Path(tmp))
+        batches = _phantom_batches(patch, patch + 16, Path(tmp))
         batch = next(batches)  # the cases are read and cached in memory here
     x, y = batch["image"], batch["label"]
     parts = dict.fromkeys(("data", "forward", "loss", "backward", "optimiser"), 0.0)
