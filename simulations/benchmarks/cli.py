@@ -91,8 +91,8 @@ def profile(
     from simulations.scenario import load_scenario
 
     result: dict[str, object] = {}
+    config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
     if network:
-        config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
         result |= profile_network(
             ProfileSettings(config=config, predict_size=predict_size, compile=compile_step)
         )
@@ -100,7 +100,6 @@ def profile(
         from core.device import native_bf16
         from simulations.benchmarks.throughput import profile_throughput
 
-        config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
         precision = "bf16" if native_bf16(torch.device("cpu")) else "fp32"
         with user_errors():
             result["throughput"] = profile_throughput(config, patch, 64, precision)

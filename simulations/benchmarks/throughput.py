@@ -23,9 +23,9 @@ from core.data.transforms import Augmentation, Preprocessing
 from core.device import autocast
 from core.local.training import LocalTrainSettings, SegmentationLoss, patch_batches
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
+from simulations.benchmarks.network_profile import ORGANS
 from simulations.phantoms import make_case
 
-ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 PEAK_CHANNELS = 64  # the convolution that sets the practical peak: 64 -> 64 channels, 3^3
 
 
