@@ -17,6 +17,11 @@ from core.cli import user_errors
 from simulations.benchmarks.curves import Budget, CurveMethod
 from simulations.cli import Cpus, SetOption
 
+# the options of every report on a finished ``csfl simulate`` folder
+RunScenario = Annotated[str, typer.Option(help="The scenario the run simulated.")]
+RunFolder = Annotated[Path, typer.Option("--out", "-o", help="The simulation's folder.")]
+JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")]
+
 
 def profile(
     network: Annotated[bool, typer.Option(help="Measure the network (about a minute).")] = True,
@@ -66,7 +71,7 @@ def profile(
     scale_limit_gb: Annotated[
         float, typer.Option(min=1.0, help="Stop a --scale process whose memory passes this.")
     ] = 6.0,
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    json_out: JsonOut = None,
 ) -> None:
     """Measure sizes and speeds on this machine.
 
@@ -90,6 +95,11 @@ def profile(
     )
     from simulations.scenario import load_scenario
 
+    settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb)
+    if scale and scale_scenario is not None:
+        with user_errors():  # before any measurement: a typo costs nothing
+            load_scenario(scale_scenario)
+        settings = replace(settings, scenario=scale_scenario)
     result: dict[str, object] = {}
     config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
     if network:
@@ -106,11 +116,6 @@ def profile(
     if phantoms:
         result["phantoms"] = profile_phantoms()
     if scale:
-        settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb)
-        if scale_scenario is not None:
-            with user_errors():
-                load_scenario(scale_scenario)
-            settings = replace(settings, scenario=scale_scenario)
         result |= profile_prediction(settings, progress=sys.stderr.isatty())
     typer.echo(format_profile(result))
     if json_out is not None:
@@ -118,11 +123,9 @@ def profile(
 
 
 def trim_report(
-    scenario: Annotated[str, typer.Option(help="The scenario the run simulated.")] = "default",
-    out: Annotated[Path, typer.Option("--out", "-o", help="The simulation's folder.")] = Path(
-        "runs/default"
-    ),
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    scenario: RunScenario = "default",
+    out: RunFolder = Path("runs/default"),
+    json_out: JsonOut = None,
 ) -> None:
     """Compare each task's trimmed student with its teacher and with alternative students.
 
@@ -143,12 +146,72 @@ def trim_report(
         atomic_write_json(json_out, result)
 
 
-def merge_report(
-    scenario: Annotated[str, typer.Option(help="The scenario the run simulated.")] = "default",
-    out: Annotated[Path, typer.Option("--out", "-o", help="The simulation's folder.")] = Path(
-        "runs/default"
+def privacy_audit(
+    scenario: RunScenario = "default",
+    out: RunFolder = Path("runs/default"),
+    json_out: JsonOut = None,
+) -> None:
+    """Attack each task's decoders by membership inference: what they tell of the patients.
+
+    Needs a finished ``csfl simulate`` folder. For the decoder the coordinator received (the
+    training phase's, before trimming) and the bundle's, a loss-threshold attack tells the
+    sites' training cases from the task's held-out cases of the same scanner: attack AUC
+    (0.5 = chance) and the share of members found at 1% false positives, beside each
+    task's spent epsilon.
+    """
+    from core.io import atomic_write_json
+    from server.catalog import CatalogError
+    from simulations.benchmarks.membership import format_audit
+    from simulations.benchmarks.membership import privacy_audit as measure
+    from simulations.scenario import load_scenario
+
+    with user_errors(CatalogError, OSError):
+        result = measure(out, load_scenario(scenario))
+    typer.echo(format_audit(result))
+    if json_out is not None:
+        atomic_write_json(json_out, result)
+
+
+def privacy_curve(
+    scenario: Annotated[str, typer.Option(help="A bundled scenario name or a TOML path.")] = (
+        "privacy"
     ),
-    json_out: Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")] = None,
+    epsilon: Annotated[
+        list[float] | None,
+        typer.Option(min=0.01, max=100.0, help="A target epsilon per patient (repeat it)."),
+    ] = None,
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where every run goes.")] = Path(
+        "runs/privacy"
+    ),
+    json_out: JsonOut = None,
+    cpus: Cpus = None,
+    overrides: SetOption = None,
+) -> None:
+    """Train the scenario without DP and at each epsilon (default 8, 3, 1); Dice and leak.
+
+    Each setting is a whole ``csfl simulate`` run (OUT/no_dp, OUT/epsilon_<e>), its
+    training phases under DP-SGD with the noise that spends the target at each task's
+    smallest site; each run is scored and attacked by membership inference
+    (``csfl privacy-audit``). Resumable: a finished setting (OUT/<setting>.json) is kept.
+    """
+    from simulations.benchmarks.privacy_curve import format_curve
+    from simulations.benchmarks.privacy_curve import privacy_curve as measure
+    from simulations.scenario import load_scenario, parse_settings, with_federation
+
+    with user_errors():  # a plan that refuses DP (trimming or calibration on) fails here
+        spec = with_federation(load_scenario(scenario), parse_settings(overrides or ()))
+        rows = measure(spec, epsilon or [8.0, 3.0, 1.0], out, typer.echo, cpus)
+    typer.echo(format_curve(rows))
+    if json_out is not None:
+        from core.io import atomic_write_json
+
+        atomic_write_json(json_out, rows)
+
+
+def merge_report(
+    scenario: RunScenario = "default",
+    out: RunFolder = Path("runs/default"),
+    json_out: JsonOut = None,
     pictures: Annotated[
         Path | None, typer.Option(help="Write a PNG per structure the merge fails in a case.")
     ] = None,
@@ -319,6 +382,8 @@ def add_commands(root: typer.Typer) -> None:
     root.command()(profile)
     root.command("trim-report")(trim_report)
     root.command("merge-report")(merge_report)
+    root.command("privacy-audit")(privacy_audit)
+    root.command("privacy-curve")(privacy_curve)
     root.command("merge-matrix")(merge_matrix)
     root.command()(benchmark)
     root.command()(curve)

@@ -24,7 +24,8 @@ from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters, genotype_parameters
 from core.model.genotype import WIDTH_CHOICES
 from core.model.inherit import inherit
-from core.phases import DISTILL
+from core.phases import BASE, DISTILL, SEARCH, TEACHER
+from core.protocol import DECODER
 from core.scores import task_mean
 from server.catalog import Catalog
 from server.plan import Plan, TaskPlan, load_plan
@@ -111,21 +112,32 @@ def compare_students(
     return rows
 
 
+def trained_decoder(catalog: Catalog, plan: Plan, task: str, first: bool) -> Decoder:
+    """A task's full decoder as its training phase ended: what the coordinator received.
+
+    That is the ``base`` checkpoint for the first task, else ``teacher``: before any trimming.
+    """
+    widths = plan.encoder.widths
+    state, _ = catalog.load_checkpoint(task, (BASE if first else TEACHER).name)
+    decoder = Decoder(widths, Genotype.teacher(len(widths) - 1), plan.task(task).structures)
+    prefix = f"{DECODER}."
+    decoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
+    return decoder
+
+
 def _students(
     catalog: Catalog, unified: ContinualSegmenter, plan: Plan, data: TaskData, first: bool
 ) -> Students:
     """A task's teacher (the base model's decoder for the first task), student and genotype."""
-    task, widths = plan.task(data.name), plan.encoder.widths
-    state, _ = catalog.load_checkpoint(data.name, "base" if first else "teacher")
-    teacher = Decoder(widths, Genotype.teacher(len(widths) - 1), task.structures)
-    teacher.load_state_dict({k[8:]: v for k, v in state.items() if k.startswith("decoder.")})
-    searched = Genotype.from_json(catalog.load_checkpoint(data.name, "search")[1]["genotype"])
-    return Students(task, teacher, unified.decoder(data.name), searched, data)
+    teacher = trained_decoder(catalog, plan, data.name, first)
+    searched = Genotype.from_json(catalog.load_checkpoint(data.name, SEARCH.name)[1]["genotype"])
+    return Students(plan.task(data.name), teacher, unified.decoder(data.name), searched, data)
 
 
 def trim_report(run: Path, scenario: Scenario) -> dict[str, Any]:
     """Measure every figure; see the module docstring."""
-    catalog, plan = Catalog(run / "catalog"), load_plan(run / "plan.toml")
+    plan = load_plan(run / "plan.toml")  # first: a folder without a run is left untouched
+    catalog = Catalog(run / "catalog")
     encoder = catalog.encoder()
     if encoder is None:
         raise ValueError(f"{run / 'catalog'}: no encoder: run csfl simulate first")

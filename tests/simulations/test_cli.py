@@ -25,6 +25,8 @@ EVERY_COMMAND = (
     "curve",
     "trim-report",
     "merge-report",
+    "privacy-audit",
+    "privacy-curve",
     "merge-matrix",
     "profile",
 )
@@ -78,7 +80,7 @@ def test_phantoms_command_reports_an_unknown_scenario(tmp_path):
 
 
 def test_profile_scale_names_an_unknown_scenario():
-    args = ["profile", "--no-network", "--no-phantoms", "--scale", "--scale-scenario", "nonsense"]
+    args = ["profile", "--scale", "--scale-scenario", "nonsense"]  # refused before measuring
     result = runner.invoke(app, args)
     assert result.exit_code == 2
     assert "no scenario 'nonsense'" in result.output and "Traceback" not in result.output

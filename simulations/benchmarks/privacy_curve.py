@@ -1,0 +1,152 @@
+"""``csfl privacy-curve``: what per-patient differential privacy costs in Dice and buys.
+
+The scenario is simulated once without DP and once per target epsilon, with the same
+plan but for each task's training phase (``base``/``teacher``), which runs DP-SGD with
+the noise multiplier that spends the target over the phase's steps at the task's site
+with the highest sampling rate (the fewest training cases): Opacus's
+``get_noise_multiplier`` with its RDP accountant, the accountant the sites report with.
+Every other site of the task spends less. The clipping norm and delta are the plan's.
+
+Each finished run is scored (mean Dice per task of its own decoder and of the merged
+model, :func:`core.scores.task_mean`) and attacked by membership inference
+(:mod:`simulations.benchmarks.membership`). Every setting's run keeps its folder
+(``OUT/no_dp``, ``OUT/epsilon_<e>``; the phantoms are drawn once, in ``OUT/sites``) and
+resumes as ``csfl simulate`` does; a finished setting's row is kept in
+``OUT/<setting>.json`` and not run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from core.data.dataset import validation_count
+from core.io import atomic_write_json
+from core.local.private import sample_rate
+from core.phases import TEACHER
+from core.scores import task_mean
+from server.plan import Plan, parse_plan
+from simulations.benchmarks.membership import privacy_audit
+from simulations.run import link_sites, simulate, write_sites_once
+from simulations.scenario import Scenario
+
+NO_DP = "no_dp"
+
+
+def setting_name(epsilon: float | None) -> str:
+    """A setting's folder: ``no_dp`` or ``epsilon_<e>``."""
+    return NO_DP if epsilon is None else f"epsilon_{epsilon:g}"
+
+
+def noise_multiplier(epsilon: float, delta: float, rate: float, steps: int) -> float:
+    """The DP-SGD noise that spends ``epsilon`` at ``delta`` in ``steps`` at sampling ``rate``."""
+    from opacus.accountants.utils import get_noise_multiplier
+
+    return float(
+        get_noise_multiplier(
+            target_epsilon=epsilon,
+            target_delta=delta,
+            sample_rate=rate,
+            steps=steps,
+            accountant="rdp",
+        )
+    )
+
+
+def private_plan(scenario: Scenario, epsilon: float) -> Plan:
+    """The scenario's plan with every task's training under DP-SGD spending ``epsilon``.
+
+    Raises:
+        ValueError: if the plan refuses DP for a task (trimming or calibration on, FedProx):
+            the message names the key.
+    """
+    plan = scenario.plan
+    for task in plan.tasks:
+        training = task.of(TEACHER)
+        cases = [
+            site.cases - validation_count(site.cases, plan.training.val_fraction)
+            for site in scenario.sites_of(task.name)
+        ]
+        rate = max(sample_rate(plan.training.batch_size, n) for n in cases)
+        sigma = noise_multiplier(epsilon, training.dp_delta, rate, training.rounds * training.steps)
+        plan = plan.with_task(
+            task.with_phase(TEACHER, dp_noise_multiplier=sigma, dp_epsilon=epsilon)
+        )
+    return parse_plan(plan.document(), f"scenario {scenario.name} at epsilon {epsilon:g}")
+
+
+def _row(report: dict[str, Any], seconds: float, audit: dict[str, Any]) -> dict[str, Any]:
+    """A setting's figures: Dice per task (decoder, merged), seconds, epsilons, attacks."""
+    last = report["stages"][-1]
+    dice = {
+        task: {
+            kind: task_mean({s: v[kind] for s, v in scores.items()})
+            for kind in ("decoder", "merged")
+        }
+        for task, scores in last["dice"].items()
+    }
+    return {"dice": dice, "seconds": round(seconds, 1), "audit": audit}
+
+
+def privacy_curve(
+    scenario: Scenario,
+    epsilons: Sequence[float],
+    out: Path,
+    say: Callable[[str], None] = print,
+    cpus: int | None = None,
+) -> dict[str, dict[str, Any]]:
+    """Simulate and audit the scenario without DP and at each epsilon; see the module doc.
+
+    Returns:
+        ``{setting: {"dice": {task: {"decoder", "merged"}}, "seconds", "audit"}}``.
+    """
+    rows: dict[str, dict[str, Any]] = {}
+    sites = out / "sites"  # one drawing of the phantoms, linked into every setting's run
+    for epsilon in [None, *sorted(epsilons, reverse=True)]:
+        name = setting_name(epsilon)
+        kept = out / f"{name}.json"
+        if kept.is_file():
+            rows[name] = json.loads(kept.read_text(encoding="utf-8"))
+            say(f"{name}: kept from an earlier run")
+            continue
+        spec = scenario
+        if epsilon is not None:
+            spec = dataclasses.replace(scenario, plan=private_plan(scenario, epsilon))
+        say(f"{name}: simulating {scenario.name}")
+        link_sites(out / name, write_sites_once(scenario, sites, say))
+        report = simulate(spec, out / name, say, cpus).to_json()
+        seconds = sum(stage["seconds"] for stage in report["stages"])
+        rows[name] = _row(report, seconds, privacy_audit(out / name, spec))
+        atomic_write_json(kept, rows[name])
+    return rows
+
+
+def format_curve(rows: dict[str, dict[str, Any]]) -> str:
+    """Markdown: per setting and task, Dice (own decoder, merged), epsilon and the attack."""
+    lines = [
+        "| setting | task | epsilon spent (largest site) | own decoder | merged | "
+        "attack AUC (coordinator / bundle) | TPR at 1% FPR | members | minutes |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for setting, row in rows.items():
+        for task, dice in row["dice"].items():
+            audit = row["audit"][task]
+            privacy = audit["privacy"]
+            spent = f"{max(privacy['epsilon'].values()):.2f}" if privacy else "-"
+            coordinator, bundle = audit["coordinator"], audit["bundle"]
+            cells = [
+                setting,
+                task,
+                spent,
+                "-" if dice["decoder"] is None else f"{dice['decoder']:.3f}",
+                "-" if dice["merged"] is None else f"{dice['merged']:.3f}",
+                f"{coordinator['auc']:.2f} / {bundle['auc']:.2f}",
+                f"{coordinator['tpr_at_low_fpr']:.2f}",
+                f"{coordinator['members']}",
+                f"{row['seconds'] / 60:.1f}",
+            ]
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
