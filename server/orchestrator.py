@@ -32,12 +32,14 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[Step]:
     decoder on the frozen encoder (``teacher``); with ``trim`` a compact student is then
     searched and distilled, and only the student is evaluated and registered; with
     ``calibrate`` its confidence and anomaly heads are trained and its domain
-    recorded before that.
+    recorded before that. A task trained under DP is not evaluated by its sites: their
+    validation patients' scores would leave them without noise.
     """
     training: list[Step] = [BASE if first_task else TEACHER]
     trimming: list[Step] = [SEARCH, DISTILL] if task.section.trim else []
     calibrating: list[Step] = [CALIBRATE] if task.section.calibrate else []
-    phases = [*training, *trimming, *calibrating, EVALUATE]
+    evaluating: list[Step] = [] if task.of(TEACHER).privacy else [EVALUATE]
+    phases = [*training, *trimming, *calibrating, *evaluating]
     return [*phases, Registration([p.name for p in phases])]
 
 

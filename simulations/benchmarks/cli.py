@@ -23,6 +23,15 @@ RunFolder = Annotated[Path, typer.Option("--out", "-o", help="The simulation's f
 JsonOut = Annotated[Path | None, typer.Option("--json", help="Also write JSON here.")]
 
 
+def show(text: str, result: object, json_out: Path | None) -> None:
+    """Print a report's table; with ``--json``, also write its figures there."""
+    typer.echo(text)
+    if json_out is not None:
+        from core.io import atomic_write_json
+
+        atomic_write_json(json_out, result)
+
+
 def profile(
     network: Annotated[bool, typer.Option(help="Measure the network (about a minute).")] = True,
     phantoms: Annotated[bool, typer.Option(help="Time whole-body phantom generation.")] = True,
@@ -83,7 +92,6 @@ def profile(
 
     import torch
 
-    from core.io import atomic_write_json
     from core.model import EncoderConfig
     from simulations.benchmarks.network_profile import (
         ProfileSettings,
@@ -117,9 +125,7 @@ def profile(
         result["phantoms"] = profile_phantoms()
     if scale:
         result |= profile_prediction(settings, progress=sys.stderr.isatty())
-    typer.echo(format_profile(result))
-    if json_out is not None:
-        atomic_write_json(json_out, result)
+    show(format_profile(result), result, json_out)
 
 
 def trim_report(
@@ -133,7 +139,6 @@ def trim_report(
     (searched + KD, searched without KD, uniform narrow 3d + KD) with the federated
     distillation's step count, and evaluates all on the held-out cases.
     """
-    from core.io import atomic_write_json
     from simulations.benchmarks.trimming import format_report
     from simulations.benchmarks.trimming import trim_report as measure
     from simulations.scenario import load_scenario
@@ -141,9 +146,7 @@ def trim_report(
     with user_errors():
         spec = load_scenario(scenario)
     result = measure(out, spec)
-    typer.echo(format_report(result))
-    if json_out is not None:
-        atomic_write_json(json_out, result)
+    show(format_report(result), result, json_out)
 
 
 def privacy_audit(
@@ -159,7 +162,6 @@ def privacy_audit(
     (0.5 = chance) and the share of members found at 1% false positives, beside each
     task's spent epsilon.
     """
-    from core.io import atomic_write_json
     from server.catalog import CatalogError
     from simulations.benchmarks.membership import format_audit
     from simulations.benchmarks.membership import privacy_audit as measure
@@ -167,9 +169,7 @@ def privacy_audit(
 
     with user_errors(CatalogError, OSError):
         result = measure(out, load_scenario(scenario))
-    typer.echo(format_audit(result))
-    if json_out is not None:
-        atomic_write_json(json_out, result)
+    show(format_audit(result), result, json_out)
 
 
 def privacy_curve(
@@ -201,11 +201,7 @@ def privacy_curve(
     with user_errors():  # a plan that refuses DP (trimming or calibration on) fails here
         spec = with_federation(load_scenario(scenario), parse_settings(overrides or ()))
         rows = measure(spec, epsilon or [8.0, 3.0, 1.0], out, typer.echo, cpus)
-    typer.echo(format_curve(rows))
-    if json_out is not None:
-        from core.io import atomic_write_json
-
-        atomic_write_json(json_out, rows)
+    show(format_curve(rows), rows, json_out)
 
 
 def merge_report(
@@ -228,7 +224,6 @@ def merge_report(
     wins, and the best decoder alone; overlapping structures are marked. With a weight or
     ``--redo-domains`` it scores a copy of the bundle so changed (``OUT/rebundled``).
     """
-    from core.io import atomic_write_json
     from simulations.benchmarks.merge_report import format_merge_report
     from simulations.benchmarks.merge_report import merge_report as measure
     from simulations.benchmarks.rebundle import rebundle
@@ -240,9 +235,7 @@ def merge_report(
         if redo_domains or domain_weight is not None or anomaly_weight is not None:
             bundle = rebundle(out, spec, domain_weight, anomaly_weight, redo_domains)
         result = measure(bundle, spec, out / "sites" / TEST_FOLDER, pictures)
-    typer.echo(format_merge_report(result))
-    if json_out is not None:
-        atomic_write_json(json_out, result)
+    show(format_merge_report(result), result, json_out)
 
 
 def merge_matrix(

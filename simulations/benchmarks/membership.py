@@ -35,11 +35,8 @@ from core.data.transforms import Preprocessing, validation_transforms
 from core.local.training import SegmentationLoss
 from core.model import ContinualSegmenter, Decoder, Encoder
 from core.protocol import PRIVACY
-from server.catalog import Catalog
-from server.plan import load_plan
-from simulations.benchmarks.trimming import trained_decoder
+from simulations.benchmarks.finished_run import open_run
 from simulations.scenario import Scenario
-from simulations.task_data import load_tasks
 
 FPR = 0.01  # the false-positive rate the attack's TPR is read at
 TARGETS = ("coordinator", "bundle")  # who holds the weights attacked
@@ -135,7 +132,7 @@ def loss_attack(member_losses: Sequence[float], held_out_losses: Sequence[float]
     )
 
 
-def privacy_audit(run: Path, scenario: Scenario) -> dict[str, Any]:
+def privacy_audit(folder: Path, scenario: Scenario) -> dict[str, Any]:
     """Attack every registered task's decoders of a finished ``csfl simulate`` run.
 
     Returns:
@@ -143,38 +140,32 @@ def privacy_audit(run: Path, scenario: Scenario) -> dict[str, Any]:
         Attack, "bundle": Attack}}`` as JSON (attacks as dicts).
 
     Raises:
-        ValueError: if the run has no encoder yet.
+        ValueError: for a folder that holds no finished run.
     """
-    plan = load_plan(run / "plan.toml")  # first: a folder without a run is left untouched
-    catalog = Catalog(run / "catalog")
-    encoder = catalog.encoder()
-    if encoder is None:
-        raise ValueError(f"{run / 'catalog'}: no encoder: run csfl simulate first")
-    entry = catalog.index["encoder"]
-    prep = Preprocessing.from_json(entry["preprocessing"])
-    roi = tuple(int(v) for v in entry["patch"])
-    unified = catalog.model()
-    training = plan.training
-    data = {
-        t.name: t for t in load_tasks(scenario, run / "sites", training.val_fraction, training.seed)
-    }
-    first = scenario.tasks[0].name
+    run = open_run(folder, scenario)
     report: dict[str, Any] = {}
-    for task_entry in catalog.tasks():
+    for task_entry in run.catalog.tasks():
         name = task_entry["name"]
-        task = data[name]
-        targets = {
-            "coordinator": trained_decoder(catalog, plan, name, name == first),
-            "bundle": unified.decoder(name),
-        }
+        task = run.tasks[name]
+        targets = {"coordinator": run.trained_decoder(name), "bundle": run.unified.decoder(name)}
         attacks = {}
         for target, decoder in targets.items():
-            members = case_losses(encoder, decoder, task.train_cases, task.table, prep, roi)
-            outside = case_losses(encoder, decoder, task.test_cases, task.test_table, prep, roi)
+            members, outside = (
+                case_losses(run.encoder, decoder, cases, table, run.prep, run.roi)
+                for cases, table in (
+                    (task.train_cases, task.table),
+                    (task.test_cases, task.test_table),
+                )
+            )
             attacks[target] = asdict(loss_attack(members, outside))
         privacy = task_entry["versions"][-1]["provenance"].get(PRIVACY)
         report[name] = {"privacy": privacy, **attacks}
     return report
+
+
+def spent(privacy: dict[str, Any] | None) -> str:
+    """A task's provenance ``privacy`` as a table cell: its largest site's epsilon."""
+    return f"{max(privacy['epsilon'].values(), default=0.0):.2f}" if privacy else "no DP"
 
 
 def format_audit(report: dict[str, Any]) -> str:
@@ -185,8 +176,7 @@ def format_audit(report: dict[str, Any]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for task, row in report.items():
-        privacy = row["privacy"]
-        epsilon = f"{max(privacy['epsilon'].values(), default=0.0):.2f}" if privacy else "no DP"
+        epsilon = spent(row["privacy"])
         for target in TARGETS:
             a = row[target]
             cells = [

@@ -29,7 +29,7 @@ from core.local.private import sample_rate
 from core.phases import TEACHER
 from core.scores import task_mean
 from server.plan import Plan, parse_plan
-from simulations.benchmarks.membership import privacy_audit
+from simulations.benchmarks.membership import privacy_audit, spent
 from simulations.run import link_sites, simulate, write_sites_once
 from simulations.scenario import Scenario
 
@@ -102,19 +102,22 @@ def privacy_curve(
 
     Returns:
         ``{setting: {"dice": {task: {"decoder", "merged"}}, "seconds", "audit"}}``.
+
+    Raises:
+        ValueError: before any run, if the plan refuses DP for a task.
     """
+    specs = {setting_name(None): scenario} | {
+        setting_name(e): dataclasses.replace(scenario, plan=private_plan(scenario, e))
+        for e in sorted(epsilons, reverse=True)
+    }
     rows: dict[str, dict[str, Any]] = {}
     sites = out / "sites"  # one drawing of the phantoms, linked into every setting's run
-    for epsilon in [None, *sorted(epsilons, reverse=True)]:
-        name = setting_name(epsilon)
+    for name, spec in specs.items():
         kept = out / f"{name}.json"
         if kept.is_file():
             rows[name] = json.loads(kept.read_text(encoding="utf-8"))
             say(f"{name}: kept from an earlier run")
             continue
-        spec = scenario
-        if epsilon is not None:
-            spec = dataclasses.replace(scenario, plan=private_plan(scenario, epsilon))
         say(f"{name}: simulating {scenario.name}")
         link_sites(out / name, write_sites_once(scenario, sites, say))
         report = simulate(spec, out / name, say, cpus).to_json()
@@ -134,13 +137,11 @@ def format_curve(rows: dict[str, dict[str, Any]]) -> str:
     for setting, row in rows.items():
         for task, dice in row["dice"].items():
             audit = row["audit"][task]
-            privacy = audit["privacy"]
-            spent = f"{max(privacy['epsilon'].values()):.2f}" if privacy else "-"
             coordinator, bundle = audit["coordinator"], audit["bundle"]
             cells = [
                 setting,
                 task,
-                spent,
+                spent(audit["privacy"]),
                 "-" if dice["decoder"] is None else f"{dice['decoder']:.3f}",
                 "-" if dice["merged"] is None else f"{dice['merged']:.3f}",
                 f"{coordinator['auc']:.2f} / {bundle['auc']:.2f}",

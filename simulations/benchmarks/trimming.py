@@ -24,14 +24,13 @@ from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.model.cost import count_parameters, genotype_parameters
 from core.model.genotype import WIDTH_CHOICES
 from core.model.inherit import inherit
-from core.phases import BASE, DISTILL, SEARCH, TEACHER
-from core.protocol import DECODER
+from core.phases import DISTILL, SEARCH
 from core.scores import task_mean
-from server.catalog import Catalog
-from server.plan import Plan, TaskPlan, load_plan
+from server.plan import Plan, TaskPlan
+from simulations.benchmarks.finished_run import FinishedRun, open_run
 from simulations.evaluate import score_model
 from simulations.scenario import Scenario
-from simulations.task_data import TaskData, load_tasks
+from simulations.task_data import TaskData
 
 
 def uniform_3d_like(widths: tuple[int, ...], size: int, n_structures: int) -> Genotype:
@@ -112,54 +111,33 @@ def compare_students(
     return rows
 
 
-def trained_decoder(catalog: Catalog, plan: Plan, task: str, first: bool) -> Decoder:
-    """A task's full decoder as its training phase ended: what the coordinator received.
-
-    That is the ``base`` checkpoint for the first task, else ``teacher``: before any trimming.
-    """
-    widths = plan.encoder.widths
-    state, _ = catalog.load_checkpoint(task, (BASE if first else TEACHER).name)
-    decoder = Decoder(widths, Genotype.teacher(len(widths) - 1), plan.task(task).structures)
-    prefix = f"{DECODER}."
-    decoder.load_state_dict({k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)})
-    return decoder
-
-
-def _students(
-    catalog: Catalog, unified: ContinualSegmenter, plan: Plan, data: TaskData, first: bool
-) -> Students:
+def _students(run: FinishedRun, name: str) -> Students:
     """A task's teacher (the base model's decoder for the first task), student and genotype."""
-    teacher = trained_decoder(catalog, plan, data.name, first)
-    searched = Genotype.from_json(catalog.load_checkpoint(data.name, SEARCH.name)[1]["genotype"])
-    return Students(plan.task(data.name), teacher, unified.decoder(data.name), searched, data)
-
-
-def trim_report(run: Path, scenario: Scenario) -> dict[str, Any]:
-    """Measure every figure; see the module docstring."""
-    plan = load_plan(run / "plan.toml")  # first: a folder without a run is left untouched
-    catalog = Catalog(run / "catalog")
-    encoder = catalog.encoder()
-    if encoder is None:
-        raise ValueError(f"{run / 'catalog'}: no encoder: run csfl simulate first")
-    entry = catalog.index["encoder"]
-    prep = Preprocessing.from_json(entry["preprocessing"])
-    roi = (int(entry["patch"][0]), int(entry["patch"][1]), int(entry["patch"][2]))
-    tasks, unified = {}, catalog.model()
-    data = {
-        t.name: t
-        for t in load_tasks(scenario, run / "sites", plan.training.val_fraction, plan.training.seed)
-    }
-    first = scenario.tasks[0].name
-    for task_entry in catalog.tasks():
-        name = task_entry["name"]
-        students = _students(catalog, unified, plan, data[name], name == first)
-        tasks[name] = compare_students(encoder, students, plan, prep, roi)
-    widths = encoder.config.widths
-    teacher_size = genotype_parameters(
-        widths, Genotype.teacher(len(widths) - 1), len(plan.tasks[0].structures)
+    search = run.catalog.load_checkpoint(name, SEARCH.name)[1]
+    return Students(
+        run.plan.task(name),
+        run.trained_decoder(name),
+        run.unified.decoder(name),
+        Genotype.from_json(search["genotype"]),
+        run.tasks[name],
     )
-    one_model = count_parameters(encoder) + teacher_size
-    size = count_parameters(unified)
+
+
+def trim_report(folder: Path, scenario: Scenario) -> dict[str, Any]:
+    """Measure every figure; see the module docstring."""
+    run = open_run(folder, scenario)
+    tasks = {}
+    for task_entry in run.catalog.tasks():
+        name = task_entry["name"]
+        tasks[name] = compare_students(
+            run.encoder, _students(run, name), run.plan, run.prep, run.roi
+        )
+    widths = run.encoder.config.widths
+    teacher_size = genotype_parameters(
+        widths, Genotype.teacher(len(widths) - 1), len(run.plan.tasks[0].structures)
+    )
+    one_model = count_parameters(run.encoder) + teacher_size
+    size = count_parameters(run.unified)
     return {
         "tasks": tasks,
         "unified_parameters": size,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import pytest
@@ -458,15 +459,18 @@ def test_a_private_task_keeps_each_site_s_spent_epsilon_in_its_provenance(tmp_pa
     spent = {"A": 1.5, "B": 2.5}
 
     def respond(site, kind, content):
-        if kind == "evaluate":
-            return _answer(content, EvaluateReply(1, scores=ScoreSums()))
         assert kind == "train.teacher"
         reply = TrainingReply(TRAIN[site], 0.0, 1.0, spent[site])  # under DP: no loss
         return _answer(content, reply, **{DECODER: _shifted(content, DECODER, 0)})
 
     dp = {"trim": False, "calibrate": False, "dp_noise_multiplier": 1.0, "dp_delta": 1e-4}
     run, state, _ = _run(tmp_path, respond, **dp)
-    state = run.run(EVALUATE, run.run(TEACHER, _frozen_state(run, state)))
-    run.run(Registration(["teacher", "evaluate"]), state)
-    provenance = run.catalog.tasks()[0]["versions"][0]["provenance"]
-    assert provenance[PRIVACY] == {"delta": 1e-4, "epsilon": spent}
+    # the validation patients' scores would leave the sites without noise: not evaluated
+    steps = [s.name for s in lifecycle(run.task, first_task=False)]
+    assert steps == ["teacher", "register"]
+    run.run(Registration(steps[:-1]), run.run(TEACHER, _frozen_state(run, state)))
+    version = run.catalog.tasks()[0]["versions"][0]
+    assert version["provenance"][PRIVACY] == {"delta": 1e-4, "epsilon": spent}
+    assert version["metrics"] == {}
+    manifest = json.loads((run.catalog.root / "bundle" / "manifest.json").read_text())
+    assert manifest["decoders"][0]["provenance"][PRIVACY] == {"delta": 1e-4, "epsilon": spent}

@@ -2,7 +2,12 @@ import pytest
 
 from core.local.private import sample_rate, spent_epsilon
 from core.phases import TEACHER
-from simulations.benchmarks.privacy_curve import format_curve, private_plan, setting_name
+from simulations.benchmarks.privacy_curve import (
+    format_curve,
+    privacy_curve,
+    private_plan,
+    setting_name,
+)
 from simulations.scenario import load_scenario, with_federation
 
 
@@ -23,10 +28,11 @@ def test_each_task_s_noise_spends_the_target_at_its_smallest_site():
     assert noise["pelvis"] > 3 * noise["abdomen"]
 
 
-def test_a_plan_that_trims_a_private_task_is_refused_naming_the_key():
+def test_a_plan_that_trims_a_private_task_is_refused_before_any_run(tmp_path):
     scenario = with_federation(load_scenario("privacy"), {"trim": True})
     with pytest.raises(ValueError, match="trim = false"):
-        private_plan(scenario, 8.0)
+        privacy_curve(scenario, [8.0], tmp_path / "curve")
+    assert not (tmp_path / "curve").exists()
 
 
 def test_the_curve_table_has_a_row_per_setting_and_task():
@@ -46,5 +52,5 @@ def test_the_curve_table_has_a_row_per_setting_and_task():
         },
     }
     table = format_curve(rows).splitlines()
-    assert table[2] == "| no_dp | t | - | 0.800 | - | 0.75 / 0.75 | 0.10 | 11 | 2.0 |"
+    assert table[2] == "| no_dp | t | no DP | 0.800 | - | 0.75 / 0.75 | 0.10 | 11 | 2.0 |"
     assert table[3].startswith("| epsilon_3 | t | 2.90 | 0.700 | 0.690 |")
