@@ -23,7 +23,7 @@ from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
 from core.device import DEFAULT_PRECISION, autocast
 from core.local.evaluation import evaluate_task
-from core.local.private import Privacy, private_gradient, sample_rate
+from core.local.private import Privacy, per_case_gradients, private_gradient, sample_rate
 from core.model import ContinualSegmenter
 from core.scores import ScoreSums
 
@@ -37,14 +37,23 @@ class SegmentationLoss:
 
     CPU autocast leaves softmax and sums in bfloat16; the loss's softmax, its Dice sums over
     every voxel of the batch and their gradients want fp32 (CUDA autocast does the same).
+
+    Args:
+        per_case: one-hot the labels by comparison, which ``torch.func.vmap`` can batch
+            (the per-case gradients of DP-SGD), instead of MONAI's in-place ``one_hot``;
+            the same loss.
     """
 
-    def __init__(self) -> None:
-        self.dice_ce = DiceCELoss(to_onehot_y=True, softmax=True, batch=True)
+    def __init__(self, per_case: bool = False) -> None:
+        self.per_case = per_case
+        self.dice_ce = DiceCELoss(to_onehot_y=not per_case, softmax=True, batch=True)
 
     def __call__(self, logits: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
         """The loss of ``(B, C, ...)`` logits against ``(B, 1, ...)`` integer labels."""
         with torch.autocast(logits.device.type, enabled=False):
+            if self.per_case:
+                classes = torch.arange(logits.shape[1], device=label.device)
+                label = (label.long() == classes.view(1, -1, *[1] * (label.dim() - 2))).float()
             out: torch.Tensor = self.dice_ce(logits.float(), label)
         return out
 
@@ -207,11 +216,11 @@ def optimise(
 
 
 def private_optimise(
+    network: torch.nn.Module,
     params: list[torch.nn.Parameter],
     settings: LocalTrainSettings,
     dataset: CacheDataset,
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    device: torch.device,
     desc: str,
     privacy: Privacy,
 ) -> list[float]:
@@ -219,13 +228,16 @@ def private_optimise(
 
     Each step samples every case with probability ``batch_size / cases`` and draws one
     patch from each sampled case; returns each step's mean loss over the sampled cases
-    (NaN for a step that sampled none), which stays at the site.
+    (NaN for a step that sampled none), which stays at the site. ``network`` owns
+    ``params`` and is what ``loss_of`` runs; ``loss_of`` must batch under ``vmap``
+    (:class:`SegmentationLoss` with ``per_case``).
 
     Raises:
         NonFiniteError: at the first step whose loss or gradients are not finite.
     """
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
+    device = next(network.parameters()).device
     cases = len(dataset)
     rate = sample_rate(settings.batch_size, cases)
     generator = torch.Generator().manual_seed(settings.seed)
@@ -234,28 +246,25 @@ def private_optimise(
     bar = tqdm(range(settings.steps), desc=f"{desc} (DP)", disable=not settings.progress)
     for step in bar:
         chosen = torch.nonzero(torch.rand(cases, generator=generator) < rate).flatten()
-
-        def case_loss(index: int) -> Callable[[], torch.Tensor]:
-            def loss() -> torch.Tensor:
+        per_case, mean = None, float("nan")
+        if len(chosen):
+            patches = []
+            for index in chosen.tolist():
                 drawn = dataset[index]
-                patch = drawn[0] if isinstance(drawn, list) else drawn
-                with mixed:
-                    image, label = patch["image"][None].to(device), patch["label"][None].to(device)
-                    return loss_of(image, label)
-
-            return loss
-
-        grads, seen = private_gradient(
-            params, [case_loss(int(i)) for i in chosen], privacy, rate * cases, generator
-        )
+                patches.append(drawn[0] if isinstance(drawn, list) else drawn)
+            images = torch.stack([patch["image"] for patch in patches]).to(device)
+            labels = torch.stack([patch["label"] for patch in patches]).to(device)
+            with mixed:
+                per_case, seen = per_case_gradients(network, params, loss_of, images, labels)
+            mean = float(seen.mean())
+        grads = private_gradient(params, per_case, privacy, rate * cases, generator)
         optimizer.zero_grad(set_to_none=True)
         for p, g in zip(params, grads, strict=True):
             p.grad = g.to(p.dtype)
-        mean = torch.tensor(sum(seen) / len(seen) if seen else float("nan"))
-        check_finite(torch.nan_to_num(mean), params, desc, step, settings.steps)
+        check_finite(torch.nan_to_num(torch.tensor(mean)), params, desc, step, settings.steps)
         optimizer.step()
         schedule.step()
-        losses.append(float(mean))
+        losses.append(mean)
     return losses
 
 
@@ -337,7 +346,7 @@ def train_phase(
     params = list(decoder.parameters())
     if train_encoder:
         params += list(model.encoder.parameters())
-    loss_fn = SegmentationLoss()
+    loss_fn = SegmentationLoss(per_case=privacy is not None)
     batches = patch_batches(train_cases, table, labelled, prep, settings)
     channels = [decoder.structures.index(s) + 1 for s in labelled]
     anchor = [p.detach().clone() for p in params] if proximal_mu else []
@@ -359,7 +368,7 @@ def train_phase(
         losses = optimise(params, settings, batches, loss_of, device, desc)
     else:
         dataset = patch_dataset(train_cases, table, labelled, prep, settings)
-        losses = private_optimise(params, settings, dataset, loss_of, device, desc, privacy)
+        losses = private_optimise(model, params, settings, dataset, loss_of, desc, privacy)
     seconds = time.perf_counter() - start
     scores = (
         evaluate_task(model, task, val_cases, table, prep, patch, device, labelled)

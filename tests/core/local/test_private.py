@@ -4,8 +4,14 @@ from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
 from core.data.transforms import Augmentation
-from core.local.private import Privacy, check_round, private_gradient, spent_epsilon
-from core.local.training import LocalTrainSettings, train_phase
+from core.local.private import (
+    Privacy,
+    check_round,
+    per_case_gradients,
+    private_gradient,
+    spent_epsilon,
+)
+from core.local.training import LocalTrainSettings, SegmentationLoss, train_phase
 from tests.builders import nnunet_dataset
 from tests.models import native_prep, tiny_model
 
@@ -20,18 +26,52 @@ def test_the_epsilon_is_the_accountant_s_own():
 
 
 def test_a_patient_with_a_huge_gradient_moves_the_weights_no_more_than_the_clip():
-    weight = torch.nn.Parameter(torch.zeros(3))
-    cases = [torch.tensor([1.0, 0.0, 0.0]), torch.tensor([0.0, 1e6, 0.0])]  # the second: huge
-    losses = [lambda x=x: (weight * x).sum() for x in cases]
+    holder = Holder(torch.nn.Parameter(torch.zeros(3)))
+    weight = holder.weight
+    cases = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1e6, 0.0]])  # the second case: huge
+
+    def loss_of(x, _):  # reads the weight through its module, as a network's forward does
+        return (holder.weight * x).sum()
+
+    per_case, seen = per_case_gradients(holder, [weight], loss_of, cases, cases)
+    assert torch.equal(per_case[0], cases) and seen.tolist() == [0.0, 0.0]
     clip = Privacy(noise_multiplier=0.0, max_grad_norm=0.5, delta=1e-5)
-    (grad,), seen = private_gradient([weight], losses, clip, expected_cases=2.0)
-    assert seen == [0.0, 0.0]
+    (grad,) = private_gradient([weight], per_case, clip, expected_cases=2.0)
     # each case's gradient is its x, clipped to norm 0.5, summed, over the expected 2 cases
     assert torch.allclose(grad, torch.tensor([0.25, 0.25, 0.0]))
     assert float(grad.norm()) <= 2 * 0.5 / 2.0 + 1e-6  # no case adds more than the clip
     noisy = Privacy(noise_multiplier=4.0, max_grad_norm=0.5, delta=1e-5)
-    (empty,), _ = private_gradient([weight], [], noisy, 2.0, torch.Generator().manual_seed(0))
+    (empty,) = private_gradient([weight], None, noisy, 2.0, torch.Generator().manual_seed(0))
     assert float(empty.norm()) > 0  # a step that sampled nobody is noise alone
+
+
+class Holder(torch.nn.Module):
+    def __init__(self, weight):
+        super().__init__()
+        self.weight = weight
+
+
+def test_the_batched_per_case_gradients_are_each_case_s_own():
+    model = tiny_model(("liver", "spleen")).double()  # float64: equal to rounding, not 1e-3
+    decoder = model.decoder("abdomen")
+    params = list(decoder.parameters()) + list(model.encoder.parameters())
+    images = torch.randn(3, 1, 16, 16, 16, generator=torch.Generator().manual_seed(0)).double()
+    labels = torch.randint(0, 3, (3, 1, 16, 16, 16), generator=torch.Generator().manual_seed(1))
+
+    def loss_with(loss_fn):
+        return lambda x, y: loss_fn(decoder.organ_logits(model.encoder(x)), y)
+
+    per_case, seen = per_case_gradients(
+        model, params, loss_with(SegmentationLoss(per_case=True)), images, labels
+    )
+    plain = loss_with(SegmentationLoss())  # MONAI's one_hot: the loss the batches train on
+    for i in range(3):
+        loss = plain(images[i : i + 1], labels[i : i + 1])
+        assert float(seen[i]) == pytest.approx(float(loss.detach()), rel=1e-5)
+        own = torch.autograd.grad(loss, params, allow_unused=True)  # the heads: unused
+        for p, g, batched in zip(params, own, per_case, strict=True):
+            expected = torch.zeros_like(p) if g is None else g
+            assert torch.allclose(batched[i], expected, atol=1e-12, rtol=1e-9)
 
 
 def test_a_site_refuses_a_round_past_its_budget_or_with_a_delta_too_large():
