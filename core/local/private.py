@@ -100,6 +100,7 @@ def per_case_gradients(
     loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
     images: torch.Tensor,
     labels: torch.Tensor,
+    chunk: int | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each case's gradient of its own loss, in one batched pass (``torch.func.vmap``).
 
@@ -111,6 +112,8 @@ def per_case_gradients(
             :class:`core.local.training.SegmentationLoss`).
         images: ``(B, ...)`` one patch per case.
         labels: ``(B, ...)`` their labels.
+        chunk: at most this many cases at once (Poisson sampling can draw many more cases
+            than the expected batch; memory then grows no further than a batch's).
 
     Returns:
         Per parameter, the cases' gradients stacked ``(B, *shape)``; and the cases' losses.
@@ -127,7 +130,9 @@ def per_case_gradients(
         out: torch.Tensor = functional_call(objective, w, (image[None], label[None]))
         return out
 
-    per_case = vmap(grad_and_value(case_loss), in_dims=(None, 0, 0), randomness="different")
+    per_case = vmap(
+        grad_and_value(case_loss), in_dims=(None, 0, 0), randomness="different", chunk_size=chunk
+    )
     grads, losses = per_case(weights, images, labels)
     return [grads[f"network.{names[id(p)]}"] for p in params], losses
 

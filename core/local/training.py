@@ -255,7 +255,9 @@ def private_optimise(
             images = torch.stack([patch["image"] for patch in patches]).to(device)
             labels = torch.stack([patch["label"] for patch in patches]).to(device)
             with mixed:
-                per_case, seen = per_case_gradients(network, params, loss_of, images, labels)
+                per_case, seen = per_case_gradients(
+                    network, params, loss_of, images, labels, settings.batch_size
+                )
             mean = float(seen.mean())
         grads = private_gradient(params, per_case, privacy, rate * cases, generator)
         optimizer.zero_grad(set_to_none=True)
