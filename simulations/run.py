@@ -31,6 +31,9 @@ WIRE_LOG = "wire.jsonl"  # every message of the run, summarised (server.wire)
 COMPLETE = ".complete"  # marks a sites folder whose phantoms are all written
 
 
+PLAN = "plan.toml"  # the plan a run's server read, in the run's folder
+
+
 class SimulationError(RuntimeError):
     """A stage that did not finish its tasks; the message says where the logs are."""
 
@@ -136,7 +139,7 @@ def simulate(
     out = out.resolve()
     sites_dir, catalog_dir = write_sites_once(scenario, out / "sites", say), out / "catalog"
     parsed = scenario.plan
-    plan_path = atomic_write_bytes(out / "plan.toml", to_toml(parsed.document()).encode())
+    plan_path = atomic_write_bytes(out / PLAN, to_toml(parsed.document()).encode())
     report = SimulationReport(scenario.name)
     finished = finished_stages(out, scenario)
     cores = cpus or os.cpu_count() or 1

@@ -12,6 +12,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, replace
 from typing import Any, ClassVar
 
+import torch
 from flwr.app import RecordDict
 
 from core.local.private import Privacy, check_round, sample_rate
@@ -136,7 +137,7 @@ class Training(PhaseSpec[TrainingSettings, TrainingReply]):
                 state = replace(state, encoder=encoder)
             losses.append(result.loss)
             epsilon |= {site: r.epsilon for site, r in result.replies.items() if r.epsilon}
-        decoder = {f"decoder.{k}": v for k, v in state.decoder.state_dict().items()}
+        decoder = {f"{DECODER}.{k}": v for k, v in state.decoder.state_dict().items()}
         summary: dict[str, Any] = {"losses": losses}
         if settings.privacy is not None:
             summary[PRIVACY] = {"delta": settings.dp_delta, "epsilon": epsilon}
@@ -150,12 +151,16 @@ class Training(PhaseSpec[TrainingSettings, TrainingReply]):
     ) -> TaskState:
         """Reload the averaged decoder (and, after ``base``, the frozen encoder)."""
         saved, _ = steps.load_checkpoint(self.name)
-        state = state.with_decoder_state(
-            {k.removeprefix("decoder."): v for k, v in saved.items() if k.startswith("decoder.")}
-        )
+        state = state.with_decoder_state(checkpoint_decoder(saved))
         if self.with_encoder:
             state = replace(state, encoder=steps.stored_encoder())
         return state
+
+
+def checkpoint_decoder(saved: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The decoder's state dict in a training phase's checkpoint (its ``decoder.`` keys)."""
+    prefix = f"{DECODER}."
+    return {k.removeprefix(prefix): v for k, v in saved.items() if k.startswith(prefix)}
 
 
 class Base(Training):

@@ -14,9 +14,10 @@ from pathlib import Path
 from core.data.transforms import Preprocessing
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.phases import BASE, TEACHER
-from core.protocol import DECODER
+from core.phases.training import checkpoint_decoder
 from server.catalog import Catalog
 from server.plan import Plan, load_plan
+from simulations.run import PLAN
 from simulations.scenario import Scenario
 from simulations.task_data import TaskData, load_tasks
 
@@ -28,8 +29,7 @@ class FinishedRun:
     Attributes:
         plan: the plan it ran (``RUN/plan.toml``).
         catalog: its catalog.
-        encoder: the frozen shared encoder.
-        unified: the encoder and each task's registered decoder.
+        unified: the frozen shared encoder and each task's registered decoder.
         prep: the preprocessing the encoder was trained with.
         roi: its patch, the sliding window.
         tasks: each task's pooled training splits and test set, by name.
@@ -38,12 +38,16 @@ class FinishedRun:
 
     plan: Plan
     catalog: Catalog
-    encoder: Encoder
     unified: ContinualSegmenter
     prep: Preprocessing
     roi: tuple[int, int, int]
     tasks: dict[str, TaskData]
     first: str
+
+    @property
+    def encoder(self) -> Encoder:
+        """The frozen shared encoder."""
+        return self.unified.encoder
 
     def trained_decoder(self, task: str) -> Decoder:
         """A task's full decoder as its training phase ended: what the coordinator received.
@@ -56,10 +60,7 @@ class FinishedRun:
         state, _ = self.catalog.load_checkpoint(task, phase.name)
         structures = self.plan.task(task).structures
         decoder = Decoder(widths, Genotype.teacher(len(widths) - 1), structures)
-        prefix = f"{DECODER}."
-        decoder.load_state_dict(
-            {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-        )
+        decoder.load_state_dict(checkpoint_decoder(state))
         return decoder
 
 
@@ -70,19 +71,17 @@ def open_run(run: Path, scenario: Scenario) -> FinishedRun:
         ValueError: for a folder without a plan (nothing is written into it) or a catalog
             without an encoder.
     """
-    plan = load_plan(run / "plan.toml")  # first: a folder without a run is left untouched
+    plan = load_plan(run / PLAN)  # first: a folder without a run is left untouched
     catalog = Catalog(run / "catalog")
-    encoder = catalog.encoder()
-    if encoder is None:
-        raise ValueError(f"{run / 'catalog'}: no encoder: run csfl simulate first")
     entry = catalog.index["encoder"]
+    if entry is None:
+        raise ValueError(f"{run / 'catalog'}: no encoder: run csfl simulate first")
     patch = [int(v) for v in entry["patch"]]
     training = plan.training
     tasks = load_tasks(scenario, run / "sites", training.val_fraction, training.seed)
     return FinishedRun(
         plan,
         catalog,
-        encoder,
         catalog.model(),
         Preprocessing.from_json(entry["preprocessing"]),
         (patch[0], patch[1], patch[2]),

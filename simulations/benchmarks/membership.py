@@ -147,9 +147,9 @@ def privacy_audit(folder: Path, scenario: Scenario) -> dict[str, Any]:
     for task_entry in run.catalog.tasks():
         name = task_entry["name"]
         task = run.tasks[name]
-        targets = {"coordinator": run.trained_decoder(name), "bundle": run.unified.decoder(name)}
+        decoders = (run.trained_decoder(name), run.unified.decoder(name))
         attacks = {}
-        for target, decoder in targets.items():
+        for target, decoder in zip(TARGETS, decoders, strict=True):
             members, outside = (
                 case_losses(run.encoder, decoder, cases, table, run.prep, run.roi)
                 for cases, table in (

@@ -78,8 +78,9 @@ def private_plan(scenario: Scenario, epsilon: float) -> Plan:
     return parse_plan(plan.document(), f"scenario {scenario.name} at epsilon {epsilon:g}")
 
 
-def _row(report: dict[str, Any], seconds: float, audit: dict[str, Any]) -> dict[str, Any]:
+def _row(report: dict[str, Any], audit: dict[str, Any]) -> dict[str, Any]:
     """A setting's figures: Dice per task (decoder, merged), seconds, epsilons, attacks."""
+    seconds = sum(stage["seconds"] for stage in report["stages"])
     last = report["stages"][-1]
     dice = {
         task: {
@@ -121,8 +122,7 @@ def privacy_curve(
         say(f"{name}: simulating {scenario.name}")
         link_sites(out / name, write_sites_once(scenario, sites, say))
         report = simulate(spec, out / name, say, cpus).to_json()
-        seconds = sum(stage["seconds"] for stage in report["stages"])
-        rows[name] = _row(report, seconds, privacy_audit(out / name, spec))
+        rows[name] = _row(report, privacy_audit(out / name, spec))
         atomic_write_json(kept, rows[name])
     return rows
 
