@@ -27,6 +27,7 @@ from core.records import flat
 if TYPE_CHECKING:
     import torch
 
+    from core.local.private import PrivacyLedger
     from core.model import Encoder, EncoderConfig
 
 log = logging.getLogger(__name__)
@@ -141,6 +142,13 @@ class Site:
         from core.model import state_bytes
 
         atomic_write_bytes(self.cache_dir / f"{name}.safetensors", state_bytes(module.state_dict()))
+
+    @property
+    def privacy_ledger(self) -> PrivacyLedger:
+        """What this site has spent on private tasks, in its cache (it never leaves)."""
+        from core.local.private import PrivacyLedger
+
+        return PrivacyLedger(self.cache_dir / "privacy-ledger.json")
 
     def load_local(self, name: str, module: torch.nn.Module) -> bool:
         """Restore weights kept by :meth:`save_local`; False if none fit ``module``."""

@@ -145,6 +145,12 @@ class SiteDomain:
     centroids: torch.Tensor
     thresholds: torch.Tensor
 
+    @classmethod
+    def empty(cls, structures: int) -> SiteDomain:
+        """A domain without a row (every threshold 0), for a decoder of ``structures``."""
+        rows = 1 + structures
+        return cls(torch.zeros(rows, SITE_CENTROIDS, CENTROID_WIDTH), torch.zeros(rows, len(VIEWS)))
+
 
 def row_domain(per_case: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor] | None:
     """Centroids and held-out thresholds (one per view) of a row's descriptors, by CT.

@@ -17,6 +17,7 @@ from core import anatomy
 from core.data.transforms import Augmentation, Preprocessing
 from core.describe import ProtocolError, check_sha256, check_structures
 from core.device import DEFAULT_PRECISION, check_precision
+from core.local.private import Privacy
 from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.records import Record, RecordError, flat, parse, setting
@@ -86,6 +87,7 @@ class RoundConfig(Record):
     rounds: int = setting(1, lo=1, hi=10_000)
     precision: str = setting(DEFAULT_PRECISION, lo=1, hi=8)
     partial_labels: bool = setting(False)
+    privacy: Privacy = setting(Privacy())
 
     def __post_init__(self) -> None:
         check_task_name(self.task)
@@ -166,6 +168,9 @@ class SiteReply(Record):
     examples: int = setting(lo=1, hi=1_000_000, doc="training cases at the site")
     loss: float = setting(0.0, lo=0.0, hi=1e6)
     seconds: float = setting(0.0, lo=0.0, hi=1e7)
+    epsilon: float = setting(
+        0.0, lo=0.0, hi=1e9, doc="a private task's epsilon spent so far at the site (0: no DP)"
+    )
 
     def to_record(self) -> MetricRecord:
         """As a Flower MetricRecord."""

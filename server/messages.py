@@ -48,6 +48,9 @@ class Ledger:
     bytes_up: dict[str, int] = field(default_factory=dict)
     bytes_down: dict[str, int] = field(default_factory=dict)
     rejected: dict[str, str] = field(default_factory=dict)
+    epsilon: dict[str, float] = field(default_factory=dict)
+    """A private task's epsilon per site: the largest each reported (a site counts it over
+    the task's phases, so its last report is its total)."""
 
     def sent(self, site: str, size: int) -> None:
         """Count a message to ``site``."""
@@ -59,12 +62,19 @@ class Ledger:
             self.bytes_up[site] = self.bytes_up.get(site, 0) + size
         self.rejected.update(rejected)
 
-    def to_json(self) -> dict[str, dict[str, int] | dict[str, str]]:
+    def spent(self, epsilon: Mapping[str, float]) -> None:
+        """Note what each replying site says it has spent on the task (0: no DP)."""
+        for site, value in epsilon.items():
+            if value:
+                self.epsilon[site] = max(self.epsilon.get(site, 0.0), value)
+
+    def to_json(self) -> dict[str, dict[str, int] | dict[str, str] | dict[str, float]]:
         """For the journal (cumulative over the task's phases so far)."""
         return {
             "bytes_up": dict(self.bytes_up),
             "bytes_down": dict(self.bytes_down),
             "rejected": dict(self.rejected),
+            "epsilon": dict(self.epsilon),
         }
 
     @classmethod
@@ -74,4 +84,5 @@ class Ledger:
             {k: int(str(v)) for k, v in data.get("bytes_up", {}).items()},
             {k: int(str(v)) for k, v in data.get("bytes_down", {}).items()},
             {k: str(v) for k, v in data.get("rejected", {}).items()},
+            {k: float(str(v)) for k, v in data.get("epsilon", {}).items()},
         )

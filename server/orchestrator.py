@@ -38,7 +38,7 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[Step]:
     training: list[Step] = [BASE if first_task else TEACHER]
     trimming: list[Step] = [SEARCH, DISTILL] if task.section.trim else []
     calibrating: list[Step] = [CALIBRATE] if task.section.calibrate else []
-    evaluating: list[Step] = [] if task.of(TEACHER).privacy else [EVALUATE]
+    evaluating: list[Step] = [] if task.privacy.on else [EVALUATE]
     phases = [*training, *trimming, *calibrating, *evaluating]
     return [*phases, Registration([p.name for p in phases])]
 

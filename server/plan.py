@@ -36,6 +36,7 @@ from core import anatomy
 from core.data.transforms import Preprocessing
 from core.describe import check_structures
 from core.device import DEFAULT_PRECISION, check_precision
+from core.local.private import Privacy
 from core.local.training import LocalTrainSettings
 from core.model import EncoderConfig, check_task_name
 from core.phases import PHASES, TEACHER, PhaseSettings, PhaseSpec
@@ -216,6 +217,7 @@ class TaskPlan:
     optimiser: Optimiser
     aggregation: AggregationSettings
     phase_settings: Mapping[str, PhaseSettings]
+    privacy: Privacy
 
     @property
     def name(self) -> str:
@@ -251,6 +253,7 @@ class TaskPlan:
             "sites": "any" if self.sites is None else list(self.sites),
             **flat(self.optimiser),
             **flat(self.aggregation),
+            **flat(self.privacy),
         }
         for settings in self.phase_settings.values():
             table |= flat(settings)
@@ -330,6 +333,7 @@ def task_keys() -> set[str]:
         TaskSection,
         Optimiser,
         AggregationSettings,
+        Privacy,
         *(p.settings_type for p in PHASES.values()),
     ]
     return {"sites", *(k for g in groups for k in keys_of(g))}
@@ -362,34 +366,25 @@ def _task(table: Mapping[str, Any], where: str) -> TaskPlan:
     if sites != "any" and section.min_sites > len(sites):
         raise PlanError(f"{where}.min_sites: {section.min_sites} > the {len(sites)} sites named")
     settings = {name: parse(p.settings_type, table, where) for name, p in PHASES.items()}
-    check_privacy(section, settings[TEACHER.name], where)
+    privacy = parse(Privacy, table, where)
+    check_privacy(privacy, settings[TEACHER.name], where)
     return TaskPlan(
         section,
         None if sites == "any" else tuple(sites),
         parse(Optimiser, table, where),
         parse(AggregationSettings, table, where),
         settings,
+        privacy,
     )
 
 
-def check_privacy(section: TaskSection, training: PhaseSettings, where: str) -> None:
-    """Refuse a DP task whose other phases would read its patients without DP.
-
-    Search, distillation and calibration train on the site's patients too, and FedProx's
-    term is not clipped per patient; until they run under DP-SGD, a private task trains
-    its teacher alone.
+def check_privacy(privacy: Privacy, training: PhaseSettings, where: str) -> None:
+    """Refuse a DP task with a term that is not clipped per patient (FedProx's).
 
     Raises:
         PlanError: naming the key to change.
     """
-    if not isinstance(training, TrainingSettings) or training.privacy is None:
-        return
-    if section.trim or section.calibrate:
-        raise PlanError(
-            f"{where}.dp_noise_multiplier: search, distill and calibrate read the site's "
-            "patients without differential privacy; set trim = false and calibrate = false"
-        )
-    if training.proximal_mu:
+    if privacy.on and isinstance(training, TrainingSettings) and training.proximal_mu:
         raise PlanError(f"{where}.proximal_mu: FedProx's term is not clipped per patient (DP)")
 
 

@@ -24,7 +24,6 @@ from core.model import Encoder, Genotype
 from core.model.cost import genotype_parameters
 from core.phases import PHASES
 from core.phases.spec import PhaseSettings, PhaseSpec, RoundResult, TaskState
-from core.phases.training import Training
 from core.protocol import PRIVACY, RoundConfig, SiteReply
 from server.aggregate import RoundFailed, aggregate
 from server.catalog import Catalog
@@ -159,6 +158,7 @@ class TaskRun:
             rounds=rounds,
             precision=self.plan.training.precision,
             partial_labels=self.task.section.partial_labels,
+            privacy=self.task.privacy,
         )
 
     def federated_round(
@@ -216,6 +216,7 @@ class TaskRun:
             states = {k: optimizer.step(k, templates[k], v) for k, v in result.states.items()}
             result = dataclasses.replace(result, states=states)
         self.ledger.received(result.bytes_up, result.rejected)
+        self.ledger.spent({site: r.epsilon for site, r in result.replies.items()})
         if keep:
             server = self.optimizers[phase.name].state() if phase.server_optimized else {}
             self.kept_rounds.save(phase.name, rnd, given, result, self.ledger, server)
@@ -358,11 +359,8 @@ class Registration:
                 "teacher_parameters": teacher_parameters(run.plan, task),
                 **run.ledger.to_json(),
             }
-            trained = [p for p in self.phases if isinstance(PHASES[p], Training)]
-            for phase in trained:  # a DP task's spent (epsilon, delta) per site
-                if run.catalog.has_checkpoint(task.name, phase):
-                    kept = run.catalog.load_checkpoint(task.name, phase)[1]
-                    provenance |= {PRIVACY: kept[PRIVACY]} if PRIVACY in kept else {}
+            if task.privacy.on:  # a DP task's spent (epsilon, delta) per site, over its phases
+                provenance[PRIVACY] = {"delta": task.privacy.delta, "epsilon": run.ledger.epsilon}
             dice = state.metrics.get("dice", {})
             skill = {s: float(v) for s, v in dice.items() if v is not None}
             calibration = dataclasses.replace(state.calibration, skill=skill)

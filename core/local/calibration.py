@@ -30,7 +30,16 @@ from core import anatomy
 from core.data import Case, LabelTable
 from core.data.transforms import IMAGE, LABEL, Preprocessing, validation_transforms
 from core.domain import SiteDomain, site_domain
-from core.local.training import LocalTrainSettings, check_patch, optimise, patch_batches
+from core.local.private import Account, Privacy
+from core.local.training import (
+    LocalTrainSettings,
+    check_patch,
+    optimise,
+    patch_batches,
+    patch_dataset,
+    private_optimise,
+    private_steps,
+)
 from core.model import ContinualSegmenter
 from core.vocabulary import Group
 
@@ -86,13 +95,23 @@ def paste_anomalies(
     return out.clamp(0.0, 1.0), mask
 
 
+def masked_mean(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """The mean of ``values`` where ``mask`` holds (0 where it holds nowhere).
+
+    Written without indexing by the mask, so that it batches under ``torch.func.vmap``.
+    """
+    weights = mask.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
 def balanced_bce(
     logits: torch.Tensor, target: torch.Tensor, groups: Sequence[torch.Tensor]
 ) -> torch.Tensor:
     """Binary cross-entropy in which each group of voxels weighs the same, whatever its size.
 
     For the anomaly head the groups are the anomalous voxels, the normal voxels of the
-    labelled structures and the background. Anomalous voxels are a few per thousand: under
+    labelled structures and the background; a group with no voxel counts for nothing.
+    Anomalous voxels are a few per thousand: under
     the plain mean the head learnt their prior and scored about 0 everywhere (measured:
     0.00 on lesions, organs and background alike), so the merge's anomaly term changed
     nothing; balanced between anomalous and all other voxels, it learnt "inside an organ"
@@ -100,8 +119,9 @@ def balanced_bce(
     as a group of its own is what makes it learn the texture.
     """
     loss = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    parts = [loss[group].mean() for group in groups if bool(group.any())]
-    return torch.stack(parts).mean()
+    present = torch.stack([group.any() for group in groups]).to(loss.dtype)
+    parts = torch.stack([masked_mean(loss, group) for group in groups])
+    return (parts * present).sum() / present.sum().clamp_min(1.0)
 
 
 def cases_domain(
@@ -136,8 +156,14 @@ def calibrate_phase(
     cases: Sequence[Case],
     prep: Preprocessing,
     settings: LocalTrainSettings,
+    privacy: Privacy | None = None,
+    account: Account | None = None,
 ) -> CalibrationResult:
-    """Train the calibration head of ``task``'s decoder on a site's cases.
+    """Train the calibration head of ``task``'s decoder on a site's cases; measure its domain.
+
+    With ``privacy`` the head trains under DP-SGD, one patient as the unit, told to
+    ``account`` first (:func:`core.local.training.private_optimise`), and no domain is
+    measured (``None``).
 
     Raises:
         ValueError: if there are no cases or the patch does not fit the encoder.
@@ -150,40 +176,71 @@ def calibrate_phase(
         i for i, s in enumerate(decoder.structures, 1) if anatomy.get(s).group == Group.LESION
     ]
     torch.manual_seed(settings.seed)
-    device = next(model.parameters()).device
     generator = torch.Generator().manual_seed(settings.seed)
     hu_per_unit = prep.hu_window[1] - prep.hu_window[0]
     model.eval()  # frozen parts keep their normalisation statistics
     parts: dict[str, list[float]] = {"confidence": [], "anomaly": []}
 
-    def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        image, pasted = paste_anomalies(image, label, generator, hu_per_unit)
+    def paste(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        return (*paste_anomalies(image, label, generator, hu_per_unit), label)
+
+    def head_losses(
+        image: torch.Tensor, pasted: torch.Tensor, label: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             x = decoder.last_features(model.encoder(image))
             organ = decoder.organ_head(x)
         anomaly, confidence = decoder.calibration(x, organ)
         right = (organ.argmax(1, keepdim=True) == label).float()
-        known = torch.zeros_like(pasted, dtype=torch.bool)
+        known = torch.zeros_like(pasted)
         for i in lesions:
-            known |= label == i
-        abnormal = torch.maximum(pasted, known.float())
+            known = torch.maximum(known, (label == i).float())
+        abnormal = torch.maximum(pasted, known)
         healthy = pasted < 0.5  # a pasted blob has no right label to be confident about
-        conf = F.binary_cross_entropy_with_logits(confidence[healthy], right[healthy])
+        bce = F.binary_cross_entropy_with_logits(confidence, right, reduction="none")
         normal = abnormal < 0.5
         inside = normal & (label > 0)
         anom = balanced_bce(anomaly, abnormal, (~normal, inside, normal & ~inside))
+        return masked_mean(bce, healthy), anom
+
+    def case_loss(image: torch.Tensor, pasted: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        conf, anom = head_losses(image, pasted, label)
+        return conf + anom
+
+    def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        conf, anom = head_losses(*paste(image, label))
         parts["confidence"].append(float(conf.detach()))
         parts["anomaly"].append(float(anom.detach()))
         return conf + anom
 
     start = time.perf_counter()
-    batches = patch_batches(cases, table, decoder.structures, prep, settings)
-    params = list(decoder.calibration_head.parameters())
-    losses = optimise(params, settings, batches, loss_of, device, f"calibrate {task}")
+    params, desc = list(decoder.calibration_head.parameters()), f"calibrate {task}"
+    if privacy is None:
+        batches = patch_batches(cases, table, decoder.structures, prep, settings)
+        device = next(model.parameters()).device
+        losses = optimise(params, settings, batches, loss_of, device, desc)
+    else:  # the head's own parameters are the network the per-case gradients differentiate
+        dataset = patch_dataset(cases, table, decoder.structures, prep, settings)
+        private = private_steps(
+            decoder.calibration_head,
+            params,
+            case_loss,
+            dataset,
+            settings,
+            privacy,
+            prepare=paste,
+            generator=generator,
+        )
+        losses = private_optimise(params, settings, private, desc, account)
+    # the domain describes the site's CTs as they are: it cannot be noised per patient at
+    # these numbers of patients (see docs/privacy.md), so a private task's decoder has none
+    domain = (
+        None
+        if privacy is not None
+        else cases_domain(
+            cases, table, prep, decoder.structures, settings.augmentation.patch_size[2]
+        )
+    )
     return CalibrationResult(
-        losses,
-        parts["confidence"],
-        parts["anomaly"],
-        cases_domain(cases, table, prep, decoder.structures, settings.augmentation.patch_size[2]),
-        time.perf_counter() - start,
+        losses, parts["confidence"], parts["anomaly"], domain, time.perf_counter() - start
     )

@@ -16,12 +16,16 @@ import torch.nn.functional as F
 
 from core.data import Case, LabelTable
 from core.data.transforms import Preprocessing
+from core.local.private import Account, Privacy
 from core.local.training import (
     LocalTrainSettings,
     SegmentationLoss,
     check_patch,
     optimise,
     patch_batches,
+    patch_dataset,
+    private_optimise,
+    private_steps,
 )
 from core.model import ContinualSegmenter, Decoder
 
@@ -54,8 +58,13 @@ def distill_phase(
     settings: LocalTrainSettings,
     kd_weight: float = 1.0,
     temperature: float = 2.0,
+    privacy: Privacy | None = None,
+    account: Account | None = None,
 ) -> DistillResult:
     """Train ``student`` from labels and from ``model``'s decoder of ``task`` (the teacher).
+
+    With ``privacy`` under DP-SGD, one patient as the unit, told to ``account`` first
+    (:func:`core.local.training.private_optimise`).
 
     Raises:
         ValueError: if the encoder is not frozen, the student predicts other structures
@@ -75,22 +84,31 @@ def distill_phase(
     device = next(model.parameters()).device
     student.to(device).train()
     teacher.eval()
-    supervised = SegmentationLoss()
+    supervised = SegmentationLoss(per_case=privacy is not None)
     kd_values: list[float] = []
 
-    def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+    def both_losses(image: torch.Tensor, label: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with torch.no_grad():
             features = model.encoder(image)
             target = teacher.organ_logits(features).float()
         logits = student.organ_logits(features).float()  # the losses in fp32
         kd = kd_loss(logits, target, temperature)
+        return supervised(logits, label) + kd_weight * kd, kd
+
+    def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+        total, kd = both_losses(image, label)
         kd_values.append(float(kd.detach()))
-        out: torch.Tensor = supervised(logits, label) + kd_weight * kd
-        return out
+        return total
 
     start = time.perf_counter()
-    batches = patch_batches(cases, table, teacher.structures, prep, settings)
-    losses = optimise(
-        list(student.parameters()), settings, batches, loss_of, device, f"distill {task}"
-    )
+    params, desc = list(student.parameters()), f"distill {task}"
+    if privacy is None:
+        batches = patch_batches(cases, table, teacher.structures, prep, settings)
+        losses = optimise(params, settings, batches, loss_of, device, desc)
+    else:  # the KD term of each case is not kept: it would not batch, and stays here anyway
+        dataset = patch_dataset(cases, table, teacher.structures, prep, settings)
+        private = private_steps(
+            student, params, lambda x, y: both_losses(x, y)[0], dataset, settings, privacy
+        )
+        losses = private_optimise(params, settings, private, desc, account)
     return DistillResult(losses, kd_values, time.perf_counter() - start)

@@ -1,4 +1,4 @@
-"""DP-SGD at a site, one patient as the unit of privacy.
+"""DP-SGD at a site, one patient as the unit of privacy, and the site's own ledger of it.
 
 Every step samples the site's training cases independently with probability ``q`` (Poisson
 sampling, as the accountant assumes) and draws one patch from each sampled case, so a
@@ -10,34 +10,80 @@ backward pass, where a loop over the cases cost three times that), clipped to
 number of cases per step (``q x n``). What the optimiser does with that noisy gradient
 (Adam, the learning-rate schedule) is post-processing and costs no privacy.
 
-The privacy spent is counted by Opacus's Rényi DP accountant (:func:`spent_epsilon`):
-never by our own arithmetic.
+Every phase that reads a private task's patients (training, search, distillation,
+calibration) trains this way, and a site counts what each round spends in its
+:class:`PrivacyLedger`, kept in its private cache: the task's epsilon is the composition of
+every mechanism in it, by Opacus's Rényi DP accountant (:func:`spent_epsilon`), never by our
+own arithmetic, and never from what the server says it has run.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import json
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
 
 import torch
 
+from core.io import atomic_write_json
+from core.records import Record, setting
+
+Mechanism = tuple[float, float, int]
+"""One DP-SGD run as the accountant sees it: noise multiplier, sampling rate, steps."""
+Account = Callable[[Sequence[Mechanism], int], object]
+"""Told a local run's mechanisms and its fewest patients before its first step; may refuse
+(raise), and then nothing is trained (a site's :meth:`PrivacyLedger.spend`)."""
+LEDGER_ENTRIES = 100_000  # a ledger longer than this is not one this code wrote
+
 
 @dataclass(frozen=True)
-class Privacy:
-    """A phase's DP-SGD settings.
+class Privacy(Record):
+    """A task's DP-SGD settings (plan keys ``dp_*``), the same for every phase of it.
 
     Attributes:
-        noise_multiplier: the noise's standard deviation over the clipping norm.
+        noise_multiplier: the noise's standard deviation over the clipping norm (0: no DP).
         max_grad_norm: each patient's gradient is clipped to this L2 norm.
         delta: the delta of the (epsilon, delta) guarantee a site reports.
         epsilon_budget: a site refuses a round after which its epsilon would exceed this
             (0: no budget).
     """
 
-    noise_multiplier: float
-    max_grad_norm: float
-    delta: float
-    epsilon_budget: float = 0.0
+    noise_multiplier: float = setting(
+        0.0,
+        lo=0.0,
+        hi=100.0,
+        key="dp_noise_multiplier",
+        doc="DP-SGD in every phase that reads the site's patients, one patient as the unit: "
+        "the noise over the clipping norm (0: off)",
+    )
+    max_grad_norm: float = setting(
+        1.0,
+        lo=1e-6,
+        hi=1e6,
+        key="dp_max_grad_norm",
+        doc="DP-SGD: each patient's gradient is clipped to this norm",
+    )
+    delta: float = setting(
+        1e-5,
+        lo=1e-12,
+        hi=0.1,
+        key="dp_delta",
+        doc="DP-SGD: the delta of the guarantee; below 1 / cases",
+    )
+    epsilon_budget: float = setting(
+        0.0,
+        lo=0.0,
+        hi=1000.0,
+        key="dp_epsilon",
+        doc="DP-SGD: a site refuses a round that would take it past this epsilon (0: none)",
+    )
+
+    @property
+    def on(self) -> bool:
+        """Whether the task trains under DP-SGD."""
+        return self.noise_multiplier > 0
 
 
 def sample_rate(batch_size: int, cases: int) -> float:
@@ -45,37 +91,95 @@ def sample_rate(batch_size: int, cases: int) -> float:
     return min(1.0, batch_size / max(cases, 1))
 
 
-def spent_epsilon(noise_multiplier: float, rate: float, steps: int, delta: float) -> float:
-    """Epsilon at ``delta`` after ``steps`` DP-SGD steps (Opacus's RDP accountant)."""
+def spent_epsilon(history: Sequence[Mechanism], delta: float) -> float:
+    """Epsilon at ``delta`` after every mechanism of ``history`` (Opacus's RDP accountant).
+
+    The mechanisms compose: their Rényi divergences add up order by order.
+    """
     from opacus.accountants import RDPAccountant
 
-    if steps <= 0:
+    used = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
+    if not used:
         return 0.0
     accountant = RDPAccountant()
-    accountant.history = [(noise_multiplier, rate, steps)]
+    accountant.history = used
     return float(accountant.get_epsilon(delta))
 
 
-def check_round(privacy: Privacy, cases: int, rate: float, steps_after: int) -> float:
-    """The epsilon a site will have spent after this round, if it may train it.
+class PrivacyLedger:
+    """What a site has spent on each task: every DP-SGD run it did, kept in its own file.
 
-    Raises:
-        ValueError: if ``delta`` is not below one over the site's cases (the guarantee
-            would allow one patient's data to leak whole), or the round would take the
-            site past its epsilon budget.
+    The site counts each round before it trains it, from what it does itself (its noise,
+    its sampling rate, its steps), so a server that replays a round, or says it is at
+    round 1 when it is not, cannot make the site under-count. A round that is run again
+    (after a crash or a restart) is counted again: its first output may have left the site.
+    The file never leaves the site; a ledger that cannot be read stops every private round
+    rather than start afresh from zero.
+
+    Args:
+        path: the ledger's JSON file (created on the first private round).
     """
-    if privacy.delta >= 1.0 / max(cases, 1):
-        raise ValueError(
-            f"dp_delta {privacy.delta:g}: expected below 1 / {cases} cases "
-            f"({1.0 / max(cases, 1):.3g}) for a per-patient guarantee"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def _read(self) -> dict[str, list[list[Any]]]:
+        if not self.path.is_file():
+            return {}
+        problem = (
+            f"privacy ledger {self.path}: unreadable; private rounds stop until it is restored"
         )
-    epsilon = spent_epsilon(privacy.noise_multiplier, rate, steps_after, privacy.delta)
-    if privacy.epsilon_budget and epsilon > privacy.epsilon_budget:
-        raise ValueError(
-            f"privacy budget: this round would spend epsilon {epsilon:.2f} "
-            f"(delta {privacy.delta:g}), over the task's dp_epsilon {privacy.epsilon_budget:g}"
-        )
-    return epsilon
+        try:
+            data = json.loads(self.path.read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+            raise ValueError(problem) from None
+        if not isinstance(data, dict) or not all(
+            isinstance(runs, list) and len(runs) <= LEDGER_ENTRIES for runs in data.values()
+        ):
+            raise ValueError(problem)
+        return data
+
+    def history(self, task: str) -> list[Mechanism]:
+        """The mechanisms spent on ``task`` so far."""
+        try:
+            return [(float(s), float(q), int(n)) for _, s, q, n in self._read().get(task, [])]
+        except (TypeError, ValueError):
+            raise ValueError(
+                f"privacy ledger {self.path}: unreadable; private rounds stop until it is restored"
+            ) from None
+
+    def spend(
+        self, task: str, what: str, privacy: Privacy, cases: int, runs: Sequence[Mechanism]
+    ) -> float:
+        """Count ``runs`` (about to happen) against ``task``; the epsilon after them.
+
+        Args:
+            task: the task.
+            what: the phase and round, kept with each run.
+            privacy: the task's settings.
+            cases: the fewest patients any of the runs samples from.
+            runs: each DP-SGD run of the round.
+
+        Raises:
+            ValueError: if ``delta`` is not below one over ``cases`` (the guarantee would
+                allow one patient's data to leak whole), or the round would take the site
+                past the task's budget (nothing is counted then).
+        """
+        if privacy.delta >= 1.0 / max(cases, 1):
+            raise ValueError(
+                f"dp_delta {privacy.delta:g}: expected below 1 / {cases} cases "
+                f"({1.0 / max(cases, 1):.3g}) for a per-patient guarantee"
+            )
+        data = self._read()
+        epsilon = spent_epsilon([*self.history(task), *runs], privacy.delta)
+        if privacy.epsilon_budget and epsilon > privacy.epsilon_budget:
+            raise ValueError(
+                f"privacy budget: this round would spend epsilon {epsilon:.2f} "
+                f"(delta {privacy.delta:g}), over the task's dp_epsilon {privacy.epsilon_budget:g}"
+            )
+        data.setdefault(task, []).extend([what, s, q, n] for s, q, n in runs)
+        atomic_write_json(self.path, data)
+        return epsilon
 
 
 class _Objective(torch.nn.Module):
@@ -90,16 +194,15 @@ class _Objective(torch.nn.Module):
         self.network = network
         self.loss_of = loss_of
 
-    def forward(self, image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
-        return self.loss_of(image, label)
+    def forward(self, *case: torch.Tensor) -> torch.Tensor:
+        return self.loss_of(*case)
 
 
 def per_case_gradients(
     network: torch.nn.Module,
     params: Sequence[torch.nn.Parameter],
-    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
-    images: torch.Tensor,
-    labels: torch.Tensor,
+    loss_of: Callable[..., torch.Tensor],
+    batch: Sequence[torch.Tensor],
     chunk: int | None = None,
 ) -> tuple[list[torch.Tensor], torch.Tensor]:
     """Each case's gradient of its own loss, in one batched pass (``torch.func.vmap``).
@@ -107,11 +210,10 @@ def per_case_gradients(
     Args:
         network: the module that owns ``params`` and that ``loss_of`` runs.
         params: the parameters trained.
-        loss_of: ``(image, label)`` of one case (a batch of 1) -> its loss; it must not
-            write into tensors in place (MONAI's ``one_hot`` does: see
-            :class:`core.local.training.SegmentationLoss`).
-        images: ``(B, ...)`` one patch per case.
-        labels: ``(B, ...)`` their labels.
+        loss_of: one case's tensors (each a batch of 1) -> its loss; it must not write
+            into tensors in place (MONAI's ``one_hot`` does: see
+            :class:`core.local.training.SegmentationLoss`) nor branch on their values.
+        batch: ``(B, ...)`` tensors, one row per case (its patch, its label, ...).
         chunk: at most this many cases at once (Poisson sampling can draw many more cases
             than the expected batch; memory then grows no further than a batch's).
 
@@ -124,16 +226,15 @@ def per_case_gradients(
     weights = {f"network.{names[id(p)]}": p.detach() for p in params}
     objective = _Objective(network, loss_of)
 
-    def case_loss(
-        w: dict[str, torch.Tensor], image: torch.Tensor, label: torch.Tensor
-    ) -> torch.Tensor:
-        out: torch.Tensor = functional_call(objective, w, (image[None], label[None]))
+    def case_loss(w: dict[str, torch.Tensor], *case: torch.Tensor) -> torch.Tensor:
+        out: torch.Tensor = functional_call(objective, w, tuple(t[None] for t in case))
         return out
 
+    dims = (None, *[0] * len(batch))
     per_case = vmap(
-        grad_and_value(case_loss), in_dims=(None, 0, 0), randomness="different", chunk_size=chunk
+        grad_and_value(case_loss), in_dims=dims, randomness="different", chunk_size=chunk
     )
-    grads, losses = per_case(weights, images, labels)
+    grads, losses = per_case(weights, *batch)
     return [grads[f"network.{names[id(p)]}"] for p in params], losses
 
 
@@ -171,3 +272,81 @@ def private_gradient(
             t = t + torch.normal(0.0, std, t.shape, generator=generator).to(t)
         out.append(t / expected_cases)
     return out
+
+
+class CaseStreams(Protocol):
+    """The patients' patch streams: ``len``, and ``[i]`` draws a new patch of patient ``i``."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int, /) -> Any: ...
+
+
+Prepare = Callable[[torch.Tensor, torch.Tensor], Sequence[torch.Tensor]]
+"""A step's patches and labels -> the tensors each case's loss reads (each row one case's)."""
+
+
+@dataclass
+class PrivateSteps:
+    """DP-SGD's noisy gradients, step after step, over one set of a site's patients.
+
+    Args:
+        network: owns ``params`` and is what ``loss_of`` runs.
+        params: the parameters trained.
+        loss_of: one case's loss (see :func:`per_case_gradients`).
+        cases: the patients' patch streams; ``cases[i]`` draws a new patch of patient ``i``
+            (a dict, or a list whose first item is used).
+        batch_size: the expected cases per step (the sampling rate is this over the cases).
+        privacy: clipping and noise.
+        generator: sampling and noise.
+        mixed: the autocast context of the forward passes.
+        prepare: turns the step's patches and labels into what ``loss_of`` reads (default:
+            the two of them), for a phase that alters its patches before the loss.
+    """
+
+    network: torch.nn.Module
+    params: list[torch.nn.Parameter]
+    loss_of: Callable[..., torch.Tensor]
+    cases: CaseStreams
+    batch_size: int
+    privacy: Privacy
+    generator: torch.Generator
+    mixed: Any
+    prepare: Prepare | None = None
+
+    @property
+    def rate(self) -> float:
+        """The chance a step samples a given patient."""
+        return sample_rate(self.batch_size, len(self.cases))
+
+    def mechanism(self, steps: int) -> Mechanism:
+        """What ``steps`` of these cost, for the ledger."""
+        return (self.privacy.noise_multiplier, self.rate, steps)
+
+    def __iter__(self) -> Iterator[tuple[list[torch.Tensor], float]]:
+        """Each step's gradient per parameter and the sampled cases' mean loss (NaN: none)."""
+        device = next(self.network.parameters()).device
+        count = len(self.cases)
+        while True:
+            chosen = torch.nonzero(torch.rand(count, generator=self.generator) < self.rate)
+            per_case, mean = None, float("nan")
+            if len(chosen):
+                patches = [self._draw(i) for i in chosen.flatten().tolist()]
+                images = torch.stack([p["image"] for p in patches]).to(device)
+                labels = torch.stack([p["label"] for p in patches]).to(device)
+                batch = (images, labels) if self.prepare is None else self.prepare(images, labels)
+                with self.mixed:
+                    per_case, seen = per_case_gradients(
+                        self.network, self.params, self.loss_of, batch, self.batch_size
+                    )
+                mean = float(seen.detach().mean())
+            expected = self.rate * count
+            yield (
+                private_gradient(self.params, per_case, self.privacy, expected, self.generator),
+                mean,
+            )
+
+    def _draw(self, index: int) -> Mapping[str, torch.Tensor]:
+        drawn = self.cases[index]
+        out: Mapping[str, torch.Tensor] = drawn[0] if isinstance(drawn, list) else drawn
+        return out

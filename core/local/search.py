@@ -15,12 +15,16 @@ import torch
 
 from core.data import Case, LabelTable, split_cases
 from core.data.transforms import Preprocessing
+from core.local.private import Account, Privacy, PrivateSteps
 from core.local.training import (
     LocalTrainSettings,
     SegmentationLoss,
+    apply_gradients,
     check_finite,
     check_patch,
     patch_batches,
+    patch_dataset,
+    private_steps,
 )
 from core.model.encoder import Encoder
 from core.model.supernet import SuperNet
@@ -44,6 +48,10 @@ class LocalSearchSettings:
     cost_weight: float = 1.0
     warmup: float = 0.3
 
+    def steps_architecture(self, step: int) -> bool:
+        """Whether local step ``step`` also steps the architecture (after the warm-up)."""
+        return step >= self.warmup * self.train.steps
+
 
 @dataclass
 class SearchResult:
@@ -62,12 +70,17 @@ def search_phase(
     cases: Sequence[Case],
     prep: Preprocessing,
     settings: LocalSearchSettings,
+    privacy: Privacy | None = None,
+    account: Account | None = None,
 ) -> SearchResult:
     """Alternate supernet weight steps and architecture steps on two halves of the cases.
 
     Weights learn on one half (DiceCE), the architecture on the other (DiceCE plus the
     cost term), as in differentiable architecture search; the first ``warmup`` share of
-    the steps trains weights only.
+    the steps trains weights only. With ``privacy`` both kinds of step run under DP-SGD,
+    one patient as the unit (the weights never leave the site, but the architecture that
+    does is trained on them), told to ``account`` first; the cost term, which depends on
+    no patient, adds its exact gradient to the architecture's noisy one.
 
     Raises:
         ValueError: if the encoder is not frozen or there are no cases.
@@ -84,11 +97,7 @@ def search_phase(
         split_cases(cases, 0.5, train.seed) if len(cases) > 1 else (cases, cases)
     )
     structures = supernet.structures
-    weight_batches = patch_batches(weights_half, table, structures, prep, train)
-    arch_batches = patch_batches(
-        arch_half, table, structures, prep, replace(train, seed=train.seed + 1)
-    )
-    loss_fn = SegmentationLoss()
+    loss_fn = SegmentationLoss(per_case=privacy is not None)
     w_opt = torch.optim.Adam(
         supernet.weight_parameters(), lr=train.lr, weight_decay=train.weight_decay
     )
@@ -97,6 +106,38 @@ def search_phase(
     result = SearchResult([], [], [], 0.0)
     start = time.perf_counter()
     supernet.train()
+    if privacy is not None:
+
+        def loss_of(image: torch.Tensor, label: torch.Tensor) -> torch.Tensor:
+            with torch.no_grad():
+                features = encoder(image)
+            out: torch.Tensor = loss_fn(supernet(features), label)
+            return out
+
+        streams = [
+            private_steps(
+                supernet,
+                params,
+                loss_of,
+                patch_dataset(half, table, structures, prep, train),
+                train,
+                privacy,
+                generator=torch.Generator().manual_seed(train.seed + i),
+            )
+            for i, (half, params) in enumerate(
+                [
+                    (weights_half, supernet.weight_parameters()),
+                    (arch_half, supernet.arch_parameters()),
+                ]
+            )
+        ]
+        _private_search(supernet, streams, settings, (w_opt, w_sched), a_opt, result, account)
+        result.seconds = time.perf_counter() - start
+        return result
+    weight_batches = patch_batches(weights_half, table, structures, prep, train)
+    arch_batches = patch_batches(
+        arch_half, table, structures, prep, replace(train, seed=train.seed + 1)
+    )
     for step in range(train.steps):
         batch = next(weight_batches)
         with torch.no_grad():
@@ -108,7 +149,7 @@ def search_phase(
         w_opt.step()
         w_sched.step()
         result.weight_losses.append(float(loss.detach()))
-        if step >= settings.warmup * train.steps:
+        if settings.steps_architecture(step):
             batch = next(arch_batches)
             with torch.no_grad():
                 features = encoder(batch["image"].to(device))
@@ -125,3 +166,47 @@ def search_phase(
             result.expected_parameters.append(float(expected.detach()))
     result.seconds = time.perf_counter() - start
     return result
+
+
+def _private_search(
+    supernet: SuperNet,
+    streams: list[PrivateSteps],
+    settings: LocalSearchSettings,
+    weights: tuple[torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler],
+    a_opt: torch.optim.Optimizer,
+    result: SearchResult,
+    account: Account | None,
+) -> None:
+    """:func:`search_phase`'s loop under DP-SGD, the weights' and architecture's noisy steps."""
+    train = settings.train
+    weight_steps, arch_stream = iter(streams[0]), iter(streams[1])
+    if account is not None:
+        arch_steps = sum(map(settings.steps_architecture, range(train.steps)))
+        runs = [streams[0].mechanism(train.steps), streams[1].mechanism(arch_steps)]
+        account(runs, min(len(s.cases) for s in streams))
+    (w_opt, w_sched), arch = weights, supernet.arch_parameters()
+    for step in range(train.steps):
+        grads, mean = next(weight_steps)
+        apply_gradients(supernet.weight_parameters(), grads)
+        check_finite(
+            torch.nan_to_num(torch.tensor(mean)),
+            supernet.weight_parameters(),
+            "search",
+            step,
+            train.steps,
+        )
+        w_opt.step()
+        w_sched.step()
+        result.weight_losses.append(mean)
+        if settings.steps_architecture(step):
+            grads, mean = next(arch_stream)
+            expected = supernet.expected_parameters()
+            cost = settings.cost_weight * torch.relu(expected / settings.budget - 1.0)
+            exact = torch.autograd.grad(cost, arch, allow_unused=True)
+            apply_gradients(
+                arch, [g if e is None else g + e for g, e in zip(grads, exact, strict=True)]
+            )
+            check_finite(torch.nan_to_num(torch.tensor(mean)), arch, "search", step, train.steps)
+            a_opt.step()
+            result.arch_losses.append(mean + float(cost.detach()))
+            result.expected_parameters.append(float(expected.detach()))

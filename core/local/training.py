@@ -23,7 +23,7 @@ from core.data import Case, LabelTable
 from core.data.transforms import Augmentation, Preprocessing, training_transforms
 from core.device import DEFAULT_PRECISION, autocast
 from core.local.evaluation import evaluate_task
-from core.local.private import Privacy, per_case_gradients, private_gradient, sample_rate
+from core.local.private import Account, Prepare, Privacy, PrivateSteps
 from core.model import ContinualSegmenter
 from core.scores import ScoreSums
 
@@ -216,58 +216,65 @@ def optimise(
 
 
 def private_optimise(
-    network: torch.nn.Module,
     params: list[torch.nn.Parameter],
     settings: LocalTrainSettings,
-    dataset: CacheDataset,
-    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    private: PrivateSteps,
     desc: str,
-    privacy: Privacy,
+    account: Account | None = None,
 ) -> list[float]:
     """:func:`optimise` under DP-SGD (:mod:`core.local.private`): one patient per unit.
 
-    Each step samples every case with probability ``batch_size / cases`` and draws one
-    patch from each sampled case; returns each step's mean loss over the sampled cases
-    (NaN for a step that sampled none), which stays at the site. ``network`` owns
-    ``params`` and is what ``loss_of`` runs; ``loss_of`` must batch under ``vmap``
-    (:class:`SegmentationLoss` with ``per_case``).
+    ``account`` is told what the run will spend before its first step (and may refuse
+    it). Returns each step's mean loss over the sampled cases (NaN for a step that sampled
+    none), which stays at the site.
 
     Raises:
         NonFiniteError: at the first step whose loss or gradients are not finite.
     """
+    if account is not None:
+        account([private.mechanism(settings.steps)], len(private.cases))
     optimizer = torch.optim.Adam(params, lr=settings.lr, weight_decay=settings.weight_decay)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, settings.lr_factor)
-    device = next(network.parameters()).device
-    cases = len(dataset)
-    rate = sample_rate(settings.batch_size, cases)
-    generator = torch.Generator().manual_seed(settings.seed)
-    mixed = autocast(device, settings.precision)
     losses: list[float] = []
     bar = tqdm(range(settings.steps), desc=f"{desc} (DP)", disable=not settings.progress)
-    for step in bar:
-        chosen = torch.nonzero(torch.rand(cases, generator=generator) < rate).flatten()
-        per_case, mean = None, float("nan")
-        if len(chosen):
-            patches = []
-            for index in chosen.tolist():
-                drawn = dataset[index]
-                patches.append(drawn[0] if isinstance(drawn, list) else drawn)
-            images = torch.stack([patch["image"] for patch in patches]).to(device)
-            labels = torch.stack([patch["label"] for patch in patches]).to(device)
-            with mixed:
-                per_case, seen = per_case_gradients(
-                    network, params, loss_of, images, labels, settings.batch_size
-                )
-            mean = float(seen.mean())
-        grads = private_gradient(params, per_case, privacy, rate * cases, generator)
-        optimizer.zero_grad(set_to_none=True)
-        for p, g in zip(params, grads, strict=True):
-            p.grad = g.to(p.dtype)
+    for step, (grads, mean) in zip(bar, private, strict=False):
+        apply_gradients(params, grads)
         check_finite(torch.nan_to_num(torch.tensor(mean)), params, desc, step, settings.steps)
         optimizer.step()
         schedule.step()
         losses.append(mean)
     return losses
+
+
+def apply_gradients(params: Sequence[torch.nn.Parameter], grads: Sequence[torch.Tensor]) -> None:
+    """Set each parameter's gradient (a DP-SGD step's noisy one)."""
+    for p, g in zip(params, grads, strict=True):
+        p.grad = g.to(p.dtype)
+
+
+def private_steps(
+    network: torch.nn.Module,
+    params: list[torch.nn.Parameter],
+    loss_of: Callable[..., torch.Tensor],
+    dataset: CacheDataset,
+    settings: LocalTrainSettings,
+    privacy: Privacy,
+    prepare: Prepare | None = None,
+    generator: torch.Generator | None = None,
+) -> PrivateSteps:
+    """DP-SGD's gradients over ``dataset``'s patients with a loop's batch, seed and precision."""
+    device = next(network.parameters()).device
+    return PrivateSteps(
+        network,
+        params,
+        loss_of,
+        dataset,
+        settings.batch_size,
+        privacy,
+        generator or torch.Generator().manual_seed(settings.seed),
+        autocast(device, settings.precision),
+        prepare,
+    )
 
 
 def merged_logits(logits: torch.Tensor, labelled: Sequence[int]) -> torch.Tensor:
@@ -309,6 +316,7 @@ def train_phase(
     proximal_mu: float = 0.0,
     partial: bool = False,
     privacy: Privacy | None = None,
+    account: Account | None = None,
 ) -> PhaseResult:
     """Train a task's decoder (and, in ``base``, the encoder) on a site's cases.
 
@@ -319,7 +327,8 @@ def train_phase(
     the table may label only some of the decoder's structures (at least one): the loss is
     marginal (:func:`merged_logits`: the others count with the background), and only
     those are validated. With ``privacy`` it trains under DP-SGD, one patient as the unit
-    (:func:`private_optimise`; FedProx's term, which is not a patient's, is then refused).
+    (:func:`private_optimise`, told to ``account``; FedProx's term, which is not a
+    patient's, is then refused).
 
     Raises:
         ValueError: if ``privacy`` comes with ``proximal_mu``, ``train_encoder`` does not
@@ -370,7 +379,8 @@ def train_phase(
         losses = optimise(params, settings, batches, loss_of, device, desc)
     else:
         dataset = patch_dataset(train_cases, table, labelled, prep, settings)
-        losses = private_optimise(model, params, settings, dataset, loss_of, desc, privacy)
+        private = private_steps(model, params, loss_of, dataset, settings, privacy)
+        losses = private_optimise(params, settings, private, desc, account)
     seconds = time.perf_counter() - start
     scores = (
         evaluate_task(model, task, val_cases, table, prep, patch, device, labelled)

@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from flwr.app import RecordDict
 
-from core.domain import CENTROID_WIDTH, SITE_CENTROIDS, VIEWS, SiteDomain, join_domains
+from core.domain import SiteDomain, join_domains
 from core.local.calibration import calibrate_phase
 from core.merge import Calibration
 from core.model.decoder import DOMAIN_BUFFERS
@@ -30,6 +30,7 @@ from core.phases.spec import (
     TRAIN,
     PhaseSettings,
     PhaseSpec,
+    RoundPrivacy,
     ServerSteps,
     SiteResources,
     TaskState,
@@ -94,11 +95,15 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
     ) -> RecordDict:
         """Train the head one round; reply it and the site's domain.
 
+        A private task's site sends an empty domain (every threshold 0: no row), which
+        leaves the decoder without one (it then speaks everywhere in the merge).
+
         Raises:
             ValueError: if the training CTs hold too little body to describe a domain.
         """
         dataset, train = training_cases(site, cfg)
         model = load_model(site, cfg, content)
+        privacy = RoundPrivacy(site, cfg)
         result = calibrate_phase(
             model,
             cfg.task,
@@ -106,17 +111,20 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
             train,
             cfg.preprocessing,
             cfg.train_settings(settings.steps),
+            privacy.settings,
+            privacy.account,
         )
-        domain = result.domain
-        if domain is None:
+        domain = result.domain or SiteDomain.empty(len(cfg.structures))
+        if result.domain is None and privacy.settings is None:
             raise ValueError(f"{cfg.task}: the training CTs hold too little body (nearly all air)")
         heads = model.decoder(cfg.task).calibration_head.state_dict()
         metrics = CalibrateReply(
             len(train),
-            tail_mean(result.losses, last=5),
+            privacy.public(tail_mean(result.losses, last=5)),
             result.seconds,
-            tail_mean(result.confidence_losses, last=5),
-            tail_mean(result.anomaly_losses, last=5),
+            privacy.epsilon,
+            privacy.public(tail_mean(result.confidence_losses, last=5)),
+            privacy.public(tail_mean(result.anomaly_losses, last=5)),
         )
         arrays = {
             HEADS: state_to_record({HEAD_PREFIX + k: v for k, v in heads.items()}),
@@ -130,11 +138,8 @@ class Calibrate(PhaseSpec[CalibrateSettings, CalibrateReply]):
         """Run the rounds, keep the averaged heads and the domain of the last round."""
         settings = steps.settings(self)
         heads = {k: v for k, v in state.decoder.state_dict().items() if k.startswith(HEAD_PREFIX)}
-        rows = 1 + len(state.decoder.structures)
-        domain = {
-            CENTROIDS: torch.zeros(rows, SITE_CENTROIDS, CENTROID_WIDTH),
-            THRESHOLDS: torch.zeros(rows, len(VIEWS)),
-        }
+        empty = SiteDomain.empty(len(state.decoder.structures))
+        domain = {CENTROIDS: empty.centroids, THRESHOLDS: empty.thresholds}
         losses: list[float | None] = []
         for rnd in range(1, settings.rounds + 1):
             records = {DECODER: state_to_record(state.decoder.state_dict())}

@@ -23,6 +23,7 @@ from core.phases.spec import (
     TRAIN,
     PhaseSettings,
     PhaseSpec,
+    RoundPrivacy,
     ServerSteps,
     SiteResources,
     TaskState,
@@ -99,6 +100,7 @@ class Distill(PhaseSpec[DistillSettings, DistillReply]):
         )
         model = ContinualSegmenter(encoder)
         model.add_decoder(cfg.task, teacher)
+        privacy = RoundPrivacy(site, cfg)
         result = distill_phase(
             model,
             cfg.task,
@@ -109,9 +111,12 @@ class Distill(PhaseSpec[DistillSettings, DistillReply]):
             cfg.train_settings(settings.steps),
             settings.kd_weight,
             settings.temperature,
+            privacy.settings,
+            privacy.account,
         )
-        loss, kd = tail_mean(result.losses, last=5), tail_mean(result.kd_losses, last=5)
-        metrics = DistillReply(len(train), loss, result.seconds, kd)
+        loss = privacy.public(tail_mean(result.losses, last=5))
+        kd = privacy.public(tail_mean(result.kd_losses, last=5))
+        metrics = DistillReply(len(train), loss, result.seconds, privacy.epsilon, kd)
         return reply(cfg, metrics, {DECODER: state_to_record(student.state_dict())})
 
     def _student(self, state: TaskState) -> Decoder:

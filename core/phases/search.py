@@ -26,6 +26,7 @@ from core.phases.spec import (
     TRAIN,
     PhaseSettings,
     PhaseSpec,
+    RoundPrivacy,
     ServerSteps,
     SiteResources,
     TaskState,
@@ -102,11 +103,21 @@ class Search(PhaseSpec[SearchSettings, SearchReply]):
             supernet.beta.copy_(values["beta"])
         budget = budget_parameters(cfg.encoder.widths, len(cfg.structures), settings.size_budget)
         local = LocalSearch(cfg.train_settings(settings.steps), budget)
-        result = search_phase(encoder, supernet, dataset.labels, train, cfg.preprocessing, local)
+        privacy = RoundPrivacy(site, cfg)
+        result = search_phase(
+            encoder,
+            supernet,
+            dataset.labels,
+            train,
+            cfg.preprocessing,
+            local,
+            privacy.settings,
+            privacy.account,
+        )
         site.save_local(f"supernet-{cfg.task}", supernet)
         expected = result.expected_parameters[-1] if result.expected_parameters else 0.0
-        loss = tail_mean(result.weight_losses, last=5)
-        metrics = SearchReply(len(train), loss, result.seconds, expected)
+        loss = privacy.public(tail_mean(result.weight_losses, last=5))
+        metrics = SearchReply(len(train), loss, result.seconds, privacy.epsilon, expected)
         return reply(cfg, metrics, {ARCH: state_to_record(arch_state(supernet), fp16=False)})
 
     def execute(self, steps: ServerSteps, state: TaskState) -> tuple[TaskState, dict[str, Any]]:

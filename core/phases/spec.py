@@ -21,6 +21,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from core.data import Case, TaskDataset, split_cases, validation_count
+from core.local.private import Account, Mechanism, Privacy, PrivacyLedger
 from core.merge import Calibration
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.payload import record_to_state
@@ -117,6 +118,10 @@ class SiteResources(Protocol):
 
     def load_local(self, name: str, module: torch.nn.Module) -> bool:
         """Restore weights kept by :meth:`save_local`."""
+
+    @property
+    def privacy_ledger(self) -> PrivacyLedger:
+        """What the site has spent on private tasks (kept in its private cache)."""
 
 
 class ServerSteps(Protocol):
@@ -265,6 +270,38 @@ def reply(
             CONFIG: ConfigRecord({ENCODER_SHA: cfg.encoder_sha256}),
         }
     )
+
+
+class RoundPrivacy:
+    """A round's differential privacy at a site: the task's settings and the site's count.
+
+    Args:
+        site: the site, whose ledger counts what the round spends.
+        cfg: the round, whose ``privacy`` says whether the task is private.
+    """
+
+    def __init__(self, site: SiteResources, cfg: RoundConfig) -> None:
+        self.site, self.cfg = site, cfg
+        self.epsilon = 0.0
+
+    @property
+    def settings(self) -> Privacy | None:
+        """The task's DP-SGD settings, or ``None`` for a task without DP."""
+        return self.cfg.privacy if self.cfg.privacy.on else None
+
+    @property
+    def account(self) -> Account | None:
+        """What a private local run tells what it will spend (``None`` without DP)."""
+        return self._spend if self.settings is not None else None
+
+    def _spend(self, runs: Sequence[Mechanism], cases: int) -> None:
+        what = f"{self.cfg.phase} {self.cfg.round}/{self.cfg.rounds}"
+        ledger = self.site.privacy_ledger
+        self.epsilon = ledger.spend(self.cfg.task, what, self.cfg.privacy, cases, runs)
+
+    def public(self, value: float) -> float:
+        """``value`` (a loss) as it may leave the site: 0 under DP, where it is not private."""
+        return 0.0 if self.settings is not None else value
 
 
 def tail_mean(values: Sequence[float], share: float = 0.25, last: int | None = None) -> float:

@@ -15,13 +15,13 @@ from typing import Any, ClassVar
 import torch
 from flwr.app import RecordDict
 
-from core.local.private import Privacy, check_round, sample_rate
 from core.local.training import train_phase
 from core.payload import state_to_record
 from core.phases.spec import (
     TRAIN,
     PhaseSettings,
     PhaseSpec,
+    RoundPrivacy,
     ServerSteps,
     SiteResources,
     TaskState,
@@ -30,7 +30,7 @@ from core.phases.spec import (
     tail_mean,
     training_cases,
 )
-from core.protocol import DECODER, ENCODER, PRIVACY, RoundConfig, SiteReply
+from core.protocol import DECODER, ENCODER, RoundConfig, SiteReply
 from core.records import setting
 
 
@@ -41,47 +41,13 @@ class TrainingSettings(PhaseSettings):
     rounds: int = setting(3, lo=1, hi=1000, doc="FedAvg rounds")
     steps: int = setting(50, lo=1, hi=100_000, key="local_steps", doc="local steps per round")
     proximal_mu: float = setting(0.0, lo=0.0, hi=10.0, doc="FedProx: pull to the round's model")
-    dp_noise_multiplier: float = setting(
-        0.0,
-        lo=0.0,
-        hi=100.0,
-        doc="DP-SGD, one patient as the unit: the noise over the clipping norm (0: off)",
-    )
-    dp_max_grad_norm: float = setting(
-        1.0, lo=1e-6, hi=1e6, doc="DP-SGD: each patient's gradient is clipped to this norm"
-    )
-    dp_delta: float = setting(
-        1e-5, lo=1e-12, hi=0.1, doc="DP-SGD: the delta of the guarantee; below 1 / cases"
-    )
-    dp_epsilon: float = setting(
-        0.0,
-        lo=0.0,
-        hi=1000.0,
-        doc="DP-SGD: a site refuses a round that would take it past this epsilon (0: none)",
-    )
-
-    @property
-    def privacy(self) -> Privacy | None:
-        """The DP-SGD settings, or ``None`` without noise."""
-        if not self.dp_noise_multiplier:
-            return None
-        return Privacy(
-            self.dp_noise_multiplier, self.dp_max_grad_norm, self.dp_delta, self.dp_epsilon
-        )
 
 
-@dataclass(frozen=True)
-class TrainingReply(SiteReply):
-    """A training round's reply; under DP the site's spent epsilon, and no loss."""
-
-    epsilon: float = setting(0.0, lo=0.0, hi=1e9, doc="privacy spent so far (0: no DP)")
-
-
-class Training(PhaseSpec[TrainingSettings, TrainingReply]):
+class Training(PhaseSpec[TrainingSettings, SiteReply]):
     """Local training rounds averaged by FedAvg; ``base`` also trains the encoder."""
 
     settings_type = TrainingSettings
-    reply_type = TrainingReply
+    reply_type = SiteReply
     server_optimized = True
     with_encoder: ClassVar[bool]
 
@@ -90,14 +56,11 @@ class Training(PhaseSpec[TrainingSettings, TrainingReply]):
     ) -> RecordDict:
         """Train one round on the site's training split; reply the weights.
 
-        Under DP the site first checks the round against its budget (raises, and trains
-        nothing, past it), and replies its spent epsilon instead of its loss.
+        Under DP the site first counts the round in its ledger (raises, and trains nothing,
+        past its budget), and replies its spent epsilon instead of its loss.
         """
         dataset, train = training_cases(site, cfg)
-        privacy, epsilon = settings.privacy, 0.0
-        if privacy is not None:
-            rate = sample_rate(cfg.batch_size, len(train))
-            epsilon = check_round(privacy, len(train), rate, cfg.round * settings.steps)
+        privacy = RoundPrivacy(site, cfg)
         model = load_model(site, cfg, content, trainable_encoder=self.with_encoder)
         result = train_phase(
             model,
@@ -110,20 +73,20 @@ class Training(PhaseSpec[TrainingSettings, TrainingReply]):
             train_encoder=self.with_encoder,
             proximal_mu=settings.proximal_mu,
             partial=cfg.partial_labels,
-            privacy=privacy,
+            privacy=privacy.settings,
+            account=privacy.account,
         )
         arrays = {DECODER: state_to_record(model.decoder(cfg.task).state_dict())}
         if self.with_encoder:
             arrays[ENCODER] = state_to_record(model.encoder.state_dict())
-        loss = 0.0 if privacy else tail_mean(result.losses)  # a loss is not private
-        metrics = TrainingReply(len(train), loss, result.seconds, epsilon)
+        loss = privacy.public(tail_mean(result.losses))
+        metrics = SiteReply(len(train), loss, result.seconds, privacy.epsilon)
         return reply(cfg, metrics, arrays)
 
     def execute(self, steps: ServerSteps, state: TaskState) -> tuple[TaskState, dict[str, Any]]:
         """Run the rounds; keep the averaged decoder (and encoder, in ``base``)."""
         settings = steps.settings(self)
         losses: list[float | None] = []
-        epsilon: dict[str, float] = {}
         for rnd in range(1, settings.rounds + 1):
             templates = {DECODER: state.decoder.state_dict()}  # what this round sends
             if self.with_encoder:
@@ -136,11 +99,8 @@ class Training(PhaseSpec[TrainingSettings, TrainingReply]):
                 encoder.load_state_dict(result.states[ENCODER])
                 state = replace(state, encoder=encoder)
             losses.append(result.loss)
-            epsilon |= {site: r.epsilon for site, r in result.replies.items() if r.epsilon}
         decoder = {f"{DECODER}.{k}": v for k, v in state.decoder.state_dict().items()}
         summary: dict[str, Any] = {"losses": losses}
-        if settings.privacy is not None:
-            summary[PRIVACY] = {"delta": settings.dp_delta, "epsilon": epsilon}
         steps.save_checkpoint(self.name, decoder, summary)
         if self.with_encoder:
             state = replace(state, encoder=steps.store_encoder(state.encoder))

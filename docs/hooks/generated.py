@@ -112,6 +112,7 @@ def _table(record: type) -> str:
 
 def plan_keys() -> str:
     """Markdown tables of every plan key, one per record, in the plan's own order."""
+    from core.local.private import Privacy
     from core.phases import PHASES
     from core.protocol import Optimiser
     from server.plan import AggregationSettings, ModelSection, TaskSection, TrainingSection
@@ -127,6 +128,7 @@ def plan_keys() -> str:
         f"### The task\n\n{_table(TaskSection)}",
         f"### Optimiser\n\n{doc(Optimiser)}\n\n{_table(Optimiser)}",
         f"### Aggregation\n\n{doc(AggregationSettings)}\n\n{_table(AggregationSettings)}",
+        f"### Privacy\n\n{doc(Privacy)}\n\n{_table(Privacy)}",
     ]
     seen: set[type] = set()
     for phase in PHASES.values():

@@ -1,11 +1,11 @@
 """``csfl privacy-curve``: what per-patient differential privacy costs in Dice and buys.
 
 The scenario is simulated once without DP and once per target epsilon, with the same
-plan but for each task's training phase (``base``/``teacher``), which runs DP-SGD with
-the noise multiplier that spends the target over the phase's steps at the task's site
-with the highest sampling rate (the fewest training cases): Opacus's
-``get_noise_multiplier`` with its RDP accountant, the accountant the sites report with.
-Every other site of the task spends less. The clipping norm and delta are the plan's.
+plan but for each task's privacy: DP-SGD in every phase that reads its patients, with the
+noise multiplier that spends the target over all of them at the task's site with the
+highest sampling rates (the fewest training cases), composed by Opacus's RDP accountant,
+the accountant the sites count with. Every other site of the task spends less. The
+clipping norm and delta are the plan's.
 
 Each finished run is scored (mean Dice per task of its own decoder and of the merged
 model, :func:`core.scores.task_mean`) and attacked by membership inference
@@ -25,10 +25,11 @@ from typing import Any
 
 from core.data.dataset import validation_count
 from core.io import atomic_write_json
-from core.local.private import sample_rate
-from core.phases import TEACHER
+from core.local.private import sample_rate, spent_epsilon
+from core.local.search import LocalSearchSettings
+from core.phases import CALIBRATE, DISTILL, SEARCH, TEACHER
 from core.scores import task_mean
-from server.plan import Plan, parse_plan
+from server.plan import Plan, TaskPlan, parse_plan
 from simulations.benchmarks.membership import privacy_audit, spent
 from simulations.run import link_sites, simulate, write_sites_once
 from simulations.scenario import Scenario
@@ -41,40 +42,70 @@ def setting_name(epsilon: float | None) -> str:
     return NO_DP if epsilon is None else f"epsilon_{epsilon:g}"
 
 
-def noise_multiplier(epsilon: float, delta: float, rate: float, steps: int) -> float:
-    """The DP-SGD noise that spends ``epsilon`` at ``delta`` in ``steps`` at sampling ``rate``."""
-    from opacus.accountants.utils import get_noise_multiplier
+def planned_runs(plan: Plan, task: TaskPlan, cases: int) -> list[tuple[float, int]]:
+    """Every DP-SGD run (sampling rate, steps) a private ``task`` makes at a site of ``cases``.
 
-    return float(
-        get_noise_multiplier(
-            target_epsilon=epsilon,
-            target_delta=delta,
-            sample_rate=rate,
-            steps=steps,
-            accountant="rdp",
-        )
-    )
+    As the phases count them in the site's ledger: the training rounds, and with trimming
+    the search (its weights on one half of the cases, its architecture, after the warm-up,
+    on the other) and distillation, and with calibration its rounds.
+    """
+    batch = plan.training.batch_size
+    training = task.of(TEACHER)
+    runs = [(sample_rate(batch, cases), training.rounds * training.steps)]
+    if task.section.trim:
+        search, distill = task.of(SEARCH), task.of(DISTILL)
+        arch = validation_count(cases, 0.5)
+        halves = (cases - arch, arch) if cases > 1 else (cases, cases)
+        local = LocalSearchSettings(plan.train_settings(task, search.steps), budget=1)
+        arch_steps = sum(map(local.steps_architecture, range(search.steps)))
+        runs += [
+            (sample_rate(batch, halves[0]), search.rounds * search.steps),
+            (sample_rate(batch, halves[1]), search.rounds * arch_steps),
+            (sample_rate(batch, cases), distill.rounds * distill.steps),
+        ]
+    if task.section.calibrate:
+        calibrate = task.of(CALIBRATE)
+        runs.append((sample_rate(batch, cases), calibrate.rounds * calibrate.steps))
+    return runs
+
+
+def noise_multiplier(epsilon: float, delta: float, runs: Sequence[tuple[float, int]]) -> float:
+    """The smallest DP-SGD noise (to 0.1%) at which ``runs`` spend at most ``epsilon`` at ``delta``.
+
+    Opacus's RDP accountant composes the runs (:func:`core.local.private.spent_epsilon`);
+    the noise is found by bisection, as Opacus's ``get_noise_multiplier`` finds it for one.
+    """
+    low, high = 0.0, 1.0
+    while spent_epsilon([(high, q, n) for q, n in runs], delta) > epsilon:
+        low, high = high, 2 * high
+    while high - low > 1e-3 * high:
+        middle = (low + high) / 2
+        if spent_epsilon([(middle, q, n) for q, n in runs], delta) > epsilon:
+            low = middle
+        else:
+            high = middle
+    return high
 
 
 def private_plan(scenario: Scenario, epsilon: float) -> Plan:
-    """The scenario's plan with every task's training under DP-SGD spending ``epsilon``.
+    """The scenario's plan with every task under DP-SGD spending at most ``epsilon``.
+
+    The noise spends ``epsilon`` over all of a task's phases at its site with the fewest
+    training cases (the highest sampling rates); every other site spends less.
 
     Raises:
-        ValueError: if the plan refuses DP for a task (trimming or calibration on, FedProx):
-            the message names the key.
+        ValueError: if the plan refuses DP for a task (FedProx): the message names the key.
     """
     plan = scenario.plan
     for task in plan.tasks:
-        training = task.of(TEACHER)
-        cases = [
+        fewest = min(
             site.cases - validation_count(site.cases, plan.training.val_fraction)
             for site in scenario.sites_of(task.name)
-        ]
-        rate = max(sample_rate(plan.training.batch_size, n) for n in cases)
-        sigma = noise_multiplier(epsilon, training.dp_delta, rate, training.rounds * training.steps)
-        plan = plan.with_task(
-            task.with_phase(TEACHER, dp_noise_multiplier=sigma, dp_epsilon=epsilon)
         )
+        runs = planned_runs(plan, task, fewest)
+        sigma = noise_multiplier(epsilon, task.privacy.delta, runs)
+        private = dataclasses.replace(task.privacy, noise_multiplier=sigma, epsilon_budget=epsilon)
+        plan = plan.with_task(dataclasses.replace(task, privacy=private))
     return parse_plan(plan.document(), f"scenario {scenario.name} at epsilon {epsilon:g}")
 
 

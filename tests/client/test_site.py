@@ -114,3 +114,78 @@ def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
     assert set(TEACHER.at_site(site, cfg, train, content).array_records) == {DECODER}
     metrics = EVALUATE.at_site(site, cfg, NoSettings(), content)[METRICS]
     assert metrics["examples"] == 1 and any(k.startswith("dice-sum/") for k in metrics)
+
+
+@pytest.mark.slow  # a step or two of each phase of the tiny network under DP-SGD
+def test_a_private_task_trains_every_phase_privately_and_the_site_counts_it(tiny_sites):
+    from dataclasses import replace
+
+    from core.local.private import Privacy, spent_epsilon
+    from core.model.supernet import SuperNet
+    from core.phases import CALIBRATE, DISTILL, SEARCH
+    from core.phases.calibrate import CalibrateSettings
+    from core.phases.distill import DistillSettings
+    from core.phases.search import SearchSettings, arch_state
+    from core.protocol import ARCH, DOMAIN
+    from core.protocol import TEACHER as TEACHER_RECORD
+
+    dataset = tiny_sites["hospA"].dataset
+    site = Site("hospA", dataset.root.parent, dataset.root.parent / ".cache-private")
+    torch.manual_seed(0)
+    encoder = Encoder(TINY).freeze()
+    structures = dataset.labels.structures
+    teacher = Decoder(TINY.widths, Genotype.teacher(3), structures)
+    student = Genotype.from_json({"stages": [{"op": "p3d", "width": 0.5}] * 3})
+    privacy = Privacy(noise_multiplier=1.0, max_grad_norm=1.0, delta=0.01)
+    cfg = RoundConfig(
+        task="abdomen",
+        phase="teacher",
+        structures=structures,
+        genotype=teacher.genotype,
+        encoder=TINY,
+        encoder_sha256=encoder.weights_sha256(),
+        preprocessing=native_prep(dataset),
+        patch=PATCH,
+        val_fraction=0.34,
+        privacy=privacy,
+    )
+    weights = {
+        ENCODER: state_to_record(encoder.state_dict(), fp16=False),
+        DECODER: state_to_record(teacher.state_dict()),
+    }
+    rounds = [
+        (TEACHER, cfg, TrainingSettings(rounds=1, steps=2), weights),
+        (SEARCH, replace(cfg, phase="search"), SearchSettings(steps=2),
+         {ARCH: state_to_record(arch_state(SuperNet(TINY.widths, structures)), fp16=False)}),
+        (DISTILL, replace(cfg, phase="distill", genotype=student), DistillSettings(steps=2),
+         {**weights, TEACHER_RECORD: weights[DECODER],
+          DECODER: state_to_record(Decoder(TINY.widths, student, structures).state_dict())}),
+        (CALIBRATE, replace(cfg, phase="calibrate"), CalibrateSettings(steps=2), weights),
+    ]  # fmt: skip
+    spent = []
+    for phase, round_cfg, settings, records in rounds:
+        content = RecordDict({CONFIG: round_cfg.to_record(), **records})
+        reply = phase.at_site(site, round_cfg, settings, content)
+        metrics = reply[METRICS]
+        assert metrics["loss"] == 0.0  # a loss is not private
+        spent.append(metrics["epsilon"])
+        if phase is DISTILL:  # the student learnt
+            sent = records[DECODER]
+            assert any((v.numpy() != sent[k].numpy()).any() for k, v in reply[DECODER].items())
+        if phase is CALIBRATE:  # the domain is not private: none is sent
+            assert not any(a.numpy().any() for a in reply[DOMAIN].values())
+    assert 0 < spent[0] < spent[1] < spent[2] < spent[3]  # the phases compose
+    ledger = site.privacy_ledger
+    assert spent[-1] == pytest.approx(spent_epsilon(ledger.history("abdomen"), 0.01))
+    # 2 training patients, batch 2: every step samples each with rate 1; the search
+    # trains its weights on one patient and, after its warm-up, its architecture on the other
+    teacher_steps, search_weights, search_arch, distill, calibrate = ledger.history("abdomen")
+    assert teacher_steps == distill == calibrate == search_weights == (1.0, 1.0, 2)
+    assert search_arch == (1.0, 1.0, 1)
+    # the server cannot reset the count: the same round again spends again, and a budget
+    # the next round would pass is refused before it trains
+    again = TEACHER.at_site(site, cfg, TrainingSettings(rounds=1, steps=2), content)
+    assert again[METRICS]["epsilon"] > spent[-1]
+    capped = replace(cfg, privacy=replace(privacy, epsilon_budget=again[METRICS]["epsilon"]))
+    with pytest.raises(ValueError, match="privacy budget"):
+        TEACHER.at_site(site, capped, TrainingSettings(rounds=1, steps=2), content)

@@ -1,7 +1,7 @@
 import pytest
 
-from core.phases import CALIBRATE, TEACHER
-from server.plan import PlanError, load_plan
+from core.phases import CALIBRATE
+from server.plan import PlanError, load_plan, parse_plan
 
 GOOD = """
 [model]
@@ -124,17 +124,15 @@ def test_loops_outside_the_federation_train_as_the_plan_says(tmp_path):
     assert plan.train_settings().batch_size == 3  # the first task's optimiser, same batch
 
 
-def test_a_private_task_trains_its_teacher_alone_and_without_fedprox(tmp_path):
+def test_a_private_task_is_private_in_every_phase_and_without_fedprox(tmp_path):
     path = tmp_path / "plan.toml"
     private = GOOD.replace("calibrate_rounds = 2", "dp_noise_multiplier = 1.1\ndp_epsilon = 8")
-    path.write_text(private)
-    with pytest.raises(PlanError, match="set trim = false and calibrate = false"):
-        load_plan(path)
-    alone = private.replace("dp_epsilon = 8", "dp_epsilon = 8\ntrim = false\ncalibrate = false")
-    path.write_text(alone)
-    training = load_plan(path).tasks[0].of(TEACHER)
-    assert training.privacy is not None and training.privacy.epsilon_budget == 8.0
-    assert load_plan(path).tasks[1].of(TEACHER).privacy is None  # DP is per task, off by default
-    path.write_text(alone.replace("trim = false", "trim = false\nproximal_mu = 0.01"))
+    path.write_text(private)  # trimming and calibration run under DP-SGD too
+    plan = load_plan(path)
+    first = plan.tasks[0]
+    assert first.privacy.on and first.privacy.epsilon_budget == 8.0 and first.section.trim
+    assert not plan.tasks[1].privacy.on  # DP is per task, off by default
+    assert parse_plan(plan.document(), "again").tasks[0].privacy == first.privacy
+    path.write_text(private.replace("dp_epsilon = 8", "dp_epsilon = 8\nproximal_mu = 0.01"))
     with pytest.raises(PlanError, match="proximal_mu"):
         load_plan(path)

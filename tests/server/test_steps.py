@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -18,7 +19,6 @@ from core.phases.distill import DistillReply
 from core.phases.evaluate import EvaluateReply
 from core.phases.search import SearchReply
 from core.phases.spec import TaskState
-from core.phases.training import TrainingReply
 from core.protocol import (
     ARCH,
     CONFIG,
@@ -271,11 +271,13 @@ def test_search_then_distill_yield_a_student_within_the_budget(tmp_path):
         if kind == "train.search":
             arch = _shifted(content, ARCH, 0.0)
             arch["alpha"].numpy()[..., 0] += 3.0  # every site prefers the first operation
-            return _answer(content, SearchReply(TRAIN[site], 0.3, 0.0, 1e5), **{ARCH: arch})
+            return _answer(
+                content, SearchReply(TRAIN[site], 0.3, 0.0, expected_parameters=1e5), **{ARCH: arch}
+            )
         assert TEACHER_RECORD in content  # the teacher travels with the student
         return _answer(
             content,
-            DistillReply(TRAIN[site], 0.2, 0.0, 0.1),
+            DistillReply(TRAIN[site], 0.2, 0.0, kd_loss=0.1),
             **{DECODER: _shifted(content, DECODER, 0)},
         )
 
@@ -307,7 +309,11 @@ def test_calibration_joins_the_sites_domains_row_by_row_and_refuses_broken_ones(
             THRESHOLDS: torch.tensor(thresholds[site])[:, None].expand(3, 2).clone(),
         }
         arrays = {HEADS: state_to_record(heads), DOMAIN: state_to_record(domain, fp16=False)}
-        return _answer(content, CalibrateReply(TRAIN[site], 0.1, 0.0, 0.1, 0.1), **arrays)
+        return _answer(
+            content,
+            CalibrateReply(TRAIN[site], 0.1, 0.0, confidence_loss=0.1, anomaly_loss=0.1),
+            **arrays,
+        )
 
     run, state, _ = _run(tmp_path, respond, sites=("A", "B", "C"))
     before = _frozen_state(run, state)
@@ -460,7 +466,7 @@ def test_a_private_task_keeps_each_site_s_spent_epsilon_in_its_provenance(tmp_pa
 
     def respond(site, kind, content):
         assert kind == "train.teacher"
-        reply = TrainingReply(TRAIN[site], 0.0, 1.0, spent[site])  # under DP: no loss
+        reply = SiteReply(TRAIN[site], 0.0, 1.0, spent[site])  # under DP: no loss
         return _answer(content, reply, **{DECODER: _shifted(content, DECODER, 0)})
 
     dp = {"trim": False, "calibrate": False, "dp_noise_multiplier": 1.0, "dp_delta": 1e-4}
@@ -468,6 +474,8 @@ def test_a_private_task_keeps_each_site_s_spent_epsilon_in_its_provenance(tmp_pa
     # the validation patients' scores would leave the sites without noise: not evaluated
     steps = [s.name for s in lifecycle(run.task, first_task=False)]
     assert steps == ["teacher", "register"]
+    trimmed = replace(run.task, section=replace(run.task.section, trim=True))
+    assert "evaluate" not in [s.name for s in lifecycle(trimmed, first_task=False)]
     run.run(Registration(steps[:-1]), run.run(TEACHER, _frozen_state(run, state)))
     version = run.catalog.tasks()[0]["versions"][0]
     assert version["provenance"][PRIVACY] == {"delta": 1e-4, "epsilon": spent}

@@ -6,7 +6,7 @@ from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 from core.data.transforms import Augmentation
 from core.local.private import (
     Privacy,
-    check_round,
+    PrivacyLedger,
     per_case_gradients,
     private_gradient,
     spent_epsilon,
@@ -20,9 +20,15 @@ def test_the_epsilon_is_the_accountant_s_own():
     orders = RDPAccountant.DEFAULT_ALPHAS
     rdp = compute_rdp(q=0.1, noise_multiplier=1.1, steps=300, orders=orders)
     expected, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
-    assert spent_epsilon(1.1, 0.1, 300, 1e-5) == pytest.approx(expected)
-    assert spent_epsilon(1.1, 0.1, 600, 1e-5) > spent_epsilon(1.1, 0.1, 300, 1e-5)
-    assert spent_epsilon(1.1, 0.1, 0, 1e-5) == 0.0
+    assert spent_epsilon([(1.1, 0.1, 300)], 1e-5) == pytest.approx(expected)
+    assert spent_epsilon([(1.1, 0.1, 150)] * 2, 1e-5) == pytest.approx(expected)
+    assert spent_epsilon([(1.1, 0.1, 0)], 1e-5) == 0.0
+    # phases of other noise and rates compose: their Renyi divergences add up
+    rdp += compute_rdp(q=0.25, noise_multiplier=2.0, steps=40, orders=orders)
+    composed, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=1e-5)
+    history = [(1.1, 0.1, 300), (2.0, 0.25, 40)]
+    assert spent_epsilon(history, 1e-5) == pytest.approx(composed)
+    assert composed > expected
 
 
 def test_a_patient_with_a_huge_gradient_moves_the_weights_no_more_than_the_clip():
@@ -33,7 +39,7 @@ def test_a_patient_with_a_huge_gradient_moves_the_weights_no_more_than_the_clip(
     def loss_of(x, _):  # reads the weight through its module, as a network's forward does
         return (holder.weight * x).sum()
 
-    per_case, seen = per_case_gradients(holder, [weight], loss_of, cases, cases)
+    per_case, seen = per_case_gradients(holder, [weight], loss_of, (cases, cases))
     assert torch.equal(per_case[0], cases) and seen.tolist() == [0.0, 0.0]
     clip = Privacy(noise_multiplier=0.0, max_grad_norm=0.5, delta=1e-5)
     (grad,) = private_gradient([weight], per_case, clip, expected_cases=2.0)
@@ -62,7 +68,7 @@ def test_the_batched_per_case_gradients_are_each_case_s_own():
         return lambda x, y: loss_fn(decoder.organ_logits(model.encoder(x)), y)
 
     per_case, seen = per_case_gradients(  # two cases at a time: the third alone
-        model, params, loss_with(SegmentationLoss(per_case=True)), images, labels, chunk=2
+        model, params, loss_with(SegmentationLoss(per_case=True)), (images, labels), chunk=2
     )
     plain = loss_with(SegmentationLoss())  # MONAI's one_hot: the loss the batches train on
     for i in range(3):
@@ -74,14 +80,22 @@ def test_the_batched_per_case_gradients_are_each_case_s_own():
             assert torch.allclose(batched[i], expected, atol=1e-12, rtol=1e-9)
 
 
-def test_a_site_refuses_a_round_past_its_budget_or_with_a_delta_too_large():
+def test_a_site_counts_every_round_itself_and_refuses_one_past_its_budget(tmp_path):
+    ledger = PrivacyLedger(tmp_path / "ledger.json")
     privacy = Privacy(noise_multiplier=1.0, max_grad_norm=1.0, delta=1e-3, epsilon_budget=3.0)
-    first = check_round(privacy, cases=100, rate=0.02, steps_after=50)
-    assert 0 < first <= 3.0
+    first = ledger.spend("abdomen", "teacher 1/2", privacy, 100, [(1.0, 0.02, 50)])
+    again = ledger.spend("abdomen", "teacher 1/2", privacy, 100, [(1.0, 0.02, 50)])  # replayed
+    assert 0 < first < again <= 3.0
+    assert again == pytest.approx(spent_epsilon([(1.0, 0.02, 100)], 1e-3))
+    assert ledger.spend("chest", "teacher 1/1", privacy, 100, [(1.0, 0.02, 50)]) == first
     with pytest.raises(ValueError, match="over the task's dp_epsilon 3"):
-        check_round(privacy, cases=100, rate=0.02, steps_after=50_000)
+        ledger.spend("abdomen", "distill 1/1", privacy, 100, [(1.0, 0.02, 50_000)])
+    assert ledger.history("abdomen") == [(1.0, 0.02, 50)] * 2  # a refused round counts nothing
     with pytest.raises(ValueError, match=r"dp_delta 0\.001: expected below 1 / 1000 cases"):
-        check_round(privacy, cases=1000, rate=0.002, steps_after=50)
+        ledger.spend("abdomen", "teacher 2/2", privacy, 1000, [(1.0, 0.002, 50)])
+    (tmp_path / "ledger.json").write_text("{not json")  # a ledger lost is not a fresh start
+    with pytest.raises(ValueError, match=r"privacy ledger .*ledger\.json: unreadable"):
+        ledger.spend("abdomen", "teacher 2/2", privacy, 100, [(1.0, 0.02, 50)])
 
 
 @pytest.mark.slow  # trains the tiny network three steps under DP-SGD

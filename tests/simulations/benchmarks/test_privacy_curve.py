@@ -1,9 +1,9 @@
 import pytest
 
-from core.local.private import sample_rate, spent_epsilon
-from core.phases import TEACHER
+from core.local.private import spent_epsilon
 from simulations.benchmarks.privacy_curve import (
     format_curve,
+    planned_runs,
     privacy_curve,
     private_plan,
     setting_name,
@@ -11,26 +11,33 @@ from simulations.benchmarks.privacy_curve import (
 from simulations.scenario import load_scenario, with_federation
 
 
-def test_each_task_s_noise_spends_the_target_at_its_smallest_site():
+def test_each_task_s_noise_spends_the_target_over_its_phases_at_its_smallest_site():
     scenario = load_scenario("privacy")
-    plan = private_plan(scenario, 3.0)
-    for task in plan.tasks:
-        training = task.of(TEACHER)
-        smallest = min(s.cases for s in scenario.sites_of(task.name))
-        kept = smallest - round(smallest * plan.training.val_fraction)
-        rate = sample_rate(plan.training.batch_size, kept)
-        steps = training.rounds * training.steps
-        spent = spent_epsilon(training.dp_noise_multiplier, rate, steps, training.dp_delta)
-        assert 2.9 <= spent <= 3.0  # Opacus's search stops within 1% below the target
-        assert training.dp_epsilon == 3.0  # and the site refuses to go past it
-    # the small site samples a larger share of its patients, so it needs more noise
-    noise = {t.name: t.of(TEACHER).dp_noise_multiplier for t in plan.tasks}
+    trimmed = with_federation(scenario, {"trim": True, "calibrate": True})
+    for plain, private in [
+        (scenario.plan, private_plan(scenario, 3.0)),
+        (trimmed.plan, private_plan(trimmed, 3.0)),
+    ]:
+        for task in private.tasks:
+            smallest = min(s.cases for s in scenario.sites_of(task.name))
+            kept = smallest - round(smallest * private.training.val_fraction)
+            runs = planned_runs(private, task, kept)
+            assert len(runs) == (5 if task.section.trim else 1)
+            sigma = task.privacy.noise_multiplier
+            spent = spent_epsilon([(sigma, q, n) for q, n in runs], task.privacy.delta)
+            assert 2.95 <= spent <= 3.0  # the bisection stops within 0.1% of the noise
+            assert task.privacy.epsilon_budget == 3.0  # and the site refuses to go past it
+            assert not plain.task(task.name).privacy.on
+    # the small site samples a larger share of its patients, so it needs more noise; and a
+    # task that also searches, distils and calibrates spends its epsilon over more steps
+    noise = {t.name: t.privacy.noise_multiplier for t in private_plan(scenario, 3.0).tasks}
     assert noise["pelvis"] > 3 * noise["abdomen"]
+    assert private_plan(trimmed, 3.0).task("abdomen").privacy.noise_multiplier > noise["abdomen"]
 
 
-def test_a_plan_that_trims_a_private_task_is_refused_before_any_run(tmp_path):
-    scenario = with_federation(load_scenario("privacy"), {"trim": True})
-    with pytest.raises(ValueError, match="trim = false"):
+def test_a_plan_that_a_private_task_refuses_is_refused_before_any_run(tmp_path):
+    scenario = with_federation(load_scenario("privacy"), {"proximal_mu": 0.01})
+    with pytest.raises(ValueError, match="proximal_mu"):
         privacy_curve(scenario, [8.0], tmp_path / "curve")
     assert not (tmp_path / "curve").exists()
 
