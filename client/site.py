@@ -6,7 +6,9 @@ with the first method that needs them (see ``core.describe``).
 In deployment a SuperNode names its site and data in its node config
 (``--node-config "site='hospA' data-dir='/data/hospA'"``, optionally ``cache-dir``). In
 simulation a node only knows its ``partition-id``; the run config maps partitions to
-sites (``sim-sites = "hospA,hospB"``) under ``sim-data-root``.
+sites (``sim-sites = "hospA,hospB"``) under ``sim-data-root``, and their caches under
+``sim-cache-root``. A site's cache holds the frozen encoder, the search's supernet weights
+and its privacy ledger; nothing in it leaves the site.
 """
 
 from __future__ import annotations
@@ -56,13 +58,17 @@ class Site:
         if "data-dir" in node:
             data_dir = Path(str(node["data-dir"]))
             name = str(node.get("site", data_dir.name))
+            cache = Path(str(node.get("cache-dir", data_dir / ".csfl-cache")))
         elif "partition-id" in node and "sim-sites" in run:
             sites = [s for s in str(run["sim-sites"]).split(",") if s]
             name = sites[int(node["partition-id"])]
             data_dir = Path(str(run["sim-data-root"])) / name
+            # a simulation's phantoms may serve several runs (a benchmark's methods, a
+            # privacy curve's settings); each run's sites keep their own cache and ledger
+            root = run.get("sim-cache-root")
+            cache = Path(str(root)) / name if root else data_dir / ".csfl-cache"
         else:
             raise SiteError("node config needs data-dir (and site) to find this site's data")
-        cache = Path(str(node.get("cache-dir", data_dir / ".csfl-cache")))
         return cls(name, data_dir, cache)
 
     @cached_property

@@ -158,6 +158,7 @@ def simulate(
                 "catalog": str(catalog_dir),
                 "sim-sites": ",".join(sites),
                 "sim-data-root": str(sites_dir),
+                "sim-cache-root": str(out / "site-caches"),
                 "threads": share,
                 "wire-log": str(out / WIRE_LOG),
             }

@@ -1,3 +1,5 @@
+from pathlib import Path
+
 import pytest
 import torch
 from flwr.app import Context, RecordDict
@@ -32,6 +34,10 @@ def test_site_from_node_config_and_from_simulation(tmp_path):
         )
     )
     assert sim.name == "hospB" and sim.data_dir == tmp_path / "hospB"
+    assert sim.cache_dir == tmp_path / "hospB" / ".csfl-cache"
+    run = {"sim-sites": "hospA,hospB", "sim-data-root": "/s", "sim-cache-root": "/run/caches"}
+    sim = Site.from_context(_context({"partition-id": 0, "num-partitions": 2}, run))
+    assert sim.cache_dir == Path("/run/caches/hospA")  # a run's own, not the phantoms'.
     with pytest.raises(SiteError, match="data-dir"):
         Site.from_context(_context())
 
