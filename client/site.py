@@ -14,6 +14,7 @@ and its privacy ledger; nothing in it leaves the site.
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -46,6 +47,8 @@ class Site:
     name: str
     data_dir: Path
     cache_dir: Path
+    max_epsilon: float = 0.0
+    """The site's own privacy limit (node config ``max-epsilon``; 0: none)."""
 
     @classmethod
     def from_context(cls, context: Context) -> Site:
@@ -69,7 +72,7 @@ class Site:
             cache = Path(str(root)) / name if root else data_dir / ".csfl-cache"
         else:
             raise SiteError("node config needs data-dir (and site) to find this site's data")
-        return cls(name, data_dir, cache)
+        return cls(name, data_dir, cache, _max_epsilon(node.get("max-epsilon", 0.0)))
 
     @cached_property
     def datasets(self) -> list[TaskDataset]:
@@ -154,7 +157,7 @@ class Site:
         """What this site has spent on private tasks, in its cache (it never leaves)."""
         from core.local.private import PrivacyLedger
 
-        return PrivacyLedger(self.cache_dir / "privacy-ledger.json")
+        return PrivacyLedger(self.cache_dir / "privacy-ledger.json", self.max_epsilon)
 
     def load_local(self, name: str, module: torch.nn.Module) -> bool:
         """Restore weights kept by :meth:`save_local`; False if none fit ``module``."""
@@ -179,3 +182,23 @@ class Site:
         n = int(context.run_config.get("threads", 0))
         if n > 0:
             torch.set_num_threads(n)
+
+
+MAX_EPSILON = 1000.0
+
+
+def _max_epsilon(value: object) -> float:
+    """Node config ``max-epsilon`` as a number in [0, :data:`MAX_EPSILON`].
+
+    Raises:
+        SiteError: naming the key and what it expects.
+    """
+    try:
+        number = float(str(value))
+    except ValueError:
+        number = math.nan
+    if not 0.0 <= number <= MAX_EPSILON:
+        raise SiteError(
+            f"node config max-epsilon {value!r}: expected a number in [0, {MAX_EPSILON:g}]"
+        )
+    return number

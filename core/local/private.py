@@ -118,10 +118,25 @@ class PrivacyLedger:
 
     Args:
         path: the ledger's JSON file (created on the first private round).
+        ceiling: the site's own limit (0: none): it trains no task without DP, and no
+            round that would take a task past this epsilon, whatever the plan says.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, ceiling: float = 0.0) -> None:
         self.path = path
+        self.ceiling = ceiling
+
+    def check_policy(self, task: str, privacy: Privacy) -> None:
+        """Refuse a task without DP at a site that insists on it.
+
+        Raises:
+            ValueError: naming the site's limit.
+        """
+        if self.ceiling and not privacy.on:
+            raise ValueError(
+                f"{task}: this site trains only under differential privacy (max-epsilon "
+                f"{self.ceiling:g}) and the task has none (dp_noise_multiplier 0)"
+            )
 
     def _read(self) -> dict[str, list[list[Any]]]:
         if not self.path.is_file():
@@ -163,7 +178,7 @@ class PrivacyLedger:
         Raises:
             ValueError: if ``delta`` is not below one over ``cases`` (the guarantee would
                 allow one patient's data to leak whole), or the round would take the site
-                past the task's budget (nothing is counted then).
+                past the task's budget or its own ceiling (nothing is counted then).
         """
         if privacy.delta >= 1.0 / max(cases, 1):
             raise ValueError(
@@ -172,11 +187,16 @@ class PrivacyLedger:
             )
         data = self._read()
         epsilon = spent_epsilon([*self.history(task), *runs], privacy.delta)
-        if privacy.epsilon_budget and epsilon > privacy.epsilon_budget:
-            raise ValueError(
-                f"privacy budget: this round would spend epsilon {epsilon:.2f} "
-                f"(delta {privacy.delta:g}), over the task's dp_epsilon {privacy.epsilon_budget:g}"
-            )
+        limits = [
+            (privacy.epsilon_budget, "the task's dp_epsilon"),
+            (self.ceiling, "the site's max-epsilon"),
+        ]
+        for limit, whose in limits:
+            if limit and epsilon > limit:
+                raise ValueError(
+                    f"privacy budget: this round would spend epsilon {epsilon:.2f} "
+                    f"(delta {privacy.delta:g}), over {whose} {limit:g}"
+                )
         data.setdefault(task, []).extend([what, s, q, n] for s, q, n in runs)
         atomic_write_json(self.path, data)
         return epsilon

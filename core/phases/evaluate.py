@@ -21,6 +21,7 @@ from core.payload import state_to_record
 from core.phases.spec import (
     NoSettings,
     PhaseSpec,
+    RoundPrivacy,
     ServerSteps,
     SiteResources,
     TaskState,
@@ -94,7 +95,14 @@ class Evaluate(PhaseSpec[NoSettings, EvaluateReply]):
     def at_site(
         self, site: SiteResources, cfg: RoundConfig, settings: NoSettings, content: RecordDict
     ) -> RecordDict:
-        """Dice and HD95 per structure on the site's validation split, as sums only."""
+        """Dice and HD95 per structure on the site's validation split, as sums only.
+
+        Raises:
+            ValueError: for a private task, or at a site that insists on DP: the sums
+                would leave without noise.
+        """
+        if RoundPrivacy(site, cfg).settings is not None:
+            raise ValueError(f"{cfg.task}: a private task's validation scores are not sent")
         dataset = site.dataset_for(cfg.structures, cfg.partial_labels)
         _, val = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
         model = load_model(site, cfg, content)

@@ -278,11 +278,15 @@ class RoundPrivacy:
     Args:
         site: the site, whose ledger counts what the round spends.
         cfg: the round, whose ``privacy`` says whether the task is private.
+
+    Raises:
+        ValueError: if the site insists on DP and the task has none.
     """
 
     def __init__(self, site: SiteResources, cfg: RoundConfig) -> None:
         self.site, self.cfg = site, cfg
         self.epsilon = 0.0
+        site.privacy_ledger.check_policy(cfg.task, cfg.privacy)
 
     @property
     def settings(self) -> Privacy | None:

@@ -38,6 +38,11 @@ def test_site_from_node_config_and_from_simulation(tmp_path):
     run = {"sim-sites": "hospA,hospB", "sim-data-root": "/s", "sim-cache-root": "/run/caches"}
     sim = Site.from_context(_context({"partition-id": 0, "num-partitions": 2}, run))
     assert sim.cache_dir == Path("/run/caches/hospA")  # a run's own, not the phantoms'.
+    assert sim.max_epsilon == 0.0  # no limit of its own
+    node = {"site": "hospA", "data-dir": str(tmp_path), "max-epsilon": "4"}
+    assert Site.from_context(_context(node)).privacy_ledger.ceiling == 4.0
+    with pytest.raises(SiteError, match=r"max-epsilon 'lots': expected a number in \[0, 1000\]"):
+        Site.from_context(_context({**node, "max-epsilon": "lots"}))
     with pytest.raises(SiteError, match="data-dir"):
         Site.from_context(_context())
 
@@ -195,3 +200,10 @@ def test_a_private_task_trains_every_phase_privately_and_the_site_counts_it(tiny
     capped = replace(cfg, privacy=replace(privacy, epsilon_budget=again[METRICS]["epsilon"]))
     with pytest.raises(ValueError, match="privacy budget"):
         TEACHER.at_site(site, capped, TrainingSettings(rounds=1, steps=2), content)
+    # a site that insists on DP trains and scores nothing of a task without it
+    strict = replace(site, max_epsilon=100.0)
+    plain = replace(cfg, privacy=Privacy())
+    with pytest.raises(ValueError, match="trains only under differential privacy"):
+        TEACHER.at_site(strict, plain, TrainingSettings(rounds=1, steps=2), content)
+    with pytest.raises(ValueError, match="validation scores are not sent"):
+        EVALUATE.at_site(site, replace(cfg, phase="evaluate"), NoSettings(), content)

@@ -93,6 +93,12 @@ def test_a_site_counts_every_round_itself_and_refuses_one_past_its_budget(tmp_pa
     assert ledger.history("abdomen") == [(1.0, 0.02, 50)] * 2  # a refused round counts nothing
     with pytest.raises(ValueError, match=r"dp_delta 0\.001: expected below 1 / 1000 cases"):
         ledger.spend("abdomen", "teacher 2/2", privacy, 1000, [(1.0, 0.002, 50)])
+    strict = PrivacyLedger(tmp_path / "ledger.json", ceiling=again)  # the site's own limit
+    with pytest.raises(ValueError, match="over the site's max-epsilon"):
+        strict.spend("abdomen", "distill 1/1", privacy, 100, [(1.0, 0.02, 50)])
+    with pytest.raises(ValueError, match="trains only under differential privacy"):
+        strict.check_policy("abdomen", Privacy())
+    strict.check_policy("abdomen", privacy)
     (tmp_path / "ledger.json").write_text("{not json")  # a ledger lost is not a fresh start
     with pytest.raises(ValueError, match=r"privacy ledger .*ledger\.json: unreadable"):
         ledger.spend("abdomen", "teacher 2/2", privacy, 100, [(1.0, 0.02, 50)])
