@@ -183,24 +183,29 @@ def privacy_curve(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where every run goes.")] = Path(
         "runs/privacy"
     ),
+    public: Annotated[
+        list[str] | None,
+        typer.Option(help="A task trained without DP in every setting (repeat it)."),
+    ] = None,
     json_out: JsonOut = None,
     cpus: Cpus = None,
     overrides: SetOption = None,
 ) -> None:
     """Train the scenario without DP and at each epsilon (default 8, 3, 1); Dice and leak.
 
-    Each setting is a whole ``csfl simulate`` run (OUT/no_dp, OUT/epsilon_<e>), its
-    training phases under DP-SGD with the noise that spends the target at each task's
-    smallest site; each run is scored and attacked by membership inference
-    (``csfl privacy-audit``). Resumable: a finished setting (OUT/<setting>.json) is kept.
+    Each setting is a whole ``csfl simulate`` run (OUT/no_dp, OUT/epsilon_<e>, with
+    ``--public`` OUT/epsilon_<e>_public_<tasks>), every phase of each private task under
+    DP-SGD with the noise that spends the target at the task's smallest site; each run is
+    scored and attacked by membership inference (``csfl privacy-audit``). Resumable: a
+    finished setting (OUT/<setting>.json) is kept.
     """
     from simulations.benchmarks.privacy_curve import format_curve
     from simulations.benchmarks.privacy_curve import privacy_curve as measure
     from simulations.scenario import load_scenario, parse_settings, with_federation
 
-    with user_errors():  # a plan that refuses DP (trimming or calibration on) fails here
+    with user_errors():  # a plan that refuses DP (FedProx), or an unknown task, fails here
         spec = with_federation(load_scenario(scenario), parse_settings(overrides or ()))
-        rows = measure(spec, epsilon or [8.0, 3.0, 1.0], out, typer.echo, cpus)
+        rows = measure(spec, epsilon or [8.0, 3.0, 1.0], out, typer.echo, cpus, public or ())
     show(format_curve(rows), rows, json_out)
 
 

@@ -37,9 +37,11 @@ from simulations.scenario import Scenario
 NO_DP = "no_dp"
 
 
-def setting_name(epsilon: float | None) -> str:
-    """A setting's folder: ``no_dp`` or ``epsilon_<e>``."""
-    return NO_DP if epsilon is None else f"epsilon_{epsilon:g}"
+def setting_name(epsilon: float | None, public: Sequence[str] = ()) -> str:
+    """A setting's folder: ``no_dp``, ``epsilon_<e>`` or ``epsilon_<e>_public_<tasks>``."""
+    if epsilon is None:
+        return NO_DP
+    return f"epsilon_{epsilon:g}" + (f"_public_{'_'.join(public)}" if public else "")
 
 
 def planned_runs(plan: Plan, task: TaskPlan, cases: int) -> list[tuple[float, int]]:
@@ -87,17 +89,23 @@ def noise_multiplier(epsilon: float, delta: float, runs: Sequence[tuple[float, i
     return high
 
 
-def private_plan(scenario: Scenario, epsilon: float) -> Plan:
-    """The scenario's plan with every task under DP-SGD spending at most ``epsilon``.
+def private_plan(scenario: Scenario, epsilon: float, public: Sequence[str] = ()) -> Plan:
+    """The scenario's plan with every task but ``public`` under DP-SGD spending ``epsilon``.
 
     The noise spends ``epsilon`` over all of a task's phases at its site with the fewest
     training cases (the highest sampling rates); every other site spends less.
 
     Raises:
-        ValueError: if the plan refuses DP for a task (FedProx): the message names the key.
+        ValueError: if the plan refuses DP for a task (FedProx): the message names the key;
+            or ``public`` names a task the scenario does not have.
     """
     plan = scenario.plan
+    unknown = sorted(set(public) - {t.name for t in plan.tasks})
+    if unknown:
+        raise ValueError(f"public tasks {unknown}: expected some of {[t.name for t in plan.tasks]}")
     for task in plan.tasks:
+        if task.name in public:
+            continue
         fewest = min(
             site.cases - validation_count(site.cases, plan.training.val_fraction)
             for site in scenario.sites_of(task.name)
@@ -129,8 +137,12 @@ def privacy_curve(
     out: Path,
     say: Callable[[str], None] = print,
     cpus: int | None = None,
+    public: Sequence[str] = (),
 ) -> dict[str, dict[str, Any]]:
     """Simulate and audit the scenario without DP and at each epsilon; see the module doc.
+
+    ``public`` tasks train without DP in the private settings too (e.g. the first task,
+    whose encoder every later task shares).
 
     Returns:
         ``{setting: {"dice": {task: {"decoder", "merged"}}, "seconds", "audit"}}``.
@@ -139,7 +151,9 @@ def privacy_curve(
         ValueError: before any run, if the plan refuses DP for a task.
     """
     specs = {setting_name(None): scenario} | {
-        setting_name(e): dataclasses.replace(scenario, plan=private_plan(scenario, e))
+        setting_name(e, public): dataclasses.replace(
+            scenario, plan=private_plan(scenario, e, public)
+        )
         for e in sorted(epsilons, reverse=True)
     }
     rows: dict[str, dict[str, Any]] = {}

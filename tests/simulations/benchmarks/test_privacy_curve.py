@@ -61,3 +61,12 @@ def test_the_curve_table_has_a_row_per_setting_and_task():
     table = format_curve(rows).splitlines()
     assert table[2] == "| no_dp | t | no DP | 0.800 | - | 0.75 / 0.75 | 0.10 | 11 | 2.0 |"
     assert table[3].startswith("| epsilon_3 | t | 2.90 | 0.700 | 0.690 |")
+
+
+def test_a_public_task_trains_without_dp_in_the_private_settings():
+    scenario = load_scenario("privacy")
+    plan = private_plan(scenario, 8.0, public=("abdomen",))
+    assert [t.name for t in plan.tasks if t.privacy.on] == ["chest", "pelvis"]
+    assert setting_name(8.0, ("abdomen",)) == "epsilon_8_public_abdomen"
+    with pytest.raises(ValueError, match=r"public tasks \['liver'\]: expected some of"):
+        private_plan(scenario, 8.0, public=("liver",))
