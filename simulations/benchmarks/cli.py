@@ -6,6 +6,7 @@ once; :mod:`csfl` gathers these commands with every other role's.
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from pathlib import Path
@@ -375,6 +376,41 @@ def curve(
     typer.echo(f"plateau budget: {doc['plateau_steps']} steps")
 
 
+def gpu_check(
+    out: Annotated[Path, typer.Option("--out", "-o", help="The figures (JSON).")] = Path(
+        "gpu-check.json"
+    ),
+    device: Annotated[str, typer.Option(help="cuda, cuda:1; cpu for a dry run.")] = "cuda",
+    demo_steps: Annotated[
+        int | None, typer.Option(min=1, help="Train the demo's first stage this many steps.")
+    ] = None,
+    ct_shape: Annotated[tuple[int, int, int], typer.Option(help="Voxels of the CT.")] = (
+        512,
+        512,
+        1000,
+    ),
+) -> None:
+    """Time the demo's first stage, a wholebody143 step and prediction on a GPU.
+
+    What ``scripts/gpu-check.sh`` runs after the CUDA tests, when a GPU is lent. Each
+    figure has its wall time and peak GPU memory; its phantoms and bundle go to a
+    temporary folder.
+    """
+    import tempfile
+
+    import torch
+
+    from simulations.benchmarks.gpu_check import gpu_check as measure
+
+    with user_errors():
+        chosen = torch.device(device)
+        if chosen.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"--device {device}: no CUDA device here (torch {torch.__version__})")
+    with tempfile.TemporaryDirectory() as tmp:
+        figures = measure(Path(tmp), chosen, demo_steps, ct_shape)
+    show(json.dumps(figures, indent=2), figures, out)
+
+
 def add_commands(root: typer.Typer) -> None:
     """Add the benchmarks' commands to ``root``."""
     root.command()(profile)
@@ -385,3 +421,4 @@ def add_commands(root: typer.Typer) -> None:
     root.command("merge-matrix")(merge_matrix)
     root.command()(benchmark)
     root.command()(curve)
+    root.command("gpu-check")(gpu_check)

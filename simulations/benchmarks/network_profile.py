@@ -206,8 +206,8 @@ def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[s
     if bad:
         raise ValueError(f"approaches {bad}: expected some of {', '.join(APPROACHES)}")
     with tempfile.TemporaryDirectory() as tmp:
-        bundle, n_structures = _scale_bundle(settings.scenario, Path(tmp) / "bundle")
-        ct = _synthetic_ct(Path(tmp) / "ct.nii", settings.shape, settings.spacing_mm)
+        bundle, n_structures = scale_bundle(settings.scenario, Path(tmp) / "bundle")
+        ct = synthetic_ct(Path(tmp) / "ct.nii", settings.shape, settings.spacing_mm)
         figures: dict[str, Any] = {
             "setup": f"{settings.scenario}: {n_structures} structures; CT "
             f"{'x'.join(map(str, settings.shape))} at {settings.spacing_mm} mm",
@@ -219,7 +219,7 @@ def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[s
     return {"prediction": figures}
 
 
-def _scale_bundle(scenario: str, folder: Path) -> tuple[Path, int]:
+def scale_bundle(scenario: str, folder: Path) -> tuple[Path, int]:
     """A bundle of the scenario plan's network and tasks, random weights; its structures."""
     from simulations.scenario import load_scenario
 
@@ -234,7 +234,7 @@ def _scale_bundle(scenario: str, folder: Path) -> tuple[Path, int]:
     return folder, len({s for t in plan.tasks for s in t.structures})
 
 
-def _synthetic_ct(
+def synthetic_ct(
     path: Path, shape: tuple[int, int, int], spacing: tuple[float, float, float]
 ) -> Path:
     """An int16 CT: air around an elliptic body of soft tissue with lungs and a spine."""
