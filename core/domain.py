@@ -124,6 +124,24 @@ def nearest(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
     return torch.cdist(rows.double(), centroids.double()).min(dim=1).values
 
 
+def nearest_inside(rows: torch.Tensor, centroids: torch.Tensor) -> torch.Tensor:
+    """``(N,)``: as :func:`nearest`, over the slabs each row has (its empty ones left out).
+
+    A slab a row holds nothing of lies past its CT's end: the scan stopped there, which
+    says nothing of the anatomy the decoder would have seen. Where a row has every slab
+    this is :func:`nearest`.
+    """
+    rows, centroids = rows.double(), centroids.double()
+    slabs = rows.shape[1] // BINS
+    present = (rows.view(len(rows), slabs, BINS).sum(dim=2) > 0).double()
+    inside = present.repeat_interleave(BINS, dim=1)  # (N, width): 1 where the row has a slab
+    # |m * (r - c)|^2 = |r|^2 - 2 r.c + m.c^2, since r is 0 wherever m is
+    squares = (
+        (rows**2).sum(dim=1, keepdim=True) - 2 * rows @ centroids.T + inside @ (centroids**2).T
+    )
+    return squares.clamp_min(0.0).sqrt().min(dim=1).values
+
+
 def cluster(rows: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
     """``(k, width)`` k-means centroids of ``rows`` (its distinct rows, repeated, if few)."""
     distinct: torch.Tensor = torch.unique(rows, dim=0)
@@ -247,16 +265,22 @@ def domain_scores(
     """``(1 + K, Z)``: each slice's score against each row (an empty row: the background's).
 
     A slice's score is the larger of its views' (:data:`VIEWS`): it is at home in a row
-    only where both its window and its own slab are. ``slabs`` are a volume's
+    only where both its window and its own slab are. Its window is compared on the slabs
+    inside its CT (:func:`nearest_inside`; its own slab, always inside, as it is): a short
+    scan's windows run past its ends, which a decoder trained on longer CTs never saw
+    there, but which hides nothing from it (measured on `default`: the whole-body decoder,
+    silenced on abdominal CTs by their empty slabs, segments their kidneys better than the
+    abdominal decoder, 0.81-0.84 against 0.70-0.72). ``slabs`` are a volume's
     :func:`descriptors`, computed once for every decoder.
     """
     columns = view_columns()
 
     def score(r: int) -> torch.Tensor:
-        views = [
-            nearest(slabs[:, view], centroids[r][:, columns[v]]) / float(thresholds[r, v])
-            for v, view in enumerate(VIEWS)
-        ]
+        window, own = (
+            distance(slabs[:, view], centroids[r][:, columns[v]]) / float(thresholds[r, v])
+            for v, (view, distance) in enumerate(zip(VIEWS, (nearest_inside, nearest), strict=True))
+        )
+        views = [window, own]
         return torch.stack(views).amax(dim=0)
 
     background = score(0)

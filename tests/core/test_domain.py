@@ -16,6 +16,8 @@ from core.domain import (
     descriptors,
     domain_scores,
     join_domains,
+    nearest,
+    nearest_inside,
     site_domain,
     slab_histograms,
 )
@@ -76,6 +78,29 @@ def test_slabs_a_decoder_knows_one_by_one_are_out_of_its_domain_in_another_conte
     assert float(in_context[0, 28:32].min()) > 2.0  # in its window's context: not
     own = descriptors(_ct(12, 0.505), 8.0, WINDOW_MM)
     assert float(domain_scores(own, centroids, thresholds)[0].max()) < 2.0
+
+
+def test_a_short_ct_is_scored_on_the_slabs_it_has_not_on_the_air_past_its_ends():
+    # its sites' CTs: long bodies of one tissue, so no window ever ran past their ends in
+    # the middle; the new CT: the same tissue, short, so most windows do (the scan stopped)
+    long = [(_ct(60, level), torch.zeros(10, 10, 60, dtype=torch.long)) for level in (0.5, 0.51)]
+    domain = site_domain(long, 8.0, WINDOW_MM, structures=1)
+    assert domain is not None
+    centroids, thresholds = join_domains([domain])
+    short = descriptors(_ct(10, 0.505), 8.0, WINDOW_MM)
+    assert bool((short.view(10, CONTEXT_SLABS, BINS)[:8, 0] == 0).all())  # air past its end
+    assert float(domain_scores(short, centroids, thresholds)[0].max()) < 2.0  # at home
+    # what the short CT does hold is still judged: other tissue in its window is not
+    other = _ct(10, 0.505)
+    other[..., :3] = 0.9
+    scores = domain_scores(descriptors(other, 8.0, WINDOW_MM), centroids, thresholds)
+    assert float(scores[0, 4:7].min()) > 2.0
+    assert nearest_inside(short, short).max() == 0  # and where nothing is missing, nearest
+    full = descriptors(_ct(60, 0.5), 8.0, WINDOW_MM)[20:40]
+    assert torch.allclose(
+        nearest_inside(full, centroids[0, :, :DESCRIPTOR]),
+        nearest(full, centroids[0, :, :DESCRIPTOR]),
+    )
 
 
 def test_a_site_describes_its_background_and_each_structure_it_holds():
