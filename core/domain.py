@@ -28,8 +28,9 @@ by row and view by view (at most :data:`TASK_CENTROIDS`, spread by farthest poin
 takes the median threshold, so one site cannot widen a domain alone.
 
 At prediction, a decoder's *domain score* at a voxel is, in the larger of its views, the
-distance of the voxel's descriptor to the nearest centroid of the row of what the decoder
-says there (a structure, or its background), over that row's threshold: about 1 or below
+distance of the voxel's descriptor (its window over the slabs inside the CT,
+:func:`nearest_inside`) to the nearest centroid of the row of what the decoder says
+there (a structure, or its background), over that row's threshold: about 1 or below
 where its sites saw that structure in slabs like this one, far above elsewhere (a brain
 in a pelvis, a liver in a head). A structure without a row is scored by the background's
 row. The merge silences a decoder's claim where its score exceeds
