@@ -33,12 +33,10 @@ from core.domain import SiteDomain, site_domain
 from core.local.private import Account, Privacy
 from core.local.training import (
     LocalTrainSettings,
+    PrivateLoop,
     check_patch,
-    optimise,
-    patch_batches,
+    local_loop,
     patch_dataset,
-    private_optimise,
-    private_steps,
 )
 from core.model import ContinualSegmenter
 from core.vocabulary import Group
@@ -214,24 +212,13 @@ def calibrate_phase(
         return conf + anom
 
     start = time.perf_counter()
-    params, desc = list(decoder.calibration_head.parameters()), f"calibrate {task}"
-    if privacy is None:
-        batches = patch_batches(cases, table, decoder.structures, prep, settings)
-        device = next(model.parameters()).device
-        losses = optimise(params, settings, batches, loss_of, device, desc)
-    else:  # the head's own parameters are the network the per-case gradients differentiate
-        dataset = patch_dataset(cases, table, decoder.structures, prep, settings)
-        private = private_steps(
-            decoder.calibration_head,
-            params,
-            case_loss,
-            dataset,
-            settings,
-            privacy,
-            prepare=paste,
-            generator=generator,
-        )
-        losses = private_optimise(params, settings, private, desc, account)
+    dataset = patch_dataset(cases, table, decoder.structures, prep, settings)
+    private = None  # the head's own parameters are what the per-case gradients differentiate
+    if privacy is not None:
+        head = decoder.calibration_head
+        private = PrivateLoop(privacy, head, case_loss, account, paste, generator)
+    params = list(decoder.calibration_head.parameters())
+    losses = local_loop(params, settings, dataset, loss_of, f"calibrate {task}", private)
     # the domain describes the site's CTs as they are: it cannot be noised per patient at
     # these numbers of patients (see docs/privacy.md), so a private task's decoder has none
     domain = (

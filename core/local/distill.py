@@ -19,13 +19,11 @@ from core.data.transforms import Preprocessing
 from core.local.private import Account, Privacy
 from core.local.training import (
     LocalTrainSettings,
+    PrivateLoop,
     SegmentationLoss,
     check_patch,
-    optimise,
-    patch_batches,
+    local_loop,
     patch_dataset,
-    private_optimise,
-    private_steps,
 )
 from core.model import ContinualSegmenter, Decoder
 
@@ -101,14 +99,10 @@ def distill_phase(
         return total
 
     start = time.perf_counter()
-    params, desc = list(student.parameters()), f"distill {task}"
-    if privacy is None:
-        batches = patch_batches(cases, table, teacher.structures, prep, settings)
-        losses = optimise(params, settings, batches, loss_of, device, desc)
-    else:  # the KD term of each case is not kept: it would not batch, and stays here anyway
-        dataset = patch_dataset(cases, table, teacher.structures, prep, settings)
-        private = private_steps(
-            student, params, lambda x, y: both_losses(x, y)[0], dataset, settings, privacy
-        )
-        losses = private_optimise(params, settings, private, desc, account)
+    dataset = patch_dataset(cases, table, teacher.structures, prep, settings)
+    private = None  # under DP each case's KD term is not kept: it would not batch
+    if privacy is not None:
+        private = PrivateLoop(privacy, student, lambda x, y: both_losses(x, y)[0], account)
+    params = list(student.parameters())
+    losses = local_loop(params, settings, dataset, loss_of, f"distill {task}", private)
     return DistillResult(losses, kd_values, time.perf_counter() - start)

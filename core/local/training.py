@@ -167,12 +167,17 @@ def patch_batches(
     settings: LocalTrainSettings,
 ) -> Iterator[dict[str, Any]]:
     """Endless batches of augmented patches; preprocessed volumes are cached in memory."""
-    aug = settings.augmentation
-    dataset = patch_dataset(cases, table, classes, prep, settings)
+    return dataset_batches(patch_dataset(cases, table, classes, prep, settings), settings)
+
+
+def dataset_batches(
+    dataset: CacheDataset, settings: LocalTrainSettings
+) -> Iterator[dict[str, Any]]:
+    """Endless shuffled batches of :func:`patch_dataset`'s patches."""
     generator = torch.Generator().manual_seed(settings.seed)
     loader = DataLoader(
         dataset,
-        batch_size=max(1, settings.batch_size // aug.samples_per_case),
+        batch_size=max(1, settings.batch_size // settings.augmentation.samples_per_case),
         shuffle=True,
         num_workers=0,
         collate_fn=list_data_collate,
@@ -277,6 +282,58 @@ def private_steps(
     )
 
 
+@dataclass(frozen=True)
+class PrivateLoop:
+    """How a local loop runs under DP-SGD (:func:`local_loop`).
+
+    Attributes:
+        privacy: clipping and noise.
+        network: owns the parameters trained and is what ``loss_of`` runs.
+        loss_of: one case's loss (it must batch under ``vmap``; see
+            :func:`core.local.private.per_case_gradients`).
+        account: told what the loop will spend before its first step.
+        prepare: alters a step's patches before the per-case losses (see
+            :class:`core.local.private.PrivateSteps`).
+        generator: sampling and noise (default: seeded by the loop's seed).
+    """
+
+    privacy: Privacy
+    network: torch.nn.Module
+    loss_of: Callable[..., torch.Tensor]
+    account: Account | None = None
+    prepare: Prepare | None = None
+    generator: torch.Generator | None = None
+
+
+def local_loop(
+    params: list[torch.nn.Parameter],
+    settings: LocalTrainSettings,
+    dataset: CacheDataset,
+    loss_of: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    desc: str,
+    private: PrivateLoop | None = None,
+) -> list[float]:
+    """A phase's optimisation over ``dataset``; returns the losses.
+
+    :func:`optimise` over shuffled batches, or under DP-SGD (``private``)
+    :func:`private_optimise` over Poisson-sampled patients.
+    """
+    if private is None:
+        device = next(iter(params)).device
+        return optimise(params, settings, dataset_batches(dataset, settings), loss_of, device, desc)
+    steps = private_steps(
+        private.network,
+        params,
+        private.loss_of,
+        dataset,
+        settings,
+        private.privacy,
+        private.prepare,
+        private.generator,
+    )
+    return private_optimise(params, settings, steps, desc, private.account)
+
+
 def merged_logits(logits: torch.Tensor, labelled: Sequence[int]) -> torch.Tensor:
     """Logits whose softmax is the marginal distribution of a partially labelled task.
 
@@ -358,7 +415,7 @@ def train_phase(
     if train_encoder:
         params += list(model.encoder.parameters())
     loss_fn = SegmentationLoss(per_case=privacy is not None)
-    batches = patch_batches(train_cases, table, labelled, prep, settings)
+    dataset = patch_dataset(train_cases, table, labelled, prep, settings)
     channels = [decoder.structures.index(s) + 1 for s in labelled]
     anchor = [p.detach().clone() for p in params] if proximal_mu else []
 
@@ -375,12 +432,8 @@ def train_phase(
     model.train()
     start = time.perf_counter()
     desc = f"{'base' if train_encoder else 'teacher'} {task}"
-    if privacy is None:
-        losses = optimise(params, settings, batches, loss_of, device, desc)
-    else:
-        dataset = patch_dataset(train_cases, table, labelled, prep, settings)
-        private = private_steps(model, params, loss_of, dataset, settings, privacy)
-        losses = private_optimise(params, settings, private, desc, account)
+    private = None if privacy is None else PrivateLoop(privacy, model, loss_of, account)
+    losses = local_loop(params, settings, dataset, loss_of, desc, private)
     seconds = time.perf_counter() - start
     scores = (
         evaluate_task(model, task, val_cases, table, prep, patch, device, labelled)
