@@ -81,6 +81,22 @@ def test_encoder_is_cached_once_and_checked(tmp_path):
     assert not cached.exists()
 
 
+def _teacher_round(dataset, encoder, **more):
+    """A teacher round of the tiny network on ``dataset``'s structures."""
+    return RoundConfig(
+        task="abdomen",
+        phase="teacher",
+        structures=dataset.labels.structures,
+        genotype=Genotype.teacher(3),
+        encoder=TINY,
+        encoder_sha256=encoder.weights_sha256(),
+        preprocessing=native_prep(dataset),
+        patch=PATCH,
+        val_fraction=0.34,
+        **more,
+    )
+
+
 def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
     written = tiny_sites["hospA"]
     dataset = written.dataset
@@ -88,17 +104,7 @@ def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
     torch.manual_seed(0)
     encoder = Encoder(TINY).freeze()
     decoder = Decoder(TINY.widths, Genotype.teacher(3), dataset.labels.structures)
-    cfg = RoundConfig(
-        task="abdomen",
-        phase="teacher",
-        structures=dataset.labels.structures,
-        genotype=decoder.genotype,
-        encoder=TINY,
-        encoder_sha256=encoder.weights_sha256(),
-        preprocessing=native_prep(dataset),
-        patch=PATCH,
-        val_fraction=0.34,
-    )
+    cfg = _teacher_round(dataset, encoder)
     train = TrainingSettings(rounds=1, steps=2)
     content = RecordDict(
         {
@@ -148,18 +154,7 @@ def test_a_private_task_trains_every_phase_privately_and_the_site_counts_it(tiny
     teacher = Decoder(TINY.widths, Genotype.teacher(3), structures)
     student = Genotype.from_json({"stages": [{"op": "p3d", "width": 0.5}] * 3})
     privacy = Privacy(noise_multiplier=1.0, max_grad_norm=1.0, delta=0.01)
-    cfg = RoundConfig(
-        task="abdomen",
-        phase="teacher",
-        structures=structures,
-        genotype=teacher.genotype,
-        encoder=TINY,
-        encoder_sha256=encoder.weights_sha256(),
-        preprocessing=native_prep(dataset),
-        patch=PATCH,
-        val_fraction=0.34,
-        privacy=privacy,
-    )
+    cfg = _teacher_round(dataset, encoder, privacy=privacy)
     weights = {
         ENCODER: state_to_record(encoder.state_dict(), fp16=False),
         DECODER: state_to_record(teacher.state_dict()),
