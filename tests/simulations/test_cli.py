@@ -28,6 +28,7 @@ EVERY_COMMAND = (
     "privacy-audit",
     "privacy-curve",
     "merge-matrix",
+    "gpu-check",
     "profile",
 )
 
