@@ -94,16 +94,27 @@ def sample_rate(batch_size: int, cases: int) -> float:
 def spent_epsilon(history: Sequence[Mechanism], delta: float) -> float:
     """Epsilon at ``delta`` after every mechanism of ``history`` (Opacus's RDP accountant).
 
-    The mechanisms compose: their Rényi divergences add up order by order.
+    The mechanisms compose: their Rényi divergences add up order by order, and runs of the
+    same noise and rate add their steps (as Opacus's ``RDPAccountant`` sums them), so a
+    long ledger costs one divergence per kind of run.
     """
     from opacus.accountants import RDPAccountant
+    from opacus.accountants.analysis.rdp import compute_rdp, get_privacy_spent
 
-    used = [(float(s), float(q), int(n)) for s, q, n in history if n > 0]
-    if not used:
+    steps: dict[tuple[float, float], int] = {}
+    for noise, rate, count in history:
+        if count > 0:
+            key = (float(noise), float(rate))
+            steps[key] = steps.get(key, 0) + int(count)
+    if not steps:
         return 0.0
-    accountant = RDPAccountant()
-    accountant.history = used
-    return float(accountant.get_epsilon(delta))
+    orders = RDPAccountant.DEFAULT_ALPHAS
+    rdp = sum(
+        compute_rdp(q=rate, noise_multiplier=noise, steps=count, orders=orders)
+        for (noise, rate), count in steps.items()
+    )
+    epsilon, _ = get_privacy_spent(orders=orders, rdp=rdp, delta=delta)
+    return float(epsilon)
 
 
 class PrivacyLedger:

@@ -72,7 +72,7 @@ def planned_runs(plan: Plan, task: TaskPlan, cases: int) -> list[tuple[float, in
 
 
 def noise_multiplier(epsilon: float, delta: float, runs: Sequence[tuple[float, int]]) -> float:
-    """The smallest DP-SGD noise (to 0.1%) at which ``runs`` spend at most ``epsilon`` at ``delta``.
+    """The smallest DP-SGD noise (to 0.5%) at which ``runs`` spend at most ``epsilon`` at ``delta``.
 
     Opacus's RDP accountant composes the runs (:func:`core.local.private.spent_epsilon`);
     the noise is found by bisection, as Opacus's ``get_noise_multiplier`` finds it for one.
@@ -80,7 +80,7 @@ def noise_multiplier(epsilon: float, delta: float, runs: Sequence[tuple[float, i
     low, high = 0.0, 1.0
     while spent_epsilon([(high, q, n) for q, n in runs], delta) > epsilon:
         low, high = high, 2 * high
-    while high - low > 1e-3 * high:
+    while high - low > 5e-3 * high:
         middle = (low + high) / 2
         if spent_epsilon([(middle, q, n) for q, n in runs], delta) > epsilon:
             low = middle

@@ -3,6 +3,7 @@ import pytest
 from core.local.private import spent_epsilon
 from simulations.benchmarks.privacy_curve import (
     format_curve,
+    noise_multiplier,
     planned_runs,
     privacy_curve,
     private_plan,
@@ -13,26 +14,30 @@ from simulations.scenario import load_scenario, with_federation
 
 def test_each_task_s_noise_spends_the_target_over_its_phases_at_its_smallest_site():
     scenario = load_scenario("privacy")
-    trimmed = with_federation(scenario, {"trim": True, "calibrate": True})
-    for plain, private in [
-        (scenario.plan, private_plan(scenario, 3.0)),
-        (trimmed.plan, private_plan(trimmed, 3.0)),
-    ]:
-        for task in private.tasks:
-            smallest = min(s.cases for s in scenario.sites_of(task.name))
-            kept = smallest - round(smallest * private.training.val_fraction)
-            runs = planned_runs(private, task, kept)
-            assert len(runs) == (5 if task.section.trim else 1)
-            sigma = task.privacy.noise_multiplier
-            spent = spent_epsilon([(sigma, q, n) for q, n in runs], task.privacy.delta)
-            assert 2.95 <= spent <= 3.0  # the bisection stops within 0.1% of the noise
-            assert task.privacy.epsilon_budget == 3.0  # and the site refuses to go past it
-            assert not plain.task(task.name).privacy.on
-    # the small site samples a larger share of its patients, so it needs more noise; and a
-    # task that also searches, distils and calibrates spends its epsilon over more steps
-    noise = {t.name: t.privacy.noise_multiplier for t in private_plan(scenario, 3.0).tasks}
+    private = private_plan(scenario, 3.0)
+    noise = {}
+    for task in private.tasks:
+        smallest = min(s.cases for s in scenario.sites_of(task.name))
+        kept = smallest - round(smallest * private.training.val_fraction)
+        runs = planned_runs(private, task, kept)
+        assert len(runs) == 1  # trimming and calibration off: the training rounds alone
+        noise[task.name] = sigma = task.privacy.noise_multiplier
+        spent = spent_epsilon([(sigma, q, n) for q, n in runs], task.privacy.delta)
+        assert 2.9 <= spent <= 3.0  # the bisection stops within 0.5% of the noise
+        assert task.privacy.epsilon_budget == 3.0  # and the site refuses to go past it
+        assert not scenario.plan.task(task.name).privacy.on
+    # the small site samples a larger share of its patients, so it needs more noise
     assert noise["pelvis"] > 3 * noise["abdomen"]
-    assert private_plan(trimmed, 3.0).task("abdomen").privacy.noise_multiplier > noise["abdomen"]
+    # a task that also searches, distils and calibrates spends its epsilon over more runs:
+    # the search's two halves of the patients, distillation, calibration
+    trimmed = with_federation(scenario, {"trim": True, "calibrate": True}).plan
+    abdomen = trimmed.task("abdomen")
+    runs = planned_runs(trimmed, abdomen, 90)
+    assert [n for _, n in runs] == [400, 50, 35, 400, 50]  # 8 x 50; 50, 35 after the warm-up
+    assert [q for q, _ in runs] == [8 / 90, 8 / 45, 8 / 45, 8 / 90, 8 / 90]
+    sigma = noise_multiplier(3.0, abdomen.privacy.delta, runs)
+    assert sigma > noise["abdomen"]
+    assert 2.9 <= spent_epsilon([(sigma, q, n) for q, n in runs], abdomen.privacy.delta) <= 3.0
 
 
 def test_a_plan_that_a_private_task_refuses_is_refused_before_any_run(tmp_path):
