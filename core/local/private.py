@@ -149,30 +149,33 @@ class PrivacyLedger:
                 f"{self.ceiling:g}) and the task has none (dp_noise_multiplier 0)"
             )
 
+    def _unreadable(self) -> ValueError:
+        return ValueError(
+            f"privacy ledger {self.path}: unreadable; private rounds stop until it is restored"
+        )
+
     def _read(self) -> dict[str, list[list[Any]]]:
         if not self.path.is_file():
             return {}
-        problem = (
-            f"privacy ledger {self.path}: unreadable; private rounds stop until it is restored"
-        )
         try:
             data = json.loads(self.path.read_text(encoding="utf-8"))
         except (OSError, UnicodeDecodeError, json.JSONDecodeError):
-            raise ValueError(problem) from None
+            raise self._unreadable() from None
         if not isinstance(data, dict) or not all(
             isinstance(runs, list) and len(runs) <= LEDGER_ENTRIES for runs in data.values()
         ):
-            raise ValueError(problem)
+            raise self._unreadable()
         return data
+
+    def _history(self, data: Mapping[str, list[list[Any]]], task: str) -> list[Mechanism]:
+        try:
+            return [(float(s), float(q), int(n)) for _, s, q, n in data.get(task, [])]
+        except (TypeError, ValueError):
+            raise self._unreadable() from None
 
     def history(self, task: str) -> list[Mechanism]:
         """The mechanisms spent on ``task`` so far."""
-        try:
-            return [(float(s), float(q), int(n)) for _, s, q, n in self._read().get(task, [])]
-        except (TypeError, ValueError):
-            raise ValueError(
-                f"privacy ledger {self.path}: unreadable; private rounds stop until it is restored"
-            ) from None
+        return self._history(self._read(), task)
 
     def spend(
         self, task: str, what: str, privacy: Privacy, cases: int, runs: Sequence[Mechanism]
@@ -197,7 +200,7 @@ class PrivacyLedger:
                 f"({1.0 / max(cases, 1):.3g}) for a per-patient guarantee"
             )
         data = self._read()
-        epsilon = spent_epsilon([*self.history(task), *runs], privacy.delta)
+        epsilon = spent_epsilon([*self._history(data, task), *runs], privacy.delta)
         limits = [
             (privacy.epsilon_budget, "the task's dp_epsilon"),
             (self.ceiling, "the site's max-epsilon"),
