@@ -284,9 +284,9 @@ class RoundPrivacy:
     """
 
     def __init__(self, site: SiteResources, cfg: RoundConfig) -> None:
-        self.site, self.cfg = site, cfg
+        self.cfg, self.ledger = cfg, site.privacy_ledger
         self.epsilon = 0.0
-        site.privacy_ledger.check_policy(cfg.task, cfg.privacy)
+        self.ledger.check_policy(cfg.task, cfg.privacy)
 
     @property
     def settings(self) -> Privacy | None:
@@ -300,8 +300,7 @@ class RoundPrivacy:
 
     def _spend(self, runs: Sequence[Mechanism], cases: int) -> None:
         what = f"{self.cfg.phase} {self.cfg.round}/{self.cfg.rounds}"
-        ledger = self.site.privacy_ledger
-        self.epsilon = ledger.spend(self.cfg.task, what, self.cfg.privacy, cases, runs)
+        self.epsilon = self.ledger.spend(self.cfg.task, what, self.cfg.privacy, cases, runs)
 
     def public(self, value: float) -> float:
         """``value`` (a loss) as it may leave the site: 0 under DP, where it is not private."""
