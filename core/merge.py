@@ -24,7 +24,12 @@ The ``confidence`` rule, at every voxel:
    knows ``k`` says something else (background, or a structure that does not lie inside
    ``k``) with more trust about ``k``, ``t_e(k) > t_d(k)``. A structure that one
    decoder alone knows is never vetoed; it can only lose the voxel to another structure.
-3. Among the standing proposals the most trusted (``t_d(l_d)``) wins; if a standing proposal lies
+3. Among the standing proposals the most trusted wins, each trust ``t_d(l_d)`` times the
+   least of ``q_d(l_e)`` over the other standing proposals ``l_e`` that ``d`` knows: to
+   claim ``l_d`` is to deny ``l_e``, and a decoder that never learnt ``l_e`` labels its
+   voxels as a neighbour's (measured on ``default`` at the demo's budget: the whole-body
+   decoder, aorta Dice 0, took the thoracic decoder's aorta for heart and lung, 0.665
+   merged against 0.723 alone; with the term 0.723). If a standing proposal lies
    inside the winner's structure (a tumour in its organ, by the vocabulary's
    containment), the most trusted such proposal takes its place. Nothing stands:
    background.
@@ -381,14 +386,43 @@ def _confidence(
                 disagrees = knows[e][label] & (other != label) & ~within[other, label]
                 ok = ok & ~(gates[e] & disagrees & (base[e] * skills[e][label] > trust))
         standing.append(ok)
-    best = _most_trusted(standing, labels, trusts)
+    contest = [
+        trust * _doubt(d, standing, labels, knows, skills, within)
+        for d, trust in enumerate(trusts)
+    ]
+    best = _most_trusted(standing, labels, contest)
     for _ in structures:  # a containment chain is at most this long
         inside = [ok & within[label, best] for ok, label in zip(standing, labels, strict=True)]
-        refined = _most_trusted(inside, labels, trusts)
+        refined = _most_trusted(inside, labels, contest)
         if torch.equal(refined, best):
             break
         best = torch.where(refined > 0, refined, best)
     return best
+
+
+def _doubt(
+    d: int,
+    standing: Sequence[torch.Tensor],
+    labels: Sequence[torch.Tensor],
+    knows: Sequence[torch.Tensor],
+    skills: Sequence[torch.Tensor],
+    within: torch.Tensor,
+) -> torch.Tensor:
+    """How far decoder ``d`` may be believed where its proposal meets other standing ones.
+
+    Claiming ``l_d`` where another decoder's ``l_e`` also stands denies ``l_e``; a denial is
+    worth ``d``'s skill on ``l_e`` where ``d`` knows ``l_e`` (a decoder that never learnt a
+    structure labels its voxels as a neighbour's), and 1 where it does not (it has no
+    opinion). The least of these over the other standing proposals.
+    """
+    doubt = torch.ones_like(skills[d][labels[d]])
+    for e, (ok, other) in enumerate(zip(standing, labels, strict=True)):
+        if e == d:
+            continue
+        related = within[other, labels[d]] | within[labels[d], other] | (other == labels[d])
+        denies = ok & standing[d] & knows[d][other] & ~related
+        doubt = torch.where(denies, torch.minimum(doubt, skills[d][other]), doubt)
+    return doubt
 
 
 def _most_trusted(

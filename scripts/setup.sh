@@ -4,7 +4,9 @@
 # a local CPU wheel where one is at hand, a CUDA build where a GPU driver is present,
 # otherwise PyTorch's CPU index. Override the version with CSFL_TORCH=2.x.y. The rest is
 # installed by uv (seconds instead of pip's minutes; pip where uv cannot be had), which
-# keeps the torch already there because it satisfies the project's range.
+# keeps the torch already there because it satisfies the project's range. CSFL_EXTRAS adds
+# optional extras (e.g. CSFL_EXTRAS=nnunet for nnU-Net v2, `csfl profile --scale`), with the
+# installed torch pinned so that none of them brings another.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 venv=${CSFL_VENV:-.venv}
@@ -29,7 +31,8 @@ pip=("$venv/bin/python" -m pip --quiet --disable-pip-version-check)
 install=("${pip[@]}" install --no-compile)  # only what is imported is compiled, below
 uv=("$venv/bin/uv" pip install --quiet --python "$venv/bin/python")
 stamp="$venv/.csfl-installed"
-want=$(cat pyproject.toml scripts/setup.sh | sha256sum | cut -c1-16)
+extras="test,docs${CSFL_EXTRAS:+,$CSFL_EXTRAS}"
+want=$( (cat pyproject.toml scripts/setup.sh; echo "$extras") | sha256sum | cut -c1-16)
 [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && exit 0
 
 if [ ! -x "$venv/bin/uv" ]; then
@@ -63,10 +66,14 @@ if ! "$venv/bin/python" -c 'import torch' 2>/dev/null; then
   fi
 fi
 echo "setup: installing continual-segment-fl and its dependencies into $venv ..."
+pins=()
+if [ -n "${CSFL_EXTRAS:-}" ]; then
+  pins=("torch==$("$venv/bin/python" -c 'import torch; print(torch.__version__)')")
+fi
 if [ -x "$venv/bin/uv" ]; then
-  "${uv[@]}" -e ".[test,docs]"
+  "${uv[@]}" -e ".[$extras]" "${pins[@]}"
 else
-  "${install[@]}" -e ".[test,docs]"
+  "${install[@]}" -e ".[$extras]" "${pins[@]}"
 fi
 # Bytecode, once, for what the project's processes import, where PYTHONDONTWRITEBYTECODE is
 # set (as on our CI machines): nothing would be cached, and every Flower process (a ClientApp

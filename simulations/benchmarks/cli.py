@@ -81,6 +81,15 @@ def profile(
     scale_limit_gb: Annotated[
         float, typer.Option(min=1.0, help="Stop a --scale process whose memory passes this.")
     ] = 6.0,
+    scale_approach: Annotated[
+        list[str] | None,
+        typer.Option(
+            help="What predicts the --scale CT (repeat; default streamed and plain): "
+            "streamed (csfl predict), plain (MONAI over the whole volume), nnunet (nnU-Net "
+            "v2's predictor on the CT as it is), nnunet_resampled (nnU-Net on the CT "
+            "resampled to the plan's spacing first, as TotalSegmentator runs it)."
+        ),
+    ] = None,
     json_out: JsonOut = None,
 ) -> None:
     """Measure sizes and speeds on this machine.
@@ -97,18 +106,21 @@ def profile(
     from simulations.benchmarks.network_profile import (
         ProfileSettings,
         ScaleSettings,
+        check_scale,
         format_profile,
         profile_network,
         profile_phantoms,
         profile_prediction,
     )
-    from simulations.scenario import load_scenario
 
     settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb)
+    if scale_approach:
+        settings = replace(settings, approaches=tuple(scale_approach))
     if scale and scale_scenario is not None:
-        with user_errors():  # before any measurement: a typo costs nothing
-            load_scenario(scale_scenario)
         settings = replace(settings, scenario=scale_scenario)
+    if scale:
+        with user_errors():  # before any measurement: a typo costs nothing
+            check_scale(settings)
     result: dict[str, object] = {}
     config = EncoderConfig.gpu_default() if gpu_widths else EncoderConfig.cpu_default()
     if network:

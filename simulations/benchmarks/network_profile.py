@@ -30,9 +30,11 @@ from core.device import autocast, native_bf16
 from core.inference import predict_volume
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
 from core.model.cost import count_parameters
+from simulations.benchmarks.nnunet_side import APPROACHES as NNUNET_APPROACHES
+from simulations.benchmarks.nnunet_side import require_nnunet, write_model
 from simulations.phantoms import make_case
 
-APPROACHES = ("streamed", "plain")  # simulations.scale runs each
+APPROACHES = ("streamed", "plain", *NNUNET_APPROACHES)  # each runs in its own process
 ORGANS = ("liver", "spleen", "kidney_left", "kidney_right")
 # Four tasks of two structures each; like real tasks, some overlap.
 TASK_STRUCTURES = [(ORGANS[i], ORGANS[(i + 1) % 4]) for i in range(4)]
@@ -202,21 +204,37 @@ def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[s
         ``{"prediction": {...}}`` for :func:`format_profile`: the setup, then per approach
         its peak resident memory (GB) and wall time (s), or why it stopped.
     """
-    bad = sorted(set(settings.approaches) - set(APPROACHES))
-    if bad:
-        raise ValueError(f"approaches {bad}: expected some of {', '.join(APPROACHES)}")
+    check_scale(settings)
     with tempfile.TemporaryDirectory() as tmp:
         bundle, n_structures = scale_bundle(settings.scenario, Path(tmp) / "bundle")
+        nnunet = write_model(settings.scenario, Path(tmp) / "nnunet")
         ct = synthetic_ct(Path(tmp) / "ct.nii", settings.shape, settings.spacing_mm)
         figures: dict[str, Any] = {
             "setup": f"{settings.scenario}: {n_structures} structures; CT "
             f"{'x'.join(map(str, settings.shape))} at {settings.spacing_mm} mm",
         }
         for approach in settings.approaches:
-            result = _measure_in_subprocess(approach, bundle, ct, settings.limit_gb, progress)
+            model = nnunet if approach in NNUNET_APPROACHES else bundle
+            result = _measure_in_subprocess(approach, model, ct, settings.limit_gb, progress)
             for key, value in result.items():
                 figures[f"{approach}_{key}"] = value
     return {"prediction": figures}
+
+
+def check_scale(settings: ScaleSettings) -> None:
+    """Refuse settings that cannot run, before anything is measured.
+
+    Raises:
+        ValueError: naming an unknown scenario or approach, or a missing ``nnunetv2``.
+    """
+    from simulations.scenario import load_scenario
+
+    load_scenario(settings.scenario)
+    bad = sorted(set(settings.approaches) - set(APPROACHES))
+    if bad:
+        raise ValueError(f"approaches {bad}: expected some of {', '.join(APPROACHES)}")
+    if set(settings.approaches) & set(NNUNET_APPROACHES):
+        require_nnunet()
 
 
 def scale_bundle(scenario: str, folder: Path) -> tuple[Path, int]:
@@ -291,22 +309,35 @@ def _resident_gb(pid: int) -> float:
     return kb / 2**20
 
 
-def measure_prediction(approach: str, bundle_dir: str, ct: str) -> dict[str, float]:
+def measure_prediction(approach: str, model: str, ct: str) -> dict[str, float]:
     """Predict ``ct`` by one approach in this process: its wall time and peak memory.
 
     ``streamed`` is :func:`core.inference.predict_volume`; ``plain`` runs MONAI's
     sliding windows over the whole volume with every output channel (as prediction did
-    before streaming), then the same merge and restore.
+    before streaming), then the same merge and restore; ``model`` is their bundle. The
+    nnU-Net approaches (:mod:`simulations.benchmarks.nnunet_side`) take its model folder.
     """
+    if approach in NNUNET_APPROACHES:
+        from simulations.benchmarks.nnunet_side import predict
+
+        with tempfile.TemporaryDirectory() as tmp:
+            start = time.perf_counter()
+            predict(approach, Path(model), Path(ct), Path(tmp))
+            seconds = time.perf_counter() - start
+        return _figures(seconds)
     from core.bundle import load_bundle
 
-    bundle = load_bundle(bundle_dir)
+    bundle = load_bundle(model)
     start = time.perf_counter()
     if approach == "streamed":
         predict_volume(bundle, ct, progress=True)
     else:
         _plain_predict(bundle, Path(ct))
-    seconds = time.perf_counter() - start
+    return _figures(time.perf_counter() - start)
+
+
+def _figures(seconds: float) -> dict[str, float]:
+    """The peak resident memory of this process and ``seconds``: a row of the scale table."""
     peak_kb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux
     return {"peak_rss_gb": round(peak_kb / 2**20, 2), "wall_seconds": round(seconds, 1)}
 

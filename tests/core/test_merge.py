@@ -240,3 +240,16 @@ def test_claims_are_weighed_on_distances_not_on_each_decoders_own_threshold():
     # the failure it prevents: on scores over each decoder's own threshold, brain won
     alike = [dataclasses.replace(v, domain_scale=1.0) for v in (head, pelvis)]
     assert _names(alike) == ["brain"]
+
+
+def test_a_decoder_that_never_learnt_a_structure_does_not_take_its_voxels_for_a_neighbour():
+    # the whole-body decoder labels the aorta but never learnt it (validation Dice 0): at
+    # an aortic voxel it says lung, more sure than the thoracic decoder says aorta; the
+    # thoracic decoder does not label lungs, so neither can veto the other
+    wholebody = _vote("wholebody", ["lung_left", "aorta"], [0.05], [0.9], [0.05], conf=[HIGH])
+    thorax = _vote("thorax", ["aorta"], [0.4], [0.6], conf=[0.0])
+    unlearnt = dataclasses.replace(wholebody, skill=(0.9, 0.0))
+    assert _names([unlearnt, thorax]) == ["aorta"]
+    # one that did learn the aorta denies it with weight: its surer lung stands
+    learnt = dataclasses.replace(wholebody, skill=(0.9, 0.8))
+    assert _names([learnt, thorax]) == ["lung_left"]
