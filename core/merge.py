@@ -387,8 +387,7 @@ def _confidence(
                 ok = ok & ~(gates[e] & disagrees & (base[e] * skills[e][label] > trust))
         standing.append(ok)
     contest = [
-        trust * _doubt(d, standing, labels, knows, skills, within)
-        for d, trust in enumerate(trusts)
+        trust * _doubt(d, standing, labels, knows, skills, within) for d, trust in enumerate(trusts)
     ]
     best = _most_trusted(standing, labels, contest)
     for _ in structures:  # a containment chain is at most this long
