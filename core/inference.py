@@ -41,9 +41,9 @@ from core.merge import (
     DecoderVote,
     MergeSettings,
     label_dtype,
-    merge,
     output_structures,
 )
+from core.merge_rules import merge
 from core.model import ContinualSegmenter, Decoder
 from core.streaming import BODY_HU, Box, body_box, count_windows, stream_windows
 

@@ -281,21 +281,23 @@ def _measure_in_subprocess(
         "print(json.dumps(measure_prediction(*sys.argv[1:4])))"
     )
     argv = [sys.executable, "-c", code, approach, str(bundle), str(ct)]
-    child = subprocess.Popen(
-        argv, stdout=subprocess.PIPE, stderr=None if progress else subprocess.DEVNULL, text=True
-    )
-    peak = 0.0
-    while child.poll() is None:
-        peak = max(peak, _resident_gb(child.pid))
-        if peak > limit_gb:
-            child.kill()
-            child.wait()
-            return {"stopped": f"resident memory passed {limit_gb} GB"}
-        time.sleep(0.2)
-    out = child.stdout.read() if child.stdout else ""
-    if child.returncode:
-        return {"failed": f"exit status {child.returncode}"}
-    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    # files, not pipes: a child that prints much (nnU-Net does) would block on a full pipe
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        child = subprocess.Popen(argv, stdout=out, stderr=None if progress else err, text=True)
+        peak = 0.0
+        while child.poll() is None:
+            peak = max(peak, _resident_gb(child.pid))
+            if peak > limit_gb:
+                child.kill()
+                child.wait()
+                return {"stopped": f"resident memory passed {limit_gb} GB"}
+            time.sleep(0.2)
+        if child.returncode:
+            err.seek(0)
+            last = ([""] + [line for line in err.read().splitlines() if line.strip()])[-1]
+            return {"failed": f"exit status {child.returncode}: {last.strip()[:200]}"}
+        out.seek(0)
+        result: dict[str, Any] = json.loads(out.read().strip().splitlines()[-1])
     return result
 
 

@@ -24,7 +24,8 @@ from core.inference import (
     predict_volume,
     volume_descriptors,
 )
-from core.merge import Calibration, DecoderVote, MergeSettings, merge
+from core.merge import Calibration, DecoderVote, MergeSettings
+from core.merge_rules import merge
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
 from core.streaming import count_windows
 from core.vocabulary import STRUCTURES

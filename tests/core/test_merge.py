@@ -9,9 +9,9 @@ from core.merge import (
     Calibration,
     DecoderVote,
     MergeSettings,
-    merge,
     output_structures,
 )
+from core.merge_rules import merge
 
 HIGH, LOW = 3.0, -3.0  # confidence / anomaly logits: sigmoid 0.95 and 0.05
 
