@@ -103,14 +103,16 @@ def profile(
     import torch
 
     from core.model import EncoderConfig
-    from simulations.benchmarks.network_profile import (
-        ProfileSettings,
+    from simulations.benchmarks.hospital_scale import (
         ScaleSettings,
         check_scale,
+        profile_prediction,
+    )
+    from simulations.benchmarks.network_profile import (
+        ProfileSettings,
         format_profile,
         profile_network,
         profile_phantoms,
-        profile_prediction,
     )
 
     settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb)

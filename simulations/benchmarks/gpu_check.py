@@ -119,7 +119,7 @@ def whole_body_prediction(
 ) -> dict[str, Any]:
     """The ``wholebody143`` bundle predicting a synthetic CT of ``shape`` voxels, streamed."""
     from core.bundle import load_bundle
-    from simulations.benchmarks.network_profile import scale_bundle, synthetic_ct
+    from simulations.benchmarks.hospital_scale import scale_bundle, synthetic_ct
 
     bundle_dir, structures = scale_bundle(WHOLE_BODY, folder / "bundle")
     ct = synthetic_ct(folder / "ct.nii", shape, (0.8, 0.8, 1.5))

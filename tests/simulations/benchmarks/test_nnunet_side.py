@@ -5,7 +5,7 @@ import json
 import nibabel as nib
 import pytest
 
-from simulations.benchmarks.network_profile import ScaleSettings, check_scale, synthetic_ct
+from simulations.benchmarks.hospital_scale import ScaleSettings, check_scale, synthetic_ct
 from simulations.benchmarks.nnunet_side import CONFIGURATION, predict, write_model
 from simulations.scenario import load_scenario
 
