@@ -90,6 +90,13 @@ def profile(
             "resampled to the plan's spacing first, as TotalSegmentator runs it)."
         ),
     ] = None,
+    scale_decoders: Annotated[
+        str,
+        typer.Option(
+            help="The --scale bundle's decoders: teacher (full width) or trimmed (the widest "
+            "uniform student within each task's size budget, as registration keeps one)."
+        ),
+    ] = "teacher",
     json_out: JsonOut = None,
 ) -> None:
     """Measure sizes and speeds on this machine.
@@ -115,7 +122,7 @@ def profile(
         profile_phantoms,
     )
 
-    settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb)
+    settings = ScaleSettings(shape=scale_shape, limit_gb=scale_limit_gb, decoders=scale_decoders)
     if scale_approach:
         settings = replace(settings, approaches=tuple(scale_approach))
     if scale and scale_scenario is not None:

@@ -26,10 +26,15 @@ from core.bundle import Bundle, save_bundle
 from core.data.nifti import read_header, write_volume
 from core.inference import predict_volume
 from core.model import ContinualSegmenter, Decoder, Encoder, Genotype
+from core.model.blocks import OPS
+from core.model.cost import genotype_parameters
+from core.model.genotype import WIDTH_CHOICES
+from core.phases.search import budget_parameters
 from simulations.benchmarks.nnunet_side import APPROACHES as NNUNET_APPROACHES
 from simulations.benchmarks.nnunet_side import require_nnunet, write_model
 
 APPROACHES = ("streamed", "plain", *NNUNET_APPROACHES)
+DECODERS = ("teacher", "trimmed")
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,7 @@ class ScaleSettings:
         spacing_mm: the CT's voxel size.
         approaches: which of :data:`APPROACHES` to run, in order.
         limit_gb: a process whose resident memory passes this is stopped (its row says so).
+        decoders: the bundle's decoders, one of :data:`DECODERS` (:func:`scale_bundle`).
     """
 
     scenario: str = "wholebody143"
@@ -49,6 +55,7 @@ class ScaleSettings:
     spacing_mm: tuple[float, float, float] = (0.8, 0.8, 1.5)
     approaches: tuple[str, ...] = ("streamed", "plain")
     limit_gb: float = 6.0
+    decoders: str = "teacher"
 
 
 def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[str, Any]:
@@ -60,11 +67,14 @@ def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[s
     """
     check_scale(settings)
     with tempfile.TemporaryDirectory() as tmp:
-        bundle, n_structures = scale_bundle(settings.scenario, Path(tmp) / "bundle")
+        bundle, n_structures = scale_bundle(
+            settings.scenario, Path(tmp) / "bundle", settings.decoders
+        )
         nnunet = write_model(settings.scenario, Path(tmp) / "nnunet")
         ct = synthetic_ct(Path(tmp) / "ct.nii", settings.shape, settings.spacing_mm)
         figures: dict[str, Any] = {
-            "setup": f"{settings.scenario}: {n_structures} structures; CT "
+            "setup": f"{settings.scenario}: {n_structures} structures, {settings.decoders} "
+            f"decoders; CT "
             f"{'x'.join(map(str, settings.shape))} at {settings.spacing_mm} mm",
         }
         for approach in settings.approaches:
@@ -84,6 +94,8 @@ def check_scale(settings: ScaleSettings) -> None:
     from simulations.scenario import load_scenario
 
     load_scenario(settings.scenario)
+    if settings.decoders not in DECODERS:
+        raise ValueError(f"decoders {settings.decoders!r}: expected one of {', '.join(DECODERS)}")
     bad = sorted(set(settings.approaches) - set(APPROACHES))
     if bad:
         raise ValueError(f"approaches {bad}: expected some of {', '.join(APPROACHES)}")
@@ -91,19 +103,42 @@ def check_scale(settings: ScaleSettings) -> None:
         require_nnunet()
 
 
-def scale_bundle(scenario: str, folder: Path) -> tuple[Path, int]:
-    """A bundle of the scenario plan's network and tasks, random weights; its structures."""
+def scale_bundle(scenario: str, folder: Path, decoders: str = "teacher") -> tuple[Path, int]:
+    """A bundle of the scenario plan's network and tasks, random weights; its structures.
+
+    ``decoders``: ``teacher`` (full width, what the search starts from) or ``trimmed``
+    (:func:`stand_in_student` within each task's size budget: what registration keeps).
+    """
+    from core.phases import PHASES
     from simulations.scenario import load_scenario
 
     plan = load_scenario(scenario).plan
+    widths = plan.encoder.widths
     model = ContinualSegmenter(Encoder(plan.encoder))
-    depth = len(plan.encoder.widths) - 1
     for task in plan.tasks:
-        model.add_decoder(
-            task.name, Decoder(plan.encoder.widths, Genotype.teacher(depth), task.structures)
+        share = task.of(PHASES["search"]).size_budget
+        genotype = (
+            Genotype.teacher(len(widths) - 1)
+            if decoders == "teacher"
+            else stand_in_student(widths, len(task.structures), share)
         )
+        model.add_decoder(task.name, Decoder(widths, genotype, task.structures))
     save_bundle(Bundle(model.eval(), plan.preprocessing, plan.patch), folder)
     return folder, len({s for t in plan.tasks for s in t.structures})
+
+
+def stand_in_student(widths: tuple[int, ...], structures: int, share: float) -> Genotype:
+    """The uniform genotype of the search's choices with the most parameters within budget.
+
+    A stand-in for what the search finds (it may mix operations and widths by stage); the
+    smallest of them where none fits.
+    """
+    depth = len(widths) - 1
+    candidates = [Genotype.uniform(op, w, depth) for op in OPS for w in WIDTH_CHOICES]
+    size = {g: genotype_parameters(widths, g, structures) for g in candidates}
+    budget = budget_parameters(widths, structures, share)
+    fitting = [g for g in candidates if size[g] <= budget]
+    return max(fitting, key=size.__getitem__) if fitting else min(candidates, key=size.__getitem__)
 
 
 def synthetic_ct(

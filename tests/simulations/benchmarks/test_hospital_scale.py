@@ -1,11 +1,19 @@
-"""nnU-Net v2's side of ``csfl profile --scale``: its plan, and its predictor where installed."""
+"""``csfl profile --scale``: nnU-Net v2's plan and predictor (where installed), the bundle."""
 
 import json
 
 import nibabel as nib
 import pytest
 
-from simulations.benchmarks.hospital_scale import ScaleSettings, check_scale, synthetic_ct
+from core.model import Genotype
+from core.model.cost import genotype_parameters
+from core.phases.search import budget_parameters
+from simulations.benchmarks.hospital_scale import (
+    ScaleSettings,
+    check_scale,
+    stand_in_student,
+    synthetic_ct,
+)
 from simulations.benchmarks.nnunet_side import CONFIGURATION, predict, write_model
 from simulations.scenario import load_scenario
 
@@ -36,3 +44,14 @@ def test_nnunet_segments_the_ct_on_its_own_grid(tmp_path, approach):
     labels = nib.load(predict(approach, model, ct, tmp_path / "out"))
     assert labels.shape == (40, 36, 30)
     assert abs(labels.affine - nib.load(ct).affine).max() < 1e-3
+
+
+def test_the_trimmed_stand_in_is_the_widest_uniform_student_within_the_budget():
+    widths = load_scenario("wholebody143").plan.encoder.widths
+    student = stand_in_student(widths, 20, 0.25)
+    size = genotype_parameters(widths, student, 20)
+    assert size <= budget_parameters(widths, 20, 0.25)
+    wider = Genotype.uniform(student.stages[0].op, 1.0, len(widths) - 1)
+    assert genotype_parameters(widths, wider, 20) > size  # the budget bound it
+    with pytest.raises(ValueError, match="decoders 'half'"):
+        check_scale(ScaleSettings(scenario="tiny", decoders="half"))
