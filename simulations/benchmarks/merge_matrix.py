@@ -14,18 +14,15 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from statistics import fmean
 from typing import Any
 
 from core.io import atomic_write_json
-from simulations.benchmarks.merge_report import ALONE, COMPARED, merge_report
+from simulations.benchmarks.merge_report import BEST, COMPARED, OWN, merge_report, task_summary
 from simulations.run import simulate
 from simulations.scenario import BUILTIN, TEST_FOLDER, Scenario, load_scenario
 
 FAMILY = BUILTIN / "family"
-BEST = "best single decoder"
 MATRIX = "matrix.json"
-OWN = "own decoder"
 
 
 def family(folder: Path = FAMILY) -> list[Path]:
@@ -43,34 +40,6 @@ def finished(spec: Scenario, run: Path) -> bool:
     except (OSError, ValueError):
         return False
     return len(results.get("stages", [])) == len(spec.stages)
-
-
-def task_summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Per task: mean Dice of each method over its structures, and its worst structure.
-
-    The best single decoder of a structure is the decoder alone that scores it best.
-    """
-    out: dict[str, dict[str, Any]] = {}
-    for task, per_structure in report["tasks"].items():
-        rows: dict[str, list[float]] = {}
-        losses = {}
-        for structure, scores in per_structure.items():
-            alone = {m: v for m, v in scores.items() if m.startswith(ALONE)}
-            best = max(alone.values())
-            rows.setdefault(BEST, []).append(best)
-            rows.setdefault(OWN, []).append(alone.get(ALONE + task, best))
-            for method in COMPARED:
-                rows.setdefault(method, []).append(scores[method])
-            losses[structure] = best - scores["confidence"]
-        means = {method: fmean(values) for method, values in rows.items()}
-        worst = max(losses, key=lambda s: losses[s])
-        out[task] = {
-            "dice": means,
-            "ratio": means["confidence"] / means[BEST] if means[BEST] else None,
-            "worst_structure": worst,
-            "worst_loss": losses[worst],
-        }
-    return out
 
 
 def run_matrix(

@@ -33,6 +33,8 @@ from simulations.scenario import Scenario
 from simulations.task_data import load_test_set
 
 COMPARED = ("confidence", "no_gating", "with_anomaly", "highest_probability", "last_decoder")
+BEST = "best single decoder"  # per structure, the decoder alone that scores it best
+OWN = "own decoder"
 ALONE = "alone:"  # a method that is one decoder by itself: ``alone:<task>``
 
 
@@ -183,10 +185,52 @@ def _dice(
     return dice
 
 
+def task_summary(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Per task: mean Dice of each method over its structures, and its worst structure.
+
+    The best single decoder of a structure is the decoder alone that scores it best.
+    """
+    out: dict[str, dict[str, Any]] = {}
+    for task, per_structure in report["tasks"].items():
+        rows: dict[str, list[float]] = {}
+        losses = {}
+        for structure, scores in per_structure.items():
+            alone = {m: v for m, v in scores.items() if m.startswith(ALONE)}
+            best = max(alone.values())
+            rows.setdefault(BEST, []).append(best)
+            rows.setdefault(OWN, []).append(alone.get(ALONE + task, best))
+            for method in COMPARED:
+                rows.setdefault(method, []).append(scores[method])
+            losses[structure] = best - scores["confidence"]
+        means = {method: fmean(values) for method, values in rows.items()}
+        worst = max(losses, key=lambda s: losses[s])
+        out[task] = {
+            "dice": means,
+            "ratio": means["confidence"] / means[BEST] if means[BEST] else None,
+            "worst_structure": worst,
+            "worst_loss": losses[worst],
+        }
+    return out
+
+
 def format_merge_report(report: dict[str, Any]) -> str:
-    """Markdown: for each kind of case, overlapping structures first, methods as columns."""
-    methods = [*COMPARED, "best single decoder"]
-    lines = []
+    """Markdown: per task, the merge against its best single decoders, then the cases.
+
+    For each kind of case, overlapping structures first and methods as columns; then the
+    shares of slices inside each decoder's domain and of voxels each decoder won.
+    """
+    lines = [
+        "| task | own decoder | merged | best single decoders | merged / best | worst structure |",
+        "|---|---|---|---|---|---|",
+    ]
+    for task, row in task_summary(report).items():
+        dice = row["dice"]
+        ratio = "-" if row["ratio"] is None else f"{row['ratio']:.2f}"
+        lines.append(
+            f"| {task} | {dice[OWN]:.3f} | {dice['confidence']:.3f} | {dice[BEST]:.3f} | "
+            f"{ratio} | {row['worst_structure']} ({-row['worst_loss']:+.3f}) |"
+        )
+    methods = [*COMPARED, BEST]
     for kind, per in report["dice"].items():
         lines += [
             f"\n{kind} cases ({report['cases'][kind]}):\n",
@@ -197,9 +241,9 @@ def format_merge_report(report: dict[str, Any]) -> str:
         for structure in ordered:
             scores = per[structure]
             alone = [v for m, v in scores.items() if m.startswith(ALONE)]
-            row = [scores.get(m) for m in COMPARED] + [max(alone) if alone else None]
+            values = [scores.get(m) for m in COMPARED] + [max(alone) if alone else None]
             mark = " (overlap)" if structure in report["overlap"] else ""
-            cells = ["-" if v is None else f"{v:.3f}" for v in row]
+            cells = ["-" if v is None else f"{v:.3f}" for v in values]
             lines.append(f"| {structure}{mark} | " + " | ".join(cells) + " |")
     lines += _shares("Share of each test set's slices inside a decoder's domain", report["domain"])
     lines += _shares("Share of a merged structure's voxels its decoders said", report["won"])

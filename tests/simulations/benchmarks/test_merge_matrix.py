@@ -2,15 +2,14 @@ import json
 
 import pytest
 
-from simulations.benchmarks.merge_matrix import (
+from simulations.benchmarks.merge_matrix import family, format_matrix, record
+from simulations.benchmarks.merge_report import (
     BEST,
+    COMPARED,
     OWN,
-    family,
-    format_matrix,
-    record,
+    format_merge_report,
     task_summary,
 )
-from simulations.benchmarks.merge_report import COMPARED
 
 
 def _row(merged, **alone):
@@ -36,6 +35,9 @@ def test_each_task_is_summed_up_against_its_own_and_its_best_single_decoders():
     assert abdomen["dice"][OWN] == pytest.approx(0.85) and abdomen["dice"][BEST] == 0.92
     text = format_matrix({"s": summary})
     assert "Worst task: s/pelvis, merged 0.80x" in text and "s/pelvis/sacrum, 0.300" in text
+    shown = {"overlap": [], "cases": {}, "dice": {}, "domain": {}, "won": {}, **report}
+    lines = format_merge_report(shown).splitlines()  # csfl merge-report: the tasks first
+    assert lines[2] == "| pelvis | 0.750 | 0.600 | 0.750 | 0.80 | sacrum (-0.300) |"
 
 
 def test_the_bundled_family_has_six_scenarios_and_an_empty_folder_is_refused(tmp_path):
