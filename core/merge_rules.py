@@ -141,7 +141,10 @@ def confidence(
     within = _containment(structures, labels[0].device)
     standing = []
     for d, (label, trust) in enumerate(zip(labels, trusts, strict=True)):
-        ok = gates[d] & (label > 0)
+        speaks = gates[d]
+        if settings.gating:
+            speaks = speaks | _borrowed(d, ordered, labels, skills, structures, settings)
+        ok = speaks & (label > 0)
         for e, other in enumerate(labels):
             if e != d:
                 disagrees = knows[e][label] & (other != label) & ~within[other, label]
@@ -158,6 +161,37 @@ def confidence(
             break
         best = torch.where(refined > 0, refined, best)
     return best
+
+
+def _borrowed(
+    d: int,
+    votes: Sequence[DecoderVote],
+    labels: Sequence[torch.Tensor],
+    skills: Sequence[torch.Tensor],
+    structures: Sequence[str],
+    settings: MergeSettings,
+) -> torch.Tensor:
+    """Where decoder ``d`` may claim ``l_d`` outside its own domain: inside another's.
+
+    Where another decoder ``e`` labels ``l_d``, its sites saw ``l_d`` in slabs like these
+    (its row of ``l_d`` within the gate), and it learnt ``l_d`` less than ``d`` did
+    (``q_e(l_d) < q_d(l_d)``), the structure belongs here and the decoder that knows it
+    better may say so. A structure no decoder at home labels (a brain in an abdomen)
+    stays gated.
+    """
+    label = labels[d]
+    slices = torch.arange(label.shape[-1], device=label.device)
+    out = torch.zeros_like(label, dtype=torch.bool)
+    for e, vote in enumerate(votes):
+        if e == d or vote.domain is None:
+            continue
+        rows = torch.zeros(len(structures) + 1, dtype=torch.long, device=label.device)
+        for i, s in enumerate(vote.structures, 1):
+            rows[structures.index(s) + 1] = i
+        row = rows[label.long()]
+        at_home = vote.domain.to(label.device)[row, slices] <= settings.domain_factor
+        out |= (row > 0) & at_home & (skills[e][label] < skills[d][label])
+    return out
 
 
 def _doubt(

@@ -253,3 +253,22 @@ def test_a_decoder_that_never_learnt_a_structure_does_not_take_its_voxels_for_a_
     # one that did learn the aorta denies it with weight: its surer lung stands
     learnt = dataclasses.replace(wholebody, skill=(0.9, 0.8))
     assert _names([learnt, thorax]) == ["lung_left"]
+
+
+def test_a_structure_the_decoder_at_home_never_learnt_is_borrowed_from_the_one_that_did():
+    # voxel 0: trunk CTs, where the abdominal decoder (out of its domain, score 4) is the
+    # only one that learnt the left kidney; the trunk decoder labels it (its sites saw it
+    # here: score 0.5) but never learnt it. Voxel 1: a brain in an abdomen: no decoder at
+    # home labels brain, so the head decoder stays silent out of its domain.
+    abdomen = _vote("abdomen", ["kidney_left"], [0.2, 0.9], [0.8, 0.1], conf=[HIGH, HIGH])
+    abdomen = dataclasses.replace(
+        abdomen, skill=(0.8,), domain=torch.tensor([[4.0, 4.0], [4.0, 4.0]])
+    )
+    trunk = _vote("trunk", ["liver", "kidney_left"], [0.9, 0.9], [0.05, 0.05], [0.05, 0.05])
+    trunk = dataclasses.replace(trunk, skill=(0.8, 0.0), domain=torch.full((3, 2), 0.5))
+    head = _vote("head", ["brain"], [0.9, 0.2], [0.1, 0.8], conf=[HIGH, HIGH])
+    head = dataclasses.replace(head, skill=(0.9,), domain=torch.full((2, 2), 4.0))
+    assert _names([abdomen, trunk, head]) == ["kidney_left", "background"]
+    # a trunk decoder that learnt the kidney as well keeps the gate shut
+    learnt = dataclasses.replace(trunk, skill=(0.8, 0.8))
+    assert _names([abdomen, learnt, head]) == ["background", "background"]
