@@ -19,7 +19,9 @@ The ``confidence`` rule, at every voxel:
    that segments lesions; ``g_d`` is 1 inside the decoder's domain (where its domain score,
    how unlike the CT region is to the regions its sites trained it on over their own
    held-out threshold, ``core.domain``, is at most ``domain_factor``) and 0 outside: a
-   gated decoder neither proposes nor objects.
+   gated decoder neither proposes nor objects, except that it may still propose a
+   structure where another decoder that labels it is at home for it and learnt it less
+   (its skill is lower): the structure belongs there, and the better decoder says so.
 2. A foreground proposal ``k`` of ``d`` stands unless another decoder ``e`` that also
    knows ``k`` says something else (background, or a structure that does not lie inside
    ``k``) with more trust about ``k``, ``t_e(k) > t_d(k)``. A structure that one
@@ -123,6 +125,8 @@ def confidence(
     scales = [v.domain_scale for v in ordered if v.domain is not None]
     unit = statistics.median(scales) if scales else 1.0
     labels, base, trusts, gates, knows, skills = [], [], [], [], [], []
+    rows: list[torch.Tensor] = []
+    domains: list[torch.Tensor | None] = []
     for vote in ordered:
         label, prob = vote.proposal(structures)
         labels.append(label)
@@ -135,15 +139,19 @@ def confidence(
         trusts.append(base[-1] * skills[-1][label])
         everywhere = torch.ones_like(label, dtype=torch.bool)
         gates.append(everywhere if score is None else score <= settings.domain_factor)
-        known = torch.zeros(len(structures) + 1, dtype=torch.bool, device=label.device)
-        known[[structures.index(s) + 1 for s in vote.structures]] = True
-        knows.append(known)
+        row = torch.zeros(len(structures) + 1, dtype=torch.long, device=label.device)
+        row[[structures.index(s) + 1 for s in vote.structures]] = torch.arange(
+            1, len(vote.structures) + 1, device=label.device
+        )
+        rows.append(row)  # output label -> the vote's own label, its domain's row (0: unknown)
+        knows.append(row > 0)
+        domains.append(None if vote.domain is None else vote.domain.to(label.device))
     within = _containment(structures, labels[0].device)
     standing = []
     for d, (label, trust) in enumerate(zip(labels, trusts, strict=True)):
         speaks = gates[d]
         if settings.gating:
-            speaks = speaks | _borrowed(d, ordered, labels, skills, structures, settings)
+            speaks = speaks | _borrowed(d, labels, rows, domains, skills, settings.domain_factor)
         ok = speaks & (label > 0)
         for e, other in enumerate(labels):
             if e != d:
@@ -165,11 +173,11 @@ def confidence(
 
 def _borrowed(
     d: int,
-    votes: Sequence[DecoderVote],
     labels: Sequence[torch.Tensor],
+    rows: Sequence[torch.Tensor],
+    domains: Sequence[torch.Tensor | None],
     skills: Sequence[torch.Tensor],
-    structures: Sequence[str],
-    settings: MergeSettings,
+    domain_factor: float,
 ) -> torch.Tensor:
     """Where decoder ``d`` may claim ``l_d`` outside its own domain: inside another's.
 
@@ -177,19 +185,16 @@ def _borrowed(
     (its row of ``l_d`` within the gate), and it learnt ``l_d`` less than ``d`` did
     (``q_e(l_d) < q_d(l_d)``), the structure belongs here and the decoder that knows it
     better may say so. A structure no decoder at home labels (a brain in an abdomen)
-    stays gated.
+    stays gated. ``rows[e]`` maps an output label to ``e``'s own (0: unknown to ``e``).
     """
     label = labels[d]
     slices = torch.arange(label.shape[-1], device=label.device)
     out = torch.zeros_like(label, dtype=torch.bool)
-    for e, vote in enumerate(votes):
-        if e == d or vote.domain is None:
+    for e, domain in enumerate(domains):
+        if e == d or domain is None:
             continue
-        rows = torch.zeros(len(structures) + 1, dtype=torch.long, device=label.device)
-        for i, s in enumerate(vote.structures, 1):
-            rows[structures.index(s) + 1] = i
-        row = rows[label.long()]
-        at_home = vote.domain.to(label.device)[row, slices] <= settings.domain_factor
+        row = rows[e][label.long()]
+        at_home = domain[row, slices] <= domain_factor
         out |= (row > 0) & at_home & (skills[e][label] < skills[d][label])
     return out
 

@@ -70,7 +70,11 @@ def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[s
         bundle, n_structures = scale_bundle(
             settings.scenario, Path(tmp) / "bundle", settings.decoders
         )
-        nnunet = write_model(settings.scenario, Path(tmp) / "nnunet")
+        nnunet = (
+            write_model(settings.scenario, Path(tmp) / "nnunet")
+            if set(settings.approaches) & set(NNUNET_APPROACHES)
+            else None
+        )
         ct = synthetic_ct(Path(tmp) / "ct.nii", settings.shape, settings.spacing_mm)
         figures: dict[str, Any] = {
             "setup": f"{settings.scenario}: {n_structures} structures, {settings.decoders} "
@@ -78,7 +82,7 @@ def profile_prediction(settings: ScaleSettings, progress: bool = True) -> dict[s
             f"{'x'.join(map(str, settings.shape))} at {settings.spacing_mm} mm",
         }
         for approach in settings.approaches:
-            model = nnunet if approach in NNUNET_APPROACHES else bundle
+            model = nnunet if nnunet and approach in NNUNET_APPROACHES else bundle
             result = _measure_in_subprocess(approach, model, ct, settings.limit_gb, progress)
             for key, value in result.items():
                 figures[f"{approach}_{key}"] = value
