@@ -92,8 +92,10 @@ class Decoder(nn.Module):
     def forward(self, features: Sequence[torch.Tensor]) -> DecoderOutput:
         """Decode the encoder's skip features (full resolution first, bottleneck last)."""
         x = self.last_features(features)
-        organ = self.organ_head(x)
-        return DecoderOutput(organ, *self.calibration(x, organ))
+        organ_last = self._organ_channels_last(x)
+        organ = organ_last.movedim(-1, 1)
+        probs = F.softmax(organ_last.detach(), dim=-1).movedim(-1, 1)
+        return DecoderOutput(organ, *self._heads(x, probs))
 
     def organ_logits(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """The organ head alone: what training and scoring need.
@@ -101,8 +103,17 @@ class Decoder(nn.Module):
         Skips the calibration head, a full-resolution 3x3x3 convolution that costs about
         a third of the decoder's forward pass.
         """
-        logits: torch.Tensor = self.organ_head(self.last_features(features))
-        return logits
+        return self._organ_channels_last(self.last_features(features)).movedim(-1, 1)
+
+    def _organ_channels_last(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, ..., 1 + K)``: the organ head (a 1x1x1 convolution) as a matrix product.
+
+        Over the channels-last view it is one GEMM, and the softmax then runs over
+        contiguous memory: for 116 structures at 96^3 the heads took 1.2 s instead of
+        1.9 s a window (oneDNN handles a 1x1x1 convolution to many channels poorly).
+        """
+        head = self.organ_head
+        return F.linear(x.movedim(1, -1), head.weight.flatten(1), head.bias)
 
     def last_features(self, features: Sequence[torch.Tensor]) -> torch.Tensor:
         """The last stage's features, which every head reads."""
@@ -120,7 +131,16 @@ class Decoder(nn.Module):
         self, x: torch.Tensor, organ: torch.Tensor
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Anomaly and confidence logits from the last features and the organ logits."""
-        heads = self.calibration_head(torch.cat([x, F.softmax(organ.detach(), dim=1)], dim=1))
+        return self._heads(x, F.softmax(organ.detach(), dim=1))
+
+    def _heads(self, x: torch.Tensor, probs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # the first convolution of cat([x, probs]) as the sum of one over each: the same
+        # sum without a copy of every structure's probability map
+        first, activation, last = self.calibration_head
+        c = x.shape[1]
+        hidden = F.conv3d(x, first.weight[:, :c], first.bias, padding=1)
+        hidden = hidden + F.conv3d(probs, first.weight[:, c:], padding=1)
+        heads = last(activation(hidden))
         return heads[:, :1], heads[:, 1:]
 
 

@@ -79,6 +79,21 @@ def test_the_organ_head_alone_gives_the_full_forward_s_organ_logits_and_gradient
     assert all(torch.equal(grads[0][n], grads[1][n]) for n in grads[0])
 
 
+def test_the_heads_compute_what_their_modules_define():
+    # the organ head runs as a matrix product and the calibration head's first convolution
+    # as two: both must stay the modules' own functions, weights as stored
+    torch.manual_seed(0)
+    decoder = Decoder(TINY.widths, Genotype.teacher(3), STRUCTURES)
+    features = Encoder(TINY)(torch.randn(2, 1, 16, 16, 16))
+    out = decoder(features)
+    x = decoder.last_features(features)
+    organ = decoder.organ_head(x)
+    heads = decoder.calibration_head(torch.cat([x, organ.softmax(dim=1)], dim=1))
+    torch.testing.assert_close(out.organ, organ)
+    torch.testing.assert_close(out.anomaly, heads[:, :1])
+    torch.testing.assert_close(out.confidence, heads[:, 1:])
+
+
 def test_decoder_refuses_unknown_or_repeated_structures():
     with pytest.raises(KeyError, match="closest: liver"):
         Decoder(TINY.widths, Genotype.teacher(3), ("livr",))
