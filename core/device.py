@@ -47,29 +47,18 @@ def native_bf16(device: torch.device) -> bool:
     return device.type == "cpu" and (_cpu_has("avx512_bf16") or _cpu_has("amx_tile"))
 
 
-def safe_bf16(device: torch.device) -> bool:
-    """Whether ``auto`` trains in bfloat16 here: native and measured to train without NaN.
-
-    A CUDA GPU with bfloat16, or a CPU with AMX. Not a CPU with AVX512-BF16 but no AMX
-    (AMD Zen 4 and 5, Intel Cooper Lake): there oneDNN runs bfloat16 convolutions with its
-    ``avx512_core_bf16`` kernels, and this project's training turned NaN at its second step
-    in about one test-suite run in three on such an AMD EPYC, depending on what the
-    process had run before (the same tests in fp32, or on AMX, never did). ``bf16`` named
-    explicitly still runs there; :func:`core.local.training.optimise` stops a phase whose loss or
-    gradients turn non-finite.
-    """
-    if device.type == "cuda":
-        return native_bf16(device)
-    return device.type == "cpu" and _cpu_has("amx_tile")
-
-
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
     """Where a training step's forward pass runs in mixed precision.
 
     ``bf16``: convolutions and matrix products in bfloat16 (the weights stay fp32, and the
     project's losses cast their inputs to fp32, since CPU autocast leaves softmax and sums in
-    bfloat16); ``fp32``: none; ``auto``: ``bf16`` where :func:`safe_bf16`, else ``fp32``.
+    bfloat16); ``fp32``: none; ``auto``: ``bf16`` where :func:`native_bf16`, else ``fp32``.
+
+    On a CPU with AVX512-BF16 but no AMX, oneDNN's bfloat16 weight gradient is not finite
+    where an input side is shorter than the kernel; the network's convolutions run those in
+    fp32 (``core.model.blocks.FiniteConv3d``), which made this project's training turn NaN
+    at random there before.
     """
-    if check_precision(precision) == "bf16" or (precision == "auto" and safe_bf16(device)):
+    if check_precision(precision) == "bf16" or (precision == "auto" and native_bf16(device)):
         return torch.autocast(device.type, dtype=torch.bfloat16)
     return contextlib.nullcontext()

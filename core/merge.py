@@ -5,6 +5,7 @@ The rules that turn the votes into one label map are :mod:`core.merge_rules`.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -213,15 +214,15 @@ class DecoderVote:
 
     def proposal(self, structures: Sequence[str]) -> tuple[torch.Tensor, torch.Tensor]:
         """Its arg-max as an output label (``structures`` from 1) and that label's probability."""
-        ids = [0] + [structures.index(s) + 1 for s in self.structures]
+        ids = (0, *output_ids(self.structures, tuple(structures)))
         return torch.tensor(ids, device=self.label.device)[self.label.long()], self.prob
 
     def skill_table(self, structures: Sequence[str], device: torch.device) -> torch.Tensor:
         """``q_d(k)`` per output label (index 0, background, and unknown structures: 1)."""
         table = torch.ones(len(structures) + 1, device=device)
         skills = self.skill or tuple(1.0 for _ in self.structures)
-        for s, q in zip(self.structures, skills, strict=True):
-            table[structures.index(s) + 1] = q
+        ids = output_ids(self.structures, tuple(structures))
+        table[list(ids)] = torch.tensor(skills, device=device)
         return table
 
     def trust(self, prob: torch.Tensor, anomaly_weight: float) -> torch.Tensor:
@@ -232,6 +233,17 @@ class DecoderVote:
         if anomaly_weight and not knows_lesions(self.structures):
             trust = trust * (1.0 - anomaly_weight * self.anomaly)
         return trust
+
+
+@functools.lru_cache(maxsize=64)
+def output_ids(own: tuple[str, ...], structures: tuple[str, ...]) -> tuple[int, ...]:
+    """The output label of each of a decoder's structures (``structures`` numbered from 1).
+
+    Cached: a volume is merged slab by slab, and a list search per structure and slab cost
+    a 150-structure bundle 4% of its prediction time.
+    """
+    index = {s: i for i, s in enumerate(structures, 1)}
+    return tuple(index[s] for s in own)
 
 
 def label_dtype(n_structures: int) -> torch.dtype:

@@ -51,7 +51,7 @@ from collections.abc import Sequence
 import torch
 
 from core import anatomy
-from core.merge import DecoderVote, MergeSettings
+from core.merge import DecoderVote, MergeSettings, output_ids
 
 
 def merge(
@@ -140,7 +140,7 @@ def confidence(
         everywhere = torch.ones_like(label, dtype=torch.bool)
         gates.append(everywhere if score is None else score <= settings.domain_factor)
         row = torch.zeros(len(structures) + 1, dtype=torch.long, device=label.device)
-        row[[structures.index(s) + 1 for s in vote.structures]] = torch.arange(
+        row[list(output_ids(vote.structures, tuple(structures)))] = torch.arange(
             1, len(vote.structures) + 1, device=label.device
         )
         rows.append(row)  # output label -> the vote's own label, its domain's row (0: unknown)

@@ -10,7 +10,7 @@ import torch
 
 from core.bundle import Bundle
 from core.data.transforms import Augmentation, Preprocessing
-from core.device import autocast, pick_device, safe_bf16
+from core.device import autocast, native_bf16, pick_device
 from core.inference import predict_volume
 from core.local.training import LocalTrainSettings, train_phase
 from tests.builders import nnunet_dataset
@@ -26,10 +26,10 @@ pytestmark = [
 def test_the_default_device_is_the_gpu_and_auto_trains_in_bfloat16_there():
     device = pick_device()
     assert device.type == "cuda"
-    assert safe_bf16(device) == torch.cuda.is_bf16_supported()
+    assert native_bf16(device) == torch.cuda.is_bf16_supported()
     with autocast(device, "auto"):
         y = torch.nn.Conv3d(1, 2, 3).to(device)(torch.rand(1, 1, 8, 8, 8, device=device))
-    assert y.dtype == (torch.bfloat16 if safe_bf16(device) else torch.float32)
+    assert y.dtype == (torch.bfloat16 if native_bf16(device) else torch.float32)
 
 
 def test_a_phase_trains_on_the_gpu(tmp_path):

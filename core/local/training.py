@@ -267,7 +267,12 @@ def private_steps(
     prepare: Prepare | None = None,
     generator: torch.Generator | None = None,
 ) -> PrivateSteps:
-    """DP-SGD's gradients over ``dataset``'s patients with a loop's batch, seed and precision."""
+    """DP-SGD's gradients over ``dataset``'s patients with a loop's batch and seed, in fp32.
+
+    Whatever the loop's precision: the per-case gradients (``torch.func.vmap`` of
+    ``grad_and_value``) fail under bfloat16 autocast ("expected scalar type BFloat16 but
+    found Float" in the backward pass, torch 2.13 on CPU).
+    """
     device = next(network.parameters()).device
     return PrivateSteps(
         network,
@@ -277,7 +282,7 @@ def private_steps(
         settings.batch_size,
         privacy,
         generator or torch.Generator().manual_seed(settings.seed),
-        autocast(device, settings.precision),
+        autocast(device, "fp32"),
         prepare,
     )
 

@@ -21,7 +21,7 @@ from monai.networks.blocks import UpSample
 from torch import nn
 
 from core import anatomy
-from core.model.blocks import OPS, init_he, op_block
+from core.model.blocks import OPS, PointwiseConv3d, init_he, op_block
 from core.model.cost import genotype_parameters, head_parameters, stage_parameters
 from core.model.genotype import WIDTH_CHOICES, Genotype, Stage
 
@@ -71,7 +71,7 @@ class SuperNet(nn.Module):
         skips = list(reversed(encoder_widths[:-1]))
         below = [encoder_widths[-1], *skips[:-1]]
         self.stages = nn.ModuleList(MixedStage(b, w, w) for b, w in zip(below, skips, strict=True))
-        self.organ_head = nn.Conv3d(skips[-1], 1 + len(structures), kernel_size=1)
+        self.organ_head = PointwiseConv3d(skips[-1], 1 + len(structures))
         init_he(self)
         n = len(skips)
         self.alpha = nn.Parameter(torch.zeros(n, len(OPS)))

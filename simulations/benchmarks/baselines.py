@@ -28,7 +28,7 @@ from core.local.training import (
     patch_batches,
 )
 from core.model import Decoder, Encoder, EncoderConfig, Genotype
-from core.model.blocks import init_he
+from core.model.blocks import PointwiseConv3d, init_he
 from server.plan import Plan
 from simulations.task_data import TaskData
 
@@ -94,7 +94,7 @@ class GrowingSegmenter(nn.Module):
             anatomy.get(name)
         old = self.organ_head
         n_old, n_new = old.out_channels, len(added)
-        head = nn.Conv3d(old.in_channels, n_old + n_new, kernel_size=1)
+        head = PointwiseConv3d(old.in_channels, n_old + n_new)
         head.to(device=old.weight.device, dtype=old.weight.dtype)
         init_he(head)
         assert old.bias is not None and head.bias is not None

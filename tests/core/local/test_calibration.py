@@ -38,7 +38,11 @@ def test_calibration_trains_the_heads_only_and_measures_the_domain(trained_bundl
     decoder = model.decoder("abdomen")
     frozen = {k: v.clone() for k, v in decoder.state_dict().items() if "calibration" not in k}
     settings = LocalTrainSettings(
-        steps=40, augmentation=Augmentation(patch_size=PATCH), progress=False, lr=3e-3
+        steps=40,
+        augmentation=Augmentation(patch_size=PATCH),
+        progress=False,
+        lr=3e-3,
+        precision="fp32",  # as the fixture's model (see trained_run)
     )
     cases = abdomen_cases(tiny_sites)
     result = calibrate_phase(

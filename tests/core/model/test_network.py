@@ -2,6 +2,7 @@ import pytest
 import torch
 
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, Stage
+from core.model.blocks import conv
 from core.model.cost import count_parameters, genotype_cost
 from tests.models import TINY
 
@@ -144,3 +145,19 @@ def test_unified_model_refuses_bad_tasks():
     other = Decoder((8, 16, 32, 64, 128), Genotype.teacher(4), ("liver",))
     with pytest.raises(ValueError, match="expects encoder widths"):
         model.add_decoder("t2", other)
+
+
+def test_convolutions_over_sides_shorter_than_the_kernel_leave_bf16_and_stay_finite():
+    # oneDNN's bf16 weight gradient (AVX512-BF16 without AMX) is not finite, at random,
+    # over a 2-voxel side under a 3-voxel kernel: such convolutions run in fp32
+    torch.manual_seed(0)
+    block = conv(64, 64)
+    short, long = torch.randn(2, 64, 2, 2, 2), torch.randn(1, 64, 4, 4, 4)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert block.conv(long).dtype == torch.bfloat16
+        assert block.conv(short).dtype == torch.float32  # as it came
+        assert block.conv(short.bfloat16()).dtype == torch.bfloat16
+        for _ in range(30):
+            block.zero_grad()
+            block(short).square().mean().backward()
+            assert all(torch.isfinite(p.grad).all() for p in block.parameters())

@@ -151,8 +151,8 @@ def test_kd_is_zero_at_stage_start_and_grows_after(method, chest_batch):
     old.eval().requires_grad_(False)
     with torch.no_grad():
         same = model(image)
-    for kd in (lwf_kd, mib_kd):  # the same model: exactly 0
-        assert kd(same, old(image), 2.0).item() == 0.0
+    for kd in (lwf_kd, mib_kd):  # the same model: 0, to the rounding of its matrix products
+        assert kd(same, old(image), 2.0).item() == pytest.approx(0.0, abs=1e-6)
 
     model.grow(CHEST, mib_init=method == "mib")
     current = [model.classes.index(s) + 1 for s in CHEST]
@@ -160,7 +160,7 @@ def test_kd_is_zero_at_stage_start_and_grows_after(method, chest_batch):
     total = loss(image, label)
     assert torch.isfinite(total) and total > 0
     if method == "lwf":
-        assert loss.kd_values[0] == 0.0  # old channels are untouched by growing
+        assert abs(loss.kd_values[0]) < 1e-6  # old channels are untouched by growing
     else:
         assert abs(loss.kd_values[0]) < 1e-6  # background + new = old background
     total.backward()
