@@ -110,6 +110,10 @@ def predict(
             "(default: csfl^continual-segment-fl)."
         ),
     ] = None,
+    precision: Annotated[
+        str,
+        typer.Option(help="auto (bf16 where the GPU or CPU computes it, else fp32), fp32 or bf16."),
+    ] = "auto",
 ) -> None:
     """Segment every structure the bundle knows, in one pass per CT.
 
@@ -121,7 +125,7 @@ def predict(
     as a DICOM SEG or an RT Structure Set referring to the source series.
     """
     from core.bundle import load_bundle
-    from core.device import pick_device
+    from core.device import check_precision, pick_device
     from core.dicom.output import (
         DicomNaming,
         OutputFormat,
@@ -143,6 +147,7 @@ def predict(
     torch_device = pick_device(device)
     with user_errors():
         naming = DicomNaming(CONTENT_CREATOR if creator is None else creator, RoiNames(roi_names))
+        check_precision(precision)
         check_input(input_path)
         check_format(chosen, input_path)
         if maps is not None and reads_as_dicom(input_path):
@@ -155,7 +160,16 @@ def predict(
             from core.dicom.predict import predict_series
 
             written = predict_series(
-                loaded, input_path, output, chosen, series, torch_device, overlap, settings, naming
+                loaded,
+                input_path,
+                output,
+                chosen,
+                series,
+                torch_device,
+                overlap,
+                settings,
+                naming,
+                precision,
             )
             for path in written:
                 typer.echo(f"wrote {path}")
@@ -171,6 +185,7 @@ def predict(
             overlap,
             settings,
             maps,
+            precision,
         )
     for path in written:
         typer.echo(f"wrote {path}")

@@ -21,6 +21,7 @@ import torch
 from core.bundle import Bundle
 from core.data.nifti import has_nifti_ending, strip_nifti_ending, write_volume
 from core.data.problems import DataError
+from core.device import DEFAULT_PRECISION
 from core.dicom.output import DicomNaming, OutputFormat, write_dicom_labels
 from core.dicom.series import read_series
 from core.inference import predict_volume, structure_sources
@@ -86,6 +87,7 @@ def predict_series(
     overlap: float = 0.25,
     settings: MergeSettings | None = None,
     naming: DicomNaming | None = None,
+    precision: str = DEFAULT_PRECISION,
 ) -> list[Path]:
     """Segment one CT series of ``folder`` and write ``output`` and its label tables.
 
@@ -103,7 +105,9 @@ def predict_series(
         path = Path(tmp) / "series.nii.gz"
         nib.save(image, path)
         with named_as(path, folder):
-            prediction = predict_volume(bundle, path, device, overlap=overlap, settings=settings)
+            prediction = predict_volume(
+                bundle, path, device, overlap=overlap, settings=settings, precision=precision
+            )
     if output_format is OutputFormat.NIFTI:
         written = write_volume(output, prediction.labels, prediction.affine)
         prefix = output.with_name(strip_nifti_ending(output.name))

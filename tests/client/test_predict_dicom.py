@@ -161,6 +161,7 @@ def test_tg263_roi_names_and_the_seg_creator_from_the_command_line(setup, tmp_pa
     for option, value, message in [
         ("--roi-names", "nice", "--roi-names 'nice': expected one of vocabulary, tg263"),
         ("--creator", "a\\b", "content creator 'a\\\\b': expected a person name"),
+        ("--precision", "fp16", "precision 'fp16': expected one of"),
     ]:
         result = _invoke(
             setup, setup / "series", tmp_path / "z.dcm", "--format", "seg", option, value

@@ -195,7 +195,7 @@ def test_streamed_prediction_equals_the_whole_volume_pass(tmp_path, rule):
     assert domain is not None and domain.shape == (1 + len(decoder.structures), 40)
     assert domain[:, :4].max() < 2 < domain[:, 36:].min()
     settings = MergeSettings(rule=rule)
-    got = predict_volume(bundle, path, settings=settings).labels
+    got = predict_volume(bundle, path, settings=settings, precision="fp32").labels
     assert np.array_equal(got, _whole_volume_labels(bundle, path, settings))
     assert len(np.unique(got)) > 2  # the decoders disagree: the merge has work to do
 
@@ -206,7 +206,7 @@ def test_air_around_the_body_is_background_and_never_runs_through_the_network(tm
     path = _ct(tmp_path, (40, 40, 40), body)
     shapes = []
     bundle.model.encoder.register_forward_hook(lambda m, args, out: shapes.append(args[0].shape))
-    labels = predict_volume(bundle, path).labels
+    labels = predict_volume(bundle, path, precision="fp32").labels
     margin = int(np.ceil(BODY_MARGIN_MM / 2.0))
     box = tuple(slice(max(s.start - margin, 0), s.stop + margin) for s in body)
     outside = np.ones(labels.shape, bool)
@@ -245,3 +245,21 @@ def test_no_tensor_holds_every_channel_of_the_volume(tmp_path):
     # compact votes and label maps hold one value per voxel, restoring a 4-vector grid
     # (window-sized tensors are smaller); every channel of the volume would be 44 a voxel
     assert probe.largest <= 4 * volume < channels * volume / 10
+
+
+def test_a_window_not_finite_in_bf16_runs_again_in_fp32(tmp_path, trained_bundle, monkeypatch):
+    bundle = load_bundle(trained_bundle)
+    path, _ = _lps_input(tmp_path)
+    decoder = bundle.model.decoder("abdomen")
+    forward = decoder.forward
+
+    def broken_in_bf16(features):
+        out = forward(features)
+        if torch.is_autocast_enabled("cpu"):  # as a kernel that fails in bf16 would
+            return out._replace(anomaly=torch.full_like(out.anomaly, float("nan")))
+        return out
+
+    monkeypatch.setattr(decoder, "forward", broken_in_bf16)
+    fp32 = predict_volume(bundle, path, precision="fp32")
+    again = predict_volume(bundle, path, precision="bf16")
+    assert np.array_equal(again.labels, fp32.labels)
