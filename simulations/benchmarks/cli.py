@@ -85,7 +85,8 @@ def profile(
         list[str] | None,
         typer.Option(
             help="What predicts the --scale CT (repeat; default streamed and plain): "
-            "streamed (csfl predict), plain (MONAI over the whole volume), nnunet (nnU-Net "
+            "streamed (csfl predict), streamed_fp32 (the same with --precision fp32), "
+            "plain (MONAI over the whole volume), nnunet (nnU-Net "
             "v2's predictor on the CT as it is), nnunet_resampled (nnU-Net on the CT "
             "resampled to the plan's spacing first, as TotalSegmentator runs it)."
         ),

@@ -33,7 +33,7 @@ from core.phases.search import budget_parameters
 from simulations.benchmarks.nnunet_side import APPROACHES as NNUNET_APPROACHES
 from simulations.benchmarks.nnunet_side import require_nnunet, write_model
 
-APPROACHES = ("streamed", "plain", *NNUNET_APPROACHES)
+APPROACHES = ("streamed", "streamed_fp32", "plain", *NNUNET_APPROACHES)
 DECODERS = ("teacher", "trimmed")
 
 
@@ -207,7 +207,8 @@ def _resident_gb(pid: int) -> float:
 def measure_prediction(approach: str, model: str, ct: str) -> dict[str, float]:
     """Predict ``ct`` by one approach in this process: its wall time and peak memory.
 
-    ``streamed`` is :func:`core.inference.predict_volume`; ``plain`` runs MONAI's
+    ``streamed`` is :func:`core.inference.predict_volume` (``csfl predict``, precision
+    ``auto``), ``streamed_fp32`` the same in fp32 (``--precision fp32``); ``plain`` runs MONAI's
     sliding windows over the whole volume with every output channel (as prediction did
     before streaming), then the same merge and restore; ``model`` is their bundle. The
     nnU-Net approaches (:mod:`simulations.benchmarks.nnunet_side`) take its model folder.
@@ -224,8 +225,9 @@ def measure_prediction(approach: str, model: str, ct: str) -> dict[str, float]:
 
     bundle = load_bundle(model)
     start = time.perf_counter()
-    if approach == "streamed":
-        predict_volume(bundle, ct, progress=True)
+    if approach.startswith("streamed"):
+        precision = "fp32" if approach == "streamed_fp32" else "auto"
+        predict_volume(bundle, ct, progress=True, precision=precision)
     else:
         _plain_predict(bundle, Path(ct))
     return _figures(time.perf_counter() - start)
