@@ -111,9 +111,12 @@ def predict(
         ),
     ] = None,
     precision: Annotated[
-        str,
-        typer.Option(help="auto (bf16 where the GPU or CPU computes it, else fp32), fp32 or bf16."),
-    ] = "auto",
+        str | None,
+        typer.Option(
+            help="auto (bf16 where the GPU or CPU computes it, else fp32), fp32 or bf16 "
+            "(default: the training default, auto)."
+        ),
+    ] = None,
 ) -> None:
     """Segment every structure the bundle knows, in one pass per CT.
 
@@ -125,7 +128,7 @@ def predict(
     as a DICOM SEG or an RT Structure Set referring to the source series.
     """
     from core.bundle import load_bundle
-    from core.device import check_precision, pick_device
+    from core.device import DEFAULT_PRECISION, check_precision, pick_device
     from core.dicom.output import (
         DicomNaming,
         OutputFormat,
@@ -147,7 +150,7 @@ def predict(
     torch_device = pick_device(device)
     with user_errors():
         naming = DicomNaming(CONTENT_CREATOR if creator is None else creator, RoiNames(roi_names))
-        check_precision(precision)
+        chosen_precision = check_precision(precision or DEFAULT_PRECISION)
         check_input(input_path)
         check_format(chosen, input_path)
         if maps is not None and reads_as_dicom(input_path):
@@ -169,7 +172,7 @@ def predict(
                 overlap,
                 settings,
                 naming,
-                precision,
+                chosen_precision,
             )
             for path in written:
                 typer.echo(f"wrote {path}")
@@ -185,7 +188,7 @@ def predict(
             overlap,
             settings,
             maps,
-            precision,
+            chosen_precision,
         )
     for path in written:
         typer.echo(f"wrote {path}")

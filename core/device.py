@@ -48,7 +48,7 @@ def native_bf16(device: torch.device) -> bool:
 
 
 def autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager[object]:
-    """Where a training step's forward pass runs in mixed precision.
+    """Where a forward pass (a training step's, or prediction's) runs in mixed precision.
 
     ``bf16``: convolutions and matrix products in bfloat16 (the weights stay fp32, and the
     project's losses cast their inputs to fp32, since CPU autocast leaves softmax and sums in

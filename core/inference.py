@@ -120,6 +120,7 @@ def volume_outputs(
         return VolumeOutputs(votes, affine, original)
 
     mixed = autocast(device, precision)
+    bf16 = isinstance(mixed, torch.autocast)  # in fp32 there is nothing to check
 
     def all_heads(x: torch.Tensor) -> Iterator[tuple[str, torch.Tensor]]:
         # the encoder once, then one decoder at a time: only its outputs are alive
@@ -128,7 +129,7 @@ def volume_outputs(
         for task, decoder in model.items():
             with mixed:
                 out = decoder(features)
-            if not _finite(out):
+            if bf16 and not _finite(out):
                 out = decoder(model.encoder(x.to(device)))  # fp32: outside autocast
             yield f"{task}/organ", out.organ.float().cpu()
             yield f"{task}/anomaly", out.anomaly.float().cpu()

@@ -333,7 +333,6 @@ class PrivateSteps:
         batch_size: the expected cases per step (the sampling rate is this over the cases).
         privacy: clipping and noise.
         generator: sampling and noise.
-        mixed: the autocast context of the forward passes.
         prepare: turns the step's patches and labels into what ``loss_of`` reads (default:
             the two of them), for a phase that alters its patches before the loss.
     """
@@ -345,7 +344,6 @@ class PrivateSteps:
     batch_size: int
     privacy: Privacy
     generator: torch.Generator
-    mixed: Any
     prepare: Prepare | None = None
 
     @property
@@ -369,7 +367,9 @@ class PrivateSteps:
                 images = torch.stack([p["image"] for p in patches]).to(device)
                 labels = torch.stack([p["label"] for p in patches]).to(device)
                 batch = (images, labels) if self.prepare is None else self.prepare(images, labels)
-                with self.mixed:
+                # fp32 whatever the phase's precision: under bf16 autocast the vmap'd
+                # backward fails ("expected scalar type BFloat16 but found Float", torch 2.13)
+                with torch.autocast(device.type, enabled=False):
                     per_case, seen = per_case_gradients(
                         self.network, self.params, self.loss_of, batch, self.batch_size
                     )

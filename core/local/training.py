@@ -267,13 +267,10 @@ def private_steps(
     prepare: Prepare | None = None,
     generator: torch.Generator | None = None,
 ) -> PrivateSteps:
-    """DP-SGD's gradients over ``dataset``'s patients with a loop's batch and seed, in fp32.
+    """DP-SGD's gradients over ``dataset``'s patients with a loop's batch and seed.
 
-    Whatever the loop's precision: the per-case gradients (``torch.func.vmap`` of
-    ``grad_and_value``) fail under bfloat16 autocast ("expected scalar type BFloat16 but
-    found Float" in the backward pass, torch 2.13 on CPU).
+    In fp32 whatever the loop's precision (:class:`core.local.private.PrivateSteps`).
     """
-    device = next(network.parameters()).device
     return PrivateSteps(
         network,
         params,
@@ -282,7 +279,6 @@ def private_steps(
         settings.batch_size,
         privacy,
         generator or torch.Generator().manual_seed(settings.seed),
-        autocast(device, "fp32"),
         prepare,
     )
 

@@ -33,7 +33,8 @@ from core.phases.search import budget_parameters
 from simulations.benchmarks.nnunet_side import APPROACHES as NNUNET_APPROACHES
 from simulations.benchmarks.nnunet_side import require_nnunet, write_model
 
-APPROACHES = ("streamed", "streamed_fp32", "plain", *NNUNET_APPROACHES)
+STREAMED = {"streamed": "auto", "streamed_fp32": "fp32"}  # csfl predict, at --precision
+APPROACHES = (*STREAMED, "plain", *NNUNET_APPROACHES)
 DECODERS = ("teacher", "trimmed")
 
 
@@ -225,9 +226,8 @@ def measure_prediction(approach: str, model: str, ct: str) -> dict[str, float]:
 
     bundle = load_bundle(model)
     start = time.perf_counter()
-    if approach.startswith("streamed"):
-        precision = "fp32" if approach == "streamed_fp32" else "auto"
-        predict_volume(bundle, ct, progress=True, precision=precision)
+    if approach in STREAMED:
+        predict_volume(bundle, ct, progress=True, precision=STREAMED[approach])
     else:
         _plain_predict(bundle, Path(ct))
     return _figures(time.perf_counter() - start)
