@@ -233,6 +233,7 @@ def run_benchmark(
     progress: bool = False,
     budget: Budget = "scenario",
     curves: Path | None = None,
+    plateau: Mapping[str, int] | None = None,
     cpus: int | None = None,
     settings: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
@@ -249,6 +250,8 @@ def run_benchmark(
         budget: ``scenario`` (the scenario's rounds) or ``plateau`` (each task's plateau
             budget from the upper-bound curves in ``curves``; :mod:`simulations.benchmarks.budget`).
         curves: ``csfl curve``'s folder (``plateau`` only).
+        plateau: plateau budgets in steps per task, taken before the curves' (``plateau``
+            only; the figures of curves measured before, without their folder).
         cpus: cores the federated methods' simulated sites share (default: all).
         settings: the ``--set`` keys already applied to ``scenario``'s federation table
             (:func:`simulations.scenario.parse_settings`); kept with every result, and a
@@ -262,13 +265,14 @@ def run_benchmark(
             that was made with other step counts.
     """
     out = out.resolve()
-    plateau = plateau_budgets(curves) if budget == "plateau" and curves is not None else {}
+    budgets: dict[str, int] = {}
     if budget == "plateau":
-        scenario = plateau_scenario(scenario, plateau)  # the federated methods' rounds
+        budgets = {**(plateau_budgets(curves) if curves is not None else {}), **(plateau or {})}
+        scenario = plateau_scenario(scenario, budgets)  # the federated methods' rounds
     if quick:
         scenario = dataclasses.replace(scenario, plan=quick_plan(scenario.plan))
     plan = scenario.plan
-    steps = central_steps(scenario, plan, budget, plateau)
+    steps = central_steps(scenario, plan, budget, budgets)
     if quick:
         steps = dict.fromkeys(steps, QUICK_STEPS)
     planned = {m: method_steps(m, scenario, steps) for m in methods}

@@ -13,7 +13,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -38,10 +38,35 @@ def budget_steps(plan: Plan, task: str, sites: int) -> int:
     return steps * sites
 
 
+MAX_PLATEAU_STEPS = 10_000_000
+
+
+def parse_plateaus(items: Sequence[str]) -> dict[str, int]:
+    """``TASK=STEPS`` plateau budgets given by hand (``csfl benchmark --plateau``).
+
+    Raises:
+        ValueError: naming an item that is not ``TASK=STEPS`` with STEPS a whole number
+            from 1 to :data:`MAX_PLATEAU_STEPS`.
+    """
+    out = {}
+    for item in items:
+        task, _, text = item.partition("=")
+        steps = int(text) if text.strip().isdigit() else 0
+        if not task.strip() or not 1 <= steps <= MAX_PLATEAU_STEPS:
+            raise ValueError(
+                f"--plateau {item!r}: expected TASK=STEPS, STEPS from 1 to {MAX_PLATEAU_STEPS}"
+            )
+        out[task.strip()] = steps
+    return out
+
+
 def _check_plateau(scenario: Scenario, plateau: Mapping[str, int]) -> None:
     missing = [t.name for t in scenario.tasks if t.name not in plateau]
     if missing:
         raise ValueError(f"no plateau budget for {missing}: run their upper-bound curves first")
+    unknown = sorted(set(plateau) - {t.name for t in scenario.tasks})
+    if unknown:
+        raise ValueError(f"plateau budgets for {unknown}: not tasks of {scenario.name}")
 
 
 def plateau_scenario(scenario: Scenario, plateau: Mapping[str, int]) -> Scenario:

@@ -309,6 +309,10 @@ def benchmark(
     curves: Annotated[
         Path | None, typer.Option(help="csfl curve's folder (upper-bound curves), for plateau.")
     ] = None,
+    plateau: Annotated[
+        list[str] | None,
+        typer.Option(help="TASK=STEPS: a plateau measured before (repeat; beats --curves)."),
+    ] = None,
     cpus: Cpus = None,
     overrides: SetOption = None,
 ) -> None:
@@ -320,6 +324,7 @@ def benchmark(
     and the federated rounds are scaled to match.
     """
     from simulations.benchmarks.benchmark import ORDER, run_benchmark
+    from simulations.benchmarks.budget import parse_plateaus
     from simulations.scenario import load_scenario, parse_settings, with_federation
 
     with user_errors():
@@ -329,8 +334,9 @@ def benchmark(
         unknown = [m for m in chosen if m not in ORDER]
         if unknown:
             raise ValueError(f"--methods: unknown {unknown}; expected some of {', '.join(ORDER)}")
-        if (budget == "plateau") != (curves is not None):
-            raise ValueError("--curves: give the curves' folder with --budget plateau (only)")
+        plateaus = parse_plateaus(plateau or ())
+        if (budget == "plateau") != (curves is not None or bool(plateaus)):
+            raise ValueError("--curves/--plateau: give the plateaus with --budget plateau (only)")
         if curves is not None and not curves.is_dir():
             raise ValueError(f"{curves}: expected csfl curve's folder")
     folder = out or Path("runs") / f"bench-{spec.name}"
@@ -344,6 +350,7 @@ def benchmark(
             progress=sys.stderr.isatty(),
             budget=budget,
             curves=curves,
+            plateau=plateaus,
             cpus=cpus,
             settings=changed,
         )
