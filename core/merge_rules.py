@@ -4,37 +4,39 @@ Structures with the same vocabulary name from different decoders are one output 
 The ``confidence`` rule, at every voxel:
 
 1. Each decoder ``d`` proposes its arg-max label ``l_d`` (background or one of its
-   structures). Its trust in what it says about a structure ``k`` is::
-
-       t_d(k) = g_d * p_d * c_d * q_d(k) * (1 - w_a * a_d) ** h_d
-
-   ``p_d`` is the softmax probability of its arg-max; ``c_d`` is the sigmoid of its
-   confidence head (the probability that its own label is right) once the decoder is
-   calibrated, else 1 (on the ``default`` scenario the product of both beat each alone);
-   ``q_d(k)`` is its skill on ``k``: the Dice it reached on ``k`` in its federated
-   validation (1 where none was recorded, 0.5 for a structure never scored), so a
-   decoder that never learnt ``k`` has no say about it; ``a_d`` is the sigmoid of its
-   anomaly head; ``h_d`` is 1 for a decoder that knows no lesion (it saw only healthy
-   tissue, so tissue unlike its training data makes its label doubtful) and 0 for one
-   that segments lesions; ``g_d`` is 1 inside the decoder's domain (where its domain score,
-   how unlike the CT region is to the regions its sites trained it on over their own
-   held-out threshold, ``core.domain``, is at most ``domain_factor``) and 0 outside: a
-   gated decoder neither proposes nor objects, except that it may still propose a
-   structure where another decoder that labels it is at home for it and learnt it less
-   (its skill is lower): the structure belongs there, and the better decoder says so.
-2. A foreground proposal ``k`` of ``d`` stands unless another decoder ``e`` that also
+   structures). How far it is from home there is ``f_d = exp(-w * s_d)``, ``s_d`` its
+   domain score (how unlike the CT region is to the regions its sites trained it on, over
+   their own held-out threshold, ``core.domain``) in the descriptor's units, ``w`` the
+   ``domain_weight``; it is *at home* (``g_d = 1``) where ``s_d`` is at most
+   ``domain_factor``. Its validation measured, per structure ``k``: Dice ``q_d(k)``,
+   precision ``P_d(k)`` (how often a voxel it calls ``k`` is ``k``) and recall ``R_d(k)``
+   (how much of ``k`` it finds); a structure never scored counts 0.5 in each, a decoder
+   never validated 1, and where only Dice was recorded it stands in for both.
+2. A foreground proposal ``k`` of ``d`` stands unless a decoder ``e`` at home that also
    knows ``k`` says something else (background, or a structure that does not lie inside
-   ``k``) with more trust about ``k``, ``t_e(k) > t_d(k)``. A structure that one
-   decoder alone knows is never vetoed; it can only lose the voxel to another structure.
-3. Among the standing proposals the most trusted wins, each trust ``t_d(l_d)`` times the
-   least of ``q_d(l_e)`` over the other standing proposals ``l_e`` that ``d`` knows: to
-   claim ``l_d`` is to deny ``l_e``, and a decoder that never learnt ``l_e`` labels its
-   voxels as a neighbour's (measured on ``default`` at the demo's budget: the whole-body
-   decoder, aorta Dice 0, took the thoracic decoder's aorta for heart and lung, 0.665
-   merged against 0.723 alone; with the term 0.723). If a standing proposal lies
-   inside the winner's structure (a tumour in its organ, by the vocabulary's
-   containment), the most trusted such proposal takes its place. Nothing stands:
-   background.
+   ``k``) with more authority about ``k``: ``f_e * R_e(k) > f_d * P_d(k)``. To deny ``k``
+   is to say that ``e`` would have found it, which is worth its recall; to claim it is
+   worth the claimant's precision. Neither side's softmax or confidence head takes part:
+   a decoder that misses an organ misses it with a confident background (measured on the
+   ``default`` demo's bf16 draw: the tumour task's decoder, recall 0.3 on the left kidney,
+   said background at 0.95 over kidneys the whole-body decoder found). A decoder outside
+   its domain neither proposes nor objects, except that it may still propose a structure
+   where another decoder that labels it is at home for it and learnt it less (a lower
+   ``q``): the structure belongs there, and the better decoder says so. A structure that
+   one decoder alone knows is never vetoed; it can only lose the voxel to another
+   structure.
+3. Among the standing proposals the most trusted wins, each trust
+   ``t_d = f_d * p_d * c_d * P_d(l_d)`` (``p_d`` the softmax probability of its arg-max,
+   ``c_d`` the sigmoid of its confidence head once calibrated, else 1; on the ``default``
+   scenario their product beat each alone) times the least of ``R_d(l_e)`` over the other
+   standing proposals ``l_e`` that ``d`` knows: to claim ``l_d`` is to deny ``l_e``, and a
+   decoder that never learnt ``l_e`` labels its voxels as a neighbour's (measured on
+   ``default`` at the demo's budget: the whole-body decoder, aorta Dice 0, took the
+   thoracic decoder's aorta for heart and lung, 0.665 merged against 0.723 alone; with the
+   term 0.723). If a standing proposal lies inside the winner's structure (a tumour in its
+   organ, by the vocabulary's containment), the most trusted such proposal takes its
+   place. Nothing stands: background. The anomaly head, where ``anomaly_weight`` is set,
+   scales ``t_d`` of a decoder that knows no lesion by ``1 - w_a * a_d``.
 
 Decoders are visited in task-name order, so ties (and the result) do not depend on the
 order of the decoders. Two simpler rules serve as baselines: ``highest_probability``
@@ -124,42 +126,47 @@ def confidence(
     ordered = sorted(votes, key=lambda v: v.task)
     scales = [v.domain_scale for v in ordered if v.domain is not None]
     unit = statistics.median(scales) if scales else 1.0
-    labels, base, trusts, gates, knows, skills = [], [], [], [], [], []
+    labels, homes, trusts, gates, knows, skills, precisions, recalls = ([] for _ in range(8))
     rows: list[torch.Tensor] = []
     domains: list[torch.Tensor | None] = []
     for vote in ordered:
         label, prob = vote.proposal(structures)
         labels.append(label)
-        skills.append(vote.skill_table(structures, label.device))
-        trust = vote.trust(prob, settings.anomaly_weight)
+        device = label.device
+        skills.append(vote.skill_table(structures, device))
+        precisions.append(vote.skill_table(structures, device, "precision"))
+        recalls.append(vote.skill_table(structures, device, "recall"))
         score = vote.domain_score() if settings.gating else None
+        home = torch.ones_like(prob)
         if score is not None:
-            trust = trust * torch.exp(-settings.domain_weight * score * vote.domain_scale / unit)
-        base.append(trust)
-        trusts.append(base[-1] * skills[-1][label])
+            home = torch.exp(-settings.domain_weight * score * vote.domain_scale / unit)
+        homes.append(home)
+        trusts.append(vote.trust(prob, settings.anomaly_weight) * home * precisions[-1][label])
         everywhere = torch.ones_like(label, dtype=torch.bool)
         gates.append(everywhere if score is None else score <= settings.domain_factor)
-        row = torch.zeros(len(structures) + 1, dtype=torch.long, device=label.device)
+        row = torch.zeros(len(structures) + 1, dtype=torch.long, device=device)
         row[list(output_ids(vote.structures, tuple(structures)))] = torch.arange(
-            1, len(vote.structures) + 1, device=label.device
+            1, len(vote.structures) + 1, device=device
         )
         rows.append(row)  # output label -> the vote's own label, its domain's row (0: unknown)
         knows.append(row > 0)
-        domains.append(None if vote.domain is None else vote.domain.to(label.device))
+        domains.append(None if vote.domain is None else vote.domain.to(device))
     within = _containment(structures, labels[0].device)
     standing = []
-    for d, (label, trust) in enumerate(zip(labels, trusts, strict=True)):
+    for d, label in enumerate(labels):
         speaks = gates[d]
         if settings.gating:
             speaks = speaks | _borrowed(d, labels, rows, domains, skills, settings.domain_factor)
         ok = speaks & (label > 0)
+        claim = homes[d] * precisions[d][label]
         for e, other in enumerate(labels):
             if e != d:
                 disagrees = knows[e][label] & (other != label) & ~within[other, label]
-                ok = ok & ~(gates[e] & disagrees & (base[e] * skills[e][label] > trust))
+                ok = ok & ~(gates[e] & disagrees & (homes[e] * recalls[e][label] > claim))
         standing.append(ok)
     contest = [
-        trust * _doubt(d, standing, labels, knows, skills, within) for d, trust in enumerate(trusts)
+        trust * _doubt(d, standing, labels, knows, recalls, within)
+        for d, trust in enumerate(trusts)
     ]
     best = _most_trusted(standing, labels, contest)
     for _ in structures:  # a containment chain is at most this long
@@ -204,23 +211,23 @@ def _doubt(
     standing: Sequence[torch.Tensor],
     labels: Sequence[torch.Tensor],
     knows: Sequence[torch.Tensor],
-    skills: Sequence[torch.Tensor],
+    recalls: Sequence[torch.Tensor],
     within: torch.Tensor,
 ) -> torch.Tensor:
     """How far decoder ``d`` may be believed where its proposal meets other standing ones.
 
     Claiming ``l_d`` where another decoder's ``l_e`` also stands denies ``l_e``; a denial is
-    worth ``d``'s skill on ``l_e`` where ``d`` knows ``l_e`` (a decoder that never learnt a
+    worth ``d``'s recall of ``l_e`` where ``d`` knows ``l_e`` (a decoder that never learnt a
     structure labels its voxels as a neighbour's), and 1 where it does not (it has no
     opinion). The least of these over the other standing proposals.
     """
-    doubt = torch.ones_like(skills[d][labels[d]])
+    doubt = torch.ones_like(recalls[d][labels[d]])
     for e, (ok, other) in enumerate(zip(standing, labels, strict=True)):
         if e == d:
             continue
         related = within[other, labels[d]] | within[labels[d], other] | (other == labels[d])
         denies = ok & standing[d] & knows[d][other] & ~related
-        doubt = torch.where(denies, torch.minimum(doubt, skills[d][other]), doubt)
+        doubt = torch.where(denies, torch.minimum(doubt, recalls[d][other]), doubt)
     return doubt
 
 

@@ -25,12 +25,26 @@ def task_mean(scores: Mapping[str, float | None]) -> float | None:
     return float(np.mean(values)) if values else None
 
 
+RATIOS = ("dice", "precision", "recall")
+"""Per-structure scores in [0, 1]."""
+METRICS = (*RATIOS, "hd95")
+"""Every per-structure score a site sums (HD95 in mm)."""
+
+
 @dataclass
 class ScoreSums:
-    """Per structure: sum and count of Dice, and of HD95 (mm) where it is defined."""
+    """Per structure: sum and count of each of :data:`METRICS` over the cases where defined.
+
+    Dice and HD95 where the structure is in the case or the prediction; precision where
+    the prediction holds it (how often a voxel called the structure is it); recall where
+    the case holds it (how much of it is found). The merge weighs a decoder's claim of a
+    structure by its precision and its denial by its recall (``core.merge_rules``).
+    """
 
     dice: dict[str, list[float]] = field(default_factory=dict)
     hd95: dict[str, list[float]] = field(default_factory=dict)
+    precision: dict[str, list[float]] = field(default_factory=dict)
+    recall: dict[str, list[float]] = field(default_factory=dict)
 
     def add(self, metric: str, structure: str, value: float) -> None:
         """Add one case's value (NaN values are skipped: the structure was absent)."""
@@ -41,7 +55,7 @@ class ScoreSums:
 
     def merge(self, other: ScoreSums) -> ScoreSums:
         """Pool another site's sums into these."""
-        for metric in ("dice", "hd95"):
+        for metric in METRICS:
             for structure, (total, n) in getattr(other, metric).items():
                 pair = getattr(self, metric).setdefault(structure, [0.0, 0.0])
                 pair[0] += total
@@ -55,7 +69,7 @@ class ScoreSums:
     def to_flat(self) -> dict[str, float]:
         """Flat ``metric-sum/structure`` and ``metric-n/structure`` entries (a MetricRecord)."""
         out = {}
-        for metric in ("dice", "hd95"):
+        for metric in METRICS:
             for structure, (total, n) in getattr(self, metric).items():
                 out[f"{metric}-sum/{structure}"] = total
                 out[f"{metric}-n/{structure}"] = n
@@ -69,6 +83,6 @@ class ScoreSums:
             if "-sum/" in key:
                 metric, structure = key.split("-sum/", 1)
                 n = flat.get(f"{metric}-n/{structure}", 0.0)
-                if metric in ("dice", "hd95"):
+                if metric in METRICS:
                     getattr(out, metric)[structure] = [float(value), float(n)]
         return out

@@ -16,11 +16,9 @@ from typing import Any
 
 from core import anatomy
 from core.data.transforms import Preprocessing
-from core.merge import Calibration
+from core.merge import SKILLS, Calibration
 from core.model import EncoderConfig, Genotype, check_task_name
-
-SCORES = ("dice", "hd95")
-"""Per-structure scores in a version's metrics; any other metric is a count."""
+from core.scores import METRICS, RATIOS
 
 
 def _is_number(value: Any) -> bool:
@@ -32,8 +30,8 @@ def _score_problem(metric: str, value: Any) -> str | None:
         return None
     if not _is_number(value):
         return f"{value!r}, expected a finite number or null"
-    if metric == "dice" and not 0.0 <= value <= 1.0:
-        return f"{value!r}, expected a Dice value in [0, 1]"
+    if metric in RATIOS and not 0.0 <= value <= 1.0:
+        return f"{value!r}, expected a {'Dice' if metric == 'dice' else metric} value in [0, 1]"
     if metric == "hd95" and value < 0.0:
         return f"{value!r}, expected a distance >= 0 mm"
     return None
@@ -51,7 +49,7 @@ def metric_problems(metrics: Any, structures: Sequence[str], where: str = "metri
         return [f"{where}: {type(metrics).__name__}, expected an object"]
     problems = []
     for key, value in metrics.items():
-        if key in SCORES:
+        if key in METRICS:  # per-structure scores; any other metric is a count
             if not isinstance(value, Mapping):
                 problems.append(f"{where}.{key}: expected an object of structure -> value")
                 continue
@@ -70,14 +68,15 @@ def metric_problems(metrics: Any, structures: Sequence[str], where: str = "metri
 def calibration_problems(
     calibration: Any, structures: Sequence[str], where: str = "calibration"
 ) -> list[str]:
-    """Problems with a stored calibration (skills in [0, 1] of the decoder's structures)."""
+    """Problems with a stored calibration (scores in [0, 1] of the decoder's structures)."""
     try:
         parsed = Calibration.from_json(calibration)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         return [f"{where}: {e}"]
     return [
-        f"{where}.skill: structure {s!r} is not one of the decoder's"
-        for s in parsed.skill
+        f"{where}.{kind}: structure {s!r} is not one of the decoder's"
+        for kind in SKILLS
+        for s in getattr(parsed, kind)
         if s not in structures
     ]
 

@@ -11,7 +11,12 @@ from collections.abc import Callable, Sequence
 
 import torch
 from monai.inferers import sliding_window_inference
-from monai.metrics import DiceMetric, compute_hausdorff_distance
+from monai.metrics import (
+    DiceMetric,
+    compute_confusion_matrix_metric,
+    compute_hausdorff_distance,
+    get_confusion_matrix,
+)
 from monai.networks.utils import one_hot
 
 from core.data import Case, LabelTable
@@ -27,11 +32,12 @@ def score_prediction(
     spacing: Sequence[float],
     hd95: bool = True,
 ) -> ScoreSums:
-    """Dice and HD95 of each structure for one case; label maps are ``(1, 1, ...)`` indices.
+    """Dice, precision, recall and HD95 of each structure for one case.
 
-    A structure absent from both scores NaN (skipped); absent from the ground truth but
-    predicted, Dice 0. With ``hd95`` off only Dice is computed (HD95 costs a distance
-    transform per structure).
+    Label maps are ``(1, 1, ...)`` indices. A structure absent from both scores NaN
+    (skipped); absent from the ground truth but predicted, Dice 0. Precision is scored
+    where the structure is predicted, recall where it is in the ground truth. With
+    ``hd95`` off it is not computed (it costs a distance transform per structure).
     """
     n = len(structures) + 1
     pred, truth = one_hot(prediction, n), one_hot(label, n)
@@ -39,9 +45,13 @@ def score_prediction(
     assert isinstance(dice, torch.Tensor)
     present = (pred + truth)[:, 1:].flatten(2).amax(2) > 0
     sums = ScoreSums()
+    matrix = get_confusion_matrix(pred, truth, include_background=False)
+    rates = {m: compute_confusion_matrix_metric(m, matrix) for m in ("precision", "recall")}
     for j, structure in enumerate(structures):
         if bool(present[0, j]):
             sums.add("dice", structure, float(dice[0, j]))
+        for metric, values in rates.items():  # NaN (skipped) where undefined
+            sums.add(metric, structure, float(values[0, j]))
     if hd95:
         with warnings.catch_warnings():  # MONAI warns about empty structures, which we skip
             warnings.simplefilter("ignore")
@@ -61,12 +71,13 @@ def evaluate_task(
     roi_size: Sequence[int],
     device: torch.device | None = None,
     scored: Sequence[str] | None = None,
+    hd95: bool = True,
 ) -> ScoreSums:
-    """Dice and HD95 per structure of a task's decoder over ``cases``.
+    """Scores per structure of a task's decoder over ``cases`` (:func:`score_prediction`).
 
     Each case is preprocessed whole, segmented by sliding windows of ``roi_size`` and
     compared with its label map in the preprocessed space. ``scored``: the structures
-    scored (default: all the decoder's; the table must label them).
+    scored (default: all the decoder's; the table must label them); ``hd95``: with HD95.
     """
     structures = model.decoder(task).structures
 
@@ -74,7 +85,7 @@ def evaluate_task(
         return model.organ_logits(x, task)
 
     return evaluate_segmenter(
-        model, organ, structures, cases, table, scored or structures, prep, roi_size, device
+        model, organ, structures, cases, table, scored or structures, prep, roi_size, device, hd95
     )
 
 
@@ -89,8 +100,9 @@ def evaluate_segmenter(
     prep: Preprocessing,
     roi_size: Sequence[int],
     device: torch.device | None = None,
+    hd95: bool = True,
 ) -> ScoreSums:
-    """Dice and HD95 of ``structures`` over ``cases``, segmented by any network's organ logits.
+    """Scores of ``structures`` over ``cases``, segmented by any network's organ logits.
 
     Args:
         network: the module ``organ`` runs (put in eval mode meanwhile).
@@ -104,6 +116,7 @@ def evaluate_segmenter(
         prep: preprocessing (the comparison is in the preprocessed space).
         roi_size: sliding-window size.
         device: where the network runs (default: where its parameters are).
+        hd95: also HD95 (a distance transform per structure and case).
     """
     device = device or next(network.parameters()).device
     lookup = torch.zeros(len(classes) + 1, dtype=torch.long)
@@ -121,6 +134,6 @@ def evaluate_segmenter(
         assert isinstance(logits, torch.Tensor)
         prediction = lookup[logits.argmax(1, keepdim=True).cpu()]
         label = item["label"][None].long()
-        sums.merge(score_prediction(prediction, label, structures, prep.spacing_mm))
+        sums.merge(score_prediction(prediction, label, structures, prep.spacing_mm, hd95))
     network.train(was_training)
     return sums

@@ -1,4 +1,6 @@
-"""The ``evaluate`` phase: per-structure Dice and HD95 on every site's validation cases.
+"""The ``evaluate`` phase: per-structure scores on every site's validation cases.
+
+Dice, precision, recall and HD95 (``core.scores.METRICS``).
 
 Sites reply sums and counts per structure (never per-case values); the server checks
 them against the case count and pools them.
@@ -30,7 +32,7 @@ from core.phases.spec import (
 )
 from core.protocol import DECODER, RoundConfig, SiteReply
 from core.records import RecordError, flat, setting
-from core.scores import ScoreSums
+from core.scores import METRICS, RATIOS, ScoreSums
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +57,13 @@ def checked_scores(
     """Score sums from a reply, each bounded by the number of cases.
 
     Raises:
-        RecordError: for a structure not evaluated, a count above the cases, a Dice sum
-            outside [0, count] or a non-finite or negative HD95 sum.
+        RecordError: for a structure not evaluated, a count above the cases, a Dice,
+            precision or recall sum outside [0, count] or a non-finite or negative HD95 sum.
     """
     numbers = {k: v for k, v in values.items() if isinstance(v, int | float)}
     scores = ScoreSums.from_flat(numbers)
-    for metric, top in (("dice", 1.0), ("hd95", MAX_HD95_MM)):
+    for metric in METRICS:
+        top = 1.0 if metric in RATIOS else MAX_HD95_MM
         for structure, (total, n) in getattr(scores, metric).items():
             name = f"{where}.{metric}/{structure}"
             if structure not in structures:
@@ -95,7 +98,7 @@ class Evaluate(PhaseSpec[NoSettings, EvaluateReply]):
     def at_site(
         self, site: SiteResources, cfg: RoundConfig, settings: NoSettings, content: RecordDict
     ) -> RecordDict:
-        """Dice and HD95 per structure on the site's validation split, as sums only.
+        """Scores per structure on the site's validation split, as sums only.
 
         Raises:
             ValueError: for a private task, or at a site that insists on DP: the sums
@@ -120,11 +123,7 @@ class Evaluate(PhaseSpec[NoSettings, EvaluateReply]):
         for site_reply in result.replies.values():
             pooled.merge(site_reply.scores)
             cases += site_reply.examples
-        metrics = {
-            "dice": pooled.means("dice"),
-            "hd95": pooled.means("hd95"),
-            "validation_cases": cases,
-        }
+        metrics = {**{m: pooled.means(m) for m in METRICS}, "validation_cases": cases}
         return dataclasses.replace(state, metrics=metrics), {"metrics": metrics}
 
     def restore(

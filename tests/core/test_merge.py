@@ -43,12 +43,28 @@ def _names(votes, settings=None, order=None):
     return [names[i] for i in label.flatten().tolist()]
 
 
-def test_the_confident_decoder_wins_an_overlapping_structure():
-    # voxel 0: whole-body says liver, confident; abdomen says background, unsure.
+def test_the_confident_decoder_wins_a_contested_voxel():
+    # voxel 0: whole-body says liver, confident; abdomen says stomach, unsure.
     # voxel 1: the same proposals with the confidences swapped.
     wholebody = _vote("wholebody", ["liver"], [0.3, 0.3], [0.7, 0.7], conf=[HIGH, LOW])
-    abdomen = _vote("abdomen", ["liver"], [0.6, 0.6], [0.4, 0.4], conf=[LOW, HIGH])
-    assert _names([wholebody, abdomen]) == ["liver", "background"]
+    abdomen = _vote("abdomen", ["stomach"], [0.4, 0.4], [0.6, 0.6], conf=[LOW, HIGH])
+    assert _names([wholebody, abdomen]) == ["liver", "stomach"]
+
+
+def test_a_denial_is_worth_the_deniers_recall_and_a_claim_the_claimants_precision():
+    # the default demo's bf16 draw: on tumour CTs the tumour task's decoder (recall 0.3 on
+    # the left kidney) says a confident background over kidneys that the whole-body
+    # decoder (precision 0.74) finds: its confidence must not silence them
+    wholebody = _vote("wholebody", ["kidney_left"], [0.2], [0.8], conf=[0.0])
+    tumour = _vote("tumour", ["kidney_left", "kidney_tumor"], [0.96], [0.02], [0.02], conf=[HIGH])
+    wholebody = dataclasses.replace(wholebody, skill=(0.8,), precision=(0.74,), recall=(0.75,))
+    tumour = dataclasses.replace(
+        tumour, skill=(0.42, 0.1), precision=(0.85, 0.1), recall=(0.3, 0.1)
+    )
+    assert _names([wholebody, tumour]) == ["kidney_left"]
+    # a decoder that finds nearly every kidney denies an imprecise claim
+    finds = dataclasses.replace(tumour, recall=(0.95, 0.1))
+    assert _names([dataclasses.replace(wholebody, precision=(0.6,)), finds]) == ["background"]
 
 
 def test_structures_one_decoder_knows_are_never_vetoed():
@@ -64,23 +80,26 @@ def test_a_lesion_inside_its_organ_keeps_the_lesion_label():
     healthy = _vote("wholebody", ["liver"], [0.1], [0.9], conf=[HIGH])
     tumour = _vote("tumour", ["liver", "liver_tumor"], [0.2], [0.2], [0.6], conf=[0.0])
     assert _names([healthy, tumour]) == ["liver_tumor"]
-    # but a decoder that knows tumours and says plain liver, more trusted, does veto it
+    # but a decoder that knows tumours, finds them more surely than the tumour decoder's
+    # tumours are right, and says plain liver does veto it
     other = _vote("other", ["liver", "liver_tumor"], [0.1], [0.8], [0.1], conf=[HIGH])
-    assert _names([healthy, tumour, other]) == ["liver"]
+    other = dataclasses.replace(other, skill=(0.9, 0.8), recall=(0.9, 0.8))
+    unsure = dataclasses.replace(tumour, skill=(0.9, 0.5), precision=(0.9, 0.5))
+    assert _names([healthy, unsure, other]) == ["liver"]
 
 
 def test_anomaly_lowers_trust_only_of_healthy_only_decoders():
-    # both know the liver; the healthy decoder is confident but finds the tissue anomalous
+    # a contested voxel; the healthy decoder is confident but finds the tissue anomalous
     healthy = _vote("wholebody", ["liver"], [0.2], [0.8], conf=[HIGH], anomaly=[HIGH])
-    tumour = _vote("tumour", ["liver", "liver_tumor"], [0.7], [0.2], [0.1], conf=[1.0])
+    tumour = _vote("tumour", ["kidney_left", "kidney_tumor"], [0.2], [0.7], [0.1], conf=[1.0])
     weighed = MergeSettings(anomaly_weight=1.0)
-    assert _names([healthy, tumour], weighed) == ["background"]
+    assert _names([healthy, tumour], weighed) == ["kidney_left"]
     assert _names([healthy, tumour]) == ["liver"]  # the default leaves the term out
     # the tumour decoder's own anomaly score does not lower its trust
-    tumour_anomalous = _vote(
-        "tumour", ["liver", "liver_tumor"], [0.7], [0.2], [0.1], conf=[1.0], anomaly=[HIGH]
+    anomalous = _vote(
+        "tumour", ["kidney_left", "kidney_tumor"], [0.2], [0.7], [0.1], conf=[1.0], anomaly=[HIGH]
     )
-    assert _names([healthy, tumour_anomalous], weighed) == ["background"]
+    assert _names([healthy, anomalous], weighed) == ["kidney_left"]
 
 
 def test_a_gated_decoder_neither_proposes_nor_objects():
@@ -93,9 +112,11 @@ def test_a_gated_decoder_neither_proposes_nor_objects():
         conf=[HIGH, HIGH],
         domain=[9.0, 2.5],  # both above the default domain factor (2)
     )
-    trunk = _vote("trunk", ["liver"], [0.4, 0.4], [0.6, 0.6], conf=[LOW, LOW])
+    head = dataclasses.replace(head, skill=(0.9, 0.9))  # it finds livers: its denial counts
+    trunk = _vote("trunk", ["liver"], [0.4, 0.4], [0.6, 0.6], conf=[LOW, LOW], domain=[2.0, 2.0])
+    trunk = dataclasses.replace(trunk, skill=(0.5,))
     # voxel 0: the gated head decoder's confident brain does not count; trunk's liver stands
-    # voxel 1: its confident background would veto trunk's liver, but it is silent
+    # voxel 1: its background would veto trunk's liver, but it is silent
     assert _names([head, trunk]) == ["liver", "liver"]
     assert _names([head, trunk], MergeSettings(gating=False)) == ["brain", "background"]
     ungated = MergeSettings(domain_factor=3.0, domain_weight=1.0)
@@ -104,8 +125,8 @@ def test_a_gated_decoder_neither_proposes_nor_objects():
 
 def test_uncalibrated_decoders_are_trusted_by_their_softmax_probability():
     a = _vote("a", ["liver"], [0.45], [0.55], conf=[HIGH], calibrated=False)
-    b = _vote("b", ["liver"], [0.8], [0.2], conf=[LOW], calibrated=False)
-    assert _names([a, b]) == ["background"]
+    b = _vote("b", ["stomach"], [0.2], [0.8], conf=[LOW], calibrated=False)
+    assert _names([a, b]) == ["stomach"]
 
 
 def test_the_merge_does_not_depend_on_decoder_order():
@@ -183,6 +204,8 @@ def test_a_decoder_that_never_learnt_a_structure_cannot_veto_it():
     # the whole-body decoder knows the kidney by name but scored Dice 0 on it in validation
     wholebody = _vote("wholebody", ["kidney_left"], [0.95], [0.05], conf=[HIGH])
     abdomen = _vote("abdomen", ["kidney_left"], [0.3], [0.7], conf=[0.0])
+    abdomen = dataclasses.replace(abdomen, skill=(0.7,))
+    wholebody = dataclasses.replace(wholebody, skill=(0.9,))
     assert _names([wholebody, abdomen]) == ["background"]
     unskilled = dataclasses.replace(wholebody, skill=(0.0,))
     assert _names([unskilled, abdomen]) == ["kidney_left"]
@@ -197,6 +220,13 @@ def test_calibration_records_round_trip_and_refuse_bad_skills():
     assert Calibration().skills(["liver"]) == (1.0,)
     with pytest.raises(ValueError, match="skill"):
         Calibration.from_json({"calibrated": True, "skill": {"liver": 1.5}})
+    # precision and recall: kept; before they were measured, the Dice stands in
+    scored = calibration.scored({"dice": {"liver": 0.8}, "precision": {"liver": 0.9}})
+    assert Calibration.from_json(scored.to_json()) == scored
+    assert scored.skills(["liver"], "precision") == (0.9,)
+    assert scored.skills(["liver"], "recall") == (0.8,)
+    with pytest.raises(ValueError, match="recall"):
+        Calibration.from_json({"calibrated": True, "recall": {"liver": -0.1}})
 
 
 def test_a_decoder_painting_organs_outside_its_domain_cannot_silence_the_one_trained_there():

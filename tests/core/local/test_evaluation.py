@@ -27,6 +27,20 @@ def test_dice_is_twice_the_overlap_over_the_sizes():
     assert set(scores.means("hd95")) == {"liver"}  # defined where both maps hold it
 
 
+def test_precision_where_predicted_and_recall_where_present():
+    prediction, label = _maps(2)
+    scores = score_prediction(prediction, label, STRUCTURES, (1.0, 1.0, 1.0), hd95=False)
+    pred, truth = (prediction == 1).numpy(), (label == 1).numpy()
+    hit = np.logical_and(pred, truth).sum()
+    assert scores.means("precision")["liver"] == pytest.approx(hit / pred.sum(), abs=1e-6)
+    assert scores.means("recall")["liver"] == pytest.approx(hit / truth.sum(), abs=1e-6)
+    # spleen: predicted, never present (precision 0, no recall); heart: present, never
+    # predicted (recall 0, no precision)
+    assert scores.means("precision")["spleen"] == 0.0 and "spleen" not in scores.recall
+    assert scores.means("recall")["heart"] == 0.0 and "heart" not in scores.precision
+    assert ScoreSums.from_flat(scores.to_flat()) == scores  # the wire keeps them
+
+
 def test_hd95_can_be_left_out_and_dice_does_not_change():
     prediction, label = _maps(1)
     both = score_prediction(prediction, label, STRUCTURES, (1.0, 1.0, 1.0))
