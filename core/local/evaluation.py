@@ -12,10 +12,8 @@ from collections.abc import Callable, Sequence
 import torch
 from monai.inferers import sliding_window_inference
 from monai.metrics import (
-    DiceMetric,
     compute_confusion_matrix_metric,
     compute_hausdorff_distance,
-    get_confusion_matrix,
 )
 from monai.networks.utils import one_hot
 
@@ -23,6 +21,21 @@ from core.data import Case, LabelTable
 from core.data.transforms import Preprocessing, validation_transforms
 from core.model import ContinualSegmenter
 from core.scores import ScoreSums
+
+
+def _confusion(prediction: torch.Tensor, label: torch.Tensor, n: int) -> torch.Tensor:
+    """``(1, n - 1, 4)``: true and false positives, true and false negatives per structure.
+
+    As MONAI's ``get_confusion_matrix`` counts them, from one histogram of (predicted,
+    true) label pairs: its one-hot input would be a volume per structure (33x slower on a
+    256 x 256 x 200 map of 20 labels).
+    """
+    pairs = torch.bincount((prediction.long() * n + label.long()).flatten(), minlength=n * n)
+    pairs = pairs.view(n, n)  # [predicted, true]
+    tp = pairs.diagonal()
+    fp, fn = pairs.sum(1) - tp, pairs.sum(0) - tp
+    tn = pairs.sum() - tp - fp - fn
+    return torch.stack([tp, fp, tn, fn], dim=-1)[None, 1:].float()
 
 
 def score_prediction(
@@ -40,19 +53,18 @@ def score_prediction(
     ``hd95`` off it is not computed (it costs a distance transform per structure).
     """
     n = len(structures) + 1
-    pred, truth = one_hot(prediction, n), one_hot(label, n)
-    dice = DiceMetric(include_background=False, reduction="none", ignore_empty=False)(pred, truth)
-    assert isinstance(dice, torch.Tensor)
-    present = (pred + truth)[:, 1:].flatten(2).amax(2) > 0
+    matrix = _confusion(prediction, label, n)  # Dice is its F1 score
+    present = (matrix[..., 0] + matrix[..., 1] + matrix[..., 3]) > 0
+    rates = {
+        metric: compute_confusion_matrix_metric(name, matrix)
+        for metric, name in (("dice", "f1 score"), ("precision", "precision"), ("recall", "recall"))
+    }
     sums = ScoreSums()
-    matrix = get_confusion_matrix(pred, truth, include_background=False)
-    rates = {m: compute_confusion_matrix_metric(m, matrix) for m in ("precision", "recall")}
     for j, structure in enumerate(structures):
-        if bool(present[0, j]):
-            sums.add("dice", structure, float(dice[0, j]))
         for metric, values in rates.items():  # NaN (skipped) where undefined
             sums.add(metric, structure, float(values[0, j]))
     if hd95:
+        pred, truth = one_hot(prediction, n), one_hot(label, n)
         with warnings.catch_warnings():  # MONAI warns about empty structures, which we skip
             warnings.simplefilter("ignore")
             hd = compute_hausdorff_distance(pred, truth, percentile=95, spacing=list(spacing))
