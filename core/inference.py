@@ -185,8 +185,6 @@ def _initial_vote(
         torch.ones(full),
         calibration.calibrated,
         skill=calibration.skills(structures),
-        precision=calibration.skills(structures, "precision"),
-        recall=calibration.skills(structures, "recall"),
         foreground=torch.zeros(full) if foreground else None,
         domain=domain_map(decoder, slabs),
         domain_scale=domain_scale(decoder.domain_thresholds) if decoder.has_domain else 1.0,

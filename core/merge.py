@@ -6,7 +6,7 @@ The rules that turn the votes into one label map are :mod:`core.merge_rules`.
 from __future__ import annotations
 
 import functools
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -81,10 +81,6 @@ class MergeSettings:
         return cls(**data)
 
 
-SKILLS = ("skill", "precision", "recall")
-"""A calibration's per-structure validation scores: Dice (the skill), precision, recall."""
-
-
 @dataclass(frozen=True)
 class Calibration:
     """What the calibrate phase recorded about a decoder.
@@ -92,65 +88,35 @@ class Calibration:
     Attributes:
         calibrated: its confidence and anomaly heads were trained and its domain fitted.
         skill: per structure, the Dice of its federated validation (empty: unknown).
-        precision: per structure, the precision of its federated validation: how often a
-            voxel it calls the structure is it (empty: unknown; its Dice stands in).
-        recall: per structure, the recall there: how much of the structure it finds
-            (empty: unknown; its Dice stands in).
     """
 
     calibrated: bool = False
     skill: dict[str, float] = field(default_factory=dict)
-    precision: dict[str, float] = field(default_factory=dict)
-    recall: dict[str, float] = field(default_factory=dict)
 
-    def skills(self, structures: Sequence[str], kind: str = "skill") -> tuple[float, ...]:
-        """Per structure ``q_d(k)`` (``kind`` ``skill``), its precision or its recall.
-
-        Without a precision or recall recorded (a decoder registered before they were
-        measured) its Dice stands in; a structure never scored counts
-        :data:`UNSCORED_SKILL`; no skill at all, 1 for every structure.
-        """
-        table = getattr(self, kind) or self.skill
-        if not table:
+    def skills(self, structures: Sequence[str]) -> tuple[float, ...]:
+        """``q_d(k)`` for each structure (see the module docstring)."""
+        if not self.skill:
             return tuple(1.0 for _ in structures)
-        return tuple(table.get(s, UNSCORED_SKILL) for s in structures)
-
-    def scored(self, metrics: Mapping[str, Any]) -> Calibration:
-        """These heads with a validation's Dice, precision and recall per structure.
-
-        ``metrics``: ``{metric: {structure: mean or None}}`` (``core.scores.METRICS``).
-        """
-
-        def known(metric: str) -> dict[str, float]:
-            values = metrics.get(metric) or {}
-            return {s: float(v) for s, v in values.items() if v is not None}
-
-        return Calibration(self.calibrated, known("dice"), known("precision"), known("recall"))
+        return tuple(self.skill.get(s, UNSCORED_SKILL) for s in structures)
 
     def to_json(self) -> dict[str, Any]:
         """Plain JSON."""
-        return {
-            "calibrated": self.calibrated,
-            **{kind: {k: round(v, 4) for k, v in getattr(self, kind).items()} for kind in SKILLS},
-        }
+        skill = {k: round(v, 4) for k, v in self.skill.items()}
+        return {"calibrated": self.calibrated, "skill": skill}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Calibration:
         """From :meth:`to_json`; ``None`` for a decoder never calibrated.
 
         Raises:
-            ValueError: for a skill, precision or recall outside [0, 1].
+            ValueError: for a skill outside [0, 1].
         """
         if not data:
             return cls()
-        tables = {}
-        for kind in SKILLS:
-            table = {str(k): float(v) for k, v in dict(data.get(kind) or {}).items()}
-            if bad := {k: v for k, v in table.items() if not 0.0 <= v <= 1.0}:
-                what = "Dice values" if kind == "skill" else f"{kind} values"
-                raise ValueError(f"calibration {kind} {bad}: expected {what} in [0, 1]")
-            tables[kind] = table
-        return cls(bool(data["calibrated"]), **tables)
+        skill = {str(k): float(v) for k, v in dict(data.get("skill") or {}).items()}
+        if bad := {k: v for k, v in skill.items() if not 0.0 <= v <= 1.0}:
+            raise ValueError(f"calibration skill {bad}: expected Dice values in [0, 1]")
+        return cls(bool(data["calibrated"]), skill)
 
 
 @dataclass(frozen=True)
@@ -172,8 +138,6 @@ class DecoderVote:
             background (row 0) and each structure; ``None``: it has no domain and speaks
             everywhere.
         skill: ``q_d(k)`` per structure (empty: 1 for all).
-        precision: its validation precision per structure (empty: its skill stands in).
-        recall: its validation recall per structure (empty: its skill stands in).
         foreground: ``(B, 1, ...)`` one minus the background probability, where kept
             (for probability maps; the merge does not use it).
         domain_scale: the distance its domain score 1 stands for (``core.domain.domain_scale``).
@@ -191,8 +155,6 @@ class DecoderVote:
     confidence: torch.Tensor
     calibrated: bool = False
     skill: tuple[float, ...] = ()
-    precision: tuple[float, ...] = ()
-    recall: tuple[float, ...] = ()
     foreground: torch.Tensor | None = None
     domain: torch.Tensor | None = None
     domain_scale: float = 1.0
@@ -221,7 +183,7 @@ class DecoderVote:
             torch.sigmoid(confidence.float()),
             calibrated,
             skill,
-            foreground=1.0 - probs[:, :1] if foreground else None,
+            1.0 - probs[:, :1] if foreground else None,
         )
 
     def part(self, lo: int, hi: int) -> DecoderVote:
@@ -255,16 +217,10 @@ class DecoderVote:
         ids = (0, *output_ids(self.structures, tuple(structures)))
         return torch.tensor(ids, device=self.label.device)[self.label.long()], self.prob
 
-    def skill_table(
-        self, structures: Sequence[str], device: torch.device, kind: str = "skill"
-    ) -> torch.Tensor:
-        """Per output label ``q_d(k)``, or the precision or recall (``kind``).
-
-        Index 0 (background) and structures it does not know: 1.
-        """
+    def skill_table(self, structures: Sequence[str], device: torch.device) -> torch.Tensor:
+        """``q_d(k)`` per output label (index 0, background, and unknown structures: 1)."""
         table = torch.ones(len(structures) + 1, device=device)
-        own = {"skill": self.skill, "precision": self.precision, "recall": self.recall}[kind]
-        skills = own or self.skill or tuple(1.0 for _ in self.structures)
+        skills = self.skill or tuple(1.0 for _ in self.structures)
         ids = output_ids(self.structures, tuple(structures))
         table[list(ids)] = torch.tensor(skills, device=device)
         return table

@@ -8,27 +8,25 @@ The ``confidence`` rule, at every voxel:
    domain score (how unlike the CT region is to the regions its sites trained it on, over
    their own held-out threshold, ``core.domain``) in the descriptor's units, ``w`` the
    ``domain_weight``; it is *at home* (``g_d = 1``) where ``s_d`` is at most
-   ``domain_factor``. Its validation measured, per structure ``k``: Dice ``q_d(k)``,
-   precision ``P_d(k)`` (how often a voxel it calls ``k`` is ``k``) and recall ``R_d(k)``
-   (how much of ``k`` it finds); a structure never scored counts 0.5 in each, a decoder
-   never validated 1, and where only Dice was recorded it stands in for both.
+   ``domain_factor``. Its skill ``q_d(k)`` is the Dice it reached on ``k`` in its
+   federated validation (0.5 for a structure never scored, 1 for a decoder never
+   validated).
 2. A foreground proposal ``k`` of ``d`` stands unless a decoder ``e`` at home that also
    knows ``k`` says something else (background, or a structure that does not lie inside
-   ``k``) with more authority about ``k``: ``f_e * R_e(k) > f_d * P_d(k)``. To deny ``k``
-   is to say that ``e`` would have found it, which is worth its recall; to claim it is
-   worth the claimant's precision. Neither side's softmax or confidence head takes part:
-   a decoder that misses an organ misses it with a confident background (measured on the
-   ``default`` demo's bf16 draw: the tumour task's decoder, recall 0.3 on the left kidney,
-   said background at 0.95 over kidneys the whole-body decoder found). A decoder outside
-   its domain neither proposes nor objects, except that it may still propose a structure
-   where another decoder that labels it is at home for it and learnt it less (a lower
-   ``q``): the structure belongs there, and the better decoder says so. A structure that
-   one decoder alone knows is never vetoed; it can only lose the voxel to another
-   structure.
+   ``k``) and knows ``k`` better here: ``f_e * q_e(k) > f_d * q_d(k)``. Where two decoders
+   disagree about ``k``, the one that learnt it better, nearer its sites' CTs, decides;
+   neither side's softmax or confidence head takes part, as a decoder that misses an organ
+   misses it with a confident background (measured on the ``default`` demo's bf16 draw:
+   the tumour task's decoder said background at 0.95 over left kidneys that the
+   whole-body decoder found, and vetoed them while vetoes weighed ``p * c``). A decoder
+   outside its domain neither proposes nor objects, except that it may still propose a
+   structure where another decoder that labels it is at home for it and learnt it less:
+   the structure belongs there, and the better decoder says so. A structure that one
+   decoder alone knows is never vetoed; it can only lose the voxel to another structure.
 3. Among the standing proposals the most trusted wins, each trust
-   ``t_d = f_d * p_d * c_d * P_d(l_d)`` (``p_d`` the softmax probability of its arg-max,
+   ``t_d = f_d * p_d * c_d * q_d(l_d)`` (``p_d`` the softmax probability of its arg-max,
    ``c_d`` the sigmoid of its confidence head once calibrated, else 1; on the ``default``
-   scenario their product beat each alone) times the least of ``R_d(l_e)`` over the other
+   scenario their product beat each alone) times the least of ``q_d(l_e)`` over the other
    standing proposals ``l_e`` that ``d`` knows: to claim ``l_d`` is to deny ``l_e``, and a
    decoder that never learnt ``l_e`` labels its voxels as a neighbour's (measured on
    ``default`` at the demo's budget: the whole-body decoder, aorta Dice 0, took the
@@ -126,7 +124,7 @@ def confidence(
     ordered = sorted(votes, key=lambda v: v.task)
     scales = [v.domain_scale for v in ordered if v.domain is not None]
     unit = statistics.median(scales) if scales else 1.0
-    labels, homes, trusts, gates, knows, skills, precisions, recalls = ([] for _ in range(8))
+    labels, homes, trusts, gates, knows, skills = ([] for _ in range(6))
     rows: list[torch.Tensor] = []
     domains: list[torch.Tensor | None] = []
     for vote in ordered:
@@ -134,14 +132,12 @@ def confidence(
         labels.append(label)
         device = label.device
         skills.append(vote.skill_table(structures, device))
-        precisions.append(vote.skill_table(structures, device, "precision"))
-        recalls.append(vote.skill_table(structures, device, "recall"))
         score = vote.domain_score() if settings.gating else None
         home = torch.ones_like(prob)
         if score is not None:
             home = torch.exp(-settings.domain_weight * score * vote.domain_scale / unit)
         homes.append(home)
-        trusts.append(vote.trust(prob, settings.anomaly_weight) * home * precisions[-1][label])
+        trusts.append(vote.trust(prob, settings.anomaly_weight) * home * skills[-1][label])
         everywhere = torch.ones_like(label, dtype=torch.bool)
         gates.append(everywhere if score is None else score <= settings.domain_factor)
         row = torch.zeros(len(structures) + 1, dtype=torch.long, device=device)
@@ -158,15 +154,14 @@ def confidence(
         if settings.gating:
             speaks = speaks | _borrowed(d, labels, rows, domains, skills, settings.domain_factor)
         ok = speaks & (label > 0)
-        claim = homes[d] * precisions[d][label]
+        claim = homes[d] * skills[d][label]
         for e, other in enumerate(labels):
             if e != d:
                 disagrees = knows[e][label] & (other != label) & ~within[other, label]
-                ok = ok & ~(gates[e] & disagrees & (homes[e] * recalls[e][label] > claim))
+                ok = ok & ~(gates[e] & disagrees & (homes[e] * skills[e][label] > claim))
         standing.append(ok)
     contest = [
-        trust * _doubt(d, standing, labels, knows, recalls, within)
-        for d, trust in enumerate(trusts)
+        trust * _doubt(d, standing, labels, knows, skills, within) for d, trust in enumerate(trusts)
     ]
     best = _most_trusted(standing, labels, contest)
     for _ in structures:  # a containment chain is at most this long
@@ -211,23 +206,23 @@ def _doubt(
     standing: Sequence[torch.Tensor],
     labels: Sequence[torch.Tensor],
     knows: Sequence[torch.Tensor],
-    recalls: Sequence[torch.Tensor],
+    skills: Sequence[torch.Tensor],
     within: torch.Tensor,
 ) -> torch.Tensor:
     """How far decoder ``d`` may be believed where its proposal meets other standing ones.
 
     Claiming ``l_d`` where another decoder's ``l_e`` also stands denies ``l_e``; a denial is
-    worth ``d``'s recall of ``l_e`` where ``d`` knows ``l_e`` (a decoder that never learnt a
+    worth ``d``'s skill on ``l_e`` where ``d`` knows ``l_e`` (a decoder that never learnt a
     structure labels its voxels as a neighbour's), and 1 where it does not (it has no
     opinion). The least of these over the other standing proposals.
     """
-    doubt = torch.ones_like(recalls[d][labels[d]])
+    doubt = torch.ones_like(skills[d][labels[d]])
     for e, (ok, other) in enumerate(zip(standing, labels, strict=True)):
         if e == d:
             continue
         related = within[other, labels[d]] | within[labels[d], other] | (other == labels[d])
         denies = ok & standing[d] & knows[d][other] & ~related
-        doubt = torch.where(denies, torch.minimum(doubt, recalls[d][other]), doubt)
+        doubt = torch.where(denies, torch.minimum(doubt, skills[d][other]), doubt)
     return doubt
 
 

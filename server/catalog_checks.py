@@ -16,7 +16,7 @@ from typing import Any
 
 from core import anatomy
 from core.data.transforms import Preprocessing
-from core.merge import SKILLS, Calibration
+from core.merge import Calibration
 from core.model import EncoderConfig, Genotype, check_task_name
 from core.scores import METRICS, RATIOS
 
@@ -68,15 +68,14 @@ def metric_problems(metrics: Any, structures: Sequence[str], where: str = "metri
 def calibration_problems(
     calibration: Any, structures: Sequence[str], where: str = "calibration"
 ) -> list[str]:
-    """Problems with a stored calibration (scores in [0, 1] of the decoder's structures)."""
+    """Problems with a stored calibration (skills in [0, 1] of the decoder's structures)."""
     try:
         parsed = Calibration.from_json(calibration)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         return [f"{where}: {e}"]
     return [
-        f"{where}.{kind}: structure {s!r} is not one of the decoder's"
-        for kind in SKILLS
-        for s in getattr(parsed, kind)
+        f"{where}.skill: structure {s!r} is not one of the decoder's"
+        for s in parsed.skill
         if s not in structures
     ]
 

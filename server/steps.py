@@ -361,8 +361,9 @@ class Registration:
             }
             if task.privacy.on:  # a DP task's spent (epsilon, delta) per site, over its phases
                 provenance[PRIVACY] = {"delta": task.privacy.delta, "epsilon": run.ledger.epsilon}
-
-            calibration = state.calibration.scored(state.metrics)
+            dice = state.metrics.get("dice", {})
+            skill = {s: float(v) for s, v in dice.items() if v is not None}
+            calibration = dataclasses.replace(state.calibration, skill=skill)
             run.catalog.register(
                 task.name, state.decoder, dict(state.metrics), provenance, calibration
             )

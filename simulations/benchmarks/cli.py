@@ -244,20 +244,13 @@ def merge_report(
     redo_domains: Annotated[
         bool, typer.Option(help="Measure every decoder's domain again from its sites' CTs.")
     ] = False,
-    redo_skills: Annotated[
-        bool,
-        typer.Option(
-            help="Score every decoder again on its sites' validation CTs (precision, recall)."
-        ),
-    ] = False,
 ) -> None:
     """Compare merge rules on the held-out cases, healthy and tumour-bearing apart.
 
     Needs a finished ``csfl simulate`` folder. Dice per structure for the confidence
     merge, its variants (no gating, with the anomaly term), highest probability, last decoder
-    wins, and the best decoder alone; overlapping structures are marked. With a weight,
-    ``--redo-domains`` or ``--redo-skills`` it scores a copy of the bundle so changed
-    (``OUT/rebundled``).
+    wins, and the best decoder alone; overlapping structures are marked. With a weight or
+    ``--redo-domains`` it scores a copy of the bundle so changed (``OUT/rebundled``).
     """
     from simulations.benchmarks.merge_report import format_merge_report
     from simulations.benchmarks.merge_report import merge_report as measure
@@ -267,9 +260,8 @@ def merge_report(
     with user_errors():
         spec = load_scenario(scenario)
         bundle = out / "catalog" / "bundle"
-        changed = (domain_weight, anomaly_weight) != (None, None) or redo_domains or redo_skills
-        if changed:
-            bundle = rebundle(out, spec, domain_weight, anomaly_weight, redo_domains, redo_skills)
+        if redo_domains or domain_weight is not None or anomaly_weight is not None:
+            bundle = rebundle(out, spec, domain_weight, anomaly_weight, redo_domains)
         result = measure(bundle, spec, out / "sites" / TEST_FOLDER, pictures)
     show(format_merge_report(result), result, json_out)
 

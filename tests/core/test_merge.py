@@ -51,20 +51,22 @@ def test_the_confident_decoder_wins_a_contested_voxel():
     assert _names([wholebody, abdomen]) == ["liver", "stomach"]
 
 
-def test_a_denial_is_worth_the_deniers_recall_and_a_claim_the_claimants_precision():
-    # the default demo's bf16 draw: on tumour CTs the tumour task's decoder (recall 0.3 on
-    # the left kidney) says a confident background over kidneys that the whole-body
-    # decoder (precision 0.74) finds: its confidence must not silence them
-    wholebody = _vote("wholebody", ["kidney_left"], [0.2], [0.8], conf=[0.0])
-    tumour = _vote("tumour", ["kidney_left", "kidney_tumor"], [0.96], [0.02], [0.02], conf=[HIGH])
-    wholebody = dataclasses.replace(wholebody, skill=(0.8,), precision=(0.74,), recall=(0.75,))
-    tumour = dataclasses.replace(
-        tumour, skill=(0.42, 0.1), precision=(0.85, 0.1), recall=(0.3, 0.1)
+def test_where_two_decoders_disagree_the_one_that_learnt_the_structure_better_decides():
+    # the default demo's bf16 draw: on tumour CTs the tumour task's decoder (validation Dice
+    # 0.42 on the left kidney) says a confident background over kidneys that the whole-body
+    # decoder (0.79), a little farther from its sites' CTs, finds: its confidence must not
+    # silence them
+    wholebody = _vote("wholebody", ["kidney_left"], [0.2], [0.8], conf=[0.0], domain=[0.7])
+    tumour = _vote(
+        "tumour", ["kidney_left", "kidney_tumor"], [0.96], [0.02], [0.02], conf=[HIGH], domain=[0.6]
     )
-    assert _names([wholebody, tumour]) == ["kidney_left"]
-    # a decoder that finds nearly every kidney denies an imprecise claim
-    finds = dataclasses.replace(tumour, recall=(0.95, 0.1))
-    assert _names([dataclasses.replace(wholebody, precision=(0.6,)), finds]) == ["background"]
+    wholebody = dataclasses.replace(wholebody, skill=(0.79,))
+    assert _names([wholebody, dataclasses.replace(tumour, skill=(0.42, 0.1))]) == ["kidney_left"]
+    # a decoder that learnt the kidney better denies it
+    assert _names([wholebody, dataclasses.replace(tumour, skill=(0.9, 0.1))]) == ["background"]
+    # and the distance counts: far from its sites' CTs the whole-body decoder yields
+    far = dataclasses.replace(wholebody, domain=torch.full((2, 1), 1.5))
+    assert _names([far, dataclasses.replace(tumour, skill=(0.42, 0.1))]) == ["background"]
 
 
 def test_structures_one_decoder_knows_are_never_vetoed():
@@ -80,11 +82,11 @@ def test_a_lesion_inside_its_organ_keeps_the_lesion_label():
     healthy = _vote("wholebody", ["liver"], [0.1], [0.9], conf=[HIGH])
     tumour = _vote("tumour", ["liver", "liver_tumor"], [0.2], [0.2], [0.6], conf=[0.0])
     assert _names([healthy, tumour]) == ["liver_tumor"]
-    # but a decoder that knows tumours, finds them more surely than the tumour decoder's
-    # tumours are right, and says plain liver does veto it
+    # but a decoder that knows tumours, learnt them better than the tumour decoder, and
+    # says plain liver does veto it
     other = _vote("other", ["liver", "liver_tumor"], [0.1], [0.8], [0.1], conf=[HIGH])
-    other = dataclasses.replace(other, skill=(0.9, 0.8), recall=(0.9, 0.8))
-    unsure = dataclasses.replace(tumour, skill=(0.9, 0.5), precision=(0.9, 0.5))
+    other = dataclasses.replace(other, skill=(0.9, 0.8))
+    unsure = dataclasses.replace(tumour, skill=(0.9, 0.5))
     assert _names([healthy, unsure, other]) == ["liver"]
 
 
@@ -220,13 +222,6 @@ def test_calibration_records_round_trip_and_refuse_bad_skills():
     assert Calibration().skills(["liver"]) == (1.0,)
     with pytest.raises(ValueError, match="skill"):
         Calibration.from_json({"calibrated": True, "skill": {"liver": 1.5}})
-    # precision and recall: kept; before they were measured, the Dice stands in
-    scored = calibration.scored({"dice": {"liver": 0.8}, "precision": {"liver": 0.9}})
-    assert Calibration.from_json(scored.to_json()) == scored
-    assert scored.skills(["liver"], "precision") == (0.9,)
-    assert scored.skills(["liver"], "recall") == (0.8,)
-    with pytest.raises(ValueError, match="recall"):
-        Calibration.from_json({"calibrated": True, "recall": {"liver": -0.1}})
 
 
 def test_a_decoder_painting_organs_outside_its_domain_cannot_silence_the_one_trained_there():

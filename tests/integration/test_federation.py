@@ -59,7 +59,11 @@ def test_tiny_scenario_two_stages_through_the_simulation_engine(tiny_benchmark):
         for site, sent in calibrated["bytes_up"].items():  # and the heads, in fp16
             assert domain < sent - distilled["bytes_up"][site] < domain + 20_000
     for task in catalog.tasks():
-        assert task["versions"][0]["calibration"]["calibrated"] is True
+        version = task["versions"][0]
+        assert version["calibration"]["calibrated"] is True
+        dice = {s: v for s, v in version["metrics"]["dice"].items() if v is not None}
+        assert version["calibration"]["skill"] == pytest.approx(dice, abs=1e-4)  # the merge's
+        assert set(version["metrics"]["recall"]) <= set(task["structures"])  # sites send it
     manifest = json.loads((run / "catalog" / "bundle" / "manifest.json").read_text())
     assert [d["task"] for d in manifest["decoders"]] == ["abdomen", "chest"]
     model = load_bundle(run / "catalog" / "bundle").model  # each decoder knows its domain
