@@ -6,6 +6,7 @@ from core.phases import DISTILL, TEACHER
 from simulations.benchmarks.budget import (
     budget_steps,
     central_steps,
+    parse_plateaus,
     plateau_scenario,
     reuse_result,
     stamp,
@@ -47,6 +48,17 @@ def test_plateau_budgets_scale_each_task_s_federated_rounds():
     assert plan.task("thorax").of(DISTILL).steps == 50
     assert central_steps(scaled, plan, "plateau", PLATEAU) == PLATEAU
     assert default.plan == load_scenario("default").plan  # the scenario itself is untouched
+
+
+def test_plateaus_given_by_hand_are_parsed_and_bounded():
+    items = [f"{task}={steps}" for task, steps in PLATEAU.items()]
+    assert parse_plateaus(items) == PLATEAU
+    assert parse_plateaus([" thorax = 20 "]) == {"thorax": 20}
+    for bad in ("thorax", "thorax=", "=20", "thorax=0", "thorax=-5", "thorax=1.5", "thorax=1e9"):
+        with pytest.raises(ValueError, match="expected TASK=STEPS"):
+            parse_plateaus([bad])
+    with pytest.raises(ValueError, match=r"\['spine'\]: not tasks of default"):
+        plateau_scenario(load_scenario("default"), {**PLATEAU, "spine": 100})
 
 
 def test_a_task_without_a_plateau_is_refused():
