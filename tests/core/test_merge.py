@@ -64,6 +64,9 @@ def test_where_two_decoders_disagree_the_one_that_learnt_the_structure_better_de
     assert _names([wholebody, dataclasses.replace(tumour, skill=(0.42, 0.1))]) == ["kidney_left"]
     # a decoder that learnt the kidney better denies it
     assert _names([wholebody, dataclasses.replace(tumour, skill=(0.9, 0.1))]) == ["background"]
+    # skills this close are within a validation's noise: the claim stands
+    close = dataclasses.replace(tumour, skill=(0.85, 0.1), domain=torch.full((3, 1), 0.7))
+    assert _names([wholebody, close]) == ["kidney_left"]
     # and the distance counts: far from its sites' CTs the whole-body decoder yields
     far = dataclasses.replace(wholebody, domain=torch.full((2, 1), 1.5))
     assert _names([far, dataclasses.replace(tumour, skill=(0.42, 0.1))]) == ["background"]
@@ -114,9 +117,9 @@ def test_a_gated_decoder_neither_proposes_nor_objects():
         conf=[HIGH, HIGH],
         domain=[9.0, 2.5],  # both above the default domain factor (2)
     )
-    head = dataclasses.replace(head, skill=(0.9, 0.9))  # it finds livers: its denial counts
+    head = dataclasses.replace(head, skill=(0.99, 0.99))  # it finds livers: its denial counts
     trunk = _vote("trunk", ["liver"], [0.4, 0.4], [0.6, 0.6], conf=[LOW, LOW], domain=[2.0, 2.0])
-    trunk = dataclasses.replace(trunk, skill=(0.5,))
+    trunk = dataclasses.replace(trunk, skill=(0.4,))
     # voxel 0: the gated head decoder's confident brain does not count; trunk's liver stands
     # voxel 1: its background would veto trunk's liver, but it is silent
     assert _names([head, trunk]) == ["liver", "liver"]
