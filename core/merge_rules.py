@@ -135,7 +135,7 @@ def confidence(
     ordered = sorted(votes, key=lambda v: v.task)
     scales = [v.domain_scale for v in ordered if v.domain is not None]
     unit = statistics.median(scales) if scales else 1.0
-    labels, homes, trusts, gates, knows, skills = ([] for _ in range(6))
+    labels, homes, claims, trusts, gates, knows, skills = ([] for _ in range(7))
     rows: list[torch.Tensor] = []
     domains: list[torch.Tensor | None] = []
     for vote in ordered:
@@ -144,11 +144,12 @@ def confidence(
         device = label.device
         skills.append(vote.skill_table(structures, device))
         score = vote.domain_score() if settings.gating else None
-        home = torch.ones_like(prob)
+        home = torch.ones((), device=device)  # no domain: at home everywhere
         if score is not None:
             home = torch.exp(-settings.domain_weight * score * vote.domain_scale / unit)
         homes.append(home)
-        trusts.append(vote.trust(prob, settings.anomaly_weight) * home * skills[-1][label])
+        claims.append(home * skills[-1][label])  # what a veto weighs
+        trusts.append(vote.trust(prob, settings.anomaly_weight) * claims[-1])
         everywhere = torch.ones_like(label, dtype=torch.bool)
         gates.append(everywhere if score is None else score <= settings.domain_factor)
         row = torch.zeros(len(structures) + 1, dtype=torch.long, device=device)
@@ -165,12 +166,11 @@ def confidence(
         if settings.gating:
             speaks = speaks | _borrowed(d, labels, rows, domains, skills, settings.domain_factor)
         ok = speaks & (label > 0)
-        claim = homes[d] * skills[d][label]
         for e, other in enumerate(labels):
             if e != d:
                 disagrees = knows[e][label] & (other != label) & ~within[other, label]
                 ok = ok & ~(
-                    gates[e] & disagrees & (homes[e] * skills[e][label] > VETO_MARGIN * claim)
+                    gates[e] & disagrees & (homes[e] * skills[e][label] > VETO_MARGIN * claims[d])
                 )
         standing.append(ok)
     contest = [

@@ -37,8 +37,7 @@ class ScoreSums:
 
     Dice and HD95 where the structure is in the case or the prediction; precision where
     the prediction holds it (how often a voxel called the structure is it); recall where
-    the case holds it (how much of it is found). The merge weighs a decoder's claim of a
-    structure by its precision and its denial by its recall (``core.merge_rules``).
+    the case holds it (how much of it is found).
     """
 
     dice: dict[str, list[float]] = field(default_factory=dict)

@@ -54,7 +54,6 @@ def score_prediction(
     """
     n = len(structures) + 1
     matrix = _confusion(prediction, label, n)  # Dice is its F1 score
-    present = (matrix[..., 0] + matrix[..., 1] + matrix[..., 3]) > 0
     rates = {
         metric: compute_confusion_matrix_metric(name, matrix)
         for metric, name in (("dice", "f1 score"), ("precision", "precision"), ("recall", "recall"))
@@ -64,6 +63,7 @@ def score_prediction(
         for metric, values in rates.items():  # NaN (skipped) where undefined
             sums.add(metric, structure, float(values[0, j]))
     if hd95:
+        present = (matrix[..., 0] + matrix[..., 1] + matrix[..., 3]) > 0  # tp + fp + fn
         pred, truth = one_hot(prediction, n), one_hot(label, n)
         with warnings.catch_warnings():  # MONAI warns about empty structures, which we skip
             warnings.simplefilter("ignore")
@@ -83,13 +83,12 @@ def evaluate_task(
     roi_size: Sequence[int],
     device: torch.device | None = None,
     scored: Sequence[str] | None = None,
-    hd95: bool = True,
 ) -> ScoreSums:
     """Scores per structure of a task's decoder over ``cases`` (:func:`score_prediction`).
 
     Each case is preprocessed whole, segmented by sliding windows of ``roi_size`` and
     compared with its label map in the preprocessed space. ``scored``: the structures
-    scored (default: all the decoder's; the table must label them); ``hd95``: with HD95.
+    scored (default: all the decoder's; the table must label them).
     """
     structures = model.decoder(task).structures
 
@@ -97,7 +96,7 @@ def evaluate_task(
         return model.organ_logits(x, task)
 
     return evaluate_segmenter(
-        model, organ, structures, cases, table, scored or structures, prep, roi_size, device, hd95
+        model, organ, structures, cases, table, scored or structures, prep, roi_size, device
     )
 
 
@@ -112,7 +111,6 @@ def evaluate_segmenter(
     prep: Preprocessing,
     roi_size: Sequence[int],
     device: torch.device | None = None,
-    hd95: bool = True,
 ) -> ScoreSums:
     """Scores of ``structures`` over ``cases``, segmented by any network's organ logits.
 
@@ -128,7 +126,6 @@ def evaluate_segmenter(
         prep: preprocessing (the comparison is in the preprocessed space).
         roi_size: sliding-window size.
         device: where the network runs (default: where its parameters are).
-        hd95: also HD95 (a distance transform per structure and case).
     """
     device = device or next(network.parameters()).device
     lookup = torch.zeros(len(classes) + 1, dtype=torch.long)
@@ -146,6 +143,6 @@ def evaluate_segmenter(
         assert isinstance(logits, torch.Tensor)
         prediction = lookup[logits.argmax(1, keepdim=True).cpu()]
         label = item["label"][None].long()
-        sums.merge(score_prediction(prediction, label, structures, prep.spacing_mm, hd95))
+        sums.merge(score_prediction(prediction, label, structures, prep.spacing_mm))
     network.train(was_training)
     return sums
