@@ -185,6 +185,7 @@ def _initial_vote(
         torch.ones(full),
         calibration.calibrated,
         skill=calibration.skills(structures),
+        peers=calibration.peers,
         foreground=torch.zeros(full) if foreground else None,
         domain=domain_map(decoder, slabs),
         domain_scale=domain_scale(decoder.domain_thresholds) if decoder.has_domain else 1.0,

@@ -83,15 +83,19 @@ class MergeSettings:
 
 @dataclass(frozen=True)
 class Calibration:
-    """What the calibrate phase recorded about a decoder.
+    """What the calibrate and evaluate phases recorded about a decoder.
 
     Attributes:
         calibrated: its confidence and anomaly heads were trained and its domain fitted.
         skill: per structure, the Dice of its federated validation (empty: unknown).
+        peers: per earlier task, the Dice of that task's decoder on the structures it
+            shares with this one, scored by this task's sites on the same validation CTs
+            as ``skill`` (``server.peers``; empty: none scored).
     """
 
     calibrated: bool = False
     skill: dict[str, float] = field(default_factory=dict)
+    peers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     def skills(self, structures: Sequence[str]) -> tuple[float, ...]:
         """``q_d(k)`` for each structure (see the module docstring)."""
@@ -102,7 +106,8 @@ class Calibration:
     def to_json(self) -> dict[str, Any]:
         """Plain JSON."""
         skill = {k: round(v, 4) for k, v in self.skill.items()}
-        return {"calibrated": self.calibrated, "skill": skill}
+        peers = {t: {k: round(v, 4) for k, v in d.items()} for t, d in self.peers.items()}
+        return {"calibrated": self.calibrated, "skill": skill, "peers": peers}
 
     @classmethod
     def from_json(cls, data: dict[str, Any] | None) -> Calibration:
@@ -113,10 +118,23 @@ class Calibration:
         """
         if not data:
             return cls()
-        skill = {str(k): float(v) for k, v in dict(data.get("skill") or {}).items()}
-        if bad := {k: v for k, v in skill.items() if not 0.0 <= v <= 1.0}:
-            raise ValueError(f"calibration skill {bad}: expected Dice values in [0, 1]")
-        return cls(bool(data["calibrated"]), skill)
+        skill = _dice_table(data.get("skill"), "skill")
+        peers = {
+            str(t): _dice_table(d, f"peers.{t}") for t, d in dict(data.get("peers") or {}).items()
+        }
+        return cls(bool(data["calibrated"]), skill, peers)
+
+
+def _dice_table(data: Any, where: str) -> dict[str, float]:
+    """Structure -> Dice from JSON, each in [0, 1].
+
+    Raises:
+        ValueError: for a value outside [0, 1].
+    """
+    table = {str(k): float(v) for k, v in dict(data or {}).items()}
+    if bad := {k: v for k, v in table.items() if not 0.0 <= v <= 1.0}:
+        raise ValueError(f"calibration {where} {bad}: expected Dice values in [0, 1]")
+    return table
 
 
 @dataclass(frozen=True)
@@ -140,6 +158,8 @@ class DecoderVote:
         skill: ``q_d(k)`` per structure (empty: 1 for all).
         foreground: ``(B, 1, ...)`` one minus the background probability, where kept
             (for probability maps; the merge does not use it).
+        peers: per earlier task, the Dice of its decoder on structures this decoder also
+            labels, scored on this decoder's validation CTs (:attr:`Calibration.peers`).
         domain_scale: the distance its domain score 1 stands for (``core.domain.domain_scale``).
             A score is a distance over the decoder's own threshold, and a threshold says
             how varied its sites' CTs were (head and neck slabs vary more than thoracic
@@ -158,6 +178,7 @@ class DecoderVote:
     foreground: torch.Tensor | None = None
     domain: torch.Tensor | None = None
     domain_scale: float = 1.0
+    peers: dict[str, dict[str, float]] = field(default_factory=dict)
 
     @classmethod
     def from_logits(
@@ -224,6 +245,20 @@ class DecoderVote:
         ids = output_ids(self.structures, tuple(structures))
         table[list(ids)] = torch.tensor(skills, device=device)
         return table
+
+    def peer_tables(
+        self, structures: Sequence[str], device: torch.device
+    ) -> dict[str, torch.Tensor]:
+        """Per earlier task, its decoder's peer Dice per output label (-1: not scored)."""
+        index = {s: i for i, s in enumerate(structures, 1)}
+        tables = {}
+        for task, dice in self.peers.items():
+            table = torch.full((len(structures) + 1,), -1.0, device=device)
+            for structure, value in dice.items():
+                if structure in index:
+                    table[index[structure]] = value
+            tables[task] = table
+        return tables
 
     def trust(self, prob: torch.Tensor, anomaly_weight: float) -> torch.Tensor:
         """``p_d * c_d * (1 - w_a * a_d) ** h_d`` (see the module docstring); gate, skill apart."""

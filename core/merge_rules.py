@@ -15,15 +15,26 @@ The ``confidence`` rule, at every voxel:
    knows ``k`` says something else (background, or a structure that does not lie inside
    ``k``) and knows ``k`` clearly better here: ``f_e * q_e(k) > m * f_d * q_d(k)``, ``m``
    the :data:`VETO_MARGIN`. Where two decoders disagree about ``k``, the one that learnt
-   it better, nearer its sites' CTs, decides;
-   neither side's softmax or confidence head takes part, as a decoder that misses an organ
-   misses it with a confident background (measured on the ``default`` demo's bf16 draw:
-   the tumour task's decoder said background at 0.95 over left kidneys that the
-   whole-body decoder found, and vetoed them while vetoes weighed ``p * c``). A decoder
-   outside its domain neither proposes nor objects, except that it may still propose a
-   structure where another decoder that labels it is at home for it and learnt it less:
-   the structure belongs there, and the better decoder says so. A structure that one
-   decoder alone knows is never vetoed; it can only lose the voxel to another structure.
+   it better, nearer its sites' CTs, decides; neither side's softmax or confidence head
+   takes part, as a decoder that misses an organ misses it with a confident background
+   (measured on the ``default`` demo's bf16 draw: the tumour task's decoder said
+   background at 0.95 over left kidneys that the whole-body decoder found, and vetoed them
+   while vetoes weighed ``p * c``). A decoder outside its domain neither proposes nor
+   objects, except that it may still propose a structure where another decoder that
+   labels it is at home for it and learnt it less: the structure belongs there, and the
+   better decoder says so. A structure that one decoder alone knows is never vetoed; it
+   can only lose the voxel to another structure.
+
+   Skills measured on different CTs differ by which CTs as much as by which decoder, so a
+   later task's sites also score the earlier decoders on their own validation CTs (a peer
+   skill, ``server.peers``). Where the scorer is at home and an earlier decoder scored
+   higher on ``k`` there than the scorer itself, the earlier decoder's word on ``k`` wins
+   over the scorer's, whatever the distances (measured on ``overlap_heavy``: the tumour
+   task's decoder 0.754 on its CTs, the trunk decoder 0.739 on the trunk's but 0.801 on
+   the tumour task's, and 0.809 against 0.762 on its test CTs). A lower peer skill
+   changes nothing: a scorer whose CTs reach beyond the earlier decoder's domain scores it
+   where the merge would silence it anyway (the whole-body decoder's sites scored the
+   thoracic decoder's aorta 0.22, which on thoracic CTs beat the whole-body decoder's).
 3. Among the standing proposals the most trusted wins, each trust
    ``t_d = f_d * p_d * c_d * q_d(l_d)`` (``p_d`` the softmax probability of its arg-max,
    ``c_d`` the sigmoid of its confidence head once calibrated, else 1; on the ``default``
@@ -135,7 +146,7 @@ def confidence(
     ordered = sorted(votes, key=lambda v: v.task)
     scales = [v.domain_scale for v in ordered if v.domain is not None]
     unit = statistics.median(scales) if scales else 1.0
-    labels, homes, claims, trusts, gates, knows, skills = ([] for _ in range(7))
+    labels, homes, claims, trusts, gates, knows, skills, peers = ([] for _ in range(8))
     rows: list[torch.Tensor] = []
     domains: list[torch.Tensor | None] = []
     for vote in ordered:
@@ -143,6 +154,7 @@ def confidence(
         labels.append(label)
         device = label.device
         skills.append(vote.skill_table(structures, device))
+        peers.append(vote.peer_tables(structures, device))
         score = vote.domain_score() if settings.gating else None
         home = torch.ones((), device=device)  # no domain: at home everywhere
         if score is not None:
@@ -169,9 +181,13 @@ def confidence(
         for e, other in enumerate(labels):
             if e != d:
                 disagrees = knows[e][label] & (other != label) & ~within[other, label]
-                ok = ok & ~(
-                    gates[e] & disagrees & (homes[e] * skills[e][label] > VETO_MARGIN * claims[d])
-                )
+                veto = homes[e] * skills[e][label] > VETO_MARGIN * claims[d]
+                for scorer, scored in ((e, d), (d, e)):
+                    peer = peers[scorer].get(ordered[scored].task)
+                    if peer is not None:  # the scored one did better on the scorer's own CTs
+                        better = gates[scorer] & (peer[label] > skills[scorer][label])
+                        veto = torch.where(better, scorer == d, veto)
+                ok = ok & ~(gates[e] & disagrees & veto)
         standing.append(ok)
     contest = [
         trust * _doubt(d, standing, labels, knows, skills, within) for d, trust in enumerate(trusts)

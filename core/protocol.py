@@ -88,11 +88,20 @@ class RoundConfig(Record):
     precision: str = setting(DEFAULT_PRECISION, lo=1, hi=8)
     partial_labels: bool = setting(False)
     privacy: Privacy = setting(Privacy())
+    labels: tuple[str, ...] = setting(
+        (),
+        lo=1,
+        hi=64,
+        doc="the structures the site's dataset must label where not `structures` (a peer "
+        "round scores another task's decoder on this task's dataset, server.peers)",
+    )
 
     def __post_init__(self) -> None:
         check_task_name(self.task)
         check_sha256(self.encoder_sha256, "encoder-sha256", allow_empty=True)
         check_structures(self.structures, "structures")
+        if self.labels:
+            check_structures(self.labels, "labels")
         if len(self.genotype.stages) != len(self.encoder.widths) - 1:
             raise ValueError(
                 f"genotype: {len(self.genotype.stages)} stages for an encoder of "

@@ -68,16 +68,28 @@ def metric_problems(metrics: Any, structures: Sequence[str], where: str = "metri
 def calibration_problems(
     calibration: Any, structures: Sequence[str], where: str = "calibration"
 ) -> list[str]:
-    """Problems with a stored calibration (skills in [0, 1] of the decoder's structures)."""
+    """Problems with a stored calibration.
+
+    Skills and peer skills in [0, 1], of the decoder's structures (a peer is scored on the
+    structures it shares with the decoder), peers named like tasks.
+    """
     try:
         parsed = Calibration.from_json(calibration)
     except (ValueError, TypeError, KeyError, AttributeError) as e:
         return [f"{where}: {e}"]
-    return [
-        f"{where}.skill: structure {s!r} is not one of the decoder's"
-        for s in parsed.skill
+    tables = {"skill": parsed.skill, **{f"peers.{t}": d for t, d in parsed.peers.items()}}
+    problems = [
+        f"{where}.{name}: structure {s!r} is not one of the decoder's"
+        for name, table in tables.items()
+        for s in table
         if s not in structures
     ]
+    for task in parsed.peers:
+        try:
+            check_task_name(task)
+        except ValueError as e:
+            problems.append(f"{where}.peers: {e}")
+    return problems
 
 
 def json_problems(value: Any, where: str) -> list[str]:

@@ -19,6 +19,7 @@ from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, PHASES, SEARCH, TEAC
 from core.phases.spec import TaskState
 from server.catalog import Catalog
 from server.federation import MAX_REASON_CHARS, Federation, SiteInfo
+from server.peers import PeerSkills
 from server.plan import Plan, TaskPlan
 from server.steps import Registration, Step, TaskRun
 
@@ -32,15 +33,17 @@ def lifecycle(task: TaskPlan, first_task: bool) -> list[Step]:
     decoder on the frozen encoder (``teacher``); with ``trim`` a compact student is then
     searched and distilled, and only the student is evaluated and registered; with
     ``calibrate`` its confidence and anomaly heads are trained and its domain
-    recorded before that. A task trained under DP is not evaluated by its sites: their
-    validation patients' scores would leave them without noise.
+    recorded before that. After its own evaluation its sites score the earlier decoders
+    that share its structures (``server.peers``). A task trained under DP is not evaluated
+    by its sites: their validation patients' scores would leave them without noise.
     """
     training: list[Step] = [BASE if first_task else TEACHER]
     trimming: list[Step] = [SEARCH, DISTILL] if task.section.trim else []
     calibrating: list[Step] = [CALIBRATE] if task.section.calibrate else []
     evaluating: list[Step] = [] if task.privacy.on else [EVALUATE]
     phases = [*training, *trimming, *calibrating, *evaluating]
-    return [*phases, Registration([p.name for p in phases])]
+    peers: list[Step] = [PeerSkills()] if evaluating else []
+    return [*phases, *peers, Registration([p.name for p in phases])]
 
 
 def planned_rounds(task: TaskPlan, first_task: bool) -> int:

@@ -20,7 +20,7 @@ from typing import Any, Protocol, TypeVar
 import torch
 from flwr.app import ArrayRecord, RecordDict
 
-from core.model import Encoder, Genotype
+from core.model import Decoder, Encoder, Genotype
 from core.model.cost import genotype_parameters
 from core.phases import PHASES
 from core.phases.spec import PhaseSettings, PhaseSpec, RoundResult, TaskState
@@ -138,13 +138,25 @@ class TaskRun:
         return self.task.of(phase)
 
     def round_config(
-        self, phase: str, rnd: int, rounds: int, encoder: Encoder, genotype: Genotype
+        self,
+        phase: str,
+        rnd: int,
+        rounds: int,
+        encoder: Encoder,
+        decoder: Decoder,
+        genotype: Genotype,
     ) -> RoundConfig:
-        """What every site is told for round ``rnd`` of ``rounds`` of ``phase``."""
+        """What every site is told for round ``rnd`` of ``rounds`` of ``phase``.
+
+        A decoder of another task (a peer round, ``server.peers``) is scored on the
+        task's own dataset: the config names both structure lists.
+        """
+        own = decoder.structures == self.task.structures
         return RoundConfig(
             task=self.task.name,
             phase=phase,
-            structures=self.task.structures,
+            structures=decoder.structures,
+            labels=() if own else self.task.structures,
             genotype=genotype,
             encoder=encoder.config,
             preprocessing=self.plan.preprocessing,
@@ -177,7 +189,12 @@ class TaskRun:
         genotype ``genotype`` or else ``state``'s decoder's.
         """
         cfg = self.round_config(
-            phase.name, rnd, rounds, state.encoder, genotype or state.decoder.genotype
+            phase.name,
+            rnd,
+            rounds,
+            state.encoder,
+            state.decoder,
+            genotype or state.decoder.genotype,
         )
         keep = rnd < rounds  # the last round's outcome is the phase's own checkpoint
         given = fingerprint(cfg, self.task.of(phase).to_json(), templates) if keep else ""

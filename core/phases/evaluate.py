@@ -106,7 +106,7 @@ class Evaluate(PhaseSpec[NoSettings, EvaluateReply]):
         """
         if RoundPrivacy(site, cfg).settings is not None:
             raise ValueError(f"{cfg.task}: a private task's validation scores are not sent")
-        dataset = site.dataset_for(cfg.structures, cfg.partial_labels)
+        dataset = site.dataset_for(cfg.labels or cfg.structures, cfg.partial_labels)
         _, val = split_cases(dataset.cases, cfg.val_fraction, cfg.seed)
         model = load_model(site, cfg, content)
         labelled = [s for s in cfg.structures if s in dataset.labels.structures]

@@ -1,3 +1,4 @@
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -131,6 +132,33 @@ def test_what_leaves_a_site_is_weights_and_aggregates_only(tiny_sites):
     assert set(TEACHER.at_site(site, cfg, train, content).array_records) == {DECODER}
     metrics = EVALUATE.at_site(site, cfg, NoSettings(), content)[METRICS]
     assert metrics["examples"] == 1 and any(k.startswith("dice-sum/") for k in metrics)
+
+
+def test_a_peer_round_scores_another_tasks_decoder_on_the_tasks_own_dataset(tiny_sites):
+    dataset = tiny_sites["hospA"].dataset  # abdomen: liver, spleen, kidneys
+    site = Site("hospA", dataset.root.parent, dataset.root.parent / ".cache-peer")
+    torch.manual_seed(0)
+    encoder = Encoder(TINY).freeze()
+    peer = Decoder(TINY.widths, Genotype.teacher(3), ("heart", "liver"))  # a chest decoder
+    cfg = replace(
+        _teacher_round(dataset, encoder),
+        phase="evaluate",
+        structures=peer.structures,
+        labels=dataset.labels.structures,
+    )
+    content = RecordDict(
+        {
+            CONFIG: cfg.to_record(),
+            DECODER: state_to_record(peer.state_dict()),
+            ENCODER: state_to_record(encoder.state_dict(), fp16=False),
+        }
+    )
+    metrics = EVALUATE.at_site(site, cfg, NoSettings(), content)[METRICS]
+    scored = {k.split("/")[1] for k in metrics if k.startswith("dice-sum/")}
+    assert scored == {"liver"}  # the shared structure; the site labels no heart
+    assert metrics["examples"] == 1
+    with pytest.raises(SiteError, match="no dataset labels"):  # labels pick the dataset
+        EVALUATE.at_site(site, replace(cfg, labels=("heart",)), NoSettings(), content)
 
 
 @pytest.mark.slow  # a step or two of each phase of the tiny network under DP-SGD

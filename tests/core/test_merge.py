@@ -72,6 +72,27 @@ def test_where_two_decoders_disagree_the_one_that_learnt_the_structure_better_de
     assert _names([far, dataclasses.replace(tumour, skill=(0.42, 0.1))]) == ["background"]
 
 
+def test_where_the_later_sites_scored_both_decoders_the_same_cts_rank_them():
+    # overlap_heavy: the tumour task's decoder (0.754 on its CTs, nearer home) and the trunk
+    # decoder (0.739 on the trunk's CTs) disagree about the left kidney's extent (voxels 0
+    # and 2); on the tumour task's validation CTs the trunk decoder scored 0.80
+    trunk = _vote(
+        "trunk", ["kidney_left"], [0.9, 0.2, 0.2], [0.1, 0.8, 0.8], conf=[HIGH] * 3, domain=[1.2]
+    )
+    tumour = _vote(
+        "tumour", ["kidney_left"], [0.1, 0.2, 0.9], [0.9, 0.8, 0.1], conf=[HIGH] * 3, domain=[0.6]
+    )
+    trunk = dataclasses.replace(trunk, skill=(0.739,))
+    tumour = dataclasses.replace(tumour, skill=(0.7535,))
+    # nearer home, the tumour decoder's word decides where they disagree
+    assert _names([trunk, tumour]) == ["kidney_left", "kidney_left", "background"]
+    scored = dataclasses.replace(tumour, peers={"trunk": {"kidney_left": 0.80}})
+    assert _names([trunk, scored]) == ["background", "kidney_left", "kidney_left"]
+    # a lower peer skill changes nothing (its CTs may reach beyond the trunk's domain)
+    worse = dataclasses.replace(tumour, peers={"trunk": {"kidney_left": 0.70}})
+    assert _names([trunk, worse]) == _names([trunk, tumour])
+
+
 def test_structures_one_decoder_knows_are_never_vetoed():
     # the lung decoder's background says nothing about the liver, however confident
     liver = _vote("a", ["liver"], [0.4], [0.6], conf=[LOW])
@@ -225,6 +246,10 @@ def test_calibration_records_round_trip_and_refuse_bad_skills():
     assert Calibration().skills(["liver"]) == (1.0,)
     with pytest.raises(ValueError, match="skill"):
         Calibration.from_json({"calibrated": True, "skill": {"liver": 1.5}})
+    peers = Calibration(True, {"liver": 0.8}, {"organs": {"liver": 0.7}})
+    assert Calibration.from_json(peers.to_json()) == peers
+    with pytest.raises(ValueError, match=r"peers\.organs"):
+        Calibration.from_json({"calibrated": True, "peers": {"organs": {"liver": -0.1}}})
 
 
 def test_a_decoder_painting_organs_outside_its_domain_cannot_silence_the_one_trained_there():

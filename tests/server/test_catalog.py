@@ -1,4 +1,5 @@
 import json
+import re
 
 import pytest
 import torch
@@ -140,6 +141,13 @@ def test_bad_calibration_and_provenance_are_refused(tmp_path):
     before = _snapshot(tmp_path)
     with pytest.raises(RegistrationError, match="calibration skill"):
         catalog.register("abdomen", decoder, {}, {}, Calibration(skill={"liver": 1000.0}))
+    for peers, problem in (
+        ({"chest": {"brain": 0.5}}, "peers.chest: structure 'brain' is not one of"),
+        ({"../x": {"liver": 0.5}}, "peers: task name"),
+        ({"chest": {"liver": float("nan")}}, "calibration peers.chest"),
+    ):
+        with pytest.raises(RegistrationError, match=re.escape(problem)):
+            catalog.register("abdomen", decoder, {}, {}, Calibration(peers=peers))
     with pytest.raises(RegistrationError, match="provenance"):
         catalog.register("abdomen", decoder, {}, {"bytes_up": {"a": float("nan")}})
     with pytest.raises(RegistrationError, match="task name"):

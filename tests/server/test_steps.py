@@ -11,7 +11,7 @@ import torch
 from flwr.app import ConfigRecord, RecordDict
 
 from core.domain import CENTROID_WIDTH, SITE_CENTROIDS
-from core.model import Encoder
+from core.model import Decoder, Encoder, Genotype
 from core.payload import record_to_state, state_to_record
 from core.phases import BASE, CALIBRATE, DISTILL, EVALUATE, SEARCH, TEACHER
 from core.phases.calibrate import CENTROIDS, HEAD_PREFIX, THRESHOLDS, CalibrateReply
@@ -39,6 +39,7 @@ from server.aggregate import RoundFailed
 from server.catalog import Catalog
 from server.federation import Reply, SiteInfo
 from server.orchestrator import initial_decoder, lifecycle
+from server.peers import PeerSkills
 from server.plan import parse_plan
 from server.steps import Registration, TaskRun
 from tests.models import TINY
@@ -348,12 +349,41 @@ def test_evaluation_pools_bounded_sums_and_registration_exports(tmp_path):
     assert after.metrics["dice"] == {"liver": pytest.approx(0.8), "spleen": pytest.approx(0.5)}
     assert after.metrics["validation_cases"] == 2 and "outside" in run.ledger.rejected["C"]
     steps = [s.name for s in lifecycle(run.task, first_task=False)]
-    assert steps == ["teacher", "search", "distill", "calibrate", "evaluate", "register"]
-    run.run(Registration(steps[:-1]), after)
+    assert steps == ["teacher", "search", "distill", "calibrate", "evaluate", "peers", "register"]
+    run.run(Registration(steps[:-2]), after)
     version = run.catalog.tasks()[0]["versions"][0]
     assert version["provenance"]["rounds"]["teacher"] == 2
     assert version["metrics"]["dice"]["liver"] == pytest.approx(0.8)
     assert (run.catalog.root / "bundle" / "manifest.json").is_file()
+
+
+def test_a_tasks_sites_score_the_earlier_decoders_it_shares_structures_with(tmp_path):
+    seen = []
+
+    def respond(site, kind, content):
+        assert kind == "evaluate"
+        cfg = RoundConfig.from_record(content[CONFIG])
+        seen.append((site, cfg.structures, cfg.labels))
+        scores = ScoreSums()
+        scores.dice["liver"] = [0.6, 1.0]
+        scores.dice["kidney_left"] = [0.9, 1.0]  # scored, but not one of the task's
+        return _answer(content, EvaluateReply(1, scores=scores))
+
+    run, state, _ = _run(tmp_path, respond)
+    state = _frozen_state(run, state)
+    for name, structures in (("organs", ("liver", "kidney_left")), ("head", ("brain",))):
+        decoder = Decoder(TINY.widths, Genotype.teacher(len(TINY.widths) - 1), structures)
+        run.catalog.register(name, decoder, {}, {})
+    after = run.run(PeerSkills(), state)
+    # the peer decoder's structures, scored on the task's own dataset; the head decoder
+    # shares nothing with the task and is not sent
+    assert seen == [(s, ("liver", "kidney_left"), ("liver", "spleen")) for s in ("A", "B")]
+    assert after.calibration.peers == {"organs": {"liver": pytest.approx(0.6)}}
+    run.run(Registration([]), after)
+    stored = run.catalog.tasks()[-1]["versions"][0]["calibration"]["peers"]
+    assert stored == {"organs": {"liver": 0.6}}
+    restored = run.run(PeerSkills(), state)  # finished before: from the journal
+    assert restored.calibration.peers == after.calibration.peers and len(seen) == 2
 
 
 def test_what_a_round_sends_is_bounded_on_arrival(tmp_path):
