@@ -9,7 +9,9 @@ those CTs where the later one is at home (:mod:`core.merge_rules`).
 
 What leaves a site is what ``evaluate`` sends (Dice, precision and recall sums and HD95
 sums per structure); what reaches it is a catalog decoder, which every site receives in
-the prediction bundle anyway. A private task is not evaluated, so it scores no peers.
+the prediction bundle anyway. A private task is not evaluated, so it scores no peers. A
+peer round that fails (too few sites reply) leaves that decoder unscored, and the task
+goes on: the merge then ranks the two as it would without peer skills.
 """
 
 from __future__ import annotations
@@ -24,6 +26,7 @@ from core.phases import EVALUATE
 from core.phases.spec import TaskState
 from core.protocol import DECODER
 from core.scores import ScoreSums
+from server.aggregate import RoundFailed
 from server.steps import TaskRun
 
 log = logging.getLogger(__name__)
@@ -50,7 +53,12 @@ class PeerSkills:
                 continue
             records = {DECODER: state_to_record(decoder.state_dict())}
             peer_state = dataclasses.replace(state, decoder=decoder)
-            result = run.federated_round(EVALUATE, peer_state, 1, 1, records, {})
+            try:
+                result = run.federated_round(EVALUATE, peer_state, 1, 1, records, {})
+            except RoundFailed as failure:  # the merge then ranks the two as without peers
+                log.warning("%s: %s's decoder not scored: %s", run.task.name, task, failure)
+                run.catalog.journal("peer-skipped", run.task.name, peer=task, reason=str(failure))
+                continue
             pooled = ScoreSums()
             for reply in result.replies.values():
                 pooled.merge(reply.scores)

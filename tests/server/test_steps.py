@@ -386,6 +386,18 @@ def test_a_tasks_sites_score_the_earlier_decoders_it_shares_structures_with(tmp_
     assert restored.calibration.peers == after.calibration.peers and len(seen) == 2
 
 
+def test_a_peer_round_that_fails_leaves_that_decoder_unscored(tmp_path):
+    def respond(site, kind, content):
+        return Reply(_sites(site)[0], None, "Node Unavailable")
+
+    run, state, _ = _run(tmp_path, respond, training={"rejoin_grace_s": 0})
+    state = _frozen_state(run, state)
+    decoder = Decoder(TINY.widths, Genotype.teacher(len(TINY.widths) - 1), ("liver",))
+    run.catalog.register("organs", decoder, {}, {})
+    assert run.run(PeerSkills(), state).calibration.peers == {}
+    assert any(e["event"] == "peer-skipped" for e in run.catalog.events())
+
+
 def test_what_a_round_sends_is_bounded_on_arrival(tmp_path):
     seen = []
 
