@@ -40,8 +40,8 @@ def test_each_task_is_summed_up_against_its_own_and_its_best_single_decoders():
     assert lines[2] == "| pelvis | 0.750 | 0.600 | 0.750 | 0.80 | sacrum (-0.300) |"
 
 
-def test_the_bundled_family_has_six_scenarios_and_an_empty_folder_is_refused(tmp_path):
-    assert len(family()) == 6
+def test_the_bundled_family_has_seven_scenarios_and_an_empty_folder_is_refused(tmp_path):
+    assert len(family()) == 7
     with pytest.raises(ValueError, match="no scenario"):
         family(tmp_path)
 
