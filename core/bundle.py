@@ -3,7 +3,8 @@
 ```
 bundle/
   manifest.json               format, version, preprocessing, encoder, decoders (each with
-                              its calibration: heads trained, validation skill), merge
+                              its calibration: heads trained, validation and peer
+                              skills), merge
   encoder.safetensors
   decoders/<task>.safetensors
 ```
@@ -66,8 +67,9 @@ class Bundle:
         preprocessing: how inputs reach the network's space.
         roi_size: sliding-window size for prediction.
         provenance: per task, free-form JSON (sites, rounds, metrics, timestamps).
-        calibration: per task, whether its heads were trained and its validation skill
-            (a task without one is uncalibrated; its domain lies in its decoder's weights).
+        calibration: per task, whether its heads were trained, its validation skill and its
+            peer skills (a task without one is uncalibrated; its domain lies in its
+            decoder's weights).
         merge: how overlapping decoders are merged (``core.merge``).
     """
 

@@ -166,8 +166,25 @@ def merge_report(
         "dice": _dice(sums, owners),
         "tasks": _dice(by_task, owners),
         "merge": bundle.merge.to_json(),
+        "skills": skills(bundle, overlap),
         **diagnostics.to_json(),
     }
+
+
+def skills(bundle: Bundle, overlap: list[str]) -> dict[str, dict[str, float]]:
+    """What ranks the decoders of an overlapping structure: validation Dice, per set of CTs.
+
+    ``{"<structure> on <task>'s CTs": {decoder: Dice}}``: the task's own decoder and the
+    earlier decoders its sites scored there (peer skills, ``server.peers``).
+    """
+    rows: dict[str, dict[str, float]] = {}
+    for task, calibration in bundle.calibration.items():
+        for structure in overlap:
+            row = {task: calibration.skill[structure]} if structure in calibration.skill else {}
+            row |= {p: d[structure] for p, d in calibration.peers.items() if structure in d}
+            if row:
+                rows[f"{structure} on {task}'s CTs"] = row
+    return rows
 
 
 def _dice(
@@ -217,7 +234,8 @@ def format_merge_report(report: dict[str, Any]) -> str:
     """Markdown: per task, the merge against its best single decoders, then the cases.
 
     For each kind of case, overlapping structures first and methods as columns; then the
-    shares of slices inside each decoder's domain and of voxels each decoder won.
+    shares of slices inside each decoder's domain and of voxels each decoder won, and the
+    validation Dice that rank the decoders of each overlapping structure.
     """
     lines = [
         "| task | own decoder | merged | best single decoders | merged / best | worst structure |",
@@ -247,6 +265,8 @@ def format_merge_report(report: dict[str, Any]) -> str:
             lines.append(f"| {structure}{mark} | " + " | ".join(cells) + " |")
     lines += _shares("Share of each test set's slices inside a decoder's domain", report["domain"])
     lines += _shares("Share of a merged structure's voxels its decoders said", report["won"])
+    title = "Validation Dice of the decoders of an overlapping structure, by the sites' CTs"
+    lines += _shares(title, report.get("skills", {}))  # reports from before peer skills lack it
     return "\n".join(lines)
 
 

@@ -10,9 +10,9 @@ from torch import nn
 from core.bundle import Bundle, load_bundle, save_bundle
 from core.data.transforms import Preprocessing
 from core.inference import volume_outputs
-from core.merge import MergeSettings
+from core.merge import Calibration, MergeSettings
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype
-from simulations.benchmarks.merge_report import COMPARED, merge_report
+from simulations.benchmarks.merge_report import COMPARED, format_merge_report, merge_report
 from simulations.benchmarks.rebundle import rebundle
 from simulations.evaluate import (
     LabelMap,
@@ -142,7 +142,12 @@ def run(abdomen, tumour, tmp_path_factory):
         abdomen=(("liver", "spleen"), "liver"), tumour=(("liver", "liver_tumor"), "liver_tumor")
     )
     catalog = tmp_path_factory.mktemp("catalog")
-    save_bundle(Bundle(model, NATIVE, ROI, merge=HIGHEST), catalog / "bundle")
+    calibration = {  # validation Dice, and the abdominal decoder scored on the tumour CTs
+        "abdomen": Calibration(skill={"liver": 0.8, "spleen": 0.6}),
+        "tumour": Calibration(skill={"liver": 0.7}, peers={"abdomen": {"liver": 0.75}}),
+    }
+    bundle = Bundle(model, NATIVE, ROI, merge=HIGHEST, calibration=calibration)
+    save_bundle(bundle, catalog / "bundle")
     tasks = (
         TaskSpec("abdomen", 1, ("liver", "spleen")),
         TaskSpec("tumour", 2, ("liver", "liver_tumor")),
@@ -175,6 +180,11 @@ def test_the_merge_report_splits_cases_and_scores_a_decoder_only_on_its_structur
     assert liver["alone:abdomen"] == pytest.approx(ALL_LIVER) and liver["alone:tumour"] == 0.0
     lesion = report["dice"]["tumour"]["liver_tumor"]
     assert "alone:abdomen" not in lesion and lesion["alone:tumour"] == pytest.approx(ALL_LIVER)
+    assert report["skills"] == {
+        "liver on abdomen's CTs": {"abdomen": 0.8},
+        "liver on tumour's CTs": {"tumour": 0.7, "abdomen": 0.75},
+    }
+    assert "| liver on tumour's CTs | 0.75 | 0.70 |" in format_merge_report(report)
 
 
 def test_a_run_is_rebundled_with_other_merge_weights_and_its_decoders_untouched(run, tmp_path):
