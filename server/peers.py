@@ -40,12 +40,16 @@ class PeerSkills:
     name = PEERS
 
     def execute(self, run: TaskRun, state: TaskState) -> tuple[TaskState, dict[str, Any]]:
-        """One evaluate round per earlier decoder that shares a structure with the task."""
+        """One evaluate round per catalog decoder that shares a structure with the task.
+
+        The catalog's other decoders are the earlier tasks' (and, where a task is trained
+        again as a new version, the later ones' too).
+        """
         own = set(run.task.structures)
         peers: dict[str, dict[str, float]] = {}
-        earlier = [t["name"] for t in run.catalog.tasks() if t["name"] != run.task.name]
-        model = run.catalog.model() if earlier else None
-        for task in earlier:
+        others = [t["name"] for t in run.catalog.tasks() if t["name"] != run.task.name]
+        model = run.catalog.model() if others else None
+        for task in others:
             assert model is not None
             decoder = model.decoder(task)
             shared = own & set(decoder.structures)
