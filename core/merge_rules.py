@@ -161,7 +161,7 @@ def confidence(
             home = torch.exp(-settings.domain_weight * score * vote.domain_scale / unit)
         homes.append(home)
         claims.append(home * skills[-1][label])  # what a veto weighs
-        trusts.append(vote.trust(prob, settings.anomaly_weight) * claims[-1])
+        trusts.append(vote.trust(prob, settings.anomaly_weight) * skills[-1][label])
         everywhere = torch.ones_like(label, dtype=torch.bool)
         gates.append(everywhere if score is None else score <= settings.domain_factor)
         row = torch.zeros(len(structures) + 1, dtype=torch.long, device=device)
@@ -190,7 +190,10 @@ def confidence(
                 ok = ok & ~(gates[e] & disagrees & veto)
         standing.append(ok)
     contest = [
-        trust * _doubt(d, standing, labels, knows, skills, within) for d, trust in enumerate(trusts)
+        trust
+        * _home_in_contest(d, labels, homes, gates, skills, peers, ordered)
+        * _doubt(d, standing, labels, knows, skills, within)
+        for d, trust in enumerate(trusts)
     ]
     best = _most_trusted(standing, labels, contest)
     for _ in structures:  # a containment chain is at most this long
@@ -200,6 +203,32 @@ def confidence(
             break
         best = torch.where(refined > 0, refined, best)
     return best
+
+
+def _home_in_contest(
+    d: int,
+    labels: Sequence[torch.Tensor],
+    homes: Sequence[torch.Tensor],
+    gates: Sequence[torch.Tensor],
+    skills: Sequence[torch.Tensor],
+    peers: Sequence[dict[str, torch.Tensor]],
+    votes: Sequence[DecoderVote],
+) -> torch.Tensor:
+    """``f_d`` in the contest, or a scorer's where its sites saw ``d`` do better on ``l_d``.
+
+    Where a decoder ``e`` at home scored ``d`` higher on ``l_d`` than itself on its own
+    CTs (a peer skill), ``d``'s claim was measured on CTs like these and counts as at home
+    as ``e`` is (measured on a new fp32 draw of ``reversed_default``: the tumour task's
+    right kidney on whole-body CTs, 0.29 alone, lost to the whole-body decoder's liver,
+    which never learnt the kidney, for being far from its sites' abdomens: 0.22 merged).
+    """
+    home = homes[d] * torch.ones_like(labels[d], dtype=torch.float32)
+    for e, scored in enumerate(peers):
+        peer = scored.get(votes[d].task) if e != d else None
+        if peer is not None:
+            better = gates[e] & (peer[labels[d]] > skills[e][labels[d]])
+            home = torch.where(better, torch.maximum(home, homes[e]), home)
+    return home
 
 
 def _borrowed(

@@ -93,6 +93,20 @@ def test_where_the_later_sites_scored_both_decoders_the_same_cts_rank_them():
     assert _names([trunk, worse]) == _names([trunk, tumour])
 
 
+def test_a_claim_the_scorers_sites_saw_win_counts_as_at_home_in_the_contest():
+    # reversed_default (fp32, a new draw): on whole-body CTs the tumour task's decoder,
+    # far from its sites' abdomens, finds the right kidney; the whole-body decoder, at home,
+    # never learnt it and says liver there; its sites scored the tumour decoder's kidney
+    # 0.20 against its own 0.06
+    wholebody = _vote("wholebody", ["liver", "kidney_right"], [0.1], [0.8], [0.1], domain=[0.3])
+    tumour = _vote("tumour", ["kidney_right"], [0.2], [0.8], domain=[1.8])
+    wholebody = dataclasses.replace(wholebody, skill=(0.8, 0.06))
+    tumour = dataclasses.replace(tumour, skill=(0.8,))
+    assert _names([wholebody, tumour]) == ["liver"]
+    scored = dataclasses.replace(wholebody, peers={"tumour": {"kidney_right": 0.20}})
+    assert _names([scored, tumour]) == ["kidney_right"]
+
+
 def test_structures_one_decoder_knows_are_never_vetoed():
     # the lung decoder's background says nothing about the liver, however confident
     liver = _vote("a", ["liver"], [0.4], [0.6], conf=[LOW])
