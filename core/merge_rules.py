@@ -172,6 +172,15 @@ def confidence(
         knows.append(row > 0)
         domains.append(None if vote.domain is None else vote.domain.to(device))
     within = _containment(structures, labels[0].device)
+    # (scorer, scored): per label, how much better the scored decoder did on the scorer's
+    # own validation CTs than the scorer itself (peer skills; a label not scored, -1 in
+    # the peer table, comes out below 0)
+    leads = {
+        (e, d): peers[e][vote.task] - skills[e]
+        for e in range(len(ordered))
+        for d, vote in enumerate(ordered)
+        if e != d and vote.task in peers[e]
+    }
     standing = []
     for d, label in enumerate(labels):
         speaks = gates[d]
@@ -183,15 +192,14 @@ def confidence(
                 disagrees = knows[e][label] & (other != label) & ~within[other, label]
                 veto = homes[e] * skills[e][label] > VETO_MARGIN * claims[d]
                 for scorer, scored in ((e, d), (d, e)):
-                    peer = peers[scorer].get(ordered[scored].task)
-                    if peer is not None:  # the scored one did better on the scorer's own CTs
-                        better = gates[scorer] & (peer[label] > skills[scorer][label])
-                        veto = torch.where(better, scorer == d, veto)
+                    lead = leads.get((scorer, scored))
+                    if lead is not None:  # the scored one did better on the scorer's own CTs
+                        veto = torch.where(gates[scorer] & (lead[label] > 0), scorer == d, veto)
                 ok = ok & ~(gates[e] & disagrees & veto)
         standing.append(ok)
     contest = [
         trust
-        * _home_in_contest(d, labels, homes, gates, skills, peers, ordered)
+        * _home_in_contest(d, labels[d], homes, gates, leads)
         * _doubt(d, standing, labels, knows, skills, within)
         for d, trust in enumerate(trusts)
     ]
@@ -207,12 +215,10 @@ def confidence(
 
 def _home_in_contest(
     d: int,
-    labels: Sequence[torch.Tensor],
+    label: torch.Tensor,
     homes: Sequence[torch.Tensor],
     gates: Sequence[torch.Tensor],
-    skills: Sequence[torch.Tensor],
-    peers: Sequence[dict[str, torch.Tensor]],
-    votes: Sequence[DecoderVote],
+    leads: dict[tuple[int, int], torch.Tensor],
 ) -> torch.Tensor:
     """``f_d`` in the contest, or a scorer's where its sites saw ``d`` do better on ``l_d``.
 
@@ -222,12 +228,10 @@ def _home_in_contest(
     right kidney on whole-body CTs, 0.29 alone, lost to the whole-body decoder's liver,
     which never learnt the kidney, for being far from its sites' abdomens: 0.22 merged).
     """
-    home = homes[d] * torch.ones_like(labels[d], dtype=torch.float32)
-    for e, scored in enumerate(peers):
-        peer = scored.get(votes[d].task) if e != d else None
-        if peer is not None:
-            better = gates[e] & (peer[labels[d]] > skills[e][labels[d]])
-            home = torch.where(better, torch.maximum(home, homes[e]), home)
+    home = homes[d]
+    for (e, scored), lead in leads.items():
+        if scored == d:
+            home = torch.where(gates[e] & (lead[label] > 0), torch.maximum(home, homes[e]), home)
     return home
 
 
