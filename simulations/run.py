@@ -116,6 +116,18 @@ def finished_stages(out: Path, scenario: Scenario) -> dict[int, dict[str, Any]]:
     return kept
 
 
+def site_slots(cores: int, sites: int) -> tuple[int, int]:
+    """Torch threads per simulated site, and how many of a stage's sites run at once.
+
+    Each site gets its share of the cores (one thread at least), and up to two sites a
+    core run side by side: three sites on two cores all run at once, the OS sharing the
+    cores, instead of two and then the third alone on one core while the other idles
+    (the `default` scenario's first stage: 151 -> 129 s at two rounds, 2 cores).
+    """
+    share = max(1, cores // sites)
+    return share, max(cores // share, min(sites, 2 * cores))
+
+
 def simulate(
     scenario: Scenario,
     out: Path,
@@ -130,8 +142,8 @@ def simulate(
 
     Started again after an interruption, it keeps the stages an earlier start finished
     (:func:`finished_stages`) and resumes the first unfinished one from the catalog.
-    The simulated sites share ``cpus`` cores (default: all the machine's): a stage runs
-    as many sites at once as it has cores, each on its share of them.
+    The simulated sites share ``cpus`` cores (default: all the machine's) as
+    :func:`site_slots` says.
 
     Raises:
         SimulationError: if a stage's run fails or leaves one of its tasks unfinished.
@@ -152,7 +164,7 @@ def simulate(
             tasks, sites = scenario.stage_members(stage)
             say(f"stage {stage}: tasks {tasks} at sites {sites}")
             start = time.perf_counter()
-            share = max(1, cores // len(sites))
+            share, at_once = site_slots(cores, len(sites))
             run_config = {
                 "plan": str(plan_path),
                 "catalog": str(catalog_dir),
@@ -165,7 +177,7 @@ def simulate(
             engine = {
                 "num-supernodes": len(sites),
                 "client-resources-num-cpus": share,
-                "init-args-num-cpus": cores,  # Ray's cores: as many sites at once
+                "init-args-num-cpus": at_once * share,  # Ray runs this many sites at once
             }
             rounds = sum(planned_rounds(parsed.task(t), t == parsed.tasks[0].name) for t in tasks)
             watcher = JournalWatcher(catalog_dir / JOURNAL, rounds, say)

@@ -28,6 +28,7 @@ from typing import Any, Protocol
 import torch
 
 from core.io import atomic_write_json
+from core.model.blocks import standard_format
 from core.records import Record, setting
 
 Mechanism = tuple[float, float, int]
@@ -268,7 +269,8 @@ def per_case_gradients(
     per_case = vmap(
         grad_and_value(case_loss), in_dims=dims, randomness="different", chunk_size=chunk
     )
-    grads, losses = per_case(weights, *batch)
+    with standard_format():
+        grads, losses = per_case(weights, *batch)
     return [grads[f"network.{names[id(p)]}"] for p in params], losses
 
 

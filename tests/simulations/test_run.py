@@ -5,7 +5,7 @@ import pytest
 
 from server.catalog import Catalog
 from server.plan import parse_plan
-from simulations.run import finished_stages, to_toml
+from simulations.run import finished_stages, site_slots, to_toml
 from simulations.scenario import ScenarioError, load_scenario, parse_settings, with_federation
 
 
@@ -44,3 +44,11 @@ def test_set_replaces_federation_keys_with_toml_values():
     assert kept.tasks[0].aggregation.server_lr == 1.0 and kept.tasks[0].section.trim  # kept
     with pytest.raises(ScenarioError, match="did you mean 'server_lr'"):
         with_federation(load_scenario("tiny"), {"server_rl": 3})
+
+
+@pytest.mark.parametrize(
+    ("cores", "sites", "slots"),
+    [(2, 1, (2, 1)), (2, 2, (1, 2)), (2, 3, (1, 3)), (2, 9, (1, 4)), (16, 3, (5, 3))],
+)
+def test_a_stages_sites_share_the_cores_up_to_two_a_core(cores, sites, slots):
+    assert site_slots(cores, sites) == slots

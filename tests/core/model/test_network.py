@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from core.model import ContinualSegmenter, Decoder, Encoder, EncoderConfig, Genotype, Stage
-from core.model.blocks import conv
+from core.model.blocks import conv, standard_format
 from core.model.cost import count_parameters, genotype_cost
 from tests.models import TINY
 
@@ -161,3 +161,29 @@ def test_convolutions_over_sides_shorter_than_the_kernel_leave_bf16_and_stay_fin
             block.zero_grad()
             block(short).square().mean().backward()
             assert all(torch.isfinite(p.grad).all() for p in block.parameters())
+
+
+@pytest.mark.parametrize("channels", [(1, 8), (8, 8), (16, 8)])
+def test_narrow_convolutions_run_channels_last_with_the_same_values_and_gradients(channels):
+    # oneDNN computes narrow CPU convolutions far faster channels-last; only the
+    # convolution changes format: its output and the gradient it passes back stay standard
+    torch.manual_seed(0)
+    layer = conv(*channels).conv
+    x = torch.randn(2, channels[0], 12, 12, 12)
+    upstream = torch.randn(2, channels[1], 12, 12, 12)
+
+    def run() -> tuple[torch.Tensor, ...]:
+        inp = x.clone().requires_grad_()
+        layer.zero_grad()
+        out = layer(inp)
+        out.backward(upstream)
+        assert inp.grad is not None and layer.weight.grad is not None
+        return out, inp.grad, layer.weight.grad.clone()
+
+    fast = run()
+    with standard_format():
+        plain = run()
+    assert all(t.is_contiguous() for t in fast[:2])
+    assert not fast[0].is_contiguous(memory_format=torch.channels_last_3d)
+    for a, b in zip(fast, plain, strict=True):
+        assert torch.allclose(a, b, atol=1e-4, rtol=1e-4)
