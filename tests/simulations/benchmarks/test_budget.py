@@ -19,11 +19,12 @@ PLATEAU = {"wholebody": 2000, "head_neck": 1000, "thorax": 1000, "abdomen_tumor"
 def test_central_methods_get_the_steps_of_all_a_task_s_sites():
     default = load_scenario("default")
     plan = default.plan
-    # 6 rounds x 50 training steps + 2 x 50 distillation steps, at each of the task's sites
-    assert budget_steps(plan, "wholebody", 3) == 3 * 400  # hosp_a, hosp_b, hosp_c
-    assert budget_steps(plan, "thorax", 1) == 400
+    # training rounds x local steps + distillation rounds x steps, at each of the task's
+    # sites: wholebody 12 x 50 + 5 x 50 at hosp_a, hosp_b and hosp_c; thorax 6 x 85 + 2 x 75
+    assert budget_steps(plan, "wholebody", 3) == 3 * 850
+    assert budget_steps(plan, "thorax", 1) == 660
     steps = central_steps(default, plan, "scenario", {})
-    assert steps == {"wholebody": 1200, "head_neck": 400, "thorax": 400, "abdomen_tumor": 400}
+    assert steps == {"wholebody": 2550, "head_neck": 1470, "thorax": 660, "abdomen_tumor": 810}
 
 
 def test_plateau_budgets_scale_each_task_s_federated_rounds():
@@ -32,20 +33,20 @@ def test_plateau_budgets_scale_each_task_s_federated_rounds():
     plan = scaled.plan
     for task in default.tasks:
         sites = len(default.sites_of(task.name))
-        training = plan.task(task.name).of(TEACHER)
-        assert training.steps == 50  # local steps kept; rounds scaled
+        training, own = plan.task(task.name).of(TEACHER), default.plan.task(task.name)
+        assert training.steps == own.of(TEACHER).steps  # local steps kept; rounds scaled
         federated = training.rounds * training.steps * sites
         assert abs(federated - PLATEAU[task.name]) <= training.steps * sites / 2
-        # the student keeps its share: 2 distillation rounds per 6 training rounds
-        distill = plan.task(task.name).of(DISTILL)
-        assert distill.rounds == max(1, round(2 * training.rounds / 6))
+        # the student keeps its share of the scenario's distillation rounds per training round
+        distill, share = plan.task(task.name).of(DISTILL), own.of(DISTILL).rounds
+        assert distill.rounds == max(1, round(share * training.rounds / own.of(TEACHER).rounds))
     assert plan.task("wholebody").of(TEACHER).rounds == 13  # 2000 / (50 x 3 sites)
-    assert plan.task("thorax").of(TEACHER).rounds == 20
-    assert plan.task("abdomen_tumor").of(DISTILL).rounds == 3  # 10 training rounds
+    assert plan.task("thorax").of(TEACHER).rounds == 12  # 1000 / 85
+    assert plan.task("abdomen_tumor").of(DISTILL).rounds == 3  # 6 training rounds
     # every other setting is the scenario's own
     before, after = default.plan, plan
     assert before.model == after.model and before.training == after.training
-    assert plan.task("thorax").of(DISTILL).steps == 50
+    assert plan.task("thorax").of(DISTILL).steps == 75
     assert central_steps(scaled, plan, "plateau", PLATEAU) == PLATEAU
     assert default.plan == load_scenario("default").plan  # the scenario itself is untouched
 
