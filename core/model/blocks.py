@@ -42,7 +42,7 @@ class FiniteConv3d(nn.Conv3d):
         if short and x.device.type == "cpu" and torch.is_autocast_enabled("cpu"):
             with torch.autocast("cpu", enabled=False):  # back in x's dtype, as it came
                 return super().forward(x.float()).to(x.dtype)
-        narrow = min(self.in_channels, self.out_channels) <= NARROW
+        narrow = self.in_channels > 1 and min(self.in_channels, self.out_channels) <= NARROW
         if narrow and x.device.type == "cpu" and _NARROW_CHANNELS_LAST.get():
             inside = super().forward(_ChannelsLast.apply(x))  # type: ignore[no-untyped-call]
             out: torch.Tensor = _Standard.apply(inside)  # type: ignore[no-untyped-call]
@@ -55,10 +55,12 @@ NARROW: Final = 8
 
 oneDNN computes narrow 3D convolutions channels-last far faster, their backward above all
 (measured on an AMD EPYC, 2 threads, 8 -> 8 channels at 48^3, batch 2, forward and
-backward: bf16 24.4 -> 9.6 ms, fp32 57.0 -> 14.7 ms, the conversions included; 1 -> 8:
-13.2 -> 4.1 ms). Only the convolution changes format: instance norm and leaky ReLU run
-their fastest contiguous, and mixing formats in one elementwise backward is slower
-still, so both sides convert back (:class:`_ChannelsLast`, :class:`_Standard`).
+backward: bf16 24.4 -> 9.6 ms, fp32 57.0 -> 14.7 ms, the conversions included). Only the
+convolution changes format: instance norm and leaky ReLU run their fastest contiguous, and
+mixing formats in one elementwise backward is slower still, so both sides convert back
+(:class:`_ChannelsLast`, :class:`_Standard`). A network's first convolution (one input
+channel, the CT) stays standard: its weight gradient is slower channels-last (1 -> 8 at
+48^3 bf16: 7.5 against 6.5 ms; 1 -> 32 at 96^3: 320 against 164 ms).
 """
 
 _NARROW_CHANNELS_LAST: ContextVar[bool] = ContextVar("narrow_channels_last", default=True)
