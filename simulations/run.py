@@ -122,7 +122,7 @@ def site_slots(cores: int, sites: int) -> tuple[int, int]:
     Each site gets its share of the cores (one thread at least), and up to two sites a
     core run side by side: three sites on two cores all run at once, the OS sharing the
     cores, instead of two and then the third alone on one core while the other idles
-    (the `default` scenario's first stage: 151 -> 129 s at two rounds, 2 cores).
+    (the ``default`` scenario's first stage: 151 -> 129 s at two rounds, 2 cores).
     """
     share = max(1, cores // sites)
     return share, max(cores // share, min(sites, 2 * cores))
