@@ -284,7 +284,7 @@ def run_benchmark(
     def shared_tasks() -> list[TaskData]:
         """The tasks on the shared phantoms, read once for every method that needs them."""
         if not loaded:
-            _share_sites(scenario, out, say)
+            share_sites(scenario, out, say)
             training = plan.training
             loaded.extend(load_tasks(scenario, sites, training.val_fraction, training.seed))
         return loaded
@@ -300,7 +300,7 @@ def run_benchmark(
         clock.start()
         if method in ("continual", "no_trim"):
             if method == "no_trim":
-                _share_sites(scenario, out, say)
+                share_sites(scenario, out, say)
             spec = federated_scenario(scenario, method)
             for result in federated(method, spec, plan, out / method, say, cpus):
                 results[result["method"]] = stamp(result, planned[method], budget, settings)
@@ -349,8 +349,11 @@ def run_benchmark(
     return document
 
 
-def _share_sites(scenario: Scenario, out: Path, say: Callable[[str], None]) -> None:
-    """Every method uses the same phantoms: ``continual``'s, written by whoever needs them first."""
+def share_sites(scenario: Scenario, out: Path, say: Callable[[str], None]) -> None:
+    """Every method uses the same phantoms: ``continual``'s, written by whoever needs them first.
+
+    Methods trained side by side (``--jobs``) find them written by their parent.
+    """
     link_sites(out / "no_trim", write_sites_once(scenario, out / "continual" / "sites", say))
 
 

@@ -7,6 +7,7 @@ once; :mod:`csfl` gathers these commands with every other role's.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -315,16 +316,27 @@ def benchmark(
     ] = None,
     cpus: Cpus = None,
     overrides: SetOption = None,
+    jobs: Annotated[
+        int,
+        typer.Option(
+            min=1,
+            max=16,
+            help="Methods trained at once, each in its own process on its share "
+            "of the cores (--cpus or all).",
+        ),
+    ] = 1,
 ) -> None:
     """Compare this method, its ablations, the references, fine-tuning, LwF and MiB.
 
     Writes OUT/benchmark.json (every figure), OUT/report.md and PNG plots; each method's
     result is kept as OUT/<method>.json, and a rerun reuses them. With --budget plateau,
     every central method trains each task for its upper-bound curve's plateau budget
-    and the federated rounds are scaled to match.
+    and the federated rounds are scaled to match. With --jobs N, N methods train at once
+    (logs in OUT/logs/), then the report is written.
     """
-    from simulations.benchmarks.benchmark import ORDER, run_benchmark
+    from simulations.benchmarks.benchmark import ORDER, run_benchmark, share_sites
     from simulations.benchmarks.budget import parse_plateaus
+    from simulations.benchmarks.side_by_side import run_side_by_side, threads_each
     from simulations.scenario import load_scenario, parse_settings, with_federation
 
     with user_errors():
@@ -341,6 +353,27 @@ def benchmark(
             raise ValueError(f"{curves}: expected csfl curve's folder")
     folder = out or Path("runs") / f"bench-{spec.name}"
     start = time.perf_counter()
+    if jobs > 1:
+        share = threads_each(cpus or os.cpu_count() or 1, jobs)
+        common = ["benchmark", "--scenario", scenario, "--out", str(folder), "--budget", budget]
+        common += ["--quick"] * quick + ["--cpus", str(share)]
+        common += [a for p in plateau or () for a in ("--plateau", p)]
+        common += [a for s in overrides or () for a in ("--set", s)]
+        common += ["--curves", str(curves)] if curves is not None else []
+        entry = [sys.executable, "-m", "csfl"]
+        share_sites(spec, folder.resolve(), typer.echo)  # once, before the children read them
+        try:
+            run_side_by_side(
+                chosen,
+                jobs,
+                lambda method: [*entry, *common, "--methods", method],
+                folder,
+                {**os.environ, "OMP_NUM_THREADS": str(share)},
+                say=typer.echo,
+            )
+        except RuntimeError as e:  # a method failed (not bad input): its log is named
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1) from None
     with user_errors():
         run_benchmark(
             spec,

@@ -10,6 +10,7 @@ the preprocessing and the training settings); every method starts from that file
 from __future__ import annotations
 
 import dataclasses
+import fcntl
 import hashlib
 import json
 import time
@@ -72,6 +73,21 @@ def first_stage(
     """
     name = f"{task.name}-{settings_key(task, encoder, prep, settings)[:20]}.safetensors"
     path = folder / FOLDER / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    # methods trained side by side (--jobs): the second to arrive waits and reads it back
+    with (path.parent / f"{name}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _trained_or_kept(path, task, encoder, prep, settings)
+
+
+def _trained_or_kept(
+    path: Path,
+    task: TaskData,
+    encoder: EncoderConfig,
+    prep: Preprocessing,
+    settings: LocalTrainSettings,
+) -> tuple[GrowingSegmenter, float]:
+    """:func:`first_stage` once its lock is held."""
     if path.is_file():
         model = GrowingSegmenter(encoder, task.structures)
         try:
