@@ -33,6 +33,7 @@ from monai.transforms import (
     Transform,
 )
 
+from core.data.crop_centres import BACKGROUND, FOREGROUND, CropCentresd
 from core.data.dataset import Case, LabelTable, load_case
 from core.data.nifti import Header, Volume, check_voxel_count, memory_named, read_image
 from core.data.problems import DataError
@@ -212,6 +213,7 @@ def training_transforms(
     chain = [
         *preprocessing(prep, table, classes),
         SpatialPadd(keys=keys, spatial_size=aug.patch_size),  # 0 is air after windowing
+        CropCentresd(label_key=LABEL, image_key=IMAGE),  # cached: listed once, not every draw
         RandCropByPosNegLabeld(
             keys=keys,
             label_key=LABEL,
@@ -220,6 +222,8 @@ def training_transforms(
             neg=1.0 - pos,
             num_samples=aug.samples_per_case,
             image_key=IMAGE,
+            fg_indices_key=FOREGROUND,
+            bg_indices_key=BACKGROUND,
         ),
         RandAffined(
             keys=keys,

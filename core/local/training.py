@@ -156,7 +156,9 @@ def patch_dataset(
     """The cases, preprocessed once and cached; each read draws augmented patches anew."""
     aug = settings.augmentation
     chain = training_transforms(prep, aug, table, seed=settings.seed, classes=classes)
-    return CacheDataset([{"case": c} for c in cases], chain, num_workers=0, progress=False)
+    return CacheDataset(
+        [{"case": c} for c in cases], chain, num_workers=0, progress=False, copy_cache=False
+    )
 
 
 def patch_batches(
