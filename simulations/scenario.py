@@ -178,7 +178,8 @@ def federation_plan(
     nearest one. Its optional ``[federation.per_task.<task>]`` tables set budget keys for
     one task. Each stage's run leaves the later stages' tasks waiting, so the plan allows
     partial runs (``partial_runs``); ``simulations.run.simulate`` checks each stage's own
-    tasks. The plan's seed is the scenario's.
+    tasks. The plan's seed is the scenario's unless the table sets ``seed``, which seeds
+    the training alone (``--set seed=1``: another draw on the same phantoms).
 
     Raises:
         ScenarioError: naming the key that is wrong.
@@ -186,7 +187,7 @@ def federation_plan(
     fed = dict(federation)
     per_task = fed.pop(PER_TASK, {})
     where = f"scenario {name}: federation"
-    model_keys, training_keys = set(keys_of(ModelSection)), set(keys_of(TrainingSection)) - {"seed"}
+    model_keys, training_keys = set(keys_of(ModelSection)), set(keys_of(TrainingSection))
     budget_keys = task_keys() - {"name", "structures", "sites"}
     names = [t.name for t in tasks]
     try:
@@ -202,8 +203,8 @@ def federation_plan(
             "model": {k: v for k, v in fed.items() if k in model_keys},
             "training": {
                 "partial_runs": True,
-                **{k: v for k, v in fed.items() if k in training_keys},
                 "seed": seed,
+                **{k: v for k, v in fed.items() if k in training_keys},
             },
             "tasks": [
                 {
