@@ -156,6 +156,8 @@ def patch_dataset(
     """The cases, preprocessed once and cached; each read draws augmented patches anew."""
     aug = settings.augmentation
     chain = training_transforms(prep, aug, table, seed=settings.seed, classes=classes)
+    # no copy per read: the random transforms never write into a cached volume (tested in
+    # tests/core/data/test_crop_centres.py), and a copy cost most of a large CT's batch
     return CacheDataset(
         [{"case": c} for c in cases], chain, num_workers=0, progress=False, copy_cache=False
     )
