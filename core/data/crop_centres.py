@@ -37,12 +37,10 @@ class VoxelIndex:
 
     def __init__(self, indices: torch.Tensor | np.ndarray, voxels: int) -> None:
         """Keep ``indices`` (ascending flat indices into ``voxels`` voxels) as bits."""
-        mask = np.zeros(voxels, dtype=bool)
+        mask = np.zeros(-(-voxels // BLOCK) * BLOCK, dtype=bool)  # whole blocks, tail unset
         mask[np.asarray(indices, dtype=np.int64)] = True
         self._bits = np.packbits(mask)
-        padded = np.zeros(-(-voxels // BLOCK) * BLOCK, dtype=bool)
-        padded[:voxels] = mask
-        self._ends = np.cumsum(padded.reshape(-1, BLOCK).sum(axis=1, dtype=np.int64))
+        self._ends = np.cumsum(mask.reshape(-1, BLOCK).sum(axis=1, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self._ends[-1]) if len(self._ends) else 0
