@@ -4,7 +4,8 @@ On one scenario, with the same phantoms, seeds and training budget:
 
 - ``continual``: this method through Flower (frozen encoder, trimmed and calibrated
   decoders, the confidence merge); ``naive_merge``: the same decoders merged by the
-  highest softmax probability; ``no_trim``: the method with full decoders (its own run);
+  highest softmax probability; ``no_trim``: the method with full decoders (its own run,
+  from the method's training phases: ``simulations/benchmarks/shared_training.py``);
 - two references: ``upper_bound``, one encoder + full decoder per task, trained on that
   task's pooled sites; ``joint``, one model over every task's structures trained on all
   their data at once with a marginal loss (``simulations/benchmarks/joint.py``); and its federated
@@ -69,6 +70,7 @@ from simulations.benchmarks.federated_methods import Scores, federated
 from simulations.benchmarks.joint import joint
 from simulations.benchmarks.report import markdown, overlay_figure, plots
 from simulations.benchmarks.shared_stage import first_stage
+from simulations.benchmarks.shared_training import adopt_training
 from simulations.evaluate import (
     merged_map,
     score_means,
@@ -299,9 +301,10 @@ def run_benchmark(
             continue  # comes with continual
         clock.start()
         if method in ("continual", "no_trim"):
+            spec = federated_scenario(scenario, method)
             if method == "no_trim":
                 share_sites(scenario, out, say)
-            spec = federated_scenario(scenario, method)
+                adopt_training(out / "continual", out / method, spec.plan, say)
             for result in federated(method, spec, plan, out / method, say, cpus):
                 results[result["method"]] = stamp(result, planned[method], budget, settings)
                 atomic_write_json(out / f"{result['method']}.json", result)

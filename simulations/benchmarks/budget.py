@@ -107,16 +107,20 @@ def central_steps(
 FEDERATED = ("continual", "naive_merge", "no_trim")  # run through Flower
 
 
-def federated_scenario(scenario: Scenario, method: str) -> Scenario:
-    """The scenario a federated method runs (``no_trim``: with full decoders)."""
-    if method != "no_trim":
-        return scenario
-    plan = scenario.plan
+def untrimmed(plan: Plan) -> Plan:
+    """``plan`` with every task's decoder left full (no search, no distillation)."""
     for task in plan.tasks:
         plan = plan.with_task(
             dataclasses.replace(task, section=dataclasses.replace(task.section, trim=False))
         )
-    return dataclasses.replace(scenario, plan=plan)
+    return plan
+
+
+def federated_scenario(scenario: Scenario, method: str) -> Scenario:
+    """The scenario a federated method runs (``no_trim``: with full decoders)."""
+    if method != "no_trim":
+        return scenario
+    return dataclasses.replace(scenario, plan=untrimmed(scenario.plan))
 
 
 def method_steps(method: str, scenario: Scenario, central: dict[str, int]) -> dict[str, int]:

@@ -11,7 +11,8 @@ between the processes.
 The longest methods start first; ``upper_bound`` leads because it trains the first stage
 that ``finetune``, ``lwf`` and ``mib`` start from (:mod:`simulations.benchmarks.shared_stage`
 makes a method that arrives while it is being trained wait for it rather than train it
-again).
+again), and ``no_trim``, which starts from ``continual``'s training phases, waits for
+``continual`` to end.
 """
 
 from __future__ import annotations
@@ -20,20 +21,24 @@ import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from pathlib import Path
 
 STARTS: tuple[str, ...] = (
     "upper_bound",  # trains the shared first stage early
-    "joint",
     "continual",
+    "joint",
     "federated_joint",
-    "no_trim",
     "lwf",
     "mib",
     "finetune",
+    "no_trim",
 )
 """The order children start in: the first stage's trainer, then the longest first."""
+
+AFTER: dict[str, str] = {"no_trim": "continual"}
+"""A method that starts from another's run (``simulations.benchmarks.shared_training``)
+starts once that one has ended (or at once if it is not being run)."""
 
 LOGS = "logs"  # under the benchmark's folder: one log per child
 POLL_SECONDS = 2.0
@@ -50,6 +55,15 @@ def pending_methods(methods: Sequence[str], out: Path) -> list[str]:
     ``naive_merge`` is not a run of its own (it comes with ``continual``).
     """
     return [m for m in STARTS if m in methods and not (out / f"{m}.json").is_file()]
+
+
+def next_ready(queue: Sequence[str], running: Collection[str]) -> str | None:
+    """The first queued method whose :data:`AFTER` predecessor is neither queued nor running."""
+    for method in queue:
+        before = AFTER.get(method)
+        if before not in queue and before not in running:
+            return method
+    return None
 
 
 def run_side_by_side(
@@ -82,8 +96,8 @@ def run_side_by_side(
     started: dict[str, float] = {}
     try:
         while queue or running:
-            while queue and len(running) < jobs:
-                method = queue.pop(0)
+            while len(running) < jobs and (method := next_ready(queue, running)):
+                queue.remove(method)
                 log = (logs / f"{method}.log").open("wb")
                 # its own session: stopping it stops what it started (Ray, Flower), by group
                 running[method] = subprocess.Popen(

@@ -10,7 +10,12 @@ from pathlib import Path
 import pytest
 
 from simulations.benchmarks import side_by_side
-from simulations.benchmarks.side_by_side import pending_methods, run_side_by_side, threads_each
+from simulations.benchmarks.side_by_side import (
+    next_ready,
+    pending_methods,
+    run_side_by_side,
+    threads_each,
+)
 
 CHILD = """
 import json, sys, time
@@ -44,7 +49,7 @@ def test_children_run_at_most_jobs_at_once_longest_first(tmp_path: Path) -> None
     runs = {m: json.loads((tmp_path / f"{m}.json").read_text()) for m in methods[:4]}
     assert not (tmp_path / "naive_merge.json").exists()  # comes with continual
     starts = [s.split(":")[0] for s in said if "started" in s]
-    assert starts == ["upper_bound", "joint", "continual", "finetune"]
+    assert starts == ["upper_bound", "continual", "joint", "finetune"]
     for m, run in runs.items():  # never three at once
         overlapping = [
             o for o, r in runs.items() if r["begin"] < run["end"] and r["end"] > run["begin"]
@@ -59,6 +64,21 @@ def test_a_failed_child_is_named_with_its_log_and_the_others_finish(tmp_path: Pa
         run_side_by_side(methods, 2, _command(tmp_path, "joint"), tmp_path, {}, say=lambda _: None)
     assert (tmp_path / "upper_bound.json").is_file() and (tmp_path / "lwf.json").is_file()
     assert "boom" in (tmp_path / "logs" / "joint.log").read_text()
+
+
+def test_no_trim_starts_once_continual_has_ended(tmp_path: Path) -> None:
+    # no_trim is queued before a free slot opens but must wait for continual
+    methods = ("continual", "no_trim", "upper_bound", "finetune")
+    run_side_by_side(methods, 3, _command(tmp_path), tmp_path, {}, say=lambda _: None)
+    runs = {m: json.loads((tmp_path / f"{m}.json").read_text()) for m in methods}
+    assert runs["no_trim"]["begin"] >= runs["continual"]["end"]
+    assert runs["finetune"]["begin"] < runs["continual"]["end"]  # the free slot was used
+
+
+def test_a_method_waits_only_for_a_predecessor_still_to_run() -> None:
+    assert next_ready(["no_trim", "lwf"], ["continual"]) == "lwf"
+    assert next_ready(["no_trim"], ["continual"]) is None
+    assert next_ready(["no_trim", "lwf"], []) == "no_trim"  # continual kept or not asked for
 
 
 def test_kept_results_are_not_trained_again(tmp_path: Path) -> None:
