@@ -59,7 +59,9 @@ def adopt_training(source: Path, target: Path, plan: Plan, say: Callable[[str], 
             if encoder is None:
                 raise ValueError(f"{theirs.root}: the base phase finished without its encoder")
             prep = Preprocessing.from_json(entry["preprocessing"])
-            ours.set_encoder(encoder, prep, (entry["patch"][0], entry["patch"][1], entry["patch"][2]))
+            ours.set_encoder(
+                encoder, prep, (entry["patch"][0], entry["patch"][1], entry["patch"][2])
+            )
         end = next(
             e
             for e in reversed(theirs.events())

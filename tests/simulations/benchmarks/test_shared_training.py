@@ -42,7 +42,9 @@ def plan() -> Plan:
 def test_the_training_phases_are_copied_with_encoder_and_journal(tmp_path: Path, plan: Plan):
     theirs = _continual_run(tmp_path / "continual", plan, trained=len(plan.tasks))
     said: list[str] = []
-    copied = adopt_training(tmp_path / "continual", tmp_path / "no_trim", untrimmed(plan), said.append)
+    copied = adopt_training(
+        tmp_path / "continual", tmp_path / "no_trim", untrimmed(plan), said.append
+    )
     assert copied == len(plan.tasks) and "training phases of 2 task(s)" in said[0]
     ours = Catalog(tmp_path / "no_trim" / "catalog")
     assert ours.index["encoder"]["weights_sha256"] == theirs.index["encoder"]["weights_sha256"]
