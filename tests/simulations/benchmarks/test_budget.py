@@ -24,7 +24,7 @@ def test_central_methods_get_the_steps_of_all_a_task_s_sites():
     assert budget_steps(plan, "wholebody", 3) == 3 * 850
     assert budget_steps(plan, "thorax", 1) == 660
     steps = central_steps(default, plan, "scenario", {})
-    assert steps == {"wholebody": 2550, "head_neck": 1470, "thorax": 660, "abdomen_tumor": 810}
+    assert steps == {"wholebody": 2550, "head_neck": 1920, "thorax": 660, "abdomen_tumor": 810}
 
 
 def test_plateau_budgets_scale_each_task_s_federated_rounds():
