@@ -122,12 +122,20 @@ class Catalog:
                 continue
         return out
 
+    def phase_end(self, task: str, phase: str) -> dict[str, Any] | None:
+        """The journal's record of a finished phase of a task (the latest); None if unfinished."""
+        return next(
+            (
+                e
+                for e in reversed(self.events())
+                if e["event"] == "phase-end" and e["task"] == task and e.get("phase") == phase
+            ),
+            None,
+        )
+
     def phase_done(self, task: str, phase: str) -> bool:
         """Whether a phase of a task has finished (its output is on disk)."""
-        return any(
-            e["event"] == "phase-end" and e["task"] == task and e.get("phase") == phase
-            for e in self.events()
-        )
+        return self.phase_end(task, phase) is not None
 
     def phase_seconds(self) -> dict[str, float]:
         """Per task, the server's wall time over its finished phases.

@@ -314,9 +314,9 @@ class TaskRun:
     def run(self, step: Step, state: TaskState) -> TaskState:
         """Run ``step`` unless the journal records it as finished; returns the new state."""
         task = self.task.name
-        if self.catalog.phase_done(task, step.name):
+        end = self.catalog.phase_end(task, step.name)
+        if end is not None:
             log.info("%s/%s: finished before, restoring its output", task, step.name)
-            end = self.phase_end(step.name)
             self.ledger = Ledger.from_json(end)
             return step.restore(self, state, end)
         sites = [s.name for s in self.sites]
@@ -333,11 +333,10 @@ class TaskRun:
 
     def phase_end(self, phase: str) -> dict[str, Any]:
         """The journal's record of a finished phase of this task."""
-        return next(
-            e
-            for e in reversed(self.catalog.events())
-            if e["event"] == "phase-end" and e["task"] == self.task.name and e.get("phase") == phase
-        )
+        end = self.catalog.phase_end(self.task.name, phase)
+        if end is None:
+            raise KeyError(f"{self.task.name}/{phase}: not finished in the journal")
+        return end
 
 
 def round_timeout(settings: PhaseSettings) -> float:

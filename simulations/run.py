@@ -32,6 +32,7 @@ COMPLETE = ".complete"  # marks a sites folder whose phantoms are all written
 
 
 PLAN = "plan.toml"  # the plan a run's server read, in the run's folder
+CATALOG = "catalog"  # the run's catalog, in the run's folder
 
 
 class SimulationError(RuntimeError):
@@ -106,7 +107,7 @@ def finished_stages(out: Path, scenario: Scenario) -> dict[int, dict[str, Any]]:
         entries = {int(e["stage"]): e for e in doc["stages"] if doc["scenario"] == scenario.name}
     except (OSError, ValueError, TypeError, KeyError):
         return {}
-    catalog = Catalog(out / "catalog")
+    catalog = Catalog(out / CATALOG)
     kept = {}
     for stage, entry in entries.items():
         tasks, sites = scenario.stage_members(stage)
@@ -149,7 +150,7 @@ def simulate(
         SimulationError: if a stage's run fails or leaves one of its tasks unfinished.
     """
     out = out.resolve()
-    sites_dir, catalog_dir = write_sites_once(scenario, out / "sites", say), out / "catalog"
+    sites_dir, catalog_dir = write_sites_once(scenario, out / "sites", say), out / CATALOG
     parsed = scenario.plan
     plan_path = atomic_write_bytes(out / PLAN, to_toml(parsed.document()).encode())
     report = SimulationReport(scenario.name)

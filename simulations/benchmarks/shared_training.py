@@ -16,14 +16,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from pathlib import Path
 
-from core.data.transforms import Preprocessing
 from core.phases import BASE, TEACHER
 from server.catalog import Catalog
 from server.plan import Plan, PlanError, load_plan
 from simulations.benchmarks.budget import untrimmed
-from simulations.run import PLAN
+from simulations.run import CATALOG, PLAN
 
-CATALOG = "catalog"  # a run's catalog, under its folder (simulations.run)
 RECORD_KEYS = ("event", "task", "time")  # a journal record's own keys, not copied
 
 
@@ -50,23 +48,16 @@ def adopt_training(source: Path, target: Path, plan: Plan, say: Callable[[str], 
     copied = 0
     for index, task in enumerate(plan.tasks):
         phase = (BASE if index == 0 else TEACHER).name
-        if not theirs.phase_done(task.name, phase):
+        end = theirs.phase_end(task.name, phase)
+        if end is None:
             break  # a later task's teacher stands on what the run did before it
         state, meta = theirs.load_checkpoint(task.name, phase)
         ours.save_checkpoint(task.name, phase, state, meta)
         if index == 0:
-            encoder, entry = theirs.encoder(), theirs.index["encoder"]
+            encoder = theirs.encoder()
             if encoder is None:
                 raise ValueError(f"{theirs.root}: the base phase finished without its encoder")
-            prep = Preprocessing.from_json(entry["preprocessing"])
-            ours.set_encoder(
-                encoder, prep, (entry["patch"][0], entry["patch"][1], entry["patch"][2])
-            )
-        end = next(
-            e
-            for e in reversed(theirs.events())
-            if e["event"] == "phase-end" and e["task"] == task.name and e.get("phase") == phase
-        )
+            ours.set_encoder(encoder, plan.preprocessing, plan.patch)  # the plans are equal
         record = {k: v for k, v in end.items() if k not in RECORD_KEYS}
         ours.journal("phase-end", task.name, **record, copied_from=str(theirs.root))
         copied += 1
